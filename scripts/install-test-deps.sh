@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh Debian machine (idempotent).
+set -euo pipefail
+
+need_apt=()
+# (servers the integration tests start are added here as the suite grows)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || true
+  # A vanished .deb fails an install once; a plain retry succeeds.
+  apt-get install -y -qq "${need_apt[@]}" || apt-get install -y -qq "${need_apt[@]}"
+fi

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need, then runs every test.
+# Usage: scripts/test.sh            (from the repository root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== installing test dependencies"
+bash scripts/install-test-deps.sh
+
+echo "== cargo test"
+started=$(date +%s)
+cargo test --locked --all-targets 2>&1 | tee /tmp/myriad-test.log
+echo "== test suite finished in $(( $(date +%s) - started )) s"

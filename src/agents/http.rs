@@ -1,0 +1,107 @@
+//! The agent protocol over one pooled reqwest client.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::{AgentReply, AgentRequest, AgentTransport, CallError};
+
+/// Largest agent answer read; anything bigger is an invalid answer, not an OOM.
+pub const MAX_AGENT_BODY: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct HttpAgents {
+    client: reqwest::Client,
+}
+
+impl HttpAgents {
+    pub fn new(pool_max: usize) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(pool_max)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .user_agent(concat!("myriad-orchestrator/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(HttpAgents { client })
+    }
+
+    async fn exchange(&self, url: &str, body: &Value) -> Result<(u16, Option<Value>), CallError> {
+        let resp = self
+            .client
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = resp.status().as_u16();
+        if let Some(len) = resp.content_length() {
+            if len as usize > MAX_AGENT_BODY {
+                return Err(CallError::InvalidBody);
+            }
+        }
+        let mut resp = resp;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+            if bytes.len() + chunk.len() > MAX_AGENT_BODY {
+                return Err(CallError::InvalidBody);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok((status, serde_json::from_slice(&bytes).ok()))
+    }
+}
+
+fn classify(err: reqwest::Error) -> CallError {
+    if err.is_timeout() {
+        CallError::Timeout
+    } else if err.is_connect() {
+        CallError::Connect
+    } else {
+        CallError::Transport
+    }
+}
+
+#[async_trait]
+impl AgentTransport for HttpAgents {
+    async fn call(
+        &self,
+        endpoint: &str,
+        req: &AgentRequest,
+        timeout: Duration,
+    ) -> Result<AgentReply, CallError> {
+        let body = serde_json::to_value(req).map_err(|_| CallError::InvalidBody)?;
+        let (status, json) = tokio::time::timeout(timeout, self.exchange(endpoint, &body))
+            .await
+            .map_err(|_| CallError::Timeout)??;
+        let object = match json {
+            Some(Value::Object(map)) => Some(map),
+            _ => None,
+        };
+        match (status, object) {
+            (200..=299, Some(body)) if body.get("status").is_some_and(Value::is_string) => {
+                Ok(AgentReply { body })
+            }
+            (200..=299, _) => Err(CallError::InvalidBody),
+            (status, body) => Err(CallError::Status { status, body }),
+        }
+    }
+
+    async fn post_json(
+        &self,
+        url: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let (status, json) = tokio::time::timeout(timeout, self.exchange(url, body))
+            .await
+            .map_err(|_| CallError::Timeout)??;
+        match (status, json) {
+            (200..=299, Some(v)) => Ok(v),
+            (200..=299, None) => Err(CallError::InvalidBody),
+            (status, _) => Err(CallError::Status { status, body: None }),
+        }
+    }
+}

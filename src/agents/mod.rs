@@ -1,0 +1,124 @@
+//! Talking to agents: the agent protocol over HTTP, and the built-in demo agents.
+//!
+//! The pipeline sees [`AgentTransport`] and [`CallError`], never reqwest types.
+
+pub mod demo;
+pub mod http;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// The body of `POST <agent endpoint>` (unchanged from the original service).
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentRequest {
+    pub task_id: Value,
+    pub intent: String,
+    pub concept: String,
+    pub args: Value,
+}
+
+/// A 2xx answer whose body is a JSON object. `body["status"]` says whether the agent
+/// succeeded; every field passes through into the task result.
+#[derive(Debug, Clone)]
+pub struct AgentReply {
+    pub body: Map<String, Value>,
+}
+
+impl AgentReply {
+    pub fn succeeded(&self) -> bool {
+        self.body.get("status").and_then(Value::as_str) == Some("success")
+    }
+}
+
+/// Why one call to an agent did not produce a reply. Knows who failed and whether a retry
+/// is safe, so breaker, retry and status mapping read this instead of matching strings.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// Nothing accepted the connection (refused, unreachable, DNS): the request was never
+    /// processed, so retrying is safe.
+    #[error("cannot connect to the agent")]
+    Connect,
+    /// No complete answer within the per-try timeout.
+    #[error("the agent did not answer in time")]
+    Timeout,
+    /// The connection broke mid-exchange; the agent may have acted.
+    #[error("the connection to the agent failed")]
+    Transport,
+    /// A non-2xx status. A 4xx body, when it is a JSON object, passes through.
+    #[error("the agent answered HTTP {status}")]
+    Status {
+        status: u16,
+        body: Option<Map<String, Value>>,
+    },
+    /// A 2xx whose body is not a valid agent response.
+    #[error("the agent's answer is not a valid agent response")]
+    InvalidBody,
+}
+
+impl CallError {
+    /// Upstream faults open breakers; an agent's 4xx never does.
+    pub fn is_upstream_fault(&self) -> bool {
+        match self {
+            CallError::Status { status, .. } => *status >= 500,
+            _ => true,
+        }
+    }
+
+    /// Safe to send again: the agent never saw it, or said so (502/503/504).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CallError::Connect => true,
+            CallError::Status { status, .. } => matches!(status, 502..=504),
+            _ => false,
+        }
+    }
+
+    /// Stable code reported in the task result.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CallError::Timeout => "timeout",
+            CallError::Status { status, .. } if *status < 500 => "agent_rejected",
+            _ => "upstream_error",
+        }
+    }
+}
+
+#[async_trait]
+pub trait AgentTransport: Send + Sync + 'static {
+    /// One attempt: POST `req` to `endpoint`, answer within `timeout`.
+    async fn call(
+        &self,
+        endpoint: &str,
+        req: &AgentRequest,
+        timeout: Duration,
+    ) -> Result<AgentReply, CallError>;
+
+    /// POST an arbitrary JSON body (remote input/output processors, collaboration).
+    async fn post_json(
+        &self,
+        url: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_upstream_faults_count_and_only_safe_failures_retry() {
+        let s = |status| CallError::Status { status, body: None };
+        assert!(!s(400).is_upstream_fault() && !s(400).is_retryable());
+        assert!(s(500).is_upstream_fault() && !s(500).is_retryable());
+        assert!(s(503).is_upstream_fault() && s(503).is_retryable());
+        assert!(CallError::Connect.is_retryable());
+        assert!(CallError::Timeout.is_upstream_fault() && !CallError::Timeout.is_retryable());
+        assert!(!CallError::Transport.is_retryable());
+        assert_eq!(s(404).code(), "agent_rejected");
+        assert_eq!(CallError::Timeout.code(), "timeout");
+    }
+}

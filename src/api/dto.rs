@@ -1,0 +1,345 @@
+//! Request and response bodies, as declared in the OpenAPI spec.
+
+use std::{borrow::Cow, collections::BTreeMap};
+
+use poem_openapi::{
+    registry::{MetaSchemaRef, Registry},
+    types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
+    Object, Union,
+};
+use serde_json::Value;
+
+use crate::{graph::EdgeStats, pipeline::TaskResult};
+
+#[derive(Object, Debug)]
+pub struct Health {
+    /// Always `healthy` while the process serves.
+    pub status: String,
+    /// Always `orchestrator`.
+    pub service: String,
+    /// Crate version.
+    pub version: String,
+}
+
+#[derive(Object, Debug)]
+pub struct Ready {
+    /// `ready`.
+    pub status: String,
+    /// Agents that can currently be routed to.
+    pub routable_agents: u32,
+}
+
+#[derive(Object, Debug)]
+pub struct NotReady {
+    pub error: String,
+    /// `not_ready`.
+    pub code: String,
+    /// Every reason the service cannot route.
+    pub reasons: Vec<String>,
+}
+
+#[derive(Object, Debug)]
+pub struct StatusBody {
+    /// Always `orchestrator`.
+    pub service: String,
+    /// `running`, or `degraded` when a dependency is unhealthy.
+    pub status: String,
+    pub version: String,
+    pub uptime_s: f64,
+    /// Graph, Redis, telemetry and per-agent breaker state.
+    pub dependencies: Value,
+    /// Non-secret settings.
+    pub environment: Value,
+}
+
+#[derive(Object, Debug, Clone)]
+pub struct ConceptEdge {
+    /// Concept name.
+    pub name: String,
+    /// Learned weight in [0, 1].
+    pub weight: f64,
+    pub usage_count: u64,
+    pub success_count: u64,
+    pub failure_count: u64,
+    pub success_rate: f64,
+}
+
+impl ConceptEdge {
+    pub fn new(name: String, s: &EdgeStats) -> Self {
+        ConceptEdge {
+            name,
+            weight: s.weight,
+            usage_count: s.usage_count,
+            success_count: s.success_count,
+            failure_count: s.failure_count,
+            success_rate: s.success_rate,
+        }
+    }
+}
+
+#[derive(Object, Debug, Clone)]
+pub struct AgentView {
+    pub name: String,
+    #[oai(rename = "type")]
+    pub agent_type: String,
+    pub endpoint: String,
+    pub status: String,
+    pub intents: Vec<String>,
+    /// Concepts the agent handles, with the learned weight of each edge.
+    pub concepts: Vec<ConceptEdge>,
+    pub capabilities: Vec<String>,
+    /// Circuit breaker state: `closed`, `open` or `half_open`.
+    pub breaker: String,
+}
+
+#[derive(Object, Debug)]
+pub struct AgentList {
+    pub agents: Vec<AgentView>,
+    pub count: u32,
+}
+
+#[derive(Object, Debug)]
+pub struct Features {
+    pub autonomous_learning: bool,
+    pub dynamic_agents: bool,
+    pub cache: bool,
+    pub redis: bool,
+    pub tracing: bool,
+    pub remote_input_processor: bool,
+    pub remote_output_processor: bool,
+    pub graph_backend: String,
+}
+
+#[derive(Object, Debug)]
+pub struct MetricsBody {
+    /// Always `orchestrator`.
+    pub service: String,
+    pub version: String,
+    pub features: Features,
+    /// Counters and latency figures.
+    pub performance: Value,
+}
+
+#[derive(Object, Debug)]
+pub struct DiscoverRequest {
+    /// Concept to route (1–128 characters).
+    pub concept: Text,
+    /// Intent to route (default `define`).
+    pub intent: Option<Text>,
+}
+
+#[derive(Object, Debug)]
+pub struct CandidateView {
+    pub name: String,
+    pub endpoint: String,
+    pub weight: f64,
+    pub success_rate: f64,
+    pub usage_count: u64,
+    pub breaker: String,
+}
+
+#[derive(Object, Debug)]
+pub struct Discovered {
+    /// `success`.
+    pub status: String,
+    pub concept: String,
+    pub intent: String,
+    /// Endpoint of the best candidate.
+    pub agent_url: String,
+    /// The best candidate.
+    pub agent: AgentView,
+    /// Every candidate, best first.
+    pub candidates: Vec<CandidateView>,
+}
+
+#[derive(Object, Debug)]
+pub struct NoAgentFound {
+    /// `no_agent_found`.
+    pub status: String,
+    pub concept: String,
+    pub intent: String,
+    /// Always null.
+    pub agent_url: Option<String>,
+    pub message: String,
+    /// Same as `message`.
+    pub error: String,
+    /// `no_agent_found`.
+    pub code: String,
+}
+
+/// A JSON string, strictly: unlike poem-openapi's `String`, a number or a boolean is a 400,
+/// not silently turned into text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text(pub String);
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Type for Text {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        String::name()
+    }
+    fn schema_ref() -> MetaSchemaRef {
+        String::schema_ref()
+    }
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(std::iter::once(self))
+    }
+}
+
+impl ParseFromJSON for Text {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::String(s)) => Ok(Text(s)),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
+    }
+}
+
+impl ToJSON for Text {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
+}
+
+/// A task id: an integer or a string.
+#[derive(Union, Debug, Clone)]
+pub enum TaskId {
+    Int(i64),
+    Text(Text),
+}
+
+impl TaskId {
+    pub fn to_value(&self) -> Value {
+        match self {
+            TaskId::Int(i) => Value::from(*i),
+            TaskId::Text(s) => Value::from(s.0.clone()),
+        }
+    }
+}
+
+#[derive(Object, Debug, Clone)]
+pub struct TaskInput {
+    /// Unique within the batch; integer or string.
+    pub task_id: TaskId,
+    pub concept: Text,
+    pub intent: Text,
+    /// Passed to the agent as is (a JSON object).
+    pub args: Option<Value>,
+}
+
+#[derive(Object, Debug)]
+pub struct ProcessRequest {
+    /// A question in English (single-query form).
+    pub query: Option<Text>,
+    /// Who asks (single-query form).
+    pub user_id: Option<Text>,
+    /// Concept/intent tasks (batch form).
+    pub tasks: Option<Vec<TaskInput>>,
+}
+
+/// How a query was split into tasks.
+#[derive(Object, Debug, Clone)]
+pub struct ParsedTaskView {
+    pub task_id: TaskId,
+    pub concept: String,
+    pub intent: String,
+    pub args: Value,
+}
+
+/// Schema of a task result (agents' own fields also pass through).
+#[derive(Object, Debug)]
+#[oai(rename = "TaskResult")]
+pub struct TaskResultSchema {
+    pub task_id: TaskId,
+    /// `success` or `error`.
+    pub status: String,
+    /// Agent that answered (or was tried last).
+    pub agent_name: Option<String>,
+    /// The agent's answer.
+    pub data: Value,
+    pub concept: String,
+    pub intent: String,
+    /// Cache tier that answered: `l1`, `l2` or null.
+    pub cached: Option<String>,
+    /// True when an expired cached answer was served because the agent failed.
+    pub stale: bool,
+    /// HTTP attempts made across candidates.
+    pub attempts: u32,
+    pub latency_ms: f64,
+    /// On failure: `no_agent`, `breaker_open`, `rate_limited`, `bulkhead_full`, `timeout`,
+    /// `upstream_error`, `agent_rejected`, `agent_error`, `graph_unavailable`.
+    pub code: Option<String>,
+    /// On failure: what went wrong.
+    pub error: Option<String>,
+}
+
+/// A task result with the agent's own fields passed through.
+#[derive(Debug, Clone)]
+pub struct TaskResultBody(pub TaskResult);
+
+impl Type for TaskResultBody {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        TaskResultSchema::name()
+    }
+    fn schema_ref() -> MetaSchemaRef {
+        TaskResultSchema::schema_ref()
+    }
+    fn register(registry: &mut Registry) {
+        TaskResultSchema::register(registry)
+    }
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(std::iter::once(self))
+    }
+}
+
+impl ParseFromJSON for TaskResultBody {
+    fn parse_from_json(_: Option<Value>) -> ParseResult<Self> {
+        Err(ParseError::custom("task results are output only"))
+    }
+}
+
+impl ToJSON for TaskResultBody {
+    fn to_json(&self) -> Option<Value> {
+        serde_json::to_value(&self.0).ok()
+    }
+}
+
+#[derive(Object, Debug)]
+pub struct ProcessResponse {
+    /// `success` (every task succeeded), `partial` or `failed`.
+    pub status: String,
+    /// Single query: the primary task's result.
+    #[oai(skip_serializing_if_is_none)]
+    pub result: Option<TaskResultBody>,
+    /// Single query: the synthesized answer.
+    #[oai(skip_serializing_if_is_none)]
+    pub answer: Option<Value>,
+    /// Single query: the tasks the query became.
+    #[oai(skip_serializing_if_is_none)]
+    pub tasks: Option<Vec<ParsedTaskView>>,
+    /// Every task's result, by task id.
+    pub results: BTreeMap<String, TaskResultBody>,
+}

@@ -1,0 +1,568 @@
+//! The HTTP surface: operations, DTOs and error mapping. Nothing here knows a backend type.
+
+pub mod dto;
+pub mod errors;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use poem::{Endpoint, EndpointExt, IntoEndpoint, Route};
+use poem_openapi::{payload::Json, ApiResponse, OpenApi, OpenApiService, Tags};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::{
+    config::Config,
+    graph::{normalize_concept, seed::validate_name, AgentRecord, Candidate},
+    metrics::Metrics,
+    pipeline::{overall_status, processors, Pipeline, TaskSpec},
+    VERSION,
+};
+use dto::*;
+use errors::{ApiError, ErrorBody};
+
+/// Everything the operations need, shared by every request.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pipeline: Arc<Pipeline>,
+    pub metrics: Arc<Metrics>,
+    status_cache: Mutex<Option<(Instant, Value, bool)>>,
+}
+
+impl AppState {
+    pub fn new(config: Arc<Config>, pipeline: Arc<Pipeline>, metrics: Arc<Metrics>) -> Self {
+        AppState {
+            config,
+            pipeline,
+            metrics,
+            status_cache: Mutex::new(None),
+        }
+    }
+}
+
+/// How long `/status` reuses its dependency probes.
+const STATUS_CACHE: Duration = Duration::from_secs(1);
+/// Upper bound of one dependency probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest accepted query, user id and task id.
+const MAX_QUERY_CHARS: usize = 2_000;
+const MAX_ID_CHARS: usize = 128;
+const MAX_INTENT_CHARS: usize = 64;
+
+#[derive(Tags)]
+enum Tag {
+    /// Liveness, readiness, status and metrics.
+    Operations,
+    /// Routing tasks to agents.
+    Routing,
+}
+
+pub struct Api {
+    state: Arc<AppState>,
+}
+
+#[derive(ApiResponse)]
+enum ReadyResponse {
+    /// The service can route tasks.
+    #[oai(status = 200)]
+    Ready(Json<Ready>),
+    /// The service cannot route; `reasons` says why.
+    #[oai(status = 503)]
+    NotReady(Json<NotReady>),
+}
+
+#[derive(ApiResponse)]
+enum DiscoverResponse {
+    /// The best agent and every ranked candidate.
+    #[oai(status = 200)]
+    Found(Json<Discovered>),
+    /// No agent handles this concept and intent.
+    #[oai(status = 404)]
+    NotFound(Json<NoAgentFound>),
+}
+
+#[derive(ApiResponse)]
+enum AgentsError {
+    /// The knowledge graph is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+fn validate_concept(raw: &str) -> Result<String, ApiError> {
+    let concept = normalize_concept(raw);
+    validate_name(&concept)
+        .map_err(|why| ApiError::bad_request("invalid_concept", format!("concept: {why}")))?;
+    Ok(concept)
+}
+
+fn validate_intent(raw: &str) -> Result<String, ApiError> {
+    let intent = raw.trim().to_ascii_lowercase();
+    if intent.is_empty()
+        || intent.len() > MAX_INTENT_CHARS
+        || !intent
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(ApiError::bad_request(
+            "invalid_intent",
+            format!("intent: 1–{MAX_INTENT_CHARS} characters of a-z, 0-9, '_' or '-'"),
+        ));
+    }
+    Ok(intent)
+}
+
+fn agent_view(record: &AgentRecord, breaker: &str) -> AgentView {
+    AgentView {
+        name: record.agent.name.clone(),
+        agent_type: record.agent.agent_type.clone(),
+        endpoint: record.agent.endpoint.clone(),
+        status: record.agent.status.clone(),
+        intents: record.agent.intents.clone(),
+        concepts: record
+            .concepts
+            .iter()
+            .map(|(c, s)| ConceptEdge::new(c.clone(), s))
+            .collect(),
+        capabilities: record.agent.capabilities.clone(),
+        breaker: breaker.to_string(),
+    }
+}
+
+impl Api {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Api { state }
+    }
+
+    fn breaker(&self, agent: &str) -> &'static str {
+        self.state.pipeline.stack.breaker_state(agent)
+    }
+
+    fn metrics_body(&self) -> MetricsBody {
+        let c = &self.state.config;
+        let mut performance = self.state.metrics.performance();
+        let learning = &self.state.pipeline.learner.stats;
+        performance["learning"] = json!({
+            "outcomes_applied_total": learning.applied.load(std::sync::atomic::Ordering::Relaxed),
+            "outcomes_dropped_total": learning.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            "batches_total": learning.batches.load(std::sync::atomic::Ordering::Relaxed),
+            "decays_total": learning.decays.load(std::sync::atomic::Ordering::Relaxed),
+        });
+        MetricsBody {
+            service: "orchestrator".into(),
+            version: VERSION.into(),
+            features: Features {
+                autonomous_learning: self.state.pipeline.learner.enabled(),
+                dynamic_agents: c.enable_dynamic_agents,
+                cache: c.cache_enabled,
+                redis: c.redis_url.is_some(),
+                tracing: false,
+                remote_input_processor: c.input_processor_url.is_some(),
+                remote_output_processor: c.output_processor_url.is_some(),
+                graph_backend: self.state.pipeline.graph.backend().into(),
+            },
+            performance,
+        }
+    }
+
+    /// Dependency probes for `/status`, bounded and briefly cached.
+    async fn dependencies(&self) -> (Value, bool) {
+        if let Some((at, deps, degraded)) = self.state.status_cache.lock().unwrap().clone() {
+            if at.elapsed() < STATUS_CACHE {
+                return (deps, degraded);
+            }
+        }
+        let graph = &self.state.pipeline.graph;
+        let started = Instant::now();
+        let graph_ok = matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, graph.ping()).await,
+            Ok(Ok(()))
+        );
+        let graph_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let agents = match tokio::time::timeout(PROBE_TIMEOUT, graph.agents()).await {
+            Ok(Ok(list)) => list,
+            _ => Vec::new(),
+        };
+        let agent_states: serde_json::Map<String, Value> = agents
+            .iter()
+            .map(|a| {
+                (
+                    a.agent.name.clone(),
+                    json!({"breaker": self.breaker(&a.agent.name)}),
+                )
+            })
+            .collect();
+        let degraded = !graph_ok;
+        let deps = json!({
+            "graph": {"backend": graph.backend(), "status": if graph_ok { "up" } else { "down" }, "probe_ms": graph_ms},
+            "redis": {"status": if self.state.config.redis_url.is_some() { "configured" } else { "not_configured" }},
+            "telemetry": {"status": "disabled"},
+            "agents": agent_states,
+        });
+        *self.state.status_cache.lock().unwrap() = Some((Instant::now(), deps.clone(), degraded));
+        (deps, degraded)
+    }
+
+    fn task_specs(&self, tasks: Vec<TaskInput>) -> Result<Vec<TaskSpec>, ApiError> {
+        if tasks.is_empty() {
+            return Err(ApiError::bad_request(
+                "empty_batch",
+                "tasks must list at least one task",
+            ));
+        }
+        let max = self.state.config.max_tasks;
+        if tasks.len() > max {
+            return Err(ApiError::too_large(
+                "too_many_tasks",
+                format!(
+                    "a batch holds at most {max} tasks (MAX_TASKS); this one has {}",
+                    tasks.len()
+                ),
+            ));
+        }
+        let mut seen = HashSet::with_capacity(tasks.len());
+        let mut specs = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let task_id = t.task_id.to_value();
+            let key = crate::pipeline::task_key(&task_id);
+            if key.is_empty() || key.chars().count() > MAX_ID_CHARS {
+                return Err(ApiError::bad_request(
+                    "invalid_task_id",
+                    format!("task_id must be 1–{MAX_ID_CHARS} characters"),
+                ));
+            }
+            if !seen.insert(key.clone()) {
+                return Err(ApiError::bad_request(
+                    "duplicate_task_id",
+                    format!("task_id {key:?} appears more than once"),
+                ));
+            }
+            let args = match t.args {
+                None | Some(Value::Null) => json!({}),
+                Some(v @ Value::Object(_)) => v,
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_args",
+                        format!("task {key:?}: args must be a JSON object"),
+                    ))
+                }
+            };
+            specs.push(TaskSpec {
+                task_id,
+                concept: validate_concept(&t.concept)?,
+                intent: validate_intent(&t.intent)?,
+                args,
+            });
+        }
+        Ok(specs)
+    }
+
+    async fn process_impl(&self, req: ProcessRequest) -> Result<Json<ProcessResponse>, ApiError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.state.metrics.process_requests.fetch_add(1, Relaxed);
+        let config = &self.state.config;
+        let deadline = Instant::now() + config.request_timeout;
+        match (req.query, req.tasks) {
+            (Some(_), Some(_)) => Err(ApiError::bad_request(
+                "ambiguous_request",
+                "send either \"query\" or \"tasks\", not both",
+            )),
+            (None, None) => Err(ApiError::bad_request(
+                "missing_query_or_tasks",
+                "send {\"query\": \"a question\"} or {\"tasks\": [{\"task_id\", \"concept\", \"intent\"}]}",
+            )),
+            (None, Some(tasks)) => {
+                let specs = self.task_specs(tasks)?;
+                let results = self.state.pipeline.run_batch(&specs, deadline).await;
+                Ok(Json(ProcessResponse {
+                    status: overall_status(&results).to_string(),
+                    result: None,
+                    answer: None,
+                    tasks: None,
+                    results: by_id(results),
+                }))
+            }
+            (Some(query), None) => {
+                let query = query.trim().to_string();
+                let user_id = req.user_id.as_ref().map(|u| u.0.as_str());
+                if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS {
+                    return Err(ApiError::bad_request(
+                        "invalid_query",
+                        format!("query must be 1–{MAX_QUERY_CHARS} characters"),
+                    ));
+                }
+                if req.user_id.as_ref().is_some_and(|u| u.chars().count() > MAX_ID_CHARS) {
+                    return Err(ApiError::bad_request(
+                        "invalid_user_id",
+                        format!("user_id must be at most {MAX_ID_CHARS} characters"),
+                    ));
+                }
+                let transport = self.state.pipeline.stack.transport().as_ref();
+                let step = config.agent_timeout.min(crate::pipeline::remaining(deadline));
+                let mut specs = processors::parse_query(
+                    transport,
+                    config.input_processor_url.as_deref(),
+                    &query,
+                    user_id,
+                    step,
+                )
+                .await
+                .map_err(|e| match e {
+                    processors::InputError::NothingToDo => ApiError::bad_request(
+                        "unparseable_query",
+                        "the query names no concept; try \"What is a lightbulb?\"",
+                    ),
+                    processors::InputError::Unavailable => ApiError::bad_gateway(
+                        "input_processor_unavailable",
+                        "the input processor did not answer",
+                    ),
+                    processors::InputError::BadAnswer => ApiError::bad_gateway(
+                        "input_processor_invalid",
+                        "the input processor's answer is not a task list",
+                    ),
+                })?;
+                specs.truncate(config.max_tasks);
+                for s in &mut specs {
+                    s.concept = validate_concept(&s.concept)?;
+                    s.intent = validate_intent(&s.intent)?;
+                }
+                let results = self.state.pipeline.run_batch(&specs, deadline).await;
+                let step = config.agent_timeout.min(crate::pipeline::remaining(deadline));
+                let answer = processors::synthesize(
+                    transport,
+                    config.output_processor_url.as_deref(),
+                    &query,
+                    user_id,
+                    &results,
+                    step,
+                )
+                .await;
+                let tasks = specs
+                    .iter()
+                    .map(|s| ParsedTaskView {
+                        task_id: match &s.task_id {
+                            Value::String(t) => TaskId::Text(Text(t.clone())),
+                            v => TaskId::Int(v.as_i64().unwrap_or_default()),
+                        },
+                        concept: s.concept.clone(),
+                        intent: s.intent.clone(),
+                        args: s.args.clone(),
+                    })
+                    .collect();
+                Ok(Json(ProcessResponse {
+                    status: overall_status(&results).to_string(),
+                    result: results.first().cloned().map(TaskResultBody),
+                    answer: Some(answer),
+                    tasks: Some(tasks),
+                    results: by_id(results),
+                }))
+            }
+        }
+    }
+}
+
+fn by_id(results: Vec<crate::pipeline::TaskResult>) -> BTreeMap<String, TaskResultBody> {
+    results
+        .into_iter()
+        .map(|r| (crate::pipeline::task_key(&r.task_id), TaskResultBody(r)))
+        .collect()
+}
+
+#[OpenApi]
+impl Api {
+    /// Liveness: answers without touching any dependency.
+    #[oai(path = "/health", method = "get", tag = "Tag::Operations")]
+    async fn health(&self) -> Json<Health> {
+        Json(Health {
+            status: "healthy".into(),
+            service: "orchestrator".into(),
+            version: VERSION.into(),
+        })
+    }
+
+    /// Readiness for a load balancer: 200 when tasks can be routed, 503 with reasons if not.
+    #[oai(path = "/ready", method = "get", tag = "Tag::Operations")]
+    async fn ready(&self) -> ReadyResponse {
+        let graph = &self.state.pipeline.graph;
+        let mut reasons = Vec::new();
+        let agents = match tokio::time::timeout(PROBE_TIMEOUT, graph.agents()).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(_)) | Err(_) => {
+                reasons.push("the knowledge graph is unavailable".to_string());
+                Vec::new()
+            }
+        };
+        let routable = agents
+            .iter()
+            .filter(|a| a.agent.status == "active" && self.breaker(&a.agent.name) != "open")
+            .count();
+        if reasons.is_empty() && routable == 0 {
+            reasons.push("no agent can currently be routed to".to_string());
+        }
+        if reasons.is_empty() {
+            ReadyResponse::Ready(Json(Ready {
+                status: "ready".into(),
+                routable_agents: routable as u32,
+            }))
+        } else {
+            ReadyResponse::NotReady(Json(NotReady {
+                error: format!("not ready: {}", reasons.join("; ")),
+                code: "not_ready".into(),
+                reasons,
+            }))
+        }
+    }
+
+    /// Service status with dependency health (probes bounded to 1 s and cached for 1 s).
+    #[oai(path = "/status", method = "get", tag = "Tag::Operations")]
+    async fn status(&self) -> Json<StatusBody> {
+        let (dependencies, degraded) = self.dependencies().await;
+        Json(StatusBody {
+            service: "orchestrator".into(),
+            status: if degraded { "degraded" } else { "running" }.into(),
+            version: VERSION.into(),
+            uptime_s: self.state.metrics.uptime().as_secs_f64(),
+            dependencies,
+            environment: self.state.config.public_view(),
+        })
+    }
+
+    /// Every agent with its intents, concepts (with learned weights) and breaker state.
+    #[oai(path = "/agents", method = "get", tag = "Tag::Routing")]
+    async fn agents(&self) -> Result<Json<AgentList>, AgentsError> {
+        let records = self.state.pipeline.graph.agents().await.map_err(|e| {
+            tracing::warn!(error = %e, "listing agents failed");
+            AgentsError::Unavailable(Json(ErrorBody::new(
+                "graph_unavailable",
+                "the knowledge graph is unavailable",
+            )))
+        })?;
+        let agents: Vec<AgentView> = records
+            .iter()
+            .map(|r| agent_view(r, self.breaker(&r.agent.name)))
+            .collect();
+        Ok(Json(AgentList {
+            count: agents.len() as u32,
+            agents,
+        }))
+    }
+
+    /// Counters and feature flags (JSON).
+    #[oai(path = "/metrics", method = "get", tag = "Tag::Operations")]
+    async fn metrics(&self) -> Json<MetricsBody> {
+        Json(self.metrics_body())
+    }
+
+    /// Alias of `GET /metrics` (JSON), kept for existing clients.
+    #[oai(path = "/metrics/json", method = "get", tag = "Tag::Operations")]
+    async fn metrics_json(&self) -> Json<MetricsBody> {
+        Json(self.metrics_body())
+    }
+
+    /// Which agent handles a concept and intent, with every ranked candidate.
+    #[oai(path = "/discover", method = "post", tag = "Tag::Routing")]
+    async fn discover(&self, body: Json<DiscoverRequest>) -> Result<DiscoverResponse, ApiError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.state.metrics.discover_requests.fetch_add(1, Relaxed);
+        let concept = validate_concept(&body.concept)?;
+        let intent = validate_intent(body.intent.as_deref().unwrap_or("define"))?;
+        let candidates: Vec<Candidate> = self
+            .state
+            .pipeline
+            .discover(&concept, &intent)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "discovery failed");
+                ApiError::unavailable("graph_unavailable", "the knowledge graph is unavailable")
+            })?;
+        let Some(best) = candidates
+            .iter()
+            .find(|c| self.breaker(&c.agent.name) != "open")
+            .or(candidates.first())
+        else {
+            let message = format!("no agent handles intent '{intent}' for concept '{concept}'");
+            return Ok(DiscoverResponse::NotFound(Json(NoAgentFound {
+                status: "no_agent_found".into(),
+                concept,
+                intent,
+                agent_url: None,
+                error: message.clone(),
+                message,
+                code: "no_agent_found".into(),
+            })));
+        };
+        let record = AgentRecord {
+            agent: best.agent.clone(),
+            concepts: vec![(concept.clone(), best.stats.clone())],
+        };
+        Ok(DiscoverResponse::Found(Json(Discovered {
+            status: "success".into(),
+            agent_url: best.agent.endpoint.clone(),
+            agent: agent_view(&record, self.breaker(&best.agent.name)),
+            candidates: candidates
+                .iter()
+                .map(|c| CandidateView {
+                    name: c.agent.name.clone(),
+                    endpoint: c.agent.endpoint.clone(),
+                    weight: c.stats.weight,
+                    success_rate: c.stats.success_rate,
+                    usage_count: c.stats.usage_count,
+                    breaker: self.breaker(&c.agent.name).into(),
+                })
+                .collect(),
+            concept,
+            intent,
+        })))
+    }
+
+    /// Answers a question (`query`) or a batch of concept/intent `tasks`.
+    #[oai(path = "/process", method = "post", tag = "Tag::Routing")]
+    async fn process(&self, body: Json<ProcessRequest>) -> Result<Json<ProcessResponse>, ApiError> {
+        self.process_impl(body.0).await
+    }
+
+    /// Alias of `POST /process`, kept for existing clients.
+    #[oai(path = "/process_query", method = "post", tag = "Tag::Routing")]
+    async fn process_query(
+        &self,
+        body: Json<ProcessRequest>,
+    ) -> Result<Json<ProcessResponse>, ApiError> {
+        self.process_impl(body.0).await
+    }
+}
+
+/// The OpenAPI service (also used by `myriad-orchestrator openapi`).
+pub fn service(state: Arc<AppState>) -> OpenApiService<Api, ()> {
+    OpenApiService::new(Api::new(state), "Myriad Orchestrator", VERSION).description(
+        "Routes questions and concept/intent tasks to agent services found in a knowledge graph, \
+         through rate limits, circuit breakers, retries and caches.",
+    )
+}
+
+/// The whole HTTP application: API, `/openapi.json`, Swagger UI at `/docs`, and the edge
+/// middleware (body limit, error normalization, request counting).
+pub fn app(state: Arc<AppState>) -> impl Endpoint {
+    let api = service(state.clone());
+    let ui = api.swagger_ui();
+    let spec = api.spec_endpoint();
+    let max_body = state.config.max_body_bytes;
+    let metrics = state.metrics.clone();
+    Route::new()
+        .nest("/docs", ui)
+        .at("/openapi.json", spec)
+        .nest("/", api)
+        .into_endpoint()
+        .around(move |ep, req| {
+            let metrics = metrics.clone();
+            async move {
+                let resp = match errors::limit_body(req, max_body).await {
+                    Ok(req) => errors::normalize(&*ep, req).await,
+                    Err(resp) => resp,
+                };
+                metrics.record_status(resp.status().as_u16());
+                Ok::<_, poem::Error>(resp)
+            }
+        })
+}

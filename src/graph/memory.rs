@@ -1,0 +1,250 @@
+//! The embedded knowledge graph: the whole graph in process, loaded from a seed file.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use std::sync::RwLock;
+
+use super::{
+    hebbian, rank,
+    seed::{demo_placeholder, Seed},
+    AgentInfo, AgentRecord, Candidate, Deltas, EdgeStats, GraphError, KnowledgeGraph, Outcome,
+    WeightChange,
+};
+
+#[derive(Default)]
+struct State {
+    /// concept name → primary definition
+    concepts: BTreeMap<String, String>,
+    agents: BTreeMap<String, AgentInfo>,
+    /// (agent, concept) → edge statistics
+    edges: HashMap<(String, String), EdgeStats>,
+}
+
+pub struct MemoryGraph {
+    state: RwLock<State>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("agent {agent:?} uses the demo agent {demo:?}, which is not running (DEMO_AGENTS=off or unknown name)")]
+pub struct UnresolvedDemo {
+    pub agent: String,
+    pub demo: String,
+}
+
+impl MemoryGraph {
+    /// Builds the graph from a validated seed; `demo_url` resolves `{demo:<name>}` endpoints.
+    pub fn from_seed(
+        seed: &Seed,
+        demo_url: impl Fn(&str) -> Option<String>,
+    ) -> Result<MemoryGraph, UnresolvedDemo> {
+        let mut state = State::default();
+        for c in &seed.concepts {
+            state
+                .concepts
+                .insert(c.name.clone(), c.primary_definition.clone());
+        }
+        for a in &seed.agents {
+            let endpoint = match demo_placeholder(&a.endpoint) {
+                Some(demo) => demo_url(demo).ok_or_else(|| UnresolvedDemo {
+                    agent: a.name.clone(),
+                    demo: demo.to_string(),
+                })?,
+                None => a.endpoint.clone(),
+            };
+            state.agents.insert(
+                a.name.clone(),
+                AgentInfo {
+                    name: a.name.clone(),
+                    agent_type: a.agent_type.clone(),
+                    endpoint,
+                    status: "active".to_string(),
+                    intents: a.intents.clone(),
+                    capabilities: a.capabilities.clone(),
+                },
+            );
+        }
+        for h in &seed.handles {
+            state.edges.insert(
+                (h.agent.clone(), h.concept.clone()),
+                EdgeStats::new(h.weight),
+            );
+        }
+        Ok(MemoryGraph {
+            state: RwLock::new(state),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl KnowledgeGraph for MemoryGraph {
+    async fn discover(&self, concept: &str, intent: &str) -> Result<Vec<Candidate>, GraphError> {
+        let state = self.read();
+        let mut found: Vec<Candidate> = state
+            .edges
+            .iter()
+            .filter(|((_, c), _)| c == concept)
+            .filter_map(|((a, _), stats)| {
+                let agent = state.agents.get(a)?;
+                (agent.status == "active" && agent.intents.iter().any(|i| i == intent)).then(|| {
+                    Candidate {
+                        agent: agent.clone(),
+                        stats: stats.clone(),
+                    }
+                })
+            })
+            .collect();
+        rank(&mut found);
+        Ok(found)
+    }
+
+    async fn agents(&self) -> Result<Vec<AgentRecord>, GraphError> {
+        let state = self.read();
+        Ok(state
+            .agents
+            .values()
+            .map(|agent| {
+                let mut concepts: Vec<(String, EdgeStats)> = state
+                    .edges
+                    .iter()
+                    .filter(|((a, _), _)| a == &agent.name)
+                    .map(|((_, c), s)| (c.clone(), s.clone()))
+                    .collect();
+                concepts.sort_by(|a, b| a.0.cmp(&b.0));
+                AgentRecord {
+                    agent: agent.clone(),
+                    concepts,
+                }
+            })
+            .collect())
+    }
+
+    async fn learn(
+        &self,
+        outcomes: &[Outcome],
+        deltas: Deltas,
+    ) -> Result<Vec<WeightChange>, GraphError> {
+        let mut state = self.write();
+        let mut changes = Vec::with_capacity(outcomes.len());
+        for o in outcomes {
+            // Only existing edges learn: an outcome never invents an agent→concept link.
+            let Some(stats) = state.edges.get_mut(&(o.agent.clone(), o.concept.clone())) else {
+                continue;
+            };
+            let old = stats.weight;
+            hebbian(stats, o.success, deltas);
+            changes.push(WeightChange {
+                agent: o.agent.clone(),
+                concept: o.concept.clone(),
+                old,
+                new: stats.weight,
+            });
+        }
+        Ok(changes)
+    }
+
+    async fn decay(&self, rate: f64) -> Result<usize, GraphError> {
+        let mut state = self.write();
+        let factor = (1.0 - rate).clamp(0.0, 1.0);
+        for stats in state.edges.values_mut() {
+            stats.weight *= factor;
+        }
+        Ok(state.edges.len())
+    }
+
+    async fn ping(&self) -> Result<(), GraphError> {
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph() -> MemoryGraph {
+        let seed = Seed::parse(
+            r#"{"concepts":[{"name":"lamp"}],
+            "agents":[
+              {"name":"B","endpoint":"http://127.0.0.1:1/q","intents":["define","compare"]},
+              {"name":"A","endpoint":"http://127.0.0.1:2/q","intents":["define"]},
+              {"name":"C","endpoint":"{demo:factbase}","intents":["compare"]}],
+            "handles":[{"agent":"A","concept":"lamp","weight":0.5},
+                       {"agent":"B","concept":"lamp","weight":0.5},
+                       {"agent":"C","concept":"lamp","weight":0.9}]}"#,
+        )
+        .unwrap();
+        MemoryGraph::from_seed(&seed, |d| Some(format!("http://demo/{d}"))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn discovery_honours_the_intent_and_ranks_deterministically() {
+        let g = graph();
+        let names = |c: Vec<Candidate>| c.into_iter().map(|c| c.agent.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(g.discover("lamp", "define").await.unwrap()),
+            ["A", "B"]
+        );
+        assert_eq!(
+            names(g.discover("lamp", "compare").await.unwrap()),
+            ["C", "B"]
+        );
+        assert!(g.discover("lamp", "dance").await.unwrap().is_empty());
+        assert!(g.discover("sun", "define").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn learning_moves_the_edge_of_the_agent_that_answered() {
+        let g = graph();
+        let deltas = Deltas {
+            success: 0.05,
+            failure: 0.02,
+        };
+        let outcome = Outcome {
+            agent: "B".into(),
+            concept: "lamp".into(),
+            success: true,
+        };
+        let changes = g.learn(&[outcome], deltas).await.unwrap();
+        assert_eq!(changes.len(), 1);
+        assert!((changes[0].new - 0.55).abs() < 1e-9);
+        // B now outranks A for "define".
+        let first = &g.discover("lamp", "define").await.unwrap()[0];
+        assert_eq!(first.agent.name, "B");
+        let unknown = Outcome {
+            agent: "Z".into(),
+            concept: "lamp".into(),
+            success: true,
+        };
+        assert!(g.learn(&[unknown], deltas).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn decay_shrinks_every_weight() {
+        let g = graph();
+        g.decay(0.5).await.unwrap();
+        let c = g.discover("lamp", "compare").await.unwrap();
+        assert!((c[0].stats.weight - 0.45).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_missing_demo_agent_is_named() {
+        let seed = Seed::parse(
+            r#"{"agents":[{"name":"C","endpoint":"{demo:factbase}","intents":["define"]}]}"#,
+        )
+        .unwrap();
+        let err = MemoryGraph::from_seed(&seed, |_| None).err().unwrap();
+        assert_eq!(err.demo, "factbase");
+    }
+}

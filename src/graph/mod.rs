@@ -1,0 +1,169 @@
+//! The knowledge graph: which agent handles which concept and intent, and how well.
+//!
+//! The pipeline only sees [`KnowledgeGraph`]; `memory` is the embedded backend loaded from a
+//! seed file (see [`seed`] for the format, a public contract).
+
+pub mod memory;
+pub mod seed;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+/// An agent as recorded in the graph.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub agent_type: String,
+    pub endpoint: String,
+    pub status: String,
+    pub intents: Vec<String>,
+    pub capabilities: Vec<String>,
+}
+
+/// Learned statistics of one agent→concept edge.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EdgeStats {
+    pub weight: f64,
+    pub usage_count: u64,
+    pub success_count: u64,
+    pub failure_count: u64,
+    pub success_rate: f64,
+}
+
+impl EdgeStats {
+    pub fn new(weight: f64) -> Self {
+        EdgeStats {
+            weight,
+            usage_count: 0,
+            success_count: 0,
+            failure_count: 0,
+            success_rate: 0.0,
+        }
+    }
+}
+
+/// One agent able to serve a (concept, intent), with its edge statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub agent: AgentInfo,
+    pub stats: EdgeStats,
+}
+
+/// An agent with every concept it handles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRecord {
+    pub agent: AgentInfo,
+    pub concepts: Vec<(String, EdgeStats)>,
+}
+
+/// The outcome of one agent call, fed to Hebbian learning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub agent: String,
+    pub concept: String,
+    pub success: bool,
+}
+
+/// A weight that learning moved, for logs and traces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightChange {
+    pub agent: String,
+    pub concept: String,
+    pub old: f64,
+    pub new: f64,
+}
+
+/// Hebbian constants, applied by the graph backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Deltas {
+    pub success: f64,
+    pub failure: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    #[error("graph backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("graph query timed out")]
+    Timeout,
+}
+
+/// Canonical form of a concept name: trimmed, lower case, inner whitespace collapsed.
+pub fn normalize_concept(name: &str) -> String {
+    name.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+#[async_trait]
+pub trait KnowledgeGraph: Send + Sync + 'static {
+    /// Agents that handle `concept` and list `intent`, best first (weight, then success rate,
+    /// then name — deterministic).
+    async fn discover(&self, concept: &str, intent: &str) -> Result<Vec<Candidate>, GraphError>;
+    /// Every agent with its concepts, ordered by name.
+    async fn agents(&self) -> Result<Vec<AgentRecord>, GraphError>;
+    /// Applies a batch of outcomes (Hebbian update), keyed by the agent's real name.
+    async fn learn(
+        &self,
+        outcomes: &[Outcome],
+        deltas: Deltas,
+    ) -> Result<Vec<WeightChange>, GraphError>;
+    /// Multiplies every weight by `1 - rate`.
+    async fn decay(&self, rate: f64) -> Result<usize, GraphError>;
+    /// Cheap reachability probe.
+    async fn ping(&self) -> Result<(), GraphError>;
+    /// Backend name for `/status`.
+    fn backend(&self) -> &'static str;
+}
+
+/// Ranking shared by every backend: weight desc, success rate desc, name asc.
+pub fn rank(candidates: &mut [Candidate]) {
+    candidates.sort_by(|a, b| {
+        b.stats
+            .weight
+            .total_cmp(&a.stats.weight)
+            .then(b.stats.success_rate.total_cmp(&a.stats.success_rate))
+            .then_with(|| a.agent.name.cmp(&b.agent.name))
+    });
+}
+
+/// The Hebbian rule on one edge.
+pub fn hebbian(stats: &mut EdgeStats, success: bool, deltas: Deltas) {
+    stats.usage_count += 1;
+    if success {
+        stats.success_count += 1;
+        stats.weight = (stats.weight + deltas.success).min(1.0);
+    } else {
+        stats.failure_count += 1;
+        stats.weight = (stats.weight - deltas.failure).max(0.0);
+    }
+    stats.success_rate = stats.success_count as f64 / stats.usage_count as f64;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hebbian_rule_is_clamped_to_the_unit_interval() {
+        let d = Deltas {
+            success: 0.05,
+            failure: 0.02,
+        };
+        let mut s = EdgeStats::new(0.98);
+        hebbian(&mut s, true, d);
+        assert_eq!(s.weight, 1.0);
+        let mut s = EdgeStats::new(0.01);
+        hebbian(&mut s, false, d);
+        assert_eq!(s.weight, 0.0);
+        assert_eq!((s.usage_count, s.failure_count), (1, 1));
+        assert_eq!(s.success_rate, 0.0);
+    }
+
+    #[test]
+    fn concepts_are_normalized() {
+        assert_eq!(normalize_concept("  Light   Bulb "), "light bulb");
+    }
+}

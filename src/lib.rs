@@ -1,0 +1,27 @@
+//! Myriad Orchestrator: an observability-first, resilient gateway in front of agent services.
+//!
+//! # Layout
+//! - [`startup`]: `Application::build(config)` wires everything and binds the listener.
+//! - [`config`]: every setting (flags and the original service's environment variables),
+//!   validated together at start-up.
+//! - [`api`]: the HTTP surface (poem-openapi operations, DTOs, one error body for all errors).
+//! - [`pipeline`]: the path of one task — parse the query, discover candidates, call them
+//!   through the resilience stack with failover, learn from the outcome, synthesize.
+//! - [`resilience`]: deadline, rate limit, bulkhead, circuit breaker, retry, per-try timeout.
+//! - [`graph`]: the knowledge graph trait, the seed format and the in-memory backend.
+//! - [`agents`]: the agent protocol over HTTP and the built-in demo agents.
+//! - [`metrics`], [`telemetry`]: counters behind `/metrics`; logging set-up.
+#![forbid(unsafe_code)]
+
+pub mod agents;
+pub mod api;
+pub mod config;
+pub mod graph;
+pub mod metrics;
+pub mod pipeline;
+pub mod resilience;
+pub mod startup;
+pub mod telemetry;
+
+/// The crate version, reported by `/health`, `/status` and `/metrics`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,139 @@
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use myriad::{
+    agents::demo::{self, DemoKind},
+    config::{Config, RawSettings, EXIT_BAD_CONFIG},
+    startup::{self, Application},
+    telemetry,
+};
+
+/// Myriad Orchestrator: routes questions and concept/intent tasks to agent services.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    settings: RawSettings,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve {
+        #[command(flatten)]
+        settings: RawSettings,
+    },
+    /// Print the OpenAPI document (JSON) and exit.
+    Openapi,
+    /// Run one built-in demo agent.
+    DemoAgent {
+        /// lightbulb_definition, lightbulb_function or factbase.
+        #[arg(long)]
+        name: DemoKind,
+        /// Port to listen on.
+        #[arg(long, default_value_t = 5001)]
+        port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0")]
+        host: std::net::IpAddr,
+    },
+    /// Validate the configuration and exit (64 when it is bad).
+    CheckConfig {
+        #[command(flatten)]
+        settings: RawSettings,
+    },
+}
+
+fn load(raw: &RawSettings) -> Result<Config, ExitCode> {
+    Config::from_raw(raw).map_err(|errors| {
+        eprintln!("invalid configuration:");
+        for e in errors {
+            eprintln!("  - {e}");
+        }
+        ExitCode::from(EXIT_BAD_CONFIG as u8)
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received; draining");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match cli.command {
+        None => cli.settings,
+        Some(Command::Serve { settings }) => settings,
+        Some(Command::Openapi) => {
+            println!("{}", startup::openapi_json());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::CheckConfig { settings }) => {
+            return match load(&settings) {
+                Ok(config) => {
+                    for w in &config.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    println!("configuration is valid");
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            };
+        }
+        Some(Command::DemoAgent { name, port, host }) => {
+            telemetry::init(myriad::config::LogFormat::Text);
+            let listener = match std::net::TcpListener::bind((host, port)) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("cannot listen on {host}:{port}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            tracing::info!(agent = name.agent_name(), %port, "demo agent listening");
+            return match demo::serve(name, listener, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo agent failed: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
+    let config = match load(&settings) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    telemetry::init(config.log_format);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let app = match Application::build(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "start-up failed");
+            eprintln!("start-up failed: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
+    match app.run_until(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Hebbian learning, off the request path.
+//!
+//! The pipeline drops each outcome into a bounded channel and moves on; one worker applies
+//! them to the graph in batches every flush interval and runs the periodic decay. When the
+//! channel is full, outcomes are dropped and counted rather than slowing requests down.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    config::LearningSettings,
+    graph::{Deltas, KnowledgeGraph, Outcome},
+};
+
+/// Outcomes waiting to be applied, at most.
+const QUEUE: usize = 16_384;
+/// Outcomes applied in one write, at most.
+const BATCH: usize = 4_096;
+
+#[derive(Clone, Default)]
+pub struct Learner {
+    tx: Option<mpsc::Sender<Outcome>>,
+    pub stats: Arc<LearningStats>,
+}
+
+#[derive(Default)]
+pub struct LearningStats {
+    pub applied: AtomicU64,
+    pub dropped: AtomicU64,
+    pub batches: AtomicU64,
+    pub decays: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl Learner {
+    /// A learner that ignores every outcome (learning disabled).
+    pub fn disabled() -> Self {
+        Learner::default()
+    }
+
+    /// Starts the worker; it ends when every `Learner` clone is dropped, after a last flush.
+    pub fn spawn(graph: Arc<dyn KnowledgeGraph>, settings: &LearningSettings) -> Self {
+        if !settings.enabled {
+            return Learner::disabled();
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let stats = Arc::new(LearningStats::default());
+        tokio::spawn(worker(graph, settings.clone(), rx, stats.clone()));
+        Learner {
+            tx: Some(tx),
+            stats,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    pub fn record(&self, outcome: Outcome) {
+        if let Some(tx) = &self.tx {
+            if tx.try_send(outcome).is_err() {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+async fn worker(
+    graph: Arc<dyn KnowledgeGraph>,
+    settings: LearningSettings,
+    mut rx: mpsc::Receiver<Outcome>,
+    stats: Arc<LearningStats>,
+) {
+    let deltas = Deltas {
+        success: settings.delta_success,
+        failure: settings.delta_failure,
+    };
+    let mut decay = tokio::time::interval_at(
+        tokio::time::Instant::now() + settings.decay_interval,
+        settings.decay_interval,
+    );
+    decay.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                // Let a burst accumulate so it lands as one write.
+                tokio::time::sleep(settings.flush_interval).await;
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(o) => batch.push(o),
+                        Err(_) => break,
+                    }
+                }
+                apply(&*graph, &mut batch, deltas, &stats).await;
+            }
+            _ = decay.tick() => {
+                match graph.decay(settings.decay_rate).await {
+                    Ok(edges) => {
+                        stats.decays.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(edges, rate = settings.decay_rate, "hebbian decay applied");
+                    }
+                    Err(e) => {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "hebbian decay failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn apply(
+    graph: &dyn KnowledgeGraph,
+    batch: &mut Vec<Outcome>,
+    deltas: Deltas,
+    stats: &LearningStats,
+) {
+    let span = tracing::info_span!("learn", outcomes = batch.len());
+    let _enter = span.enter();
+    match graph.learn(batch, deltas).await {
+        Ok(changes) => {
+            stats
+                .applied
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            for c in &changes {
+                tracing::debug!(agent = %c.agent, concept = %c.concept, old = c.old, new = c.new, "weight updated");
+            }
+        }
+        Err(e) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, outcomes = batch.len(), "learning update failed; batch dropped");
+        }
+    }
+    batch.clear();
+}

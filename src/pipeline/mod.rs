@@ -1,0 +1,376 @@
+//! The path of one task: discover → (for each candidate, best first) resilient call → learn.
+//!
+//! ```text
+//! task ─▶ discover(concept, intent) ─▶ candidate 1 ─▶ resilience::Stack ─▶ agent
+//!                                   └▶ candidate 2 (failover) …
+//!      ─▶ learning::Learner (off the request path)
+//! ```
+
+pub mod learning;
+pub mod parser;
+pub mod processors;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::{
+    agents::AgentRequest,
+    graph::{Candidate, GraphError, KnowledgeGraph, Outcome},
+    metrics::Metrics,
+    resilience::{Failure, Stack},
+};
+
+/// One unit of work: ask the agent for `concept` to perform `intent`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskSpec {
+    /// As the client sent it: an integer or a string.
+    pub task_id: Value,
+    pub concept: String,
+    pub intent: String,
+    pub args: Value,
+}
+
+impl TaskSpec {
+    /// The task id as a key of `results`.
+    pub fn key(&self) -> String {
+        task_key(&self.task_id)
+    }
+}
+
+pub fn task_key(id: &Value) -> String {
+    match id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Success,
+    Error,
+}
+
+/// What one task produced. Agent fields outside the protocol pass through in `extra`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskResult {
+    pub task_id: Value,
+    pub status: TaskStatus,
+    pub agent_name: Option<String>,
+    pub data: Value,
+    pub concept: String,
+    pub intent: String,
+    /// Cache tier that answered ("l1", "l2") or null.
+    pub cached: Option<&'static str>,
+    pub stale: bool,
+    pub attempts: u32,
+    pub latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Fields the gateway owns; an agent cannot overwrite them.
+const RESERVED: [&str; 13] = [
+    "task_id",
+    "status",
+    "agent_name",
+    "data",
+    "concept",
+    "intent",
+    "cached",
+    "stale",
+    "attempts",
+    "latency_ms",
+    "code",
+    "error",
+    "candidates",
+];
+
+impl TaskResult {
+    fn new(task: &TaskSpec, status: TaskStatus) -> Self {
+        TaskResult {
+            task_id: task.task_id.clone(),
+            status,
+            agent_name: None,
+            data: Value::Null,
+            concept: task.concept.clone(),
+            intent: task.intent.clone(),
+            cached: None,
+            stale: false,
+            attempts: 0,
+            latency_ms: 0.0,
+            code: None,
+            error: None,
+            extra: Map::new(),
+        }
+    }
+
+    fn failed(task: &TaskSpec, code: &'static str, message: impl Into<String>) -> Self {
+        let mut r = TaskResult::new(task, TaskStatus::Error);
+        r.code = Some(code);
+        r.error = Some(message.into());
+        r
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.status == TaskStatus::Success
+    }
+
+    /// Copies an agent's answer in: `data`, then every non-reserved field.
+    fn absorb(&mut self, mut body: Map<String, Value>) {
+        self.data = body.remove("data").unwrap_or(Value::Null);
+        if let Some(Value::String(name)) = body.remove("agent_name") {
+            self.extra
+                .insert("agent_reported_name".into(), Value::String(name));
+        }
+        for (k, v) in body {
+            if !RESERVED.contains(&k.as_str()) {
+                self.extra.insert(k, v);
+            }
+        }
+        // The agent's own name field only matters when it disagrees with the graph.
+        if self
+            .extra
+            .get("agent_reported_name")
+            .and_then(Value::as_str)
+            == self.agent_name.as_deref()
+        {
+            self.extra.remove("agent_reported_name");
+        }
+    }
+}
+
+/// `success` when every task succeeded, `failed` when none did, else `partial`.
+pub fn overall_status<'a>(results: impl IntoIterator<Item = &'a TaskResult>) -> &'static str {
+    let (mut ok, mut total) = (0usize, 0usize);
+    for r in results {
+        total += 1;
+        ok += usize::from(r.succeeded());
+    }
+    match (ok, total) {
+        (_, 0) => "failed",
+        (ok, total) if ok == total => "success",
+        (0, _) => "failed",
+        _ => "partial",
+    }
+}
+
+pub struct Pipeline {
+    pub graph: Arc<dyn KnowledgeGraph>,
+    pub stack: Arc<Stack>,
+    pub learner: learning::Learner,
+    pub metrics: Arc<Metrics>,
+    pub task_concurrency: usize,
+}
+
+impl Pipeline {
+    /// Ranked candidates for (concept, intent).
+    pub async fn discover(
+        &self,
+        concept: &str,
+        intent: &str,
+    ) -> Result<Vec<Candidate>, GraphError> {
+        self.graph.discover(concept, intent).await
+    }
+
+    /// Runs every task concurrently (bounded), each under the request `deadline`.
+    /// Results come back in the order of `tasks`.
+    pub async fn run_batch(&self, tasks: &[TaskSpec], deadline: Instant) -> Vec<TaskResult> {
+        let mut runs = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            runs.push(self.run_task(task, deadline));
+        }
+        futures::stream::iter(runs)
+            .buffered(self.task_concurrency)
+            .collect()
+            .await
+    }
+
+    /// One task, never longer than `deadline`, never an error: failures are in the result.
+    pub async fn run_task(&self, task: &TaskSpec, deadline: Instant) -> TaskResult {
+        let span = tracing::info_span!("task", task_id = %task.key(), concept = %task.concept, intent = %task.intent);
+        let started = Instant::now();
+        let mut result = match tokio::time::timeout_at(deadline, self.serve(task, deadline))
+            .instrument(span)
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => TaskResult::failed(
+                task,
+                "timeout",
+                "the request deadline passed before an agent answered",
+            ),
+        };
+        result.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.metrics
+            .record_task(result.succeeded(), started.elapsed());
+        result
+    }
+
+    async fn serve(&self, task: &TaskSpec, deadline: Instant) -> TaskResult {
+        let candidates = match self.discover(&task.concept, &task.intent).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "discovery failed");
+                return TaskResult::failed(
+                    task,
+                    "graph_unavailable",
+                    "the knowledge graph is unavailable",
+                );
+            }
+        };
+        if candidates.is_empty() {
+            return TaskResult::failed(
+                task,
+                "no_agent",
+                format!(
+                    "no agent handles intent '{}' for concept '{}'",
+                    task.intent, task.concept
+                ),
+            );
+        }
+        let request = AgentRequest {
+            task_id: task.task_id.clone(),
+            intent: task.intent.clone(),
+            concept: task.concept.clone(),
+            args: task.args.clone(),
+        };
+        let mut attempts = 0;
+        let mut last: Option<(Failure, &Candidate)> = None;
+        let mut rejected: Option<TaskResult> = None;
+        for candidate in &candidates {
+            let outcome = self.stack.call(&candidate.agent, &request, deadline).await;
+            attempts += outcome.attempts;
+            match outcome.result {
+                Ok(reply) => {
+                    let success = reply.succeeded();
+                    self.learn(&candidate.agent.name, &task.concept, success);
+                    let mut r = TaskResult::new(
+                        task,
+                        if success {
+                            TaskStatus::Success
+                        } else {
+                            TaskStatus::Error
+                        },
+                    );
+                    r.agent_name = Some(candidate.agent.name.clone());
+                    r.absorb(reply.body);
+                    r.attempts = attempts;
+                    if success {
+                        return r;
+                    }
+                    r.code = Some("agent_error");
+                    r.error = Some(format!("agent {} reported an error", candidate.agent.name));
+                    rejected.get_or_insert(r);
+                }
+                Err(failure) => {
+                    if failure.reached_agent() {
+                        self.learn(&candidate.agent.name, &task.concept, false);
+                    }
+                    if let Failure::Call(crate::agents::CallError::Status {
+                        status,
+                        body: Some(body),
+                    }) = &failure
+                    {
+                        if *status < 500 {
+                            let mut r = TaskResult::failed(
+                                task,
+                                "agent_rejected",
+                                format!(
+                                    "agent {} rejected the task (HTTP {status})",
+                                    candidate.agent.name
+                                ),
+                            );
+                            r.agent_name = Some(candidate.agent.name.clone());
+                            r.absorb(body.clone());
+                            rejected.get_or_insert(r);
+                        }
+                    }
+                    tracing::debug!(agent = %candidate.agent.name, code = failure.code(), "candidate failed; trying the next one");
+                    last = Some((failure, candidate));
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        if let Some(mut r) = rejected {
+            r.attempts = attempts;
+            return r;
+        }
+        let (failure, candidate) = last.expect("at least one candidate was tried");
+        let mut r =
+            TaskResult::failed(task, failure.code(), failure.message(&candidate.agent.name));
+        r.agent_name = Some(candidate.agent.name.clone());
+        r.attempts = attempts;
+        r
+    }
+
+    fn learn(&self, agent: &str, concept: &str, success: bool) {
+        self.learner.record(Outcome {
+            agent: agent.to_string(),
+            concept: concept.to_string(),
+            success,
+        });
+    }
+}
+
+/// Time left before `deadline`, never negative.
+pub fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec() -> TaskSpec {
+        TaskSpec {
+            task_id: json!(7),
+            concept: "lamp".into(),
+            intent: "define".into(),
+            args: json!({}),
+        }
+    }
+
+    #[test]
+    fn agent_fields_pass_through_but_cannot_overwrite_the_gateways() {
+        let mut r = TaskResult::new(&spec(), TaskStatus::Success);
+        r.agent_name = Some("A".into());
+        let body = json!({"agent_name": "A", "status": "success", "data": "x", "confidence": 0.9, "attempts": 99});
+        r.absorb(body.as_object().unwrap().clone());
+        r.attempts = 1;
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["data"], "x");
+        assert_eq!(v["confidence"], 0.9);
+        assert_eq!(v["attempts"], 1);
+        assert_eq!(v["task_id"], 7);
+        assert!(v.get("agent_reported_name").is_none());
+    }
+
+    #[test]
+    fn overall_status_table() {
+        let ok = TaskResult::new(&spec(), TaskStatus::Success);
+        let bad = TaskResult::new(&spec(), TaskStatus::Error);
+        assert_eq!(overall_status([&ok, &ok]), "success");
+        assert_eq!(overall_status([&ok, &bad]), "partial");
+        assert_eq!(overall_status([&bad]), "failed");
+        assert_eq!(overall_status([]), "failed");
+    }
+
+    #[test]
+    fn keys_of_integer_and_string_ids() {
+        assert_eq!(task_key(&json!(1)), "1");
+        assert_eq!(task_key(&json!("a")), "a");
+    }
+}

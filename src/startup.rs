@@ -1,0 +1,204 @@
+//! Building and running the application: `Application::build(config)` binds the listener
+//! (port 0 works, which is how the tests start it) and wires every part together.
+
+use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc};
+
+use poem::{listener::TcpAcceptor, Server};
+use tokio::sync::watch;
+
+use crate::{
+    agents::{
+        demo::{self, DemoKind},
+        http::HttpAgents,
+        AgentTransport,
+    },
+    api::{self, AppState},
+    config::Config,
+    graph::{
+        memory::MemoryGraph,
+        seed::{Seed, DEFAULT_SEED},
+        KnowledgeGraph,
+    },
+    metrics::Metrics,
+    pipeline::{learning::Learner, Pipeline},
+    resilience::Stack,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Seed(#[from] crate::graph::seed::SeedError),
+    #[error(transparent)]
+    Demo(#[from] crate::graph::memory::UnresolvedDemo),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the demo agents: {0}")]
+    DemoAgents(#[source] std::io::Error),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+/// The built-in demo agents running in-process on free loopback ports.
+pub struct DemoAgents {
+    urls: HashMap<&'static str, String>,
+    stop: watch::Sender<bool>,
+}
+
+impl DemoAgents {
+    pub fn none() -> Self {
+        DemoAgents {
+            urls: HashMap::new(),
+            stop: watch::channel(false).0,
+        }
+    }
+
+    /// Starts every demo agent on 127.0.0.1:0.
+    pub fn start() -> std::io::Result<Self> {
+        let (stop, _) = watch::channel(false);
+        let mut urls = HashMap::new();
+        for kind in DemoKind::ALL {
+            let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+            let port = listener.local_addr()?.port();
+            let mut rx = stop.subscribe();
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = rx.wait_for(|stopped| *stopped).await;
+                };
+                if let Err(e) = demo::serve(kind, listener, shutdown).await {
+                    tracing::error!(agent = kind.id(), error = %e, "demo agent stopped");
+                }
+            });
+            urls.insert(kind.id(), format!("http://127.0.0.1:{port}/query"));
+        }
+        Ok(DemoAgents { urls, stop })
+    }
+
+    /// The `/query` URL of a running demo agent.
+    pub fn url(&self, id: &str) -> Option<String> {
+        self.urls.get(id).cloned()
+    }
+}
+
+impl Drop for DemoAgents {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+pub struct Application {
+    listener: std::net::TcpListener,
+    state: Arc<AppState>,
+    demos: DemoAgents,
+}
+
+impl Application {
+    /// Wires the application and binds its listener; nothing is served until `run`.
+    pub async fn build(config: Config) -> Result<Application, StartupError> {
+        let config = Arc::new(config);
+        let demos = if config.demo_agents {
+            DemoAgents::start().map_err(StartupError::DemoAgents)?
+        } else {
+            DemoAgents::none()
+        };
+        let seed = match &config.graph_seed {
+            Some(path) => Seed::from_file(path)?,
+            None => Seed::parse(DEFAULT_SEED)?,
+        };
+        let graph: Arc<dyn KnowledgeGraph> =
+            Arc::new(MemoryGraph::from_seed(&seed, |id| demos.url(id))?);
+        let transport: Arc<dyn AgentTransport> =
+            Arc::new(HttpAgents::new(config.http_pool_max).map_err(StartupError::Client)?);
+        let state = Arc::new(build_state(config.clone(), graph, transport));
+
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        Ok(Application {
+            listener,
+            state,
+            demos,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// URL of a built-in demo agent, when they run.
+    pub fn demo_url(&self, id: &str) -> Option<String> {
+        self.demos.url(id)
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        self.listener.set_nonblocking(true)?;
+        let acceptor = TcpAcceptor::from_std(self.listener)?;
+        tracing::info!(port = acceptor_port(&acceptor), "orchestrator listening");
+        let app = api::app(self.state.clone());
+        let result = Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(app, shutdown, Some(std::time::Duration::from_secs(30)))
+            .await;
+        drop(self.demos);
+        result
+    }
+}
+
+fn acceptor_port(acceptor: &TcpAcceptor) -> u16 {
+    use poem::listener::Acceptor;
+    acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().map(|s| s.port()))
+        .unwrap_or_default()
+}
+
+/// The shared state behind every request.
+pub fn build_state(
+    config: Arc<Config>,
+    graph: Arc<dyn KnowledgeGraph>,
+    transport: Arc<dyn AgentTransport>,
+) -> AppState {
+    let metrics = Arc::new(Metrics::default());
+    let learner = if tokio::runtime::Handle::try_current().is_ok() {
+        Learner::spawn(graph.clone(), &config.learning)
+    } else {
+        Learner::disabled()
+    };
+    let stack = Arc::new(Stack::new(transport, config.agent_timeout));
+    let pipeline = Arc::new(Pipeline {
+        graph,
+        stack,
+        learner,
+        metrics: metrics.clone(),
+        task_concurrency: config.task_concurrency,
+    });
+    AppState::new(config, pipeline, metrics)
+}
+
+/// The OpenAPI document the server serves, without starting anything.
+pub fn openapi_json() -> String {
+    let config = Arc::new(Config::default());
+    let seed = Seed::parse(DEFAULT_SEED).expect("the default seed is valid");
+    let graph: Arc<dyn KnowledgeGraph> = Arc::new(
+        MemoryGraph::from_seed(&seed, |id| Some(format!("http://127.0.0.1:0/{id}")))
+            .expect("placeholders resolve"),
+    );
+    let transport: Arc<dyn AgentTransport> =
+        Arc::new(HttpAgents::new(1).expect("a default HTTP client builds"));
+    let state = Arc::new(build_state(config, graph, transport));
+    api::service(state).spec()
+}

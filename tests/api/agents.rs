@@ -1,0 +1,191 @@
+#![allow(dead_code)] // each test uses only some of these helpers
+//! Real HTTP agent servers for tests, good and deliberately faulty, counting what they get.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use poem::{
+    handler, http::StatusCode, listener::TcpAcceptor, web::Data, web::Json, EndpointExt,
+    IntoResponse, Response, Route, Server,
+};
+use serde_json::{json, Value};
+
+/// How a test agent answers `POST /query`.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    /// 200 with `{"agent_name", "status":"success", "data"}` plus `extra` fields.
+    Answer { data: Value, extra: Value },
+    /// This status with an agent-shaped error body.
+    Status(u16),
+    /// Accepts the request and never answers.
+    Hang,
+    /// Answers after a delay.
+    Slow(Duration),
+    /// Answers this status `n` times, then succeeds.
+    FailThenOk { failures: usize, status: u16 },
+    /// 200 with a body that is not an agent response.
+    Garbage,
+}
+
+pub struct TestAgent {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub calls: Arc<AtomicUsize>,
+    pub received: Arc<Mutex<Vec<Value>>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl TestAgent {
+    pub fn url(&self) -> String {
+        format!("http://{}/query", self.addr)
+    }
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+    pub fn set(&self, b: Behaviour) {
+        *self.behaviour.lock().unwrap() = b;
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    name: String,
+    calls: Arc<AtomicUsize>,
+    received: Arc<Mutex<Vec<Value>>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+}
+
+#[handler]
+async fn query(Data(s): Data<&Shared>, Json(body): Json<Value>) -> Response {
+    let n = s.calls.fetch_add(1, Ordering::SeqCst);
+    s.received.lock().unwrap().push(body.clone());
+    let behaviour = s.behaviour.lock().unwrap().clone();
+    let ok = |data: Value, extra: Value| {
+        let mut out = json!({"agent_name": s.name, "status": "success", "data": data});
+        if let Value::Object(extra) = extra {
+            for (k, v) in extra {
+                out[k] = v;
+            }
+        }
+        Json(out).into_response()
+    };
+    let fail = |status: u16| {
+        (
+            StatusCode::from_u16(status).unwrap(),
+            Json(json!({"agent_name": s.name, "status": "error", "data": format!("failing with {status}")})),
+        )
+            .into_response()
+    };
+    match behaviour {
+        Behaviour::Answer { data, extra } => ok(data, extra),
+        Behaviour::Status(code) => fail(code),
+        Behaviour::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            fail(500)
+        }
+        Behaviour::Slow(d) => {
+            tokio::time::sleep(d).await;
+            ok(json!(format!("{} answered slowly", s.name)), json!({}))
+        }
+        Behaviour::FailThenOk { failures, status } => {
+            if n < failures {
+                fail(status)
+            } else {
+                ok(json!(format!("{} recovered", s.name)), json!({}))
+            }
+        }
+        Behaviour::Garbage => "<html>not json</html>".into_response(),
+    }
+}
+
+/// Starts a test agent on a free loopback port.
+pub fn spawn_agent(name: &str, behaviour: Behaviour) -> TestAgent {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shared = Shared {
+        name: name.to_string(),
+        calls: Arc::new(AtomicUsize::new(0)),
+        received: Arc::new(Mutex::new(Vec::new())),
+        behaviour: Arc::new(Mutex::new(behaviour)),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = Route::new()
+        .at("/query", poem::post(query))
+        .data(shared.clone());
+    tokio::spawn(async move {
+        let acceptor = TcpAcceptor::from_std(listener).unwrap();
+        let _ = Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(
+                app,
+                async {
+                    let _ = stopped.await;
+                },
+                Some(Duration::from_millis(10)),
+            )
+            .await;
+    });
+    TestAgent {
+        name: name.to_string(),
+        addr,
+        calls: shared.calls,
+        received: shared.received,
+        behaviour: shared.behaviour,
+        _stop: stop,
+    }
+}
+
+/// Requests a JSON server received: (path, body).
+pub type Seen = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// A generic JSON server (remote input/output processors): answers every POST with `answer`
+/// and records the bodies it got.
+pub fn spawn_json_server(answer: Value) -> (String, Seen, tokio::sync::oneshot::Sender<()>) {
+    #[handler]
+    async fn any(
+        req: &poem::Request,
+        Data(s): Data<&(Value, Seen)>,
+        Json(body): Json<Value>,
+    ) -> Json<Value> {
+        s.1.lock()
+            .unwrap()
+            .push((req.uri().path().to_string(), body));
+        Json(s.0.clone())
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = Route::new()
+        .at("/*path", poem::post(any))
+        .data((answer, seen.clone()));
+    tokio::spawn(async move {
+        let acceptor = TcpAcceptor::from_std(listener).unwrap();
+        let _ = Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(
+                app,
+                async {
+                    let _ = stopped.await;
+                },
+                None,
+            )
+            .await;
+    });
+    (format!("http://{addr}"), seen, stop)
+}
+
+/// A URL where nothing listens.
+pub fn dead_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/query")
+}

@@ -1,0 +1,141 @@
+use serde_json::{json, Value};
+
+use crate::helpers::{error_code, settings, spawn_app, spawn_with};
+
+#[tokio::test]
+async fn empty_and_incomplete_bodies_are_400() {
+    let app = spawn_app().await;
+    let cases = [
+        (json!({}), "missing_query_or_tasks"),
+        (json!({"user_id": "x"}), "missing_query_or_tasks"),
+        (
+            json!({"query": "what is a lightbulb", "tasks": []}),
+            "ambiguous_request",
+        ),
+        (json!({"tasks": []}), "empty_batch"),
+        (json!({"query": "   "}), "invalid_query"),
+        (json!({"query": "?!?"}), "unparseable_query"),
+        (
+            json!({"tasks": [{"task_id": 1, "concept": "lightbulb", "intent": "define"}, {"task_id": "1", "concept": "lightbulb", "intent": "function"}]}),
+            "duplicate_task_id",
+        ),
+        (
+            json!({"tasks": [{"task_id": 1, "concept": "", "intent": "define"}]}),
+            "invalid_concept",
+        ),
+        (
+            json!({"tasks": [{"task_id": 1, "concept": "lightbulb", "intent": "define", "args": [1]}]}),
+            "invalid_args",
+        ),
+    ];
+    for (body, code) in cases {
+        let (status, resp) = app.post("/process", &body).await;
+        assert_eq!(status, 400, "{body} → {resp}");
+        assert_eq!(error_code(&resp), code, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn wrong_types_are_400_with_the_error_body() {
+    let app = spawn_app().await;
+    for body in [
+        json!({"tasks": "not a list"}),
+        json!({"tasks": {"task_id": 1}}),
+        json!({"query": 42}),
+        json!({"tasks": [{"task_id": 1.5, "concept": "lightbulb", "intent": "define"}]}),
+        json!({"tasks": [{"task_id": 1, "concept": 7, "intent": "define"}]}),
+        json!({"tasks": [{"concept": "lightbulb", "intent": "define"}]}),
+        json!([1, 2]),
+        json!("text"),
+    ] {
+        let (status, resp) = app.post("/process", &body).await;
+        assert_eq!(status, 400, "{body} → {resp}");
+        error_code(&resp);
+    }
+}
+
+#[tokio::test]
+async fn malformed_json_and_wrong_content_type_get_json_errors() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .post_raw("/process", "application/json", "{\"query\": ")
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(error_code(&body), "invalid_body");
+    let (status, body) = app.post_raw("/process", "text/plain", "{}").await;
+    assert_eq!(status, 415);
+    assert_eq!(error_code(&body), "unsupported_media_type");
+}
+
+#[tokio::test]
+async fn unknown_paths_and_wrong_methods_get_json_errors() {
+    let app = spawn_app().await;
+    let (status, body) = app.get("/nowhere").await;
+    assert_eq!(status, 404);
+    assert_eq!(error_code(&body), "not_found");
+    let resp = app.client.delete(app.url("/process")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(error_code(&body), "method_not_allowed");
+}
+
+#[tokio::test]
+async fn too_many_tasks_is_413() {
+    let mut raw = settings();
+    raw.max_tasks = Some("3".into());
+    let app = spawn_with(raw, None).await;
+    let tasks: Vec<Value> = (0..4)
+        .map(|i| json!({"task_id": i, "concept": "lightbulb", "intent": "define"}))
+        .collect();
+    let (status, body) = app.post("/process", &json!({ "tasks": tasks })).await;
+    assert_eq!(status, 413);
+    assert_eq!(error_code(&body), "too_many_tasks");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_with_or_without_content_length() {
+    let mut raw = settings();
+    raw.max_body_bytes = Some("2048".into());
+    let app = spawn_with(raw, None).await;
+    let big = json!({"query": "x".repeat(4096)}).to_string();
+    let (status, body) = app
+        .post_raw("/process", "application/json", big.clone())
+        .await;
+    assert_eq!(status, 413);
+    assert_eq!(error_code(&body), "payload_too_large");
+    // Chunked: no Content-Length to trust.
+    let stream = futures::stream::iter(
+        big.into_bytes()
+            .chunks(512)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let (status, body) = app
+        .post_raw(
+            "/process",
+            "application/json",
+            reqwest::Body::wrap_stream(stream),
+        )
+        .await;
+    assert_eq!(status, 413);
+    assert_eq!(error_code(&body), "payload_too_large");
+}
+
+#[tokio::test]
+async fn rejected_requests_change_nothing() {
+    let app = spawn_app().await;
+    let (_, before) = app.get("/agents").await;
+    for body in [
+        json!({}),
+        json!({"tasks": "x"}),
+        json!({"tasks": [{"task_id": 1, "concept": "", "intent": "define"}]}),
+    ] {
+        let (status, _) = app.post("/process", &body).await;
+        assert_eq!(status, 400);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (_, after) = app.get("/agents").await;
+    assert_eq!(before, after);
+    let (_, metrics) = app.get("/metrics").await;
+    assert_eq!(metrics["performance"]["tasks_total"], 0);
+}

@@ -1,0 +1,143 @@
+//! Starting the real application on port 0 for a test.
+
+use std::time::Duration;
+
+use myriad::{
+    config::{Config, RawSettings},
+    startup::Application,
+};
+use serde_json::Value;
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    _seed: Option<tempfile::NamedTempFile>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Settings for a test app: loopback, port 0, short learning flush.
+pub fn settings() -> RawSettings {
+    RawSettings {
+        host: Some("127.0.0.1".into()),
+        port: Some("0".into()),
+        learning_flush_ms: Some("20".into()),
+        ..Default::default()
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(settings(), None).await
+}
+
+/// Starts the application with `raw` settings and, optionally, a seed document.
+pub async fn spawn_with(mut raw: RawSettings, seed: Option<Value>) -> TestApp {
+    let seed_file = seed.map(|s| {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), s.to_string()).unwrap();
+        raw.graph_seed = Some(f.path().display().to_string());
+        f
+    });
+    let config = Config::from_raw(&raw).expect("test configuration is valid");
+    let app = Application::build(config)
+        .await
+        .expect("application builds");
+    let port = app.port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        base: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        _seed: seed_file,
+        _stop: stop,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self.client.get(self.url(path)).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The weight of `agent`→`concept` as `/agents` reports it.
+    pub async fn weight(&self, agent: &str, concept: &str) -> f64 {
+        let (_, body) = self.get("/agents").await;
+        body["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == agent)
+            .and_then(|a| {
+                a["concepts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["name"] == concept)
+                    .cloned()
+            })
+            .map(|c| c["weight"].as_f64().unwrap())
+            .expect("agent and concept exist")
+    }
+}
+
+/// Asserts the common error body shape and returns its code.
+pub fn error_code(body: &Value) -> String {
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "no error message in {body}"
+    );
+    body["code"].as_str().expect("error code").to_string()
+}
+
+/// A seed with the given agents (name, endpoint, intents) all handling `concept`.
+pub fn seed_with(concept: &str, agents: &[(&str, &str, &[&str], f64)]) -> Value {
+    serde_json::json!({
+        "regions": [{"name": "Test"}],
+        "concepts": [{"name": concept, "primary_definition": "test concept", "region": "Test"}],
+        "agents": agents.iter().map(|(name, endpoint, intents, _)| serde_json::json!({
+            "name": name, "type": "static", "endpoint": endpoint, "intents": intents, "capabilities": []
+        })).collect::<Vec<_>>(),
+        "handles": agents.iter().map(|(name, _, _, w)| serde_json::json!({
+            "agent": name, "concept": concept, "weight": w
+        })).collect::<Vec<_>>(),
+    })
+}

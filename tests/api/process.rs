@@ -1,0 +1,252 @@
+use serde_json::{json, Value};
+
+use crate::{
+    agents::{dead_url, spawn_agent, spawn_json_server, Behaviour},
+    helpers::{seed_with, settings, spawn_app, spawn_with},
+};
+
+#[tokio::test]
+async fn a_single_query_is_answered_by_the_definition_agent() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .post(
+            "/process",
+            &json!({"query": "Define a lightbulb", "user_id": "test"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "success");
+    assert!(body["result"].is_object());
+    assert_eq!(body["result"]["agent_name"], "Lightbulb_Definition_AI");
+    assert_eq!(body["result"]["status"], "success");
+    assert_eq!(body["tasks"][0]["concept"], "lightbulb");
+    assert_eq!(body["tasks"][0]["intent"], "define");
+    assert!(body["answer"].as_str().unwrap().contains("light"));
+    assert!(body["results"]["1"].is_object());
+}
+
+#[tokio::test]
+async fn a_batch_is_answered_by_the_two_demo_agents() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .post(
+            "/process",
+            &json!({"tasks": [
+                {"task_id": 1, "concept": "lightbulb", "intent": "define"},
+                {"task_id": 2, "concept": "lightbulb", "intent": "function"}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "success");
+    let results = body["results"].as_object().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results["1"]["agent_name"], "Lightbulb_Definition_AI");
+    assert_eq!(results["2"]["agent_name"], "Lightbulb_Function_AI");
+    assert_eq!(results["1"]["task_id"], 1);
+    assert_eq!(results["1"]["attempts"], 1);
+    assert!(results["1"]["cached"].is_null());
+    assert_eq!(results["1"]["stale"], false);
+    assert!(results["1"]["latency_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn the_alias_route_behaves_like_process() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .post(
+            "/process_query",
+            &json!({"tasks": [{"task_id": "a", "concept": "lightbulb", "intent": "define"}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["results"]["a"]["task_id"], "a");
+    assert_eq!(body["status"], "success");
+}
+
+#[tokio::test]
+async fn a_mixed_batch_reports_each_task_and_is_partial() {
+    let good = spawn_agent(
+        "Good_AI",
+        Behaviour::Answer {
+            data: json!("fine"),
+            extra: json!({"confidence": 0.9}),
+        },
+    );
+    let broken = spawn_agent("Broken_AI", Behaviour::Status(500));
+    let mut seed = seed_with("lamp", &[("Good_AI", &good.url(), &["define"], 0.5)]);
+    seed["concepts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "sun"}));
+    seed["agents"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "Broken_AI", "endpoint": broken.url(), "intents": ["define"]}));
+    seed["handles"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"agent": "Broken_AI", "concept": "sun", "weight": 0.5}));
+    let mut raw = settings();
+    raw.http_retries = Some("0".into());
+    let app = spawn_with(raw, Some(seed)).await;
+    let (status, body) = app
+        .post(
+            "/process",
+            &json!({"tasks": [
+                {"task_id": 1, "concept": "lamp", "intent": "define", "args": {"depth": 2}},
+                {"task_id": 2, "concept": "unicorn", "intent": "define"},
+                {"task_id": 3, "concept": "sun", "intent": "define"}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "partial");
+    let r = &body["results"];
+    assert_eq!(r["1"]["status"], "success");
+    assert_eq!(r["1"]["data"], "fine");
+    assert_eq!(r["1"]["confidence"], 0.9, "agent fields pass through");
+    assert_eq!(r["2"]["status"], "error");
+    assert_eq!(r["2"]["code"], "no_agent");
+    assert_eq!(r["3"]["status"], "error");
+    assert_eq!(r["3"]["code"], "upstream_error");
+    assert_eq!(r["3"]["agent_name"], "Broken_AI");
+    let err = r["3"]["error"].as_str().unwrap();
+    assert!(
+        !err.contains("reqwest") && !err.contains("hyper"),
+        "internal text leaked: {err}"
+    );
+    // What the agent received is the agent protocol, with the client's args.
+    let got = good.received.lock().unwrap()[0].clone();
+    assert_eq!(
+        got,
+        json!({"task_id": 1, "intent": "define", "concept": "lamp", "args": {"depth": 2}})
+    );
+    assert_eq!(broken.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_batch_where_every_task_fails_is_failed_not_an_http_error() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .post(
+            "/process",
+            &json!({"tasks": [{"task_id": 1, "concept": "nothing", "intent": "define"}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "failed");
+}
+
+#[tokio::test]
+async fn an_agent_answering_400_is_reported_as_rejected() {
+    let picky = spawn_agent("Picky_AI", Behaviour::Status(400));
+    let seed = seed_with("lamp", &[("Picky_AI", &picky.url(), &["define"], 0.5)]);
+    let app = spawn_with(settings(), Some(seed)).await;
+    let (_, body) = app
+        .post(
+            "/process",
+            &json!({"tasks": [{"task_id": 1, "concept": "lamp", "intent": "define"}]}),
+        )
+        .await;
+    assert_eq!(body["results"]["1"]["code"], "agent_rejected");
+    assert_eq!(body["results"]["1"]["data"], "failing with 400");
+    assert_eq!(picky.calls(), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_agent_fails_the_task_not_the_request() {
+    let seed = seed_with("lamp", &[("Gone_AI", &dead_url(), &["define"], 0.5)]);
+    let mut raw = settings();
+    raw.http_retries = Some("0".into());
+    let app = spawn_with(raw, Some(seed)).await;
+    let (status, body) = app
+        .post(
+            "/process",
+            &json!({"tasks": [{"task_id": 1, "concept": "lamp", "intent": "define"}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["results"]["1"]["code"], "upstream_error");
+}
+
+#[tokio::test]
+async fn tasks_of_a_batch_run_concurrently() {
+    let slow = spawn_agent(
+        "Slow_AI",
+        Behaviour::Slow(std::time::Duration::from_millis(300)),
+    );
+    let seed = seed_with("lamp", &[("Slow_AI", &slow.url(), &["define"], 0.5)]);
+    let app = spawn_with(settings(), Some(seed)).await;
+    let tasks: Vec<Value> = (0..5)
+        .map(|i| json!({"task_id": i, "concept": "lamp", "intent": "define"}))
+        .collect();
+    let started = std::time::Instant::now();
+    let (_, body) = app.post("/process", &json!({ "tasks": tasks })).await;
+    let took = started.elapsed();
+    assert_eq!(body["status"], "success");
+    assert_eq!(slow.calls(), 5);
+    // Sequential would take 1.5 s; generous bound for a shared machine.
+    assert!(
+        took < std::time::Duration::from_millis(1_200),
+        "batch took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_hung_agent_is_cut_off_by_the_deadline() {
+    let hung = spawn_agent("Hung_AI", Behaviour::Hang);
+    let seed = seed_with("lamp", &[("Hung_AI", &hung.url(), &["define"], 0.5)]);
+    let mut raw = settings();
+    raw.request_timeout_ms = Some("400".into());
+    raw.agent_timeout_ms = Some("300".into());
+    let app = spawn_with(raw, Some(seed)).await;
+    let (status, body) = app
+        .post(
+            "/process",
+            &json!({"tasks": [{"task_id": 1, "concept": "lamp", "intent": "define"}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["results"]["1"]["code"], "timeout");
+}
+
+#[tokio::test]
+async fn remote_input_and_output_processors_are_used_when_configured() {
+    let (input_url, input_seen, _a) = spawn_json_server(json!({"task_list": {"tasks": [
+        {"task_id": 1, "concept": "lightbulb", "intent": "function"}
+    ]}}));
+    let (output_url, output_seen, _b) =
+        spawn_json_server(json!({"final_answer": "from the output processor"}));
+    let mut raw = settings();
+    raw.input_processor_url = Some(input_url);
+    raw.output_processor_url = Some(output_url);
+    let app = spawn_with(raw, None).await;
+    let (status, body) = app
+        .post("/process", &json!({"query": "anything", "user_id": "u1"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["agent_name"], "Lightbulb_Function_AI");
+    assert_eq!(body["answer"], "from the output processor");
+    let (path, sent) = input_seen.lock().unwrap()[0].clone();
+    assert_eq!(path, "/process/basic");
+    assert_eq!(sent, json!({"query": "anything", "user_id": "u1"}));
+    let (path, sent) = output_seen.lock().unwrap()[0].clone();
+    assert_eq!(path, "/synthesize/basic");
+    assert_eq!(sent["results"]["1"]["status"], "success");
+}
+
+#[tokio::test]
+async fn an_unavailable_input_processor_is_a_502_json_error() {
+    let mut raw = settings();
+    raw.input_processor_url = Some(dead_url().trim_end_matches("/query").to_string());
+    let app = spawn_with(raw, None).await;
+    let (status, body) = app
+        .post("/process", &json!({"query": "what is a lightbulb"}))
+        .await;
+    assert_eq!(status, 502);
+    assert_eq!(
+        crate::helpers::error_code(&body),
+        "input_processor_unavailable"
+    );
+}
