@@ -38,6 +38,15 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0")]
         host: std::net::IpAddr,
+        /// Fault injection: start failing this many seconds after start.
+        #[arg(long)]
+        fail_after_s: Option<f64>,
+        /// Fault injection: fail for this many seconds, then recover (default: forever).
+        #[arg(long)]
+        fail_for_s: Option<f64>,
+        /// Fault injection: the status answered while failing.
+        #[arg(long, default_value_t = 500)]
+        fail_status: u16,
     },
     /// Validate the configuration and exit (64 when it is bad).
     CheckConfig {
@@ -94,7 +103,19 @@ async fn main() -> ExitCode {
                 Err(code) => code,
             };
         }
-        Some(Command::DemoAgent { name, port, host }) => {
+        Some(Command::DemoAgent {
+            name,
+            port,
+            host,
+            fail_after_s,
+            fail_for_s,
+            fail_status,
+        }) => {
+            let fault = fail_after_s.map(|after| demo::Fault {
+                after: std::time::Duration::from_secs_f64(after.max(0.0)),
+                duration: fail_for_s.map(|d| std::time::Duration::from_secs_f64(d.max(0.0))),
+                status: fail_status,
+            });
             telemetry::init(myriad::config::LogFormat::Text);
             let listener = match std::net::TcpListener::bind((host, port)) {
                 Ok(l) => l,
@@ -104,7 +125,7 @@ async fn main() -> ExitCode {
                 }
             };
             tracing::info!(agent = name.agent_name(), %port, "demo agent listening");
-            return match demo::serve(name, listener, shutdown_signal()).await {
+            return match demo::serve_with_fault(name, fault, listener, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("demo agent failed: {e}");

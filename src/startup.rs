@@ -21,7 +21,7 @@ use crate::{
     },
     metrics::Metrics,
     pipeline::{learning::Learner, Pipeline},
-    resilience::Stack,
+    resilience::{limit::ClientLimiter, Stack, StackSettings},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +178,7 @@ pub fn build_state(
     } else {
         Learner::disabled()
     };
-    let stack = Arc::new(Stack::new(transport, config.agent_timeout));
+    let stack = Arc::new(Stack::new(transport, StackSettings::from_config(&config)));
     let pipeline = Arc::new(Pipeline {
         graph,
         stack,
@@ -186,7 +186,11 @@ pub fn build_state(
         metrics: metrics.clone(),
         task_concurrency: config.task_concurrency,
     });
-    AppState::new(config, pipeline, metrics)
+    let client_limiter = ClientLimiter::new(config.rate_limit_per_client, config.rate_limit_burst);
+    if let (Some(l), Ok(_)) = (&client_limiter, tokio::runtime::Handle::try_current()) {
+        l.spawn_pruner();
+    }
+    AppState::new(config, pipeline, metrics, client_limiter)
 }
 
 /// The OpenAPI document the server serves, without starting anything.

@@ -71,20 +71,46 @@ struct Bulb {
     level: u8,
 }
 
+/// Deliberate failure for load and chaos tests: from `after` since start, for `duration`
+/// (forever when `None`), `/query` answers `status`.
+#[derive(Debug, Clone, Copy)]
+pub struct Fault {
+    pub after: std::time::Duration,
+    pub duration: Option<std::time::Duration>,
+    pub status: u16,
+}
+
 #[derive(Clone)]
 struct AgentState {
     kind: DemoKind,
     bulb: Arc<Mutex<Bulb>>,
+    fault: Option<Fault>,
+    started: std::time::Instant,
+}
+
+impl AgentState {
+    fn failing(&self) -> Option<u16> {
+        let f = self.fault?;
+        let t = self.started.elapsed();
+        (t >= f.after && f.duration.is_none_or(|d| t < f.after + d)).then_some(f.status)
+    }
 }
 
 /// The demo agent as a poem endpoint.
 pub fn app(kind: DemoKind) -> impl poem::Endpoint {
+    app_with_fault(kind, None)
+}
+
+/// A demo agent that fails on schedule (see [`Fault`]).
+pub fn app_with_fault(kind: DemoKind, fault: Option<Fault>) -> impl poem::Endpoint {
     let state = AgentState {
         kind,
         bulb: Arc::new(Mutex::new(Bulb {
             on: false,
             level: 100,
         })),
+        fault,
+        started: std::time::Instant::now(),
     };
     Route::new()
         .at("/query", post(query))
@@ -99,10 +125,20 @@ pub async fn serve(
     listener: std::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_fault(kind, None, listener, shutdown).await
+}
+
+/// Like [`serve`], failing on schedule.
+pub async fn serve_with_fault(
+    kind: DemoKind,
+    fault: Option<Fault>,
+    listener: std::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let acceptor = TcpAcceptor::from_std(listener)?;
     Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app(kind), shutdown, None)
+        .run_with_graceful_shutdown(app_with_fault(kind, fault), shutdown, None)
         .await
 }
 
@@ -119,6 +155,14 @@ fn reply(state: &AgentState, status: StatusCode, body: Value) -> Response {
 
 #[handler]
 fn query(Data(state): Data<&AgentState>, body: poem::Result<Json<Value>>) -> Response {
+    if let Some(status) = state.failing() {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return reply(
+            state,
+            status,
+            json!({"status": "error", "data": "injected fault"}),
+        );
+    }
     let Ok(Json(req)) = body else {
         return reply(
             state,

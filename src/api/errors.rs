@@ -49,6 +49,20 @@ pub enum ApiError {
     /// The body is not `application/json`.
     #[oai(status = 415)]
     UnsupportedMediaType(Json<ErrorBody>),
+    /// The client is over its rate limit; retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(
+        Json<ErrorBody>,
+        /// Seconds until a request will be accepted.
+        #[oai(header = "Retry-After")]
+        u64,
+        /// Requests allowed in a burst.
+        #[oai(header = "X-RateLimit-Limit")]
+        u32,
+        /// Requests left in the current burst.
+        #[oai(header = "X-RateLimit-Remaining")]
+        u32,
+    ),
     /// A processor the request depends on failed.
     #[oai(status = 502)]
     BadGateway(Json<ErrorBody>),

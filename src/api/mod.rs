@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use poem::{Endpoint, EndpointExt, IntoEndpoint, Route};
+use poem::{Endpoint, EndpointExt, IntoEndpoint, Request, Route};
 use poem_openapi::{payload::Json, ApiResponse, OpenApi, OpenApiService, Tags};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -19,6 +19,7 @@ use crate::{
     graph::{normalize_concept, seed::validate_name, AgentRecord, Candidate},
     metrics::Metrics,
     pipeline::{overall_status, processors, Pipeline, TaskSpec},
+    resilience::limit::{ClientLimiter, Verdict},
     VERSION,
 };
 use dto::*;
@@ -29,17 +30,46 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub pipeline: Arc<Pipeline>,
     pub metrics: Arc<Metrics>,
+    /// Inbound per-client limit of `/process` and `/discover` (None = off).
+    pub client_limiter: Option<Arc<ClientLimiter>>,
     status_cache: Mutex<Option<(Instant, Value, bool)>>,
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, pipeline: Arc<Pipeline>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        pipeline: Arc<Pipeline>,
+        metrics: Arc<Metrics>,
+        client_limiter: Option<Arc<ClientLimiter>>,
+    ) -> Self {
         AppState {
             config,
             pipeline,
             metrics,
+            client_limiter,
             status_cache: Mutex::new(None),
         }
+    }
+}
+
+/// Who a request counts against: its API key when it has one, else its IP.
+fn client_key(req: &Request) -> String {
+    let headers = req.headers();
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        });
+    match key {
+        Some(k) => format!("key:{k}"),
+        None => match req.remote_addr().as_socket_addr() {
+            Some(addr) => format!("ip:{}", addr.ip()),
+            None => "ip:unknown".to_string(),
+        },
     }
 }
 
@@ -136,6 +166,32 @@ impl Api {
         Api { state }
     }
 
+    /// The inbound rate limit; `Err` is the 429 to answer with.
+    fn admit(&self, req: &Request) -> Result<(), ApiError> {
+        let Some(limiter) = &self.state.client_limiter else {
+            return Ok(());
+        };
+        match limiter.check(&client_key(req)) {
+            Verdict::Allowed { .. } => Ok(()),
+            Verdict::Limited { limit, retry_after } => {
+                self.state
+                    .metrics
+                    .rate_limited
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                Err(ApiError::TooManyRequests(
+                    Json(ErrorBody::new(
+                        "rate_limited",
+                        format!("too many requests; retry in {secs} s"),
+                    )),
+                    secs,
+                    limit,
+                    0,
+                ))
+            }
+        }
+    }
+
     fn breaker(&self, agent: &str) -> &'static str {
         self.state.pipeline.stack.breaker_state(agent)
     }
@@ -150,6 +206,15 @@ impl Api {
             "batches_total": learning.batches.load(std::sync::atomic::Ordering::Relaxed),
             "decays_total": learning.decays.load(std::sync::atomic::Ordering::Relaxed),
         });
+        performance["rejections"] = self.state.pipeline.stack.rejections.to_json();
+        performance["rejections"]["inbound_rate_limited"] = json!(self
+            .state
+            .metrics
+            .rate_limited
+            .load(std::sync::atomic::Ordering::Relaxed));
+        if let Some(l) = &self.state.client_limiter {
+            performance["rate_limited_clients_tracked"] = json!(l.tracked_clients());
+        }
         MetricsBody {
             service: "orchestrator".into(),
             version: VERSION.into(),
@@ -190,7 +255,7 @@ impl Api {
             .map(|a| {
                 (
                     a.agent.name.clone(),
-                    json!({"breaker": self.breaker(&a.agent.name)}),
+                    self.state.pipeline.stack.agent_status(&a.agent.name),
                 )
             })
             .collect();
@@ -463,8 +528,13 @@ impl Api {
 
     /// Which agent handles a concept and intent, with every ranked candidate.
     #[oai(path = "/discover", method = "post", tag = "Tag::Routing")]
-    async fn discover(&self, body: Json<DiscoverRequest>) -> Result<DiscoverResponse, ApiError> {
+    async fn discover(
+        &self,
+        req: &Request,
+        body: Json<DiscoverRequest>,
+    ) -> Result<DiscoverResponse, ApiError> {
         use std::sync::atomic::Ordering::Relaxed;
+        self.admit(req)?;
         self.state.metrics.discover_requests.fetch_add(1, Relaxed);
         let concept = validate_concept(&body.concept)?;
         let intent = validate_intent(body.intent.as_deref().unwrap_or("define"))?;
@@ -519,7 +589,12 @@ impl Api {
 
     /// Answers a question (`query`) or a batch of concept/intent `tasks`.
     #[oai(path = "/process", method = "post", tag = "Tag::Routing")]
-    async fn process(&self, body: Json<ProcessRequest>) -> Result<Json<ProcessResponse>, ApiError> {
+    async fn process(
+        &self,
+        req: &Request,
+        body: Json<ProcessRequest>,
+    ) -> Result<Json<ProcessResponse>, ApiError> {
+        self.admit(req)?;
         self.process_impl(body.0).await
     }
 
@@ -527,8 +602,10 @@ impl Api {
     #[oai(path = "/process_query", method = "post", tag = "Tag::Routing")]
     async fn process_query(
         &self,
+        req: &Request,
         body: Json<ProcessRequest>,
     ) -> Result<Json<ProcessResponse>, ApiError> {
+        self.admit(req)?;
         self.process_impl(body.0).await
     }
 }

@@ -4,15 +4,33 @@
 //! → retry → per-try timeout → HTTP call. Every stage reports *why* it refused in
 //! [`Failure`], whose `code` is what a task result shows.
 
-use std::{sync::Arc, time::Duration};
+pub mod breaker;
+pub mod bulkhead;
+pub mod limit;
+pub mod retry;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
+    time::Duration,
+};
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::{
     agents::{AgentReply, AgentRequest, AgentTransport, CallError},
+    config::BreakerSettings,
     graph::AgentInfo,
     pipeline::remaining,
 };
+use breaker::Breaker;
+use bulkhead::Bulkhead;
+use limit::AgentLimiter;
+use retry::{fits, RetryBudget, RetryPolicy};
 
 /// Why a call through the stack produced no reply.
 #[derive(Debug, Clone)]
@@ -65,16 +83,104 @@ pub struct CallOutcome {
     pub attempts: u32,
 }
 
+/// Counts of calls the stack refused or re-sent, by reason (`/metrics`).
+#[derive(Default)]
+pub struct Rejections {
+    pub breaker_open: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub bulkhead_full: AtomicU64,
+    pub deadline: AtomicU64,
+    pub retries: AtomicU64,
+    pub retries_denied_by_budget: AtomicU64,
+}
+
+impl Rejections {
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "breaker_open": get(&self.breaker_open),
+            "rate_limited": get(&self.rate_limited),
+            "bulkhead_full": get(&self.bulkhead_full),
+            "deadline": get(&self.deadline),
+            "retries": get(&self.retries),
+            "retries_denied_by_budget": get(&self.retries_denied_by_budget),
+        })
+    }
+}
+
+/// Outcomes kept for an agent's recent failure rate.
+const RECENT: usize = 100;
+
+/// Every stage's state for one agent.
+pub struct AgentGuard {
+    limiter: Option<AgentLimiter>,
+    bulkhead: Bulkhead,
+    breaker: Breaker,
+    budget: RetryBudget,
+    calls: AtomicU64,
+    recent: Mutex<VecDeque<bool>>,
+}
+
+impl AgentGuard {
+    fn record(&self, fault: bool) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if r.len() == RECENT {
+            r.pop_front();
+        }
+        r.push_back(fault);
+    }
+
+    /// Share of upstream faults among the last 100 calls.
+    pub fn recent_failure_rate(&self) -> f64 {
+        let r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_empty() {
+            0.0
+        } else {
+            r.iter().filter(|f| **f).count() as f64 / r.len() as f64
+        }
+    }
+}
+
+/// Settings of every stage.
+#[derive(Debug, Clone)]
+pub struct StackSettings {
+    pub agent_timeout: Duration,
+    pub retry: RetryPolicy,
+    pub retry_budget_percent: u32,
+    pub breaker: BreakerSettings,
+    pub agent_rate_limit: u32,
+    pub agent_max_inflight: u32,
+}
+
+impl StackSettings {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        StackSettings {
+            agent_timeout: c.agent_timeout,
+            retry: RetryPolicy::new(c.http_retries, c.http_backoff),
+            retry_budget_percent: c.retry_budget_percent,
+            breaker: c.breaker.clone(),
+            agent_rate_limit: c.agent_rate_limit,
+            agent_max_inflight: c.agent_max_inflight,
+        }
+    }
+}
+
 pub struct Stack {
     transport: Arc<dyn AgentTransport>,
-    agent_timeout: Duration,
+    settings: StackSettings,
+    /// One entry per agent name the graph has routed to (graph-controlled, so bounded).
+    guards: RwLock<HashMap<String, Arc<AgentGuard>>>,
+    pub rejections: Rejections,
 }
 
 impl Stack {
-    pub fn new(transport: Arc<dyn AgentTransport>, agent_timeout: Duration) -> Self {
+    pub fn new(transport: Arc<dyn AgentTransport>, settings: StackSettings) -> Self {
         Stack {
             transport,
-            agent_timeout,
+            settings,
+            guards: RwLock::new(HashMap::new()),
+            rejections: Rejections::default(),
         }
     }
 
@@ -82,35 +188,142 @@ impl Stack {
         &self.transport
     }
 
-    /// Calls `agent` with `req`, never past `deadline`.
+    fn guard(&self, agent: &str) -> Arc<AgentGuard> {
+        if let Some(g) = self
+            .guards
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(agent)
+        {
+            return g.clone();
+        }
+        let mut guards = self.guards.write().unwrap_or_else(|e| e.into_inner());
+        guards
+            .entry(agent.to_string())
+            .or_insert_with(|| {
+                Arc::new(AgentGuard {
+                    limiter: AgentLimiter::new(self.settings.agent_rate_limit),
+                    bulkhead: Bulkhead::new(self.settings.agent_max_inflight),
+                    breaker: Breaker::new(agent, &self.settings.breaker),
+                    budget: RetryBudget::new(self.settings.retry_budget_percent),
+                    calls: AtomicU64::new(0),
+                    recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+                })
+            })
+            .clone()
+    }
+
+    fn refuse(&self, counter: &AtomicU64, failure: Failure) -> CallOutcome {
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(code = failure.code(), "call refused");
+        CallOutcome {
+            result: Err(failure),
+            attempts: 0,
+        }
+    }
+
+    /// Calls `agent` with `req` through every stage, never past `deadline`.
     pub async fn call(
         &self,
         agent: &AgentInfo,
         req: &AgentRequest,
         deadline: Instant,
     ) -> CallOutcome {
-        let budget = remaining(deadline).min(self.agent_timeout);
-        if budget.is_zero() {
-            return CallOutcome {
-                result: Err(Failure::Deadline),
-                attempts: 0,
-            };
+        let r = &self.rejections;
+        if remaining(deadline).is_zero() {
+            return self.refuse(&r.deadline, Failure::Deadline);
         }
-        let span = tracing::info_span!("agent_attempt", agent = %agent.name, attempt = 1);
-        let _guard = span.enter();
-        let result = self
-            .transport
-            .call(&agent.endpoint, req, budget)
-            .await
-            .map_err(Failure::Call);
-        CallOutcome {
-            result,
-            attempts: 1,
+        let guard = self.guard(&agent.name);
+        if guard.limiter.as_ref().is_some_and(|l| !l.allow()) {
+            return self.refuse(&r.rate_limited, Failure::RateLimited);
+        }
+        // [cache stage: responses are looked up here, before any slot is taken]
+        let Some(_slot) = guard.bulkhead.try_enter() else {
+            return self.refuse(&r.bulkhead_full, Failure::BulkheadFull);
+        };
+        let Some(permit) = guard.breaker.try_acquire() else {
+            return self.refuse(&r.breaker_open, Failure::BreakerOpen);
+        };
+        guard.budget.deposit();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let budget = remaining(deadline).min(self.settings.agent_timeout);
+            let span =
+                tracing::info_span!("agent_attempt", agent = %agent.name, attempt = attempts);
+            let result = if budget.is_zero() {
+                Err(CallError::Timeout)
+            } else {
+                self.transport
+                    .call(&agent.endpoint, req, budget)
+                    .instrument(span)
+                    .await
+            };
+            let err = match result {
+                Ok(reply) => {
+                    permit.success();
+                    guard.record(false);
+                    return CallOutcome {
+                        result: Ok(reply),
+                        attempts,
+                    };
+                }
+                Err(e) => e,
+            };
+            if attempts <= self.settings.retry.max_retries && err.is_retryable() {
+                let wait = self.settings.retry.backoff(attempts);
+                if fits(deadline, wait) {
+                    if guard.budget.try_withdraw() {
+                        r.retries.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(agent = %agent.name, attempt = attempts, code = err.code(), ?wait, "retrying");
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    r.retries_denied_by_budget.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let fault = err.is_upstream_fault();
+            if fault {
+                permit.failure();
+            } else {
+                permit.success();
+            }
+            guard.record(fault);
+            return CallOutcome {
+                result: Err(Failure::Call(err)),
+                attempts,
+            };
         }
     }
 
     /// Breaker state of `agent` as shown by `/agents` and `/status`.
-    pub fn breaker_state(&self, _agent: &str) -> &'static str {
-        "closed"
+    pub fn breaker_state(&self, agent: &str) -> &'static str {
+        self.guards
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(agent)
+            .map_or("closed", |g| g.breaker.state().as_str())
+    }
+
+    /// Per-agent stage state for `/status`.
+    pub fn agent_status(&self, agent: &str) -> serde_json::Value {
+        let guard = self
+            .guards
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(agent)
+            .cloned();
+        match guard {
+            None => {
+                serde_json::json!({"breaker": "closed", "in_flight": 0, "recent_failure_rate": 0.0, "calls_total": 0, "breaker_opened_total": 0})
+            }
+            Some(g) => serde_json::json!({
+                "breaker": g.breaker.state().as_str(),
+                "in_flight": g.bulkhead.in_flight(),
+                "recent_failure_rate": g.recent_failure_rate(),
+                "calls_total": g.calls.load(Ordering::Relaxed),
+                "breaker_opened_total": g.breaker.observed().opened.load(Ordering::Relaxed),
+            }),
+        }
     }
 }

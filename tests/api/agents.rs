@@ -189,3 +189,29 @@ pub fn dead_url() -> String {
     drop(listener);
     format!("http://{addr}/query")
 }
+
+/// A server that accepts each connection, reads the request, and closes without answering.
+/// Returns its URL and the number of connections it accepted.
+pub fn spawn_closing_agent() -> (String, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                break;
+            };
+            seen.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                drop(sock);
+            });
+        }
+    });
+    (format!("http://{addr}/query"), count)
+}

@@ -8,3 +8,4 @@ mod helpers;
 mod learning;
 mod operations;
 mod process;
+mod resilience;

@@ -1,0 +1,144 @@
+//! Retries: only when safe, with exponential backoff and full jitter, never past the
+//! deadline, and within a per-agent budget so an outage does not multiply load.
+
+use std::{collections::VecDeque, sync::Mutex, time::Duration};
+
+use rand::Rng;
+use tokio::time::Instant;
+
+/// Window of the retry budget.
+pub const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+/// Retries always allowed per window, so a quiet agent can still retry a lone failure.
+pub const BUDGET_FLOOR: u64 = 3;
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl RetryPolicy {
+    pub fn new(max_retries: u32, base: Duration) -> Self {
+        RetryPolicy {
+            max_retries,
+            base,
+            cap: Duration::from_secs(10),
+        }
+    }
+
+    /// Full jitter: uniform in [0, min(cap, base·2^(retry−1))] for retry 1, 2, …
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
+            .min(self.cap);
+        if ceiling.is_zero() {
+            return Duration::ZERO;
+        }
+        ceiling.mul_f64(rand::thread_rng().gen_range(0.0..=1.0))
+    }
+}
+
+/// Retries ≤ `BUDGET_FLOOR` + `percent`% of the calls over the last `BUDGET_WINDOW`.
+pub struct RetryBudget {
+    percent: u64,
+    /// One-second buckets: (second, calls, retries).
+    buckets: Mutex<VecDeque<(u64, u64, u64)>>,
+    origin: Instant,
+}
+
+impl RetryBudget {
+    pub fn new(percent: u32) -> Self {
+        RetryBudget {
+            percent: u64::from(percent),
+            buckets: Mutex::new(VecDeque::with_capacity(11)),
+            origin: Instant::now(),
+        }
+    }
+
+    fn with_bucket<R>(&self, f: impl FnOnce(&mut VecDeque<(u64, u64, u64)>) -> R) -> R {
+        let now = self.origin.elapsed().as_secs();
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        while b
+            .front()
+            .is_some_and(|(s, _, _)| now.saturating_sub(*s) >= BUDGET_WINDOW.as_secs())
+        {
+            b.pop_front();
+        }
+        if b.back().is_none_or(|(s, _, _)| *s != now) {
+            b.push_back((now, 0, 0));
+        }
+        f(&mut b)
+    }
+
+    /// Counts a first attempt.
+    pub fn deposit(&self) {
+        self.with_bucket(|b| b.back_mut().unwrap().1 += 1);
+    }
+
+    /// Takes one retry from the budget; false when it is spent.
+    pub fn try_withdraw(&self) -> bool {
+        let percent = self.percent;
+        self.with_bucket(|b| {
+            let (calls, retries) = b
+                .iter()
+                .fold((0, 0), |(c, r), (_, bc, br)| (c + bc, r + br));
+            if retries < BUDGET_FLOOR + calls * percent / 100 {
+                b.back_mut().unwrap().2 += 1;
+                true
+            } else {
+                false
+            }
+        })
+    }
+}
+
+/// Whether waiting `backoff` still leaves time before `deadline` for another attempt.
+pub fn fits(deadline: Instant, backoff: Duration) -> bool {
+    Instant::now() + backoff < deadline
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_under_an_exponential_ceiling() {
+        let p = RetryPolicy::new(3, Duration::from_millis(100));
+        for retry in 1..=5 {
+            let ceiling = Duration::from_millis(100 * (1 << (retry - 1)));
+            for _ in 0..50 {
+                assert!(p.backoff(retry) <= ceiling);
+            }
+        }
+        assert_eq!(
+            RetryPolicy::new(3, Duration::ZERO).backoff(2),
+            Duration::ZERO
+        );
+        assert!(p.backoff(40) <= Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_allows_a_floor_plus_a_share_of_calls_and_refills_with_time() {
+        let budget = RetryBudget::new(20);
+        for _ in 0..50 {
+            budget.deposit();
+        }
+        let granted = (0..100).filter(|_| budget.try_withdraw()).count() as u64;
+        assert_eq!(granted, BUDGET_FLOOR + 10);
+        tokio::time::advance(BUDGET_WINDOW + Duration::from_secs(1)).await;
+        let granted = (0..100).filter(|_| budget.try_withdraw()).count() as u64;
+        assert_eq!(
+            granted, BUDGET_FLOOR,
+            "old calls and retries left the window"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_never_waits_past_the_deadline() {
+        let deadline = Instant::now() + Duration::from_millis(100);
+        assert!(fits(deadline, Duration::from_millis(50)));
+        assert!(!fits(deadline, Duration::from_millis(150)));
+    }
+}

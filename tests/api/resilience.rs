@@ -1,0 +1,357 @@
+//! The resilience pipeline against real misbehaving agents, counting the calls they receive.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::{
+    agents::{dead_url, spawn_agent, spawn_closing_agent, Behaviour},
+    helpers::{error_code, seed_with, settings, spawn_with, TestApp},
+};
+
+fn task(id: impl Into<Value>) -> Value {
+    json!({"task_id": id.into(), "concept": "lamp", "intent": "define"})
+}
+
+async fn one(app: &TestApp, id: u64) -> Value {
+    let (status, body) = app.post("/process", &json!({"tasks": [task(id)]})).await;
+    assert_eq!(status, 200, "{body}");
+    body["results"][id.to_string()].clone()
+}
+
+async fn agent_status(app: &TestApp, agent: &str) -> Value {
+    // /status caches its probes for 1 s; wait it out so the state is fresh.
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
+    let (_, body) = app.get("/status").await;
+    body["dependencies"]["agents"][agent].clone()
+}
+
+#[tokio::test]
+async fn the_breaker_opens_within_the_configured_failures_and_the_agent_stops_being_called() {
+    let broken = spawn_agent("Broken_AI", Behaviour::Status(500));
+    let seed = seed_with("lamp", &[("Broken_AI", &broken.url(), &["define"], 0.5)]);
+    let mut raw = settings();
+    raw.breaker_consecutive_failures = Some("3".into());
+    raw.breaker_open_ms = Some("60000".into());
+    raw.http_retries = Some("0".into());
+    let app = spawn_with(raw, Some(seed)).await;
+    let mut codes = Vec::new();
+    for i in 0..10 {
+        codes.push(one(&app, i).await["code"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        broken.calls(),
+        3,
+        "calls after the breaker opened reached the agent"
+    );
+    assert!(
+        codes[..3].iter().all(|c| c == "upstream_error"),
+        "{codes:?}"
+    );
+    assert!(codes[3..].iter().all(|c| c == "breaker_open"), "{codes:?}");
+    let status = agent_status(&app, "Broken_AI").await;
+    assert_eq!(status["breaker"], "open");
+    assert_eq!(status["recent_failure_rate"], 1.0, "{status}");
+    let (_, agents) = app.get("/agents").await;
+    assert_eq!(agents["agents"][0]["breaker"], "open");
+    let (_, metrics) = app.get("/metrics").await;
+    assert_eq!(metrics["performance"]["rejections"]["breaker_open"], 7);
+}
+
+#[tokio::test]
+async fn half_open_probes_are_capped_and_the_breaker_closes_after_recovery() {
+    let agent = spawn_agent("Flaky_AI", Behaviour::Status(500));
+    let seed = seed_with("lamp", &[("Flaky_AI", &agent.url(), &["define"], 0.5)]);
+    let mut raw = settings();
+    raw.breaker_consecutive_failures = Some("2".into());
+    raw.breaker_open_ms = Some("300".into());
+    raw.breaker_half_open_probes = Some("1".into());
+    raw.http_retries = Some("0".into());
+    let app = spawn_with(raw, Some(seed)).await;
+    one(&app, 1).await;
+    one(&app, 2).await;
+    assert_eq!(one(&app, 3).await["code"], "breaker_open");
+    assert_eq!(agent.calls(), 2);
+
+    // The agent recovers, slowly: while the single probe is in flight, others are refused.
+    agent.set(Behaviour::Slow(Duration::from_millis(400)));
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let tasks: Vec<Value> = (10..20).map(task).collect();
+    let (_, body) = app.post("/process", &json!({ "tasks": tasks })).await;
+    let results = body["results"].as_object().unwrap();
+    let ok = results
+        .values()
+        .filter(|r| r["status"] == "success")
+        .count();
+    let refused = results
+        .values()
+        .filter(|r| r["code"] == "breaker_open")
+        .count();
+    assert_eq!((ok, refused), (1, 9), "{body}");
+    assert_eq!(agent.calls(), 3, "exactly one probe reached the agent");
+
+    // The probe succeeded: closed again, traffic flows.
+    agent.set(Behaviour::Answer {
+        data: json!("back"),
+        extra: json!({}),
+    });
+    assert_eq!(one(&app, 30).await["status"], "success");
+    assert_eq!(one(&app, 31).await["status"], "success");
+    assert_eq!(agent_status(&app, "Flaky_AI").await["breaker"], "closed");
+}
+
+#[tokio::test]
+async fn a_hung_agent_costs_at_most_the_per_try_timeout_and_never_more_than_the_deadline() {
+    let hung = spawn_agent("Hung_AI", Behaviour::Hang);
+    let hung2 = spawn_agent("Hung2_AI", Behaviour::Hang);
+    let seed = seed_with(
+        "lamp",
+        &[
+            ("Hung_AI", &hung.url(), &["define"], 0.9),
+            ("Hung2_AI", &hung2.url(), &["define"], 0.5),
+        ],
+    );
+    let mut raw = settings();
+    raw.agent_timeout_ms = Some("300".into());
+    raw.request_timeout_ms = Some("500".into());
+    raw.http_retries = Some("3".into());
+    let app = spawn_with(raw, Some(seed)).await;
+    let started = Instant::now();
+    let r = one(&app, 1).await;
+    let took = started.elapsed();
+    assert_eq!(r["code"], "timeout");
+    // A timeout is not retried (the agent may have acted): one attempt on the first agent,
+    // then the second agent gets what is left of the 500 ms deadline.
+    assert_eq!(hung.calls(), 1);
+    assert_eq!(hung2.calls(), 1);
+    assert!(
+        took < Duration::from_millis(1_500),
+        "took {took:?} for a 500 ms deadline"
+    );
+    assert!(
+        took >= Duration::from_millis(450),
+        "returned before the deadline: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_agents_400_neither_opens_the_breaker_nor_is_retried() {
+    let picky = spawn_agent("Picky_AI", Behaviour::Status(400));
+    let seed = seed_with("lamp", &[("Picky_AI", &picky.url(), &["define"], 0.5)]);
+    let mut raw = settings();
+    raw.breaker_consecutive_failures = Some("2".into());
+    raw.http_retries = Some("3".into());
+    raw.http_backoff = Some("0.001".into());
+    let app = spawn_with(raw, Some(seed)).await;
+    for i in 0..6 {
+        let r = one(&app, i).await;
+        assert_eq!(r["code"], "agent_rejected");
+        assert_eq!(r["attempts"], 1);
+    }
+    assert_eq!(picky.calls(), 6);
+    assert_eq!(agent_status(&app, "Picky_AI").await["breaker"], "closed");
+}
+
+#[tokio::test]
+async fn retryable_answers_are_retried_until_success() {
+    let agent = spawn_agent(
+        "Busy_AI",
+        Behaviour::FailThenOk {
+            failures: 2,
+            status: 503,
+        },
+    );
+    let seed = seed_with("lamp", &[("Busy_AI", &agent.url(), &["define"], 0.5)]);
+    let mut raw = settings();
+    raw.http_retries = Some("3".into());
+    raw.http_backoff = Some("0.01".into());
+    let app = spawn_with(raw, Some(seed)).await;
+    let r = one(&app, 1).await;
+    assert_eq!(r["status"], "success");
+    assert_eq!(r["attempts"], 3);
+    assert_eq!(agent.calls(), 3);
+}
+
+#[tokio::test]
+async fn a_500_and_a_dropped_connection_are_not_retried_but_a_refused_connection_is() {
+    let err500 = spawn_agent("Err_AI", Behaviour::Status(500));
+    let (closing, connections) = spawn_closing_agent();
+    let mut raw = settings();
+    raw.http_retries = Some("2".into());
+    raw.http_backoff = Some("0.001".into());
+    for (url, name) in [
+        (err500.url(), "Err_AI"),
+        (closing.clone(), "Closing_AI"),
+        (dead_url(), "Dead_AI"),
+    ] {
+        let seed = seed_with("lamp", &[(name, &url, &["define"], 0.5)]);
+        let app = spawn_with(raw.clone(), Some(seed)).await;
+        let r = one(&app, 1).await;
+        assert_eq!(r["code"], "upstream_error", "{name}: {r}");
+        let expected = if name == "Dead_AI" { 3 } else { 1 };
+        assert_eq!(r["attempts"], expected, "{name}: {r}");
+    }
+    assert_eq!(err500.calls(), 1);
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn during_an_outage_retries_stop_at_the_budget() {
+    let down = spawn_agent("Down_AI", Behaviour::Status(503));
+    let seed = seed_with("lamp", &[("Down_AI", &down.url(), &["define"], 0.5)]);
+    let mut raw = settings();
+    raw.http_retries = Some("3".into());
+    raw.http_backoff = Some("0.001".into());
+    raw.retry_budget_percent = Some("20".into());
+    raw.breaker_consecutive_failures = Some("1000".into());
+    raw.breaker_failure_rate = Some("1.0".into());
+    raw.breaker_min_calls = Some("100000".into());
+    let app = spawn_with(raw, Some(seed)).await;
+    for i in 0..50 {
+        one(&app, i).await;
+    }
+    let calls = down.calls();
+    // Without a budget: 50 × 4 = 200 calls. With it: 50 + floor 3 + 20 % of 50.
+    assert!(calls > 50, "no retry happened at all");
+    assert!(
+        calls <= 50 + 3 + 10,
+        "{calls} calls: retries exceeded the budget"
+    );
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(
+        metrics["performance"]["rejections"]["retries_denied_by_budget"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+}
+
+#[tokio::test]
+async fn when_the_best_agent_is_broken_every_task_succeeds_through_the_other() {
+    let broken = spawn_agent("Best_AI", Behaviour::Status(500));
+    let backup = spawn_agent(
+        "Backup_AI",
+        Behaviour::Answer {
+            data: json!("from backup"),
+            extra: json!({}),
+        },
+    );
+    let seed = seed_with(
+        "lamp",
+        &[
+            ("Best_AI", &broken.url(), &["define"], 1.0),
+            ("Backup_AI", &backup.url(), &["define"], 0.2),
+        ],
+    );
+    let mut raw = settings();
+    raw.breaker_consecutive_failures = Some("3".into());
+    raw.breaker_open_ms = Some("60000".into());
+    raw.http_retries = Some("0".into());
+    raw.enable_autonomous_learning = Some("false".into());
+    let app = spawn_with(raw, Some(seed)).await;
+    for i in 0..10 {
+        let r = one(&app, i).await;
+        assert_eq!(r["status"], "success", "{r}");
+        assert_eq!(r["agent_name"], "Backup_AI");
+    }
+    assert_eq!(
+        broken.calls(),
+        3,
+        "the broken agent kept being called after its breaker opened"
+    );
+    assert_eq!(backup.calls(), 10);
+    let (_, d) = app.post("/discover", &json!({"concept": "lamp"})).await;
+    assert_eq!(
+        d["agent"]["name"], "Backup_AI",
+        "discovery skips the open breaker"
+    );
+}
+
+#[tokio::test]
+async fn inbound_429_has_a_correct_retry_after_and_limits_each_client_separately() {
+    let mut raw = settings();
+    raw.rate_limit_per_client = Some("1".into());
+    raw.rate_limit_burst = Some("2".into());
+    let app = spawn_with(raw, None).await;
+    let body = json!({"concept": "lightbulb"});
+    for _ in 0..2 {
+        let (status, _) = app.post("/discover", &body).await;
+        assert_eq!(status, 200);
+    }
+    let resp = app
+        .client
+        .post(app.url("/discover"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let h = resp.headers();
+    assert_eq!(h["retry-after"], "1");
+    assert_eq!(h["x-ratelimit-limit"], "2");
+    assert_eq!(h["x-ratelimit-remaining"], "0");
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(error_code(&err), "rate_limited");
+    // Another client (API key) has its own quota; /health is never limited.
+    let resp = app
+        .client
+        .post(app.url("/process"))
+        .header("x-api-key", "k1")
+        .json(&json!({"query": "define lightbulb"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(app.get("/health").await.0, 200);
+    // After Retry-After, the first client is served again.
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
+    assert_eq!(app.post("/discover", &body).await.0, 200);
+}
+
+#[tokio::test]
+async fn the_per_agent_limit_holds() {
+    let agent = spawn_agent(
+        "Limited_AI",
+        Behaviour::Answer {
+            data: json!("ok"),
+            extra: json!({}),
+        },
+    );
+    let seed = seed_with("lamp", &[("Limited_AI", &agent.url(), &["define"], 0.5)]);
+    let mut raw = settings();
+    raw.agent_rate_limit = Some("2".into());
+    let app = spawn_with(raw, Some(seed)).await;
+    let tasks: Vec<Value> = (0..10).map(task).collect();
+    let (_, body) = app.post("/process", &json!({ "tasks": tasks })).await;
+    let results = body["results"].as_object().unwrap();
+    let limited = results
+        .values()
+        .filter(|r| r["code"] == "rate_limited")
+        .count();
+    assert_eq!(agent.calls(), 2, "{body}");
+    assert_eq!(limited, 8);
+    assert_eq!(body["status"], "partial");
+}
+
+#[tokio::test]
+async fn calls_beyond_the_bulkhead_fail_fast() {
+    let slow = spawn_agent("Slow_AI", Behaviour::Slow(Duration::from_millis(500)));
+    let seed = seed_with("lamp", &[("Slow_AI", &slow.url(), &["define"], 0.5)]);
+    let mut raw = settings();
+    raw.agent_max_inflight = Some("2".into());
+    let app = spawn_with(raw, Some(seed)).await;
+    let tasks: Vec<Value> = (0..6).map(task).collect();
+    let (_, body) = app.post("/process", &json!({ "tasks": tasks })).await;
+    let results = body["results"].as_object().unwrap();
+    let full: Vec<&Value> = results
+        .values()
+        .filter(|r| r["code"] == "bulkhead_full")
+        .collect();
+    assert_eq!(full.len(), 4, "{body}");
+    assert!(
+        full.iter()
+            .all(|r| r["latency_ms"].as_f64().unwrap() < 100.0),
+        "bulkhead refusals waited: {body}"
+    );
+    assert_eq!(slow.calls(), 2);
+}
