@@ -3,7 +3,7 @@
 set -euo pipefail
 
 need_apt=()
-# (servers the integration tests start are added here as the suite grows)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

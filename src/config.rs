@@ -83,6 +83,30 @@ pub struct RawSettings {
     /// Response and discovery caching (true/false, default true).
     #[arg(long, env = "CACHE_ENABLED")]
     pub cache_enabled: Option<String>,
+    /// Seconds a successful agent answer stays fresh in the cache (default 300).
+    #[arg(long, env = "CACHE_TTL_S")]
+    pub cache_ttl_s: Option<String>,
+    /// Entries kept in each in-process (L1) cache (default 10000).
+    #[arg(long, env = "CACHE_MAX_ENTRIES")]
+    pub cache_max_entries: Option<String>,
+    /// Seconds a discovery result stays fresh (default 30).
+    #[arg(long, env = "DISCOVERY_CACHE_TTL_S")]
+    pub discovery_cache_ttl_s: Option<String>,
+    /// Seconds an empty discovery result ("no agent") stays cached (default 5).
+    #[arg(long, env = "NEGATIVE_CACHE_TTL_S")]
+    pub negative_cache_ttl_s: Option<String>,
+    /// Seconds an expired answer is kept to be served when the agent fails (default 600).
+    #[arg(long, env = "STALE_TTL_S")]
+    pub stale_ttl_s: Option<String>,
+    /// Timeout of one Redis call in ms (default 100).
+    #[arg(long, env = "REDIS_TIMEOUT_MS")]
+    pub redis_timeout_ms: Option<String>,
+    /// Intents whose answers are never cached (comma-separated; default turn_on,turn_off,dim,status).
+    #[arg(long, env = "CACHE_BYPASS_INTENTS")]
+    pub cache_bypass_intents: Option<String>,
+    /// Key of the admin API (`X-Admin-Key`); unset = admin API disabled (403).
+    #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
+    pub admin_api_key: Option<String>,
     /// Log format: text (default) or json.
     #[arg(long, env = "LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -168,6 +192,18 @@ pub struct BreakerSettings {
     pub half_open_probes: u32,
 }
 
+/// Cache tuning.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub enabled: bool,
+    pub ttl: Duration,
+    pub max_entries: u64,
+    pub discovery_ttl: Duration,
+    pub negative_ttl: Duration,
+    pub stale_ttl: Duration,
+    pub bypass_intents: Vec<String>,
+}
+
 /// Hebbian learning constants.
 #[derive(Debug, Clone)]
 pub struct LearningSettings {
@@ -203,6 +239,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub task_concurrency: usize,
     pub cache_enabled: bool,
+    pub cache: CacheSettings,
+    pub redis_timeout: Duration,
+    pub admin_api_key: Option<Secret>,
     pub log_format: LogFormat,
     pub rate_limit_per_client: u32,
     pub rate_limit_burst: u32,
@@ -369,6 +408,53 @@ impl Config {
         );
         let task_concurrency = p.num("TASK_CONCURRENCY", &raw.task_concurrency, 32usize, 1, 1024);
         let cache_enabled = p.flag("CACHE_ENABLED", &raw.cache_enabled, true);
+        let cache = CacheSettings {
+            enabled: cache_enabled,
+            ttl: Duration::from_secs(p.num("CACHE_TTL_S", &raw.cache_ttl_s, 300u64, 1, 86_400 * 7)),
+            max_entries: p.num(
+                "CACHE_MAX_ENTRIES",
+                &raw.cache_max_entries,
+                10_000u64,
+                1,
+                10_000_000,
+            ),
+            discovery_ttl: Duration::from_secs(p.num(
+                "DISCOVERY_CACHE_TTL_S",
+                &raw.discovery_cache_ttl_s,
+                30u64,
+                1,
+                86_400,
+            )),
+            negative_ttl: Duration::from_secs(p.num(
+                "NEGATIVE_CACHE_TTL_S",
+                &raw.negative_cache_ttl_s,
+                5u64,
+                1,
+                3_600,
+            )),
+            stale_ttl: Duration::from_secs(p.num(
+                "STALE_TTL_S",
+                &raw.stale_ttl_s,
+                600u64,
+                0,
+                86_400 * 7,
+            )),
+            bypass_intents: raw
+                .cache_bypass_intents
+                .as_deref()
+                .unwrap_or("turn_on,turn_off,dim,status")
+                .split(',')
+                .map(|s| s.trim().to_ascii_lowercase())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        };
+        let redis_timeout = Duration::from_millis(p.num(
+            "REDIS_TIMEOUT_MS",
+            &raw.redis_timeout_ms,
+            100u64,
+            1,
+            10_000,
+        ));
         let log_format = match raw
             .log_format
             .as_deref()
@@ -530,6 +616,9 @@ impl Config {
             max_body_bytes,
             task_concurrency,
             cache_enabled,
+            cache,
+            redis_timeout,
+            admin_api_key: non_empty(&raw.admin_api_key).map(Secret::new),
             log_format,
             rate_limit_per_client,
             rate_limit_burst,
@@ -555,6 +644,13 @@ impl Config {
             "enable_dynamic_agents": self.enable_dynamic_agents,
             "enable_autonomous_learning": self.learning.enabled,
             "cache_enabled": self.cache_enabled,
+            "cache_ttl_s": self.cache.ttl.as_secs(),
+            "cache_max_entries": self.cache.max_entries,
+            "discovery_cache_ttl_s": self.cache.discovery_ttl.as_secs(),
+            "negative_cache_ttl_s": self.cache.negative_ttl.as_secs(),
+            "stale_ttl_s": self.cache.stale_ttl.as_secs(),
+            "cache_bypass_intents": self.cache.bypass_intents,
+            "redis_timeout_ms": self.redis_timeout.as_millis() as u64,
             "http_retries": self.http_retries,
             "http_backoff_s": self.http_backoff.as_secs_f64(),
             "http_pool_max": self.http_pool_max,

@@ -15,6 +15,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod graph;
 pub mod metrics;

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub process_requests: AtomicU64,
     pub discover_requests: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// Rate-limit checks decided locally because the shared store was unavailable.
+    pub rate_limit_fallbacks: std::sync::Arc<AtomicU64>,
     tasks: AtomicU64,
     tasks_succeeded: AtomicU64,
     tasks_failed: AtomicU64,
@@ -31,6 +33,7 @@ impl Default for Metrics {
             process_requests: AtomicU64::new(0),
             discover_requests: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
+            rate_limit_fallbacks: Default::default(),
             tasks: AtomicU64::new(0),
             tasks_succeeded: AtomicU64::new(0),
             tasks_failed: AtomicU64::new(0),

@@ -13,6 +13,10 @@ use crate::{
         AgentTransport,
     },
     api::{self, AppState},
+    cache::{
+        store::{RedisStore, SharedStore},
+        Caches, CHANNEL,
+    },
     config::Config,
     graph::{
         memory::MemoryGraph,
@@ -21,7 +25,10 @@ use crate::{
     },
     metrics::Metrics,
     pipeline::{learning::Learner, Pipeline},
-    resilience::{limit::ClientLimiter, Stack, StackSettings},
+    resilience::{
+        limit::{ClientLimiter, Global},
+        Stack, StackSettings,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -173,12 +180,54 @@ pub fn build_state(
     transport: Arc<dyn AgentTransport>,
 ) -> AppState {
     let metrics = Arc::new(Metrics::default());
-    let learner = if tokio::runtime::Handle::try_current().is_ok() {
+    let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+    let store: Option<Arc<RedisStore>> = match (&config.redis_url, in_runtime) {
+        (Some(url), true) => match RedisStore::connect(url.expose(), config.redis_timeout) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "REDIS_URL is unusable; running on L1 only");
+                None
+            }
+        },
+        _ => None,
+    };
+    let shared: Option<Arc<dyn SharedStore>> = store.clone().map(|s| s as Arc<dyn SharedStore>);
+    let caches = Arc::new(Caches::new(
+        config.cache.clone(),
+        shared.clone(),
+        graph.is_remote(),
+    ));
+    if let Some(store) = &store {
+        let (on_msg, on_reset) = (Arc::downgrade(&caches), Arc::downgrade(&caches));
+        store.spawn_subscriber(
+            CHANNEL,
+            move |payload| {
+                if let Some(c) = on_msg.upgrade() {
+                    c.on_message(payload);
+                }
+            },
+            move || {
+                if let Some(c) = on_reset.upgrade() {
+                    c.clear_local();
+                }
+            },
+        );
+    }
+    let global = shared.map(|store| Global {
+        store,
+        fallbacks: metrics.rate_limit_fallbacks.clone(),
+    });
+    let learner = if in_runtime {
         Learner::spawn(graph.clone(), &config.learning)
     } else {
         Learner::disabled()
     };
-    let stack = Arc::new(Stack::new(transport, StackSettings::from_config(&config)));
+    let stack = Arc::new(Stack::new(
+        transport,
+        StackSettings::from_config(&config),
+        caches,
+        global.clone(),
+    ));
     let pipeline = Arc::new(Pipeline {
         graph,
         stack,
@@ -186,7 +235,11 @@ pub fn build_state(
         metrics: metrics.clone(),
         task_concurrency: config.task_concurrency,
     });
-    let client_limiter = ClientLimiter::new(config.rate_limit_per_client, config.rate_limit_burst);
+    let client_limiter = ClientLimiter::new(
+        config.rate_limit_per_client,
+        config.rate_limit_burst,
+        global,
+    );
     if let (Some(l), Ok(_)) = (&client_limiter, tokio::runtime::Handle::try_current()) {
         l.spawn_pruner();
     }

@@ -343,3 +343,43 @@ pub struct ProcessResponse {
     /// Every task's result, by task id.
     pub results: BTreeMap<String, TaskResultBody>,
 }
+
+#[derive(Object, Debug)]
+pub struct ConceptWeight {
+    /// Concept the agent handles (created when unknown).
+    pub name: Text,
+    /// Initial weight in [0, 1] (default 0.5); an existing edge keeps its learned weight.
+    pub weight: Option<f64>,
+}
+
+#[derive(Object, Debug)]
+pub struct AgentRegistration {
+    /// Unique agent name (1–128 characters).
+    pub name: Text,
+    /// Agent type (default `static`).
+    #[oai(rename = "type")]
+    pub agent_type: Option<Text>,
+    /// `http(s)` URL the agent protocol is POSTed to.
+    pub endpoint: Text,
+    /// Intents it serves.
+    pub intents: Vec<Text>,
+    pub capabilities: Option<Vec<Text>>,
+    /// Concepts it handles.
+    pub concepts: Vec<ConceptWeight>,
+}
+
+#[derive(Object, Debug)]
+pub struct Registered {
+    /// `registered` or `updated`.
+    pub status: String,
+    pub agent: AgentView,
+}
+
+#[derive(Object, Debug)]
+pub struct Removed {
+    /// `removed`.
+    pub status: String,
+    pub name: String,
+    /// Concepts it handled.
+    pub concepts: Vec<String>,
+}

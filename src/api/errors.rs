@@ -139,6 +139,7 @@ pub fn framework_error(err: poem::Error) -> Response {
         )
     } else {
         match status {
+            StatusCode::UNAUTHORIZED => ("unauthorized", "credentials are missing".to_string()),
             StatusCode::PAYLOAD_TOO_LARGE => {
                 ("payload_too_large", "request body is too large".to_string())
             }

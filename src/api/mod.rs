@@ -10,13 +10,17 @@ use std::{
 };
 
 use poem::{Endpoint, EndpointExt, IntoEndpoint, Request, Route};
-use poem_openapi::{payload::Json, ApiResponse, OpenApi, OpenApiService, Tags};
+use poem_openapi::{
+    auth::ApiKey, param::Path, payload::Json, ApiResponse, OpenApi, OpenApiService, SecurityScheme,
+    Tags,
+};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::{
+    cache::Invalidation,
     config::Config,
-    graph::{normalize_concept, seed::validate_name, AgentRecord, Candidate},
+    graph::{normalize_concept, seed::validate_name, AgentInfo, AgentRecord, Candidate},
     metrics::Metrics,
     pipeline::{overall_status, processors, Pipeline, TaskSpec},
     resilience::limit::{ClientLimiter, Verdict},
@@ -50,6 +54,22 @@ impl AppState {
             status_cache: Mutex::new(None),
         }
     }
+}
+
+/// False when the client asked to bypass caches (`Cache-Control: no-cache` or `no-store`).
+fn use_cache(req: &Request) -> bool {
+    !req.headers()
+        .get_all("cache-control")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',').any(|d| {
+                matches!(
+                    d.trim().to_ascii_lowercase().as_str(),
+                    "no-cache" | "no-store"
+                )
+            })
+        })
 }
 
 /// Who a request counts against: its API key when it has one, else its IP.
@@ -86,6 +106,8 @@ const MAX_INTENT_CHARS: usize = 64;
 enum Tag {
     /// Liveness, readiness, status and metrics.
     Operations,
+    /// Registering and removing agents (needs `X-Admin-Key`).
+    Admin,
     /// Routing tasks to agents.
     Routing,
 }
@@ -112,6 +134,60 @@ enum DiscoverResponse {
     /// No agent handles this concept and intent.
     #[oai(status = 404)]
     NotFound(Json<NoAgentFound>),
+}
+
+/// The admin key, sent as `X-Admin-Key`.
+#[derive(SecurityScheme)]
+#[oai(ty = "api_key", key_name = "X-Admin-Key", key_in = "header")]
+struct AdminKey(ApiKey);
+
+#[derive(ApiResponse, Debug)]
+enum AdminError {
+    /// The registration is not valid.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No admin key was sent. (Answered by the security scheme's extractor before the
+    /// operation runs; declared here so the spec lists it.)
+    #[oai(status = 401)]
+    #[allow(dead_code)]
+    Unauthorized(Json<ErrorBody>),
+    /// The admin key is wrong, or the admin API is disabled (`ADMIN_API_KEY` unset).
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// No agent of that name.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The body is larger than allowed.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// The body is not `application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
+    /// The knowledge graph is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+impl From<ApiError> for AdminError {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::PayloadTooLarge(b) => AdminError::PayloadTooLarge(b),
+            ApiError::UnsupportedMediaType(b) => AdminError::UnsupportedMediaType(b),
+            ApiError::Unavailable(b) => AdminError::Unavailable(b),
+            ApiError::BadRequest(b)
+            | ApiError::TooManyRequests(b, ..)
+            | ApiError::BadGateway(b) => AdminError::BadRequest(b),
+        }
+    }
+}
+
+/// Equal without revealing where they differ (timing).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
 }
 
 #[derive(ApiResponse)]
@@ -166,12 +242,99 @@ impl Api {
         Api { state }
     }
 
+    fn check_admin(&self, key: &AdminKey) -> Result<(), AdminError> {
+        let Some(expected) = &self.state.config.admin_api_key else {
+            return Err(AdminError::Forbidden(Json(ErrorBody::new(
+                "admin_disabled",
+                "the admin API is disabled (ADMIN_API_KEY is not set)",
+            ))));
+        };
+        if constant_time_eq(key.0.key.as_bytes(), expected.expose().as_bytes()) {
+            Ok(())
+        } else {
+            Err(AdminError::Forbidden(Json(ErrorBody::new(
+                "forbidden",
+                "the admin key is not valid",
+            ))))
+        }
+    }
+
+    fn registration(
+        &self,
+        r: AgentRegistration,
+    ) -> Result<(AgentInfo, Vec<(String, f64)>), ApiError> {
+        validate_name(&r.name)
+            .map_err(|why| ApiError::bad_request("invalid_name", format!("name: {why}")))?;
+        match reqwest::Url::parse(&r.endpoint) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && r.endpoint.len() <= 2048 => {}
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_endpoint",
+                    "endpoint must be an http(s) URL",
+                ))
+            }
+        }
+        if r.intents.is_empty() || r.intents.len() > 64 {
+            return Err(ApiError::bad_request(
+                "invalid_intents",
+                "list 1–64 intents",
+            ));
+        }
+        if r.concepts.is_empty() || r.concepts.len() > 256 {
+            return Err(ApiError::bad_request(
+                "invalid_concepts",
+                "list 1–256 concepts",
+            ));
+        }
+        let capabilities = r.capabilities.unwrap_or_default();
+        if capabilities.len() > 64 || capabilities.iter().any(|c| c.is_empty() || c.len() > 64) {
+            return Err(ApiError::bad_request(
+                "invalid_capabilities",
+                "at most 64 capabilities of 1–64 characters",
+            ));
+        }
+        let agent_type = r.agent_type.map(|t| t.0).unwrap_or_else(|| "static".into());
+        if agent_type.is_empty() || agent_type.len() > 32 {
+            return Err(ApiError::bad_request(
+                "invalid_type",
+                "type must be 1–32 characters",
+            ));
+        }
+        let mut concepts = Vec::with_capacity(r.concepts.len());
+        for c in r.concepts {
+            let weight = c.weight.unwrap_or(0.5);
+            if !(0.0..=1.0).contains(&weight) {
+                return Err(ApiError::bad_request(
+                    "invalid_weight",
+                    "weights are in [0, 1]",
+                ));
+            }
+            concepts.push((validate_concept(&c.name)?, weight));
+        }
+        let agent = AgentInfo {
+            name: r.name.0.trim().to_string(),
+            agent_type,
+            endpoint: r.endpoint.0,
+            status: "active".into(),
+            intents: r
+                .intents
+                .iter()
+                .map(|i| validate_intent(i))
+                .collect::<Result<_, _>>()?,
+            capabilities: capabilities.into_iter().map(|c| c.0).collect(),
+        };
+        Ok((agent, concepts))
+    }
+
     /// The inbound rate limit; `Err` is the 429 to answer with.
-    fn admit(&self, req: &Request) -> Result<(), ApiError> {
+    async fn admit(&self, req: &Request) -> Result<(), ApiError> {
         let Some(limiter) = &self.state.client_limiter else {
             return Ok(());
         };
-        match limiter.check(&client_key(req)) {
+        match limiter.check(&client_key(req)).await {
             Verdict::Allowed { .. } => Ok(()),
             Verdict::Limited { limit, retry_after } => {
                 self.state
@@ -207,6 +370,12 @@ impl Api {
             "decays_total": learning.decays.load(std::sync::atomic::Ordering::Relaxed),
         });
         performance["rejections"] = self.state.pipeline.stack.rejections.to_json();
+        performance["cache"] = self.state.pipeline.stack.caches.stats_json();
+        performance["rate_limit_fallbacks_total"] = json!(self
+            .state
+            .metrics
+            .rate_limit_fallbacks
+            .load(std::sync::atomic::Ordering::Relaxed));
         performance["rejections"]["inbound_rate_limited"] = json!(self
             .state
             .metrics
@@ -259,10 +428,22 @@ impl Api {
                 )
             })
             .collect();
-        let degraded = !graph_ok;
+        let redis = match &self.state.pipeline.stack.caches.store {
+            None => json!({"status": "not_configured"}),
+            Some(store) => {
+                let ping = tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await;
+                let mut health = serde_json::to_value(store.health()).unwrap_or_default();
+                if !matches!(ping, Ok(Ok(()))) {
+                    health["status"] = json!("degraded");
+                }
+                health
+            }
+        };
+        let redis_ok = redis["status"] != "degraded";
+        let degraded = !graph_ok || !redis_ok;
         let deps = json!({
             "graph": {"backend": graph.backend(), "status": if graph_ok { "up" } else { "down" }, "probe_ms": graph_ms},
-            "redis": {"status": if self.state.config.redis_url.is_some() { "configured" } else { "not_configured" }},
+            "redis": redis,
             "telemetry": {"status": "disabled"},
             "agents": agent_states,
         });
@@ -324,7 +505,11 @@ impl Api {
         Ok(specs)
     }
 
-    async fn process_impl(&self, req: ProcessRequest) -> Result<Json<ProcessResponse>, ApiError> {
+    async fn process_impl(
+        &self,
+        req: ProcessRequest,
+        use_cache: bool,
+    ) -> Result<Json<ProcessResponse>, ApiError> {
         use std::sync::atomic::Ordering::Relaxed;
         self.state.metrics.process_requests.fetch_add(1, Relaxed);
         let config = &self.state.config;
@@ -340,7 +525,7 @@ impl Api {
             )),
             (None, Some(tasks)) => {
                 let specs = self.task_specs(tasks)?;
-                let results = self.state.pipeline.run_batch(&specs, deadline).await;
+                let results = self.state.pipeline.run_batch(&specs, deadline, use_cache).await;
                 Ok(Json(ProcessResponse {
                     status: overall_status(&results).to_string(),
                     result: None,
@@ -393,7 +578,7 @@ impl Api {
                     s.concept = validate_concept(&s.concept)?;
                     s.intent = validate_intent(&s.intent)?;
                 }
-                let results = self.state.pipeline.run_batch(&specs, deadline).await;
+                let results = self.state.pipeline.run_batch(&specs, deadline, use_cache).await;
                 let step = config.agent_timeout.min(crate::pipeline::remaining(deadline));
                 let answer = processors::synthesize(
                     transport,
@@ -514,6 +699,96 @@ impl Api {
         }))
     }
 
+    /// Registers an agent, or updates the agent of that name (admin). Caches of every
+    /// replica forget what they held about it and its concepts.
+    #[oai(path = "/agents", method = "post", tag = "Tag::Admin")]
+    async fn register_agent(
+        &self,
+        key: AdminKey,
+        body: Json<AgentRegistration>,
+    ) -> Result<Json<Registered>, AdminError> {
+        self.check_admin(&key)?;
+        let (agent, concepts) = self.registration(body.0)?;
+        let graph = &self.state.pipeline.graph;
+        let existed = graph
+            .upsert_agent(agent.clone(), &concepts)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "registering an agent failed");
+                AdminError::Unavailable(Json(ErrorBody::new(
+                    "graph_unavailable",
+                    "the knowledge graph is unavailable",
+                )))
+            })?;
+        tracing::info!(agent = %agent.name, existed, "agent registered");
+        self.state
+            .pipeline
+            .stack
+            .caches
+            .invalidate(Invalidation {
+                agents: vec![agent.name.clone()],
+                concepts: concepts.iter().map(|(c, _)| c.clone()).collect(),
+            })
+            .await;
+        let record = graph
+            .agents()
+            .await
+            .ok()
+            .and_then(|all| all.into_iter().find(|a| a.agent.name == agent.name))
+            .unwrap_or(AgentRecord {
+                agent,
+                concepts: Vec::new(),
+            });
+        Ok(Json(Registered {
+            status: if existed { "updated" } else { "registered" }.into(),
+            agent: agent_view(&record, self.breaker(&record.agent.name)),
+        }))
+    }
+
+    /// Removes an agent and its edges (admin). Caches of every replica forget it.
+    #[oai(path = "/agents/:name", method = "delete", tag = "Tag::Admin")]
+    async fn remove_agent(
+        &self,
+        key: AdminKey,
+        name: Path<String>,
+    ) -> Result<Json<Removed>, AdminError> {
+        self.check_admin(&key)?;
+        let removed = self
+            .state
+            .pipeline
+            .graph
+            .remove_agent(&name)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "removing an agent failed");
+                AdminError::Unavailable(Json(ErrorBody::new(
+                    "graph_unavailable",
+                    "the knowledge graph is unavailable",
+                )))
+            })?;
+        let Some(concepts) = removed else {
+            return Err(AdminError::NotFound(Json(ErrorBody::new(
+                "agent_not_found",
+                "no agent of that name",
+            ))));
+        };
+        tracing::info!(agent = %name.0, "agent removed");
+        self.state
+            .pipeline
+            .stack
+            .caches
+            .invalidate(Invalidation {
+                agents: vec![name.0.clone()],
+                concepts: concepts.clone(),
+            })
+            .await;
+        Ok(Json(Removed {
+            status: "removed".into(),
+            name: name.0,
+            concepts,
+        }))
+    }
+
     /// Counters and feature flags (JSON).
     #[oai(path = "/metrics", method = "get", tag = "Tag::Operations")]
     async fn metrics(&self) -> Json<MetricsBody> {
@@ -534,15 +809,16 @@ impl Api {
         body: Json<DiscoverRequest>,
     ) -> Result<DiscoverResponse, ApiError> {
         use std::sync::atomic::Ordering::Relaxed;
-        self.admit(req)?;
+        self.admit(req).await?;
         self.state.metrics.discover_requests.fetch_add(1, Relaxed);
         let concept = validate_concept(&body.concept)?;
         let intent = validate_intent(body.intent.as_deref().unwrap_or("define"))?;
         let candidates: Vec<Candidate> = self
             .state
             .pipeline
-            .discover(&concept, &intent)
+            .discover(&concept, &intent, use_cache(req))
             .await
+            .map(|(candidates, _)| candidates)
             .map_err(|e| {
                 tracing::warn!(error = %e, "discovery failed");
                 ApiError::unavailable("graph_unavailable", "the knowledge graph is unavailable")
@@ -594,8 +870,8 @@ impl Api {
         req: &Request,
         body: Json<ProcessRequest>,
     ) -> Result<Json<ProcessResponse>, ApiError> {
-        self.admit(req)?;
-        self.process_impl(body.0).await
+        self.admit(req).await?;
+        self.process_impl(body.0, use_cache(req)).await
     }
 
     /// Alias of `POST /process`, kept for existing clients.
@@ -605,8 +881,8 @@ impl Api {
         req: &Request,
         body: Json<ProcessRequest>,
     ) -> Result<Json<ProcessResponse>, ApiError> {
-        self.admit(req)?;
-        self.process_impl(body.0).await
+        self.admit(req).await?;
+        self.process_impl(body.0, use_cache(req)).await
     }
 }
 

@@ -151,6 +151,45 @@ impl KnowledgeGraph for MemoryGraph {
         Ok(changes)
     }
 
+    async fn upsert_agent(
+        &self,
+        agent: AgentInfo,
+        concepts: &[(String, f64)],
+    ) -> Result<bool, GraphError> {
+        let mut state = self.write();
+        let existed = state.agents.contains_key(&agent.name);
+        let name = agent.name.clone();
+        state
+            .edges
+            .retain(|(a, c), _| a != &name || concepts.iter().any(|(k, _)| k == c));
+        for (concept, weight) in concepts {
+            state.concepts.entry(concept.clone()).or_default();
+            state
+                .edges
+                .entry((name.clone(), concept.clone()))
+                .or_insert_with(|| EdgeStats::new(*weight));
+        }
+        state.agents.insert(name, agent);
+        Ok(existed)
+    }
+
+    async fn remove_agent(&self, name: &str) -> Result<Option<Vec<String>>, GraphError> {
+        let mut state = self.write();
+        if state.agents.remove(name).is_none() {
+            return Ok(None);
+        }
+        let mut concepts = Vec::new();
+        state.edges.retain(|(a, c), _| {
+            let keep = a != name;
+            if !keep {
+                concepts.push(c.clone());
+            }
+            keep
+        });
+        concepts.sort();
+        Ok(Some(concepts))
+    }
+
     async fn decay(&self, rate: f64) -> Result<usize, GraphError> {
         let mut state = self.write();
         let factor = (1.0 - rate).clamp(0.0, 1.0);
@@ -228,6 +267,39 @@ mod tests {
             success: true,
         };
         assert!(g.learn(&[unknown], deltas).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn agents_can_be_registered_and_removed() {
+        let g = graph();
+        let agent = AgentInfo {
+            name: "D".into(),
+            agent_type: "dynamic".into(),
+            endpoint: "http://127.0.0.1:9/q".into(),
+            status: "active".into(),
+            intents: vec!["define".into()],
+            capabilities: vec![],
+        };
+        assert!(!g
+            .upsert_agent(agent.clone(), &[("sun".into(), 0.7)])
+            .await
+            .unwrap());
+        assert_eq!(
+            g.discover("sun", "define").await.unwrap()[0].agent.name,
+            "D"
+        );
+        assert!(g.upsert_agent(agent, &[("sun".into(), 0.1)]).await.unwrap());
+        let c = g.discover("sun", "define").await.unwrap();
+        assert_eq!(
+            c[0].stats.weight, 0.7,
+            "an existing edge keeps its learned weight"
+        );
+        assert_eq!(
+            g.remove_agent("D").await.unwrap(),
+            Some(vec!["sun".to_string()])
+        );
+        assert!(g.discover("sun", "define").await.unwrap().is_empty());
+        assert_eq!(g.remove_agent("D").await.unwrap(), None);
     }
 
     #[tokio::test]

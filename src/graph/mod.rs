@@ -7,10 +7,10 @@ pub mod memory;
 pub mod seed;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// An agent as recorded in the graph.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentInfo {
     pub name: String,
     #[serde(rename = "type")]
@@ -22,7 +22,7 @@ pub struct AgentInfo {
 }
 
 /// Learned statistics of one agent→concept edge.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EdgeStats {
     pub weight: f64,
     pub usage_count: u64,
@@ -44,7 +44,7 @@ impl EdgeStats {
 }
 
 /// One agent able to serve a (concept, intent), with its edge statistics.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
     pub agent: AgentInfo,
     pub stats: EdgeStats,
@@ -110,12 +110,25 @@ pub trait KnowledgeGraph: Send + Sync + 'static {
         outcomes: &[Outcome],
         deltas: Deltas,
     ) -> Result<Vec<WeightChange>, GraphError>;
+    /// Registers `agent` (or replaces the agent of that name) handling `concepts` with the
+    /// given initial weights; unknown concepts are created. True when it already existed.
+    async fn upsert_agent(
+        &self,
+        agent: AgentInfo,
+        concepts: &[(String, f64)],
+    ) -> Result<bool, GraphError>;
+    /// Removes an agent and its edges; the concepts it handled (None when it did not exist).
+    async fn remove_agent(&self, name: &str) -> Result<Option<Vec<String>>, GraphError>;
     /// Multiplies every weight by `1 - rate`.
     async fn decay(&self, rate: f64) -> Result<usize, GraphError>;
     /// Cheap reachability probe.
     async fn ping(&self) -> Result<(), GraphError>;
     /// Backend name for `/status`.
     fn backend(&self) -> &'static str;
+    /// True when queries leave the process (worth caching discovery in front of).
+    fn is_remote(&self) -> bool {
+        false
+    }
 }
 
 /// Ranking shared by every backend: weight desc, success rate desc, name asc.

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::{
     agents::AgentRequest,
+    cache::{discovery_key, Lookup, Subject, Tier},
     graph::{Candidate, GraphError, KnowledgeGraph, Outcome},
     metrics::Metrics,
     resilience::{Failure, Stack},
@@ -173,21 +174,54 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Ranked candidates for (concept, intent).
+    /// Ranked candidates for (concept, intent), through the discovery cache when the graph
+    /// is remote; the tier says which cache answered.
     pub async fn discover(
         &self,
         concept: &str,
         intent: &str,
-    ) -> Result<Vec<Candidate>, GraphError> {
-        self.graph.discover(concept, intent).await
+        use_cache: bool,
+    ) -> Result<(Vec<Candidate>, Option<Tier>), GraphError> {
+        let caches = &self.stack.caches;
+        if !(caches.discovery_enabled && use_cache) {
+            return Ok((self.graph.discover(concept, intent).await?, None));
+        }
+        let key = discovery_key(concept, intent);
+        let subject = Subject {
+            agent: None,
+            concept,
+        };
+        let lookup = caches
+            .discovery
+            .get_or_fetch(&key, subject, || async {
+                let found = self.graph.discover(concept, intent).await?;
+                let ttl = if found.is_empty() {
+                    caches.settings.negative_ttl
+                } else {
+                    caches.settings.discovery_ttl
+                };
+                Ok((serde_json::to_value(&found).unwrap_or_default(), Some(ttl)))
+            })
+            .await;
+        let decode = |v: Value| serde_json::from_value::<Vec<Candidate>>(v).unwrap_or_default();
+        match lookup {
+            Lookup::Fresh { value, tier } => Ok((decode(value), tier)),
+            Lookup::Stale { value, tier, .. } => Ok((decode(value), Some(tier))),
+            Lookup::Failed(e) => Err(e),
+        }
     }
 
     /// Runs every task concurrently (bounded), each under the request `deadline`.
-    /// Results come back in the order of `tasks`.
-    pub async fn run_batch(&self, tasks: &[TaskSpec], deadline: Instant) -> Vec<TaskResult> {
+    /// Results come back in the order of `tasks`. `use_cache` false bypasses the caches.
+    pub async fn run_batch(
+        &self,
+        tasks: &[TaskSpec],
+        deadline: Instant,
+        use_cache: bool,
+    ) -> Vec<TaskResult> {
         let mut runs = Vec::with_capacity(tasks.len());
         for task in tasks {
-            runs.push(self.run_task(task, deadline));
+            runs.push(self.run_task(task, deadline, use_cache));
         }
         futures::stream::iter(runs)
             .buffered(self.task_concurrency)
@@ -196,29 +230,35 @@ impl Pipeline {
     }
 
     /// One task, never longer than `deadline`, never an error: failures are in the result.
-    pub async fn run_task(&self, task: &TaskSpec, deadline: Instant) -> TaskResult {
+    pub async fn run_task(
+        &self,
+        task: &TaskSpec,
+        deadline: Instant,
+        use_cache: bool,
+    ) -> TaskResult {
         let span = tracing::info_span!("task", task_id = %task.key(), concept = %task.concept, intent = %task.intent);
         let started = Instant::now();
-        let mut result = match tokio::time::timeout_at(deadline, self.serve(task, deadline))
-            .instrument(span)
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => TaskResult::failed(
-                task,
-                "timeout",
-                "the request deadline passed before an agent answered",
-            ),
-        };
+        let mut result =
+            match tokio::time::timeout_at(deadline, self.serve(task, deadline, use_cache))
+                .instrument(span)
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => TaskResult::failed(
+                    task,
+                    "timeout",
+                    "the request deadline passed before an agent answered",
+                ),
+            };
         result.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.metrics
             .record_task(result.succeeded(), started.elapsed());
         result
     }
 
-    async fn serve(&self, task: &TaskSpec, deadline: Instant) -> TaskResult {
-        let candidates = match self.discover(&task.concept, &task.intent).await {
-            Ok(c) => c,
+    async fn serve(&self, task: &TaskSpec, deadline: Instant, use_cache: bool) -> TaskResult {
+        let candidates = match self.discover(&task.concept, &task.intent, use_cache).await {
+            Ok((c, _)) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "discovery failed");
                 return TaskResult::failed(
@@ -248,12 +288,18 @@ impl Pipeline {
         let mut last: Option<(Failure, &Candidate)> = None;
         let mut rejected: Option<TaskResult> = None;
         for candidate in &candidates {
-            let outcome = self.stack.call(&candidate.agent, &request, deadline).await;
+            let outcome = self
+                .stack
+                .call(&candidate.agent, &request, deadline, use_cache)
+                .await;
             attempts += outcome.attempts;
             match outcome.result {
                 Ok(reply) => {
                     let success = reply.succeeded();
-                    self.learn(&candidate.agent.name, &task.concept, success);
+                    if outcome.cached.is_none() {
+                        // A cached answer says nothing new about the agent.
+                        self.learn(&candidate.agent.name, &task.concept, success);
+                    }
                     let mut r = TaskResult::new(
                         task,
                         if success {
@@ -265,6 +311,8 @@ impl Pipeline {
                     r.agent_name = Some(candidate.agent.name.clone());
                     r.absorb(reply.body);
                     r.attempts = attempts;
+                    r.cached = outcome.cached.map(Tier::as_str);
+                    r.stale = outcome.stale;
                     if success {
                         return r;
                     }

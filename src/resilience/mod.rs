@@ -12,24 +12,26 @@ pub mod retry;
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
         Arc, Mutex, RwLock,
     },
     time::Duration,
 };
 
+use serde_json::Value;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::{
     agents::{AgentReply, AgentRequest, AgentTransport, CallError},
+    cache::{response_key, Caches, Lookup, Subject, Tier},
     config::BreakerSettings,
     graph::AgentInfo,
     pipeline::remaining,
 };
 use breaker::Breaker;
 use bulkhead::Bulkhead;
-use limit::AgentLimiter;
+use limit::{AgentLimiter, Global};
 use retry::{fits, RetryBudget, RetryPolicy};
 
 /// Why a call through the stack produced no reply.
@@ -76,11 +78,25 @@ impl Failure {
     }
 }
 
-/// The result of one trip through the stack and how many HTTP attempts it took.
+/// The result of one trip through the stack, how many HTTP attempts it took, and which
+/// cache tier answered.
 #[derive(Debug)]
 pub struct CallOutcome {
     pub result: Result<AgentReply, Failure>,
     pub attempts: u32,
+    pub cached: Option<Tier>,
+    pub stale: bool,
+}
+
+impl CallOutcome {
+    fn upstream(result: Result<AgentReply, Failure>, attempts: u32) -> Self {
+        CallOutcome {
+            result,
+            attempts,
+            cached: None,
+            stale: false,
+        }
+    }
 }
 
 /// Counts of calls the stack refused or re-sent, by reason (`/metrics`).
@@ -169,16 +185,25 @@ impl StackSettings {
 pub struct Stack {
     transport: Arc<dyn AgentTransport>,
     settings: StackSettings,
+    pub caches: Arc<Caches>,
+    global: Option<Global>,
     /// One entry per agent name the graph has routed to (graph-controlled, so bounded).
     guards: RwLock<HashMap<String, Arc<AgentGuard>>>,
     pub rejections: Rejections,
 }
 
 impl Stack {
-    pub fn new(transport: Arc<dyn AgentTransport>, settings: StackSettings) -> Self {
+    pub fn new(
+        transport: Arc<dyn AgentTransport>,
+        settings: StackSettings,
+        caches: Arc<Caches>,
+        global: Option<Global>,
+    ) -> Self {
         Stack {
             transport,
             settings,
+            caches,
+            global,
             guards: RwLock::new(HashMap::new()),
             rejections: Rejections::default(),
         }
@@ -202,7 +227,11 @@ impl Stack {
             .entry(agent.to_string())
             .or_insert_with(|| {
                 Arc::new(AgentGuard {
-                    limiter: AgentLimiter::new(self.settings.agent_rate_limit),
+                    limiter: AgentLimiter::new(
+                        agent,
+                        self.settings.agent_rate_limit,
+                        self.global.clone(),
+                    ),
                     bulkhead: Bulkhead::new(self.settings.agent_max_inflight),
                     breaker: Breaker::new(agent, &self.settings.breaker),
                     budget: RetryBudget::new(self.settings.retry_budget_percent),
@@ -216,28 +245,99 @@ impl Stack {
     fn refuse(&self, counter: &AtomicU64, failure: Failure) -> CallOutcome {
         counter.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(code = failure.code(), "call refused");
-        CallOutcome {
-            result: Err(failure),
-            attempts: 0,
-        }
+        CallOutcome::upstream(Err(failure), 0)
     }
 
-    /// Calls `agent` with `req` through every stage, never past `deadline`.
+    /// Calls `agent` with `req` through every stage, never past `deadline`. `use_cache`
+    /// false (the client sent `Cache-Control: no-cache`) skips the cache stage.
     pub async fn call(
         &self,
         agent: &AgentInfo,
         req: &AgentRequest,
         deadline: Instant,
+        use_cache: bool,
     ) -> CallOutcome {
         let r = &self.rejections;
         if remaining(deadline).is_zero() {
             return self.refuse(&r.deadline, Failure::Deadline);
         }
         let guard = self.guard(&agent.name);
-        if guard.limiter.as_ref().is_some_and(|l| !l.allow()) {
-            return self.refuse(&r.rate_limited, Failure::RateLimited);
+        if let Some(limiter) = &guard.limiter {
+            if !limiter.allow().await {
+                return self.refuse(&r.rate_limited, Failure::RateLimited);
+            }
         }
-        // [cache stage: responses are looked up here, before any slot is taken]
+        if !self.caches.cacheable(&req.intent) {
+            return self.upstream(&guard, agent, req, deadline).await;
+        }
+        if !use_cache {
+            self.caches
+                .responses
+                .stats
+                .bypassed
+                .fetch_add(1, Ordering::Relaxed);
+            return self.upstream(&guard, agent, req, deadline).await;
+        }
+        let key = response_key(&agent.name, &req.concept, &req.intent, &req.args);
+        let subject = Subject {
+            agent: Some(&agent.name),
+            concept: &req.concept,
+        };
+        let attempts = AtomicU32::new(0);
+        let ttl = self.caches.settings.ttl;
+        let lookup = self
+            .caches
+            .responses
+            .get_or_fetch(&key, subject, || async {
+                let out = self.upstream(&guard, agent, req, deadline).await;
+                attempts.store(out.attempts, Ordering::Relaxed);
+                out.result.map(|reply| {
+                    let keep = reply.succeeded().then_some(ttl);
+                    (Value::Object(reply.body), keep)
+                })
+            })
+            .await;
+        let attempts = attempts.load(Ordering::Relaxed);
+        let reply = |value: Value| AgentReply {
+            body: match value {
+                Value::Object(map) => map,
+                _ => Default::default(),
+            },
+        };
+        match lookup {
+            Lookup::Fresh { value, tier } => CallOutcome {
+                result: Ok(reply(value)),
+                attempts,
+                cached: tier,
+                stale: false,
+            },
+            Lookup::Stale { value, tier, error } => {
+                tracing::info!(agent = %agent.name, code = error.code(), tier = tier.as_str(), "serving a stale answer");
+                CallOutcome {
+                    result: Ok(reply(value)),
+                    attempts,
+                    cached: Some(tier),
+                    stale: true,
+                }
+            }
+            Lookup::Failed(failure) => CallOutcome {
+                result: Err(failure),
+                attempts,
+                cached: None,
+                stale: false,
+            },
+        }
+    }
+
+    /// Bulkhead → breaker → retry → per-try timeout → HTTP call.
+    async fn upstream(
+        &self,
+        guard: &AgentGuard,
+        agent: &AgentInfo,
+        req: &AgentRequest,
+        deadline: Instant,
+    ) -> CallOutcome {
+        let r = &self.rejections;
         let Some(_slot) = guard.bulkhead.try_enter() else {
             return self.refuse(&r.bulkhead_full, Failure::BulkheadFull);
         };
@@ -263,10 +363,7 @@ impl Stack {
                 Ok(reply) => {
                     permit.success();
                     guard.record(false);
-                    return CallOutcome {
-                        result: Ok(reply),
-                        attempts,
-                    };
+                    return CallOutcome::upstream(Ok(reply), attempts);
                 }
                 Err(e) => e,
             };
@@ -289,10 +386,7 @@ impl Stack {
                 permit.success();
             }
             guard.record(fault);
-            return CallOutcome {
-                result: Err(Failure::Call(err)),
-                attempts,
-            };
+            return CallOutcome::upstream(Err(Failure::Call(err)), attempts);
         }
     }
 

@@ -12,7 +12,36 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     _seed: Option<tempfile::NamedTempFile>,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _child: Option<crate::servers::ChildApp>,
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// A second replica: the real binary in a child process, with `raw`-equivalent env.
+pub fn spawn_process(env: &[(&str, String)], seed: Option<Value>) -> TestApp {
+    let seed_file = seed.map(|s| {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), s.to_string()).unwrap();
+        f
+    });
+    let mut env = env.to_vec();
+    if let Some(f) = &seed_file {
+        env.push(("GRAPH_SEED", f.path().display().to_string()));
+    }
+    let child = crate::servers::ChildApp::start(&env);
+    TestApp {
+        base: child.base.clone(),
+        client: client(),
+        _seed: seed_file,
+        _stop: None,
+        _child: Some(child),
+    }
 }
 
 /// Settings for a test app: loopback, port 0, short learning flush.
@@ -22,6 +51,14 @@ pub fn settings() -> RawSettings {
         port: Some("0".into()),
         learning_flush_ms: Some("20".into()),
         ..Default::default()
+    }
+}
+
+/// Settings with the response cache off, for tests that count calls to agents.
+pub fn uncached() -> RawSettings {
+    RawSettings {
+        cache_enabled: Some("false".into()),
+        ..settings()
     }
 }
 
@@ -48,12 +85,10 @@ pub async fn spawn_with(mut raw: RawSettings, seed: Option<Value>) -> TestApp {
     }));
     TestApp {
         base: format!("http://127.0.0.1:{port}"),
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
+        client: client(),
         _seed: seed_file,
-        _stop: stop,
+        _stop: Some(stop),
+        _child: None,
     }
 }
 

@@ -1,6 +1,8 @@
 //! Integration tests: the real server on port 0 against real agent HTTP servers.
 
+mod admin;
 mod agents;
+mod cache;
 mod cli;
 mod discover;
 mod errors;
@@ -9,3 +11,4 @@ mod learning;
 mod operations;
 mod process;
 mod resilience;
+mod servers;

@@ -177,7 +177,7 @@ async fn tasks_of_a_batch_run_concurrently() {
         Behaviour::Slow(std::time::Duration::from_millis(300)),
     );
     let seed = seed_with("lamp", &[("Slow_AI", &slow.url(), &["define"], 0.5)]);
-    let app = spawn_with(settings(), Some(seed)).await;
+    let app = spawn_with(crate::helpers::uncached(), Some(seed)).await;
     let tasks: Vec<Value> = (0..5)
         .map(|i| json!({"task_id": i, "concept": "lamp", "intent": "define"}))
         .collect();

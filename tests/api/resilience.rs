@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::{
     agents::{dead_url, spawn_agent, spawn_closing_agent, Behaviour},
-    helpers::{error_code, seed_with, settings, spawn_with, TestApp},
+    helpers::{error_code, seed_with, spawn_with, uncached as settings, TestApp},
 };
 
 fn task(id: impl Into<Value>) -> Value {

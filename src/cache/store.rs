@@ -1,0 +1,316 @@
+//! The shared (L2) store: Redis behind a small trait, so the pipeline never sees redis types.
+//!
+//! Every call has a short timeout (`REDIS_TIMEOUT_MS`) and goes through a breaker: when Redis
+//! is down, calls fail in nanoseconds instead of each waiting for the timeout, and the
+//! service runs on L1 alone. The connection is lazy and reconnects by itself.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+
+use crate::{
+    config::BreakerSettings,
+    resilience::breaker::{Breaker, BreakerState},
+};
+
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("the shared store is unavailable")]
+    Unavailable,
+    #[error("the shared store did not answer in time")]
+    Timeout,
+}
+
+/// Outcome of the atomic GCRA rate-limit script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcraVerdict {
+    Allowed { remaining: u32 },
+    Limited { retry_after: Duration },
+}
+
+#[async_trait]
+pub trait SharedStore: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), StoreError>;
+    /// Deletes every key starting with `prefix`; returns how many.
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError>;
+    async fn publish(&self, channel: &str, message: &str) -> Result<(), StoreError>;
+    /// One GCRA step on `key`: `burst` requests, one more every `interval`.
+    async fn gcra(
+        &self,
+        key: &str,
+        interval: Duration,
+        burst: u32,
+    ) -> Result<GcraVerdict, StoreError>;
+    /// Round trip to the store (for `/status`).
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// `up`, `degraded` (breaker open or recent errors).
+    fn health(&self) -> StoreHealth;
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoreHealth {
+    pub status: &'static str,
+    pub breaker: &'static str,
+    pub errors_total: u64,
+    pub short_circuited_total: u64,
+}
+
+/// Atomic GCRA with the server's clock, so every replica shares one quota.
+/// KEYS[1] key; ARGV[1] emission interval (µs); ARGV[2] burst.
+/// Returns {1, remaining} or {0, retry_after_µs}.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tolerance = interval * burst
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local ahead = new_tat - now
+if ahead > tolerance then
+  return {0, ahead - tolerance}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(ahead / 1000) + 1)
+return {1, math.floor((tolerance - ahead) / interval)}
+"#;
+
+pub struct RedisStore {
+    client: redis::Client,
+    conn: redis::aio::ConnectionManager,
+    timeout: Duration,
+    breaker: Breaker,
+    script: redis::Script,
+    errors: AtomicU64,
+    short_circuited: AtomicU64,
+}
+
+fn breaker_settings() -> BreakerSettings {
+    BreakerSettings {
+        consecutive_failures: 3,
+        failure_rate: 0.5,
+        min_calls: 50,
+        open: Duration::from_millis(1_000),
+        half_open_probes: 1,
+    }
+}
+
+impl RedisStore {
+    /// Connects lazily: a Redis that is down at start-up is not an error.
+    pub fn connect(url: &str, timeout: Duration) -> Result<Arc<RedisStore>, StoreError> {
+        let client = redis::Client::open(url).map_err(|_| StoreError::Unavailable)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|_| StoreError::Unavailable)?;
+        Ok(Arc::new(RedisStore {
+            client,
+            conn,
+            timeout,
+            breaker: Breaker::new("redis", &breaker_settings()),
+            script: redis::Script::new(GCRA),
+            errors: AtomicU64::new(0),
+            short_circuited: AtomicU64::new(0),
+        }))
+    }
+
+    async fn guarded<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(redis::aio::ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let Some(permit) = self.breaker.try_acquire() else {
+            self.short_circuited.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::Unavailable);
+        };
+        match tokio::time::timeout(self.timeout, op(self.conn.clone())).await {
+            Ok(Ok(v)) => {
+                permit.success();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                permit.failure();
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "redis call failed");
+                Err(StoreError::Unavailable)
+            }
+            Err(_) => {
+                permit.failure();
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Timeout)
+            }
+        }
+    }
+
+    /// Listens on `channel` for as long as the process runs, reconnecting after failures.
+    /// `on_message` gets every payload; `on_resubscribe` runs after a reconnection, when
+    /// messages may have been missed.
+    pub fn spawn_subscriber(
+        self: &Arc<Self>,
+        channel: &'static str,
+        on_message: impl Fn(&str) + Send + Sync + 'static,
+        on_resubscribe: impl Fn() + Send + Sync + 'static,
+    ) {
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let Some(s) = store.upgrade() else { break };
+                let client = s.client.clone();
+                let timeout = s.timeout.max(Duration::from_millis(200));
+                drop(s);
+                let connected = tokio::time::timeout(timeout, async {
+                    let mut ps = client.get_async_pubsub().await?;
+                    ps.subscribe(channel).await?;
+                    Ok::<_, redis::RedisError>(ps)
+                })
+                .await;
+                match connected {
+                    Ok(Ok(mut ps)) => {
+                        if !first {
+                            tracing::info!("redis subscription restored; dropping L1 entries that may have missed invalidations");
+                            on_resubscribe();
+                        }
+                        let mut messages = ps.on_message();
+                        while let Some(msg) = messages.next().await {
+                            if let Ok(payload) = msg.get_payload::<String>() {
+                                on_message(&payload);
+                            }
+                        }
+                        tracing::warn!("redis subscription lost");
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+                first = false;
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl SharedStore for RedisStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.guarded(|mut c| async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<Vec<u8>>>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), StoreError> {
+        let ms = ttl.as_millis().max(1) as u64;
+        self.guarded(|mut c| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ms)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        let pattern = format!("{prefix}*");
+        self.guarded(|mut c| async move {
+            let mut cursor: u64 = 0;
+            let mut deleted = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut c)
+                    .await?;
+                if !keys.is_empty() {
+                    deleted += redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async::<u64>(&mut c)
+                        .await?;
+                }
+                if next == 0 {
+                    return Ok(deleted);
+                }
+                cursor = next;
+            }
+        })
+        .await
+    }
+
+    async fn publish(&self, channel: &str, message: &str) -> Result<(), StoreError> {
+        self.guarded(|mut c| async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(message)
+                .query_async::<i64>(&mut c)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn gcra(
+        &self,
+        key: &str,
+        interval: Duration,
+        burst: u32,
+    ) -> Result<GcraVerdict, StoreError> {
+        let micros = interval.as_micros().max(1) as u64;
+        let script = &self.script;
+        let (allowed, value): (i64, i64) = self
+            .guarded(|mut c| async move {
+                script
+                    .key(key)
+                    .arg(micros)
+                    .arg(burst.max(1))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(if allowed == 1 {
+            GcraVerdict::Allowed {
+                remaining: value.max(0) as u32,
+            }
+        } else {
+            GcraVerdict::Limited {
+                retry_after: Duration::from_micros(value.max(0) as u64),
+            }
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.guarded(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+            .await
+            .map(|_| ())
+    }
+
+    fn health(&self) -> StoreHealth {
+        let state = self.breaker.state();
+        StoreHealth {
+            status: if state == BreakerState::Closed {
+                "up"
+            } else {
+                "degraded"
+            },
+            breaker: state.as_str(),
+            errors_total: self.errors.load(Ordering::Relaxed),
+            short_circuited_total: self.short_circuited.load(Ordering::Relaxed),
+        }
+    }
+}
