@@ -47,6 +47,9 @@ enum Command {
         /// Fault injection: the status answered while failing.
         #[arg(long, default_value_t = 500)]
         fail_status: u16,
+        /// Delay every answer by this many milliseconds (a slow agent).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
     /// Validate the configuration and exit (64 when it is bad).
     CheckConfig {
@@ -110,12 +113,19 @@ async fn main() -> ExitCode {
             fail_after_s,
             fail_for_s,
             fail_status,
+            delay_ms,
         }) => {
-            let fault = fail_after_s.map(|after| demo::Fault {
-                after: std::time::Duration::from_secs_f64(after.max(0.0)),
-                duration: fail_for_s.map(|d| std::time::Duration::from_secs_f64(d.max(0.0))),
-                status: fail_status,
-            });
+            let delay = std::time::Duration::from_millis(delay_ms);
+            let fault = match fail_after_s {
+                Some(after) => Some(demo::Fault {
+                    after: std::time::Duration::from_secs_f64(after.max(0.0)),
+                    duration: fail_for_s.map(|d| std::time::Duration::from_secs_f64(d.max(0.0))),
+                    status: fail_status,
+                    delay,
+                }),
+                None if delay_ms > 0 => Some(demo::Fault::delay(delay)),
+                None => None,
+            };
             telemetry::init(myriad::config::LogFormat::Text);
             let listener = match std::net::TcpListener::bind((host, port)) {
                 Ok(l) => l,

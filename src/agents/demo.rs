@@ -78,6 +78,20 @@ pub struct Fault {
     pub after: std::time::Duration,
     pub duration: Option<std::time::Duration>,
     pub status: u16,
+    /// Added to every answer (a slow agent, for benchmarks).
+    pub delay: std::time::Duration,
+}
+
+impl Fault {
+    /// Only a delay on every answer, no failures.
+    pub fn delay(delay: std::time::Duration) -> Self {
+        Fault {
+            after: std::time::Duration::MAX,
+            duration: None,
+            status: 500,
+            delay,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -92,7 +106,8 @@ impl AgentState {
     fn failing(&self) -> Option<u16> {
         let f = self.fault?;
         let t = self.started.elapsed();
-        (t >= f.after && f.duration.is_none_or(|d| t < f.after + d)).then_some(f.status)
+        (t >= f.after && f.duration.is_none_or(|d| t < f.after.saturating_add(d)))
+            .then_some(f.status)
     }
 }
 
@@ -154,7 +169,10 @@ fn reply(state: &AgentState, status: StatusCode, body: Value) -> Response {
 }
 
 #[handler]
-fn query(Data(state): Data<&AgentState>, body: poem::Result<Json<Value>>) -> Response {
+async fn query(Data(state): Data<&AgentState>, body: poem::Result<Json<Value>>) -> Response {
+    if let Some(delay) = state.fault.map(|f| f.delay).filter(|d| !d.is_zero()) {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(status) = state.failing() {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return reply(

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Benchmark driver: one machine, one load generator (wrk), one run. Measures
+#   direct     a fast neutral agent (nginx returning fixed JSON)
+#   nginx      nginx as a reverse proxy in front of it
+#   uncached   the orchestrator in front of it, cache off
+#   cached     the orchestrator, every answer from L1
+#   batch5     a 5-task batch against agents that take 20 ms each
+#   health     GET /health
+# and prints throughput, p50, p99 and ratios to the nginx proxy.
+# Usage: scripts/bench.sh [seconds per scenario (default 10)] [connections (default 32)]
+# Needs: wrk, nginx (apt-get install -y wrk nginx), a release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10}
+CONNS=${2:-32}
+BIN=target/release/myriad-orchestrator
+[ -x "$BIN" ] || cargo build --release --locked
+for t in wrk nginx; do command -v $t >/dev/null || { echo "missing $t: apt-get install -y wrk nginx" >&2; exit 1; }; done
+
+WORK=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+P_AGENT=18081 P_PROXY=18082 P_UNCACHED=18083 P_CACHED=18084 P_BATCH=18085 P_SLOW=18086
+cat > "$WORK/nginx.conf" <<NGX
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/error.log crit;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
+  fastcgi_temp_path $WORK/fcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
+  upstream agent { server 127.0.0.1:$P_AGENT; keepalive 64; }
+  server { listen 127.0.0.1:$P_AGENT;
+    location / { default_type application/json; return 200 '{"agent_name":"Bench_AI","status":"success","data":"ok"}'; } }
+  server { listen 127.0.0.1:$P_PROXY;
+    location / { proxy_pass http://agent; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+NGX
+nginx -p "$WORK" -c "$WORK/nginx.conf"
+
+cat > "$WORK/seed.json" <<JSON
+{"concepts":[{"name":"bench"}],
+ "agents":[{"name":"Bench_AI","endpoint":"http://127.0.0.1:$P_AGENT/query","intents":["define"]},
+           {"name":"Slow_AI","endpoint":"http://127.0.0.1:$P_SLOW/query","intents":["function"]}],
+ "handles":[{"agent":"Bench_AI","concept":"bench","weight":0.9},{"agent":"Slow_AI","concept":"bench","weight":0.9}]}
+JSON
+"$BIN" demo-agent --name factbase --host 127.0.0.1 --port $P_SLOW --delay-ms 20 >/dev/null 2>&1 & pids+=($!)
+start() { # port, extra env...
+  local port=$1; shift
+  env GRAPH_SEED="$WORK/seed.json" DEMO_AGENTS=off HOST=127.0.0.1 PORT=$port RUST_LOG=warn \
+      ENABLE_AUTONOMOUS_LEARNING=false "$@" "$BIN" serve >/dev/null 2>&1 &
+  pids+=($!)
+}
+start $P_UNCACHED CACHE_ENABLED=false
+start $P_CACHED CACHE_ENABLED=true
+start $P_BATCH CACHE_ENABLED=false
+for p in $P_AGENT $P_PROXY $P_UNCACHED $P_CACHED $P_BATCH; do
+  for _ in $(seq 100); do curl -sf -o /dev/null -X POST "http://127.0.0.1:$p/health" -d '' 2>/dev/null && break
+    curl -sf -o /dev/null "http://127.0.0.1:$p/health" 2>/dev/null && break; sleep 0.05; done
+done
+
+ONE='{"tasks":[{"task_id":1,"concept":"bench","intent":"define"}]}'
+FIVE='{"tasks":[{"task_id":1,"concept":"bench","intent":"function","args":{"n":1}},{"task_id":2,"concept":"bench","intent":"function","args":{"n":2}},{"task_id":3,"concept":"bench","intent":"function","args":{"n":3}},{"task_id":4,"concept":"bench","intent":"function","args":{"n":4}},{"task_id":5,"concept":"bench","intent":"function","args":{"n":5}}]}'
+AGENT_BODY='{"task_id":1,"intent":"define","concept":"bench","args":{}}'
+lua() { printf 'wrk.method="POST"\nwrk.body=%s\nwrk.headers["Content-Type"]="application/json"\n' "$(printf '%s' "$1" | python3 -c 'import json,sys;print(json.dumps(sys.stdin.read()))')" > "$WORK/$2.lua"; }
+lua "$AGENT_BODY" agent; lua "$ONE" one; lua "$FIVE" five
+curl -sf -o /dev/null -X POST -H 'Content-Type: application/json' -d "$ONE" "http://127.0.0.1:$P_CACHED/process" # warm the cache
+
+# name url lua connections → "rps p50 p99" (ms)
+run() {
+  local out
+  out=$(wrk -t1 -c"$4" -d"${DUR}s" --latency ${3:+-s "$WORK/$3.lua"} "$2" 2>&1)
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  local non2xx; non2xx=$(awk '/Non-2xx/ {print $4}' <<<"$out")
+  printf '%s %s %s %s %s\n' "$1" "$rps" "$(ms "$p50")" "$(ms "$p99")" "${non2xx:-0}"
+}
+ms() { python3 - "$1" <<'PY'
+import sys,re
+v=sys.argv[1]; m=re.match(r'([\d.]+)(us|ms|s)',v)
+n=float(m.group(1)); u=m.group(2)
+print(round(n/1000 if u=='us' else n*1000 if u=='s' else n,3))
+PY
+}
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); $DUR s per scenario, wrk -t1"
+results=()
+results+=("$(run direct   "http://127.0.0.1:$P_AGENT/query"      agent "$CONNS")")
+results+=("$(run nginx    "http://127.0.0.1:$P_PROXY/query"      agent "$CONNS")")
+results+=("$(run uncached "http://127.0.0.1:$P_UNCACHED/process" one   "$CONNS")")
+results+=("$(run cached   "http://127.0.0.1:$P_CACHED/process"   one   "$CONNS")")
+results+=("$(run batch5   "http://127.0.0.1:$P_BATCH/process"    five  8)")
+results+=("$(run health   "http://127.0.0.1:$P_CACHED/health"    ""    "$CONNS")")
+# overhead at moderate load: one connection, gateway vs direct
+results+=("$(run direct-c1   "http://127.0.0.1:$P_AGENT/query"      agent 1)")
+results+=("$(run uncached-c1 "http://127.0.0.1:$P_UNCACHED/process" one   1)")
+
+nginx_rps=$(printf '%s\n' "${results[@]}" | awk '$1=="nginx" {print $2}')
+printf '\n| scenario | req/s | p50 ms | p99 ms | non-2xx | ÷ nginx proxy |\n|---|---|---|---|---|---|\n'
+for r in "${results[@]}"; do
+  read -r name rps p50 p99 bad <<<"$r"
+  ratio=$(python3 -c "print(round($rps/$nginx_rps,2))")
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$name" "$rps" "$p50" "$p99" "$bad" "$ratio"
+done
+d50=$(printf '%s\n' "${results[@]}" | awk '$1=="direct-c1" {print $3}'); d99=$(printf '%s\n' "${results[@]}" | awk '$1=="direct-c1" {print $4}')
+g50=$(printf '%s\n' "${results[@]}" | awk '$1=="uncached-c1" {print $3}'); g99=$(printf '%s\n' "${results[@]}" | awk '$1=="uncached-c1" {print $4}')
+python3 -c "print(f'\ngateway overhead per task (1 connection): p50 {($g50-$d50):.3f} ms, p99 {($g99-$d99):.3f} ms')"
