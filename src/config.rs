@@ -104,6 +104,18 @@ pub struct RawSettings {
     /// Intents whose answers are never cached (comma-separated; default turn_on,turn_off,dim,status).
     #[arg(long, env = "CACHE_BYPASS_INTENTS")]
     pub cache_bypass_intents: Option<String>,
+    /// Timeout of one graph query in ms (default 1000).
+    #[arg(long, env = "GRAPH_TIMEOUT_MS")]
+    pub graph_timeout_ms: Option<String>,
+    /// Bolt connections kept to the graph (default 16).
+    #[arg(long, env = "NEO4J_POOL_MAX")]
+    pub neo4j_pool_max: Option<String>,
+    /// Endpoint of the template agent behind dynamic agents (default: the built-in factbase).
+    #[arg(long, env = "DYNAMIC_AGENT_TEMPLATE_URL")]
+    pub dynamic_agent_template_url: Option<String>,
+    /// Time neurogenesis may spend researching a concept, in ms (default 3000).
+    #[arg(long, env = "NEUROGENESIS_TIMEOUT_MS")]
+    pub neurogenesis_timeout_ms: Option<String>,
     /// Key of the admin API (`X-Admin-Key`); unset = admin API disabled (403).
     #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
     pub admin_api_key: Option<String>,
@@ -242,6 +254,10 @@ pub struct Config {
     pub cache: CacheSettings,
     pub redis_timeout: Duration,
     pub admin_api_key: Option<Secret>,
+    pub graph_timeout: Duration,
+    pub neo4j_pool_max: usize,
+    pub dynamic_agent_template_url: Option<String>,
+    pub neurogenesis_timeout: Duration,
     pub log_format: LogFormat,
     pub rate_limit_per_client: u32,
     pub rate_limit_burst: u32,
@@ -579,16 +595,29 @@ impl Config {
                 60_000,
             )),
         };
+        let graph_timeout = Duration::from_millis(p.num(
+            "GRAPH_TIMEOUT_MS",
+            &raw.graph_timeout_ms,
+            1_000u64,
+            1,
+            60_000,
+        ));
+        let neo4j_pool_max = p.num("NEO4J_POOL_MAX", &raw.neo4j_pool_max, 16usize, 1, 1_024);
+        let dynamic_agent_template_url = p.url(
+            "DYNAMIC_AGENT_TEMPLATE_URL",
+            &raw.dynamic_agent_template_url,
+        );
+        let neurogenesis_timeout = Duration::from_millis(p.num(
+            "NEUROGENESIS_TIMEOUT_MS",
+            &raw.neurogenesis_timeout_ms,
+            3_000u64,
+            1,
+            60_000,
+        ));
         if agent_timeout_ms > request_timeout_ms {
             errors.push(format!(
                 "AGENT_TIMEOUT_MS ({agent_timeout_ms}) must not exceed REQUEST_TIMEOUT_MS ({request_timeout_ms})"
             ));
-        }
-        if neo4j_uri.is_some() {
-            warnings.push(
-                "NEO4J_URI is set but this build serves the embedded graph; the Bolt backend is not available yet"
-                    .to_string(),
-            );
         }
 
         if !errors.is_empty() {
@@ -619,6 +648,10 @@ impl Config {
             cache,
             redis_timeout,
             admin_api_key: non_empty(&raw.admin_api_key).map(Secret::new),
+            graph_timeout,
+            neo4j_pool_max,
+            dynamic_agent_template_url,
+            neurogenesis_timeout,
             log_format,
             rate_limit_per_client,
             rate_limit_burst,
@@ -637,6 +670,7 @@ impl Config {
             "host": self.host.to_string(),
             "port": self.port,
             "graph_backend": if self.neo4j_uri.is_some() { "neo4j" } else { "memory" },
+            "graph_timeout_ms": self.graph_timeout.as_millis() as u64,
             "redis_configured": self.redis_url.is_some(),
             "input_processor": self.input_processor_url.as_deref().unwrap_or("built-in"),
             "output_processor": self.output_processor_url.as_deref().unwrap_or("built-in"),

@@ -51,6 +51,14 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
     },
+    /// Load a seed file into the Neo4j graph at NEO4J_URI (idempotent: twice changes nothing).
+    SeedGraph {
+        /// The seed file (the format of GRAPH_SEED).
+        #[arg(long)]
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        settings: RawSettings,
+    },
     /// Validate the configuration and exit (64 when it is bad).
     CheckConfig {
         #[command(flatten)]
@@ -93,6 +101,23 @@ async fn main() -> ExitCode {
         Some(Command::Openapi) => {
             println!("{}", startup::openapi_json());
             return ExitCode::SUCCESS;
+        }
+        Some(Command::SeedGraph { file, settings }) => {
+            let config = match load(&settings) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            telemetry::init(config.log_format);
+            return match startup::seed_graph(&config, &file).await {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("seeding failed: {e}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Some(Command::CheckConfig { settings }) => {
             return match load(&settings) {

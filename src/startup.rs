@@ -20,11 +20,12 @@ use crate::{
     config::Config,
     graph::{
         memory::MemoryGraph,
+        neo4j::{Neo4jGraph, Neo4jSettings, Resolver},
         seed::{Seed, DEFAULT_SEED},
         KnowledgeGraph,
     },
     metrics::Metrics,
-    pipeline::{learning::Learner, Pipeline},
+    pipeline::{learning::Learner, neurogenesis::Neurogenesis, Pipeline},
     resilience::{
         limit::{ClientLimiter, Global},
         Stack, StackSettings,
@@ -45,6 +46,8 @@ pub enum StartupError {
     },
     #[error("cannot start the demo agents: {0}")]
     DemoAgents(#[source] std::io::Error),
+    #[error("cannot set up the graph connection: {0}")]
+    Graph(#[source] crate::graph::GraphError),
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
 }
@@ -84,6 +87,12 @@ impl DemoAgents {
         Ok(DemoAgents { urls, stop })
     }
 
+    /// Resolves `{demo:<id>}` endpoints stored in a shared graph.
+    pub fn resolver(&self) -> Resolver {
+        let urls = self.urls.clone();
+        Arc::new(move |id: &str| urls.get(id).cloned())
+    }
+
     /// The `/query` URL of a running demo agent.
     pub fn url(&self, id: &str) -> Option<String> {
         self.urls.get(id).cloned()
@@ -111,15 +120,26 @@ impl Application {
         } else {
             DemoAgents::none()
         };
-        let seed = match &config.graph_seed {
-            Some(path) => Seed::from_file(path)?,
-            None => Seed::parse(DEFAULT_SEED)?,
+        let graph: Arc<dyn KnowledgeGraph> = match &config.neo4j_uri {
+            Some(uri) => {
+                let g = Neo4jGraph::connect(&neo4j_settings(&config, uri), demos.resolver())
+                    .await
+                    .map_err(StartupError::Graph)?;
+                Arc::new(g)
+            }
+            None => {
+                let seed = match &config.graph_seed {
+                    Some(path) => Seed::from_file(path)?,
+                    None => Seed::parse(DEFAULT_SEED)?,
+                };
+                Arc::new(MemoryGraph::from_seed(&seed, |id| demos.url(id))?)
+            }
         };
-        let graph: Arc<dyn KnowledgeGraph> =
-            Arc::new(MemoryGraph::from_seed(&seed, |id| demos.url(id))?);
         let transport: Arc<dyn AgentTransport> =
             Arc::new(HttpAgents::new(config.http_pool_max).map_err(StartupError::Client)?);
-        let state = Arc::new(build_state(config.clone(), graph, transport));
+        let state = Arc::new(build_state(config.clone(), graph, transport, |id| {
+            demos.url(id)
+        }));
 
         let addr = SocketAddr::new(config.host, config.port);
         let listener = std::net::TcpListener::bind(addr)
@@ -173,11 +193,24 @@ fn acceptor_port(acceptor: &TcpAcceptor) -> u16 {
         .unwrap_or_default()
 }
 
+/// Bolt settings from the configuration.
+pub fn neo4j_settings(config: &Config, uri: &str) -> Neo4jSettings {
+    Neo4jSettings {
+        uri: uri.to_string(),
+        user: config.neo4j_user.clone(),
+        password: config.neo4j_password.expose().to_string(),
+        database: config.neo4j_database.clone(),
+        timeout: config.graph_timeout,
+        pool: config.neo4j_pool_max,
+    }
+}
+
 /// The shared state behind every request.
 pub fn build_state(
     config: Arc<Config>,
     graph: Arc<dyn KnowledgeGraph>,
     transport: Arc<dyn AgentTransport>,
+    demo_url: impl Fn(&str) -> Option<String>,
 ) -> AppState {
     let metrics = Arc::new(Metrics::default());
     let in_runtime = tokio::runtime::Handle::try_current().is_ok();
@@ -228,7 +261,22 @@ pub fn build_state(
         caches,
         global.clone(),
     ));
+    let neurogenesis = config.enable_dynamic_agents.then(|| {
+        let template = config
+            .dynamic_agent_template_url
+            .clone()
+            .or_else(|| demo_url("factbase"))
+            .unwrap_or_else(|| "http://127.0.0.1:5003/query".to_string());
+        Arc::new(Neurogenesis::new(
+            graph.clone(),
+            stack.transport().clone(),
+            stack.caches.clone(),
+            template,
+            config.neurogenesis_timeout,
+        ))
+    });
     let pipeline = Arc::new(Pipeline {
+        neurogenesis,
         graph,
         stack,
         learner,
@@ -256,6 +304,25 @@ pub fn openapi_json() -> String {
     );
     let transport: Arc<dyn AgentTransport> =
         Arc::new(HttpAgents::new(1).expect("a default HTTP client builds"));
-    let state = Arc::new(build_state(config, graph, transport));
+    let state = Arc::new(build_state(config, graph, transport, |_| None));
     api::service(state).spec()
+}
+
+/// `seed-graph`: loads a seed file into the Neo4j graph at NEO4J_URI.
+pub async fn seed_graph(config: &Config, file: &std::path::Path) -> Result<String, String> {
+    let uri = config.neo4j_uri.as_deref().ok_or("NEO4J_URI is not set")?;
+    let seed = Seed::from_file(file).map_err(|e| e.to_string())?;
+    let mut settings = neo4j_settings(config, uri);
+    settings.timeout = settings.timeout.max(std::time::Duration::from_secs(30));
+    let graph = Neo4jGraph::connect(&settings, Arc::new(|_: &str| None))
+        .await
+        .map_err(|e| e.to_string())?;
+    graph.seed(&seed).await.map_err(|e| e.to_string())?;
+    Ok(format!(
+        "seeded {} regions, {} concepts, {} agents, {} edges",
+        seed.regions.len(),
+        seed.concepts.len(),
+        seed.agents.len(),
+        seed.handles.len()
+    ))
 }

@@ -204,6 +204,22 @@ fn validate_concept(raw: &str) -> Result<String, ApiError> {
     Ok(concept)
 }
 
+/// With neurogenesis on, any unknown concept may be written to the graph, so names are
+/// held to a plain alphabet before anything runs.
+fn validate_new_concept(concept: &str) -> Result<(), ApiError> {
+    let plain = concept
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.' | '\''));
+    if plain && concept.chars().count() <= 64 {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_concept",
+            "with dynamic agents on, a concept is at most 64 letters, digits, spaces or - _ . '",
+        ))
+    }
+}
+
 fn validate_intent(raw: &str) -> Result<String, ApiError> {
     let intent = raw.trim().to_ascii_lowercase();
     if intent.is_empty()
@@ -325,6 +341,7 @@ impl Api {
                 .map(|i| validate_intent(i))
                 .collect::<Result<_, _>>()?,
             capabilities: capabilities.into_iter().map(|c| c.0).collect(),
+            facts: None,
         };
         Ok((agent, concepts))
     }
@@ -371,6 +388,9 @@ impl Api {
         });
         performance["rejections"] = self.state.pipeline.stack.rejections.to_json();
         performance["cache"] = self.state.pipeline.stack.caches.stats_json();
+        if let Some(ng) = &self.state.pipeline.neurogenesis {
+            performance["neurogenesis"] = ng.stats.to_json();
+        }
         performance["rate_limit_fallbacks_total"] = json!(self
             .state
             .metrics
@@ -495,9 +515,13 @@ impl Api {
                     ))
                 }
             };
+            let concept = validate_concept(&t.concept)?;
+            if self.state.config.enable_dynamic_agents {
+                validate_new_concept(&concept)?;
+            }
             specs.push(TaskSpec {
                 task_id,
-                concept: validate_concept(&t.concept)?,
+                concept,
                 intent: validate_intent(&t.intent)?,
                 args,
             });
@@ -576,6 +600,9 @@ impl Api {
                 specs.truncate(config.max_tasks);
                 for s in &mut specs {
                     s.concept = validate_concept(&s.concept)?;
+                    if config.enable_dynamic_agents {
+                        validate_new_concept(&s.concept)?;
+                    }
                     s.intent = validate_intent(&s.intent)?;
                 }
                 let results = self.state.pipeline.run_batch(&specs, deadline, use_cache).await;

@@ -393,10 +393,11 @@ impl Caches {
                 settings.stale_ttl,
                 store.clone(),
             ),
+            // Stale candidates keep routing while the graph server is away.
             discovery: TwoTier::new(
                 settings.max_entries,
                 longest_disc,
-                Duration::ZERO,
+                settings.stale_ttl,
                 store.clone(),
             ),
             discovery_enabled: settings.enabled && remote_graph,

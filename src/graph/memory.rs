@@ -61,6 +61,7 @@ impl MemoryGraph {
                     status: "active".to_string(),
                     intents: a.intents.clone(),
                     capabilities: a.capabilities.clone(),
+                    facts: None,
                 },
             );
         }
@@ -173,6 +174,14 @@ impl KnowledgeGraph for MemoryGraph {
         Ok(existed)
     }
 
+    async fn add_concept(&self, name: &str, definition: &str) -> Result<(), GraphError> {
+        self.write()
+            .concepts
+            .entry(name.to_string())
+            .or_insert_with(|| definition.to_string());
+        Ok(())
+    }
+
     async fn remove_agent(&self, name: &str) -> Result<Option<Vec<String>>, GraphError> {
         let mut state = self.write();
         if state.agents.remove(name).is_none() {
@@ -279,6 +288,7 @@ mod tests {
             status: "active".into(),
             intents: vec!["define".into()],
             capabilities: vec![],
+            facts: None,
         };
         assert!(!g
             .upsert_agent(agent.clone(), &[("sun".into(), 0.7)])

@@ -4,6 +4,7 @@
 //! seed file (see [`seed`] for the format, a public contract).
 
 pub mod memory;
+pub mod neo4j;
 pub mod seed;
 
 use async_trait::async_trait;
@@ -19,6 +20,9 @@ pub struct AgentInfo {
     pub status: String,
     pub intents: Vec<String>,
     pub capabilities: Vec<String>,
+    /// What neurogenesis learned about a dynamic agent's concept; sent as `args.facts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<String>,
 }
 
 /// Learned statistics of one agent→concept edge.
@@ -117,6 +121,8 @@ pub trait KnowledgeGraph: Send + Sync + 'static {
         agent: AgentInfo,
         concepts: &[(String, f64)],
     ) -> Result<bool, GraphError>;
+    /// Records a concept (idempotent: an existing one keeps its definition).
+    async fn add_concept(&self, name: &str, definition: &str) -> Result<(), GraphError>;
     /// Removes an agent and its edges; the concepts it handled (None when it did not exist).
     async fn remove_agent(&self, name: &str) -> Result<Option<Vec<String>>, GraphError>;
     /// Multiplies every weight by `1 - rate`.

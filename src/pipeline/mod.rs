@@ -7,6 +7,7 @@
 //! ```
 
 pub mod learning;
+pub mod neurogenesis;
 pub mod parser;
 pub mod processors;
 
@@ -171,6 +172,8 @@ pub struct Pipeline {
     pub learner: learning::Learner,
     pub metrics: Arc<Metrics>,
     pub task_concurrency: usize,
+    /// Present when ENABLE_DYNAMIC_AGENTS is on.
+    pub neurogenesis: Option<Arc<neurogenesis::Neurogenesis>>,
 }
 
 impl Pipeline {
@@ -257,7 +260,8 @@ impl Pipeline {
     }
 
     async fn serve(&self, task: &TaskSpec, deadline: Instant, use_cache: bool) -> TaskResult {
-        let candidates = match self.discover(&task.concept, &task.intent, use_cache).await {
+        let mut grown = None;
+        let mut candidates = match self.discover(&task.concept, &task.intent, use_cache).await {
             Ok((c, _)) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "discovery failed");
@@ -269,25 +273,51 @@ impl Pipeline {
             }
         };
         if candidates.is_empty() {
-            return TaskResult::failed(
+            if let Some(ng) = &self.neurogenesis {
+                let outcome = ng.ensure(&task.concept, &task.intent).await;
+                if outcome != neurogenesis::Grown::Failed {
+                    candidates = self
+                        .discover(&task.concept, &task.intent, false)
+                        .await
+                        .map(|(c, _)| c)
+                        .unwrap_or_default();
+                }
+                grown = Some(outcome.status());
+            }
+        }
+        let mut result = if candidates.is_empty() {
+            TaskResult::failed(
                 task,
                 "no_agent",
                 format!(
                     "no agent handles intent '{}' for concept '{}'",
                     task.intent, task.concept
                 ),
-            );
-        }
-        let request = AgentRequest {
-            task_id: task.task_id.clone(),
-            intent: task.intent.clone(),
-            concept: task.concept.clone(),
-            args: task.args.clone(),
+            )
+        } else {
+            self.route(task, &candidates, deadline, use_cache).await
         };
+        if let Some(status) = grown {
+            result
+                .extra
+                .insert("neurogenesis_status".into(), Value::from(status));
+        }
+        result
+    }
+
+    /// Tries each candidate, best first, until one answers.
+    async fn route(
+        &self,
+        task: &TaskSpec,
+        candidates: &[Candidate],
+        deadline: Instant,
+        use_cache: bool,
+    ) -> TaskResult {
         let mut attempts = 0;
         let mut last: Option<(Failure, &Candidate)> = None;
         let mut rejected: Option<TaskResult> = None;
-        for candidate in &candidates {
+        for candidate in candidates {
+            let request = request_for(task, candidate);
             let outcome = self
                 .stack
                 .call(&candidate.agent, &request, deadline, use_cache)
@@ -369,6 +399,22 @@ impl Pipeline {
             concept: concept.to_string(),
             success,
         });
+    }
+}
+
+/// The agent protocol body for one candidate: a dynamic agent also gets what neurogenesis
+/// learned, as `args.facts`, unless the client sent facts itself.
+fn request_for(task: &TaskSpec, candidate: &Candidate) -> AgentRequest {
+    let mut args = task.args.clone();
+    if let (Some(facts), Value::Object(map)) = (&candidate.agent.facts, &mut args) {
+        map.entry("facts")
+            .or_insert_with(|| Value::from(facts.clone()));
+    }
+    AgentRequest {
+        task_id: task.task_id.clone(),
+        intent: task.intent.clone(),
+        concept: task.concept.clone(),
+        args,
     }
 }
 

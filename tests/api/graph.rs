@@ -1,0 +1,360 @@
+//! The Neo4j backend (neo4rs over Bolt) against a real ArcadeDB server.
+
+use std::{process::Command, time::Duration};
+
+use myriad::config::RawSettings;
+use serde_json::{json, Value};
+
+use crate::{
+    agents::{spawn_agent, Behaviour},
+    helpers::{seed_with, settings, spawn_with, TestApp},
+    servers::ArcadeServer,
+};
+
+fn seed_graph(db: &ArcadeServer, seed: &Value) -> std::process::Output {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), seed.to_string()).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_myriad-orchestrator"))
+        .arg("seed-graph")
+        .arg("--file")
+        .arg(file.path())
+        .env_clear()
+        .envs(db.env())
+        .output()
+        .unwrap()
+}
+
+fn graph_settings(db: &ArcadeServer) -> RawSettings {
+    let mut raw = settings();
+    for (k, v) in db.env() {
+        match k {
+            "NEO4J_URI" => raw.neo4j_uri = Some(v),
+            "NEO4J_USER" => raw.neo4j_user = Some(v),
+            "NEO4J_PASSWORD" => raw.neo4j_password = Some(v),
+            "NEO4J_DATABASE" => raw.neo4j_database = Some(v),
+            _ => {}
+        }
+    }
+    raw.graph_timeout_ms = Some("2000".into());
+    raw
+}
+
+async fn count(db: &ArcadeServer, query: &str) -> i64 {
+    db.cypher(query, json!({})).await[0]["n"]
+        .as_i64()
+        .unwrap_or(-1)
+}
+
+async fn weight(db: &ArcadeServer, agent: &str, concept: &str) -> f64 {
+    db.cypher(
+        "MATCH (a:Agent {name: $a})-[h:HANDLES_CONCEPT]->(c:Concept {name: $c}) RETURN h.weight AS w",
+        json!({"a": agent, "c": concept}),
+    )
+    .await[0]["w"]
+        .as_f64()
+        .unwrap_or(f64::NAN)
+}
+
+async fn one(app: &TestApp, concept: &str, intent: &str, args: Value) -> Value {
+    let body =
+        json!({"tasks": [{"task_id": 1, "concept": concept, "intent": intent, "args": args}]});
+    let (status, body) = app.post("/process", &body).await;
+    assert_eq!(status, 200, "{body}");
+    body["results"]["1"].clone()
+}
+
+#[tokio::test]
+async fn seeding_twice_leaves_one_copy() {
+    let db = ArcadeServer::start().await;
+    let seed: Value = serde_json::from_str(include_str!("../../seed/default.json")).unwrap();
+    for _ in 0..2 {
+        let out = seed_graph(&db, &seed);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(count(&db, "MATCH (n:Agent) RETURN count(n) AS n").await, 2);
+    assert_eq!(
+        count(&db, "MATCH (n:Concept) RETURN count(n) AS n").await,
+        2
+    );
+    assert_eq!(count(&db, "MATCH (n:Region) RETURN count(n) AS n").await, 2);
+    assert_eq!(
+        count(&db, "MATCH ()-[h:HANDLES_CONCEPT]->() RETURN count(h) AS n").await,
+        3
+    );
+    assert_eq!(
+        count(&db, "MATCH ()-[b:BELONGS_TO]->() RETURN count(b) AS n").await,
+        4
+    );
+}
+
+#[tokio::test]
+async fn tasks_are_routed_through_the_graph_honouring_intents_and_weights_change_in_the_database() {
+    let db = ArcadeServer::start().await;
+    let definer = spawn_agent(
+        "Definer_AI",
+        Behaviour::Answer {
+            data: json!("a definition"),
+            extra: json!({}),
+        },
+    );
+    let explainer = spawn_agent(
+        "Explainer_AI",
+        Behaviour::Answer {
+            data: json!("how it works"),
+            extra: json!({}),
+        },
+    );
+    let seed = seed_with(
+        "lamp",
+        &[
+            ("Definer_AI", &definer.url(), &["define"], 0.5),
+            ("Explainer_AI", &explainer.url(), &["function"], 0.5),
+        ],
+    );
+    assert!(seed_graph(&db, &seed).status.success());
+    let app = spawn_with(graph_settings(&db), None).await;
+    assert_eq!(
+        one(&app, "lamp", "define", json!({})).await["agent_name"],
+        "Definer_AI"
+    );
+    assert_eq!(
+        one(&app, "lamp", "function", json!({})).await["agent_name"],
+        "Explainer_AI"
+    );
+    assert_eq!(
+        one(&app, "lamp", "compare", json!({})).await["code"],
+        "no_agent"
+    );
+    assert_eq!((definer.calls(), explainer.calls()), (1, 1));
+    // Learning reaches the database (batched, off the request path).
+    let mut w = f64::NAN;
+    for _ in 0..100 {
+        w = weight(&db, "Definer_AI", "lamp").await;
+        if w > 0.5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!((w - 0.55).abs() < 1e-9, "weight in the database: {w}");
+    let row = &db
+        .cypher(
+            "MATCH (a:Agent {name: 'Definer_AI'})-[h:HANDLES_CONCEPT]->() RETURN h.usage_count AS u, h.success_count AS s, h.success_rate AS r",
+            json!({}),
+        )
+        .await[0];
+    assert_eq!(
+        (row["u"].as_i64(), row["s"].as_i64(), row["r"].as_f64()),
+        (Some(1), Some(1), Some(1.0))
+    );
+    let (_, status) = app.get("/status").await;
+    assert_eq!(status["dependencies"]["graph"]["backend"], "neo4j");
+    assert_eq!(status["dependencies"]["graph"]["status"], "up");
+}
+
+#[tokio::test]
+async fn decay_runs_on_its_interval() {
+    let db = ArcadeServer::start().await;
+    let seed = seed_with(
+        "lamp",
+        &[("Any_AI", "http://127.0.0.1:9/query", &["define"], 0.8)],
+    );
+    assert!(seed_graph(&db, &seed).status.success());
+    let mut raw = graph_settings(&db);
+    raw.hebbian_decay_interval_s = Some("1".into());
+    raw.hebbian_decay_rate = Some("0.5".into());
+    let _app = spawn_with(raw, None).await;
+    let mut w = f64::NAN;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        w = weight(&db, "Any_AI", "lamp").await;
+        if w < 0.8 {
+            break;
+        }
+    }
+    assert!(
+        (w - 0.4).abs() < 1e-9 || (w - 0.2).abs() < 1e-9,
+        "decayed weight {w}"
+    );
+}
+
+async fn twenty_requests_for(app: &TestApp, concept: &str) -> Vec<Value> {
+    let asks = (0..20).map(|_| one(app, concept, "define", json!({})));
+    futures::future::join_all(asks).await
+}
+
+#[tokio::test]
+async fn twenty_concurrent_requests_for_an_unknown_concept_create_one_concept_and_one_agent() {
+    let db = ArcadeServer::start().await;
+    let seed: Value = serde_json::from_str(include_str!("../../seed/default.json")).unwrap();
+    assert!(seed_graph(&db, &seed).status.success());
+    let mut raw = graph_settings(&db);
+    raw.enable_dynamic_agents = Some("true".into());
+    raw.demo_agents = Some("on".into());
+    let app = spawn_with(raw, None).await;
+    let results = twenty_requests_for(&app, "solar panel").await;
+    assert!(
+        results.iter().all(|r| r["status"] == "success"),
+        "{results:?}"
+    );
+    assert!(results
+        .iter()
+        .any(|r| r["neurogenesis_status"] == "neurogenesis_created"));
+    assert_eq!(
+        count(
+            &db,
+            "MATCH (c:Concept {name: 'solar panel'}) RETURN count(c) AS n"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&db, "MATCH (a:Agent)-[:HANDLES_CONCEPT]->(c:Concept {name: 'solar panel'}) RETURN count(a) AS n").await,
+        1
+    );
+    let agent = &db.cypher("MATCH (a:Agent)-[:HANDLES_CONCEPT]->(c:Concept {name: 'solar panel'}) RETURN a.type AS t, a.name AS n", json!({})).await[0];
+    assert_eq!(agent["t"], "dynamic");
+    // A later request routes to the new agent without neurogenesis.
+    let later = one(&app, "solar panel", "define", json!({})).await;
+    assert_eq!(later["agent_name"], agent["n"]);
+    assert!(later.get("neurogenesis_status").is_none());
+}
+
+#[tokio::test]
+async fn neurogenesis_is_single_flight_on_the_embedded_graph_too() {
+    let mut raw = settings();
+    raw.enable_dynamic_agents = Some("true".into());
+    let app = spawn_with(raw, None).await;
+    let results = twenty_requests_for(&app, "wind turbine").await;
+    assert!(
+        results.iter().all(|r| r["status"] == "success"),
+        "{results:?}"
+    );
+    let (_, agents) = app.get("/agents").await;
+    let handling: Vec<&Value> = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| {
+            a["concepts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == "wind turbine")
+        })
+        .collect();
+    assert_eq!(handling.len(), 1);
+    let (_, metrics) = app.get("/metrics").await;
+    assert_eq!(metrics["performance"]["neurogenesis"]["created"], 1);
+}
+
+#[tokio::test]
+async fn the_graph_server_going_away_degrades_and_its_return_recovers_without_a_restart() {
+    let mut db = ArcadeServer::start().await;
+    let agent = spawn_agent(
+        "Lamp_AI",
+        Behaviour::Answer {
+            data: json!("lit"),
+            extra: json!({}),
+        },
+    );
+    let seed = seed_with(
+        "lamp",
+        &[("Lamp_AI", &agent.url(), &["define", "function"], 0.5)],
+    );
+    assert!(seed_graph(&db, &seed).status.success());
+    let app = spawn_with(graph_settings(&db), None).await;
+    assert_eq!(
+        one(&app, "lamp", "define", json!({"n": 0})).await["status"],
+        "success"
+    );
+
+    db.kill();
+    // Discovery answers from its cache; the agent is still called for new args.
+    let r = one(&app, "lamp", "define", json!({"n": 1})).await;
+    assert_eq!(r["status"], "success", "{r}");
+    assert_eq!(agent.calls(), 2);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (code, status) = app.get("/status").await;
+    assert_eq!(code, 200);
+    assert_eq!(status["status"], "degraded");
+    assert_eq!(status["dependencies"]["graph"]["status"], "down");
+    // Never-seen discovery fails cleanly and fast, as a task error.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        one(&app, "lamp", "function", json!({})).await["code"],
+        "graph_unavailable"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    db.restart();
+    let mut recovered = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if one(&app, "lamp", "function", json!({})).await["status"] == "success" {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(
+        recovered,
+        "the service did not recover after the graph server returned"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(
+        app.get("/status").await.1["dependencies"]["graph"]["status"],
+        "up"
+    );
+}
+
+#[tokio::test]
+async fn hostile_concept_strings_are_stored_verbatim_or_rejected_and_never_alter_the_graph() {
+    let db = ArcadeServer::start().await;
+    let seed: Value = serde_json::from_str(include_str!("../../seed/default.json")).unwrap();
+    assert!(seed_graph(&db, &seed).status.success());
+    let mut raw = graph_settings(&db);
+    raw.enable_dynamic_agents = Some("true".into());
+    raw.demo_agents = Some("on".into());
+    let app = spawn_with(raw, None).await;
+    let nodes_before = count(&db, "MATCH (n) RETURN count(n) AS n").await;
+    for hostile in [
+        "lamp'}) DETACH DELETE n //",
+        "x\" OR 1=1 MATCH (n) DETACH DELETE n",
+        "{name: 'x'}",
+        "a`b` MERGE (z:Evil)",
+    ] {
+        let body = json!({"tasks": [{"task_id": 1, "concept": hostile, "intent": "define"}]});
+        let (status, resp) = app.post("/process", &body).await;
+        assert_eq!(status, 400, "{hostile}: {resp}");
+        let (status, _) = app.post("/discover", &json!({"concept": hostile})).await;
+        assert_eq!(status, 404, "discovery of {hostile}");
+    }
+    assert_eq!(
+        count(&db, "MATCH (n) RETURN count(n) AS n").await,
+        nodes_before
+    );
+    // Plain words that happen to be Cypher are just a concept name, stored verbatim.
+    let r = one(&app, "DETACH DELETE everything", "define", json!({})).await;
+    assert_eq!(r["status"], "success", "{r}");
+    assert_eq!(
+        count(
+            &db,
+            "MATCH (c:Concept {name: 'detach delete everything'}) RETURN count(c) AS n"
+        )
+        .await,
+        1
+    );
+    assert_eq!(count(&db, "MATCH (n:Agent) RETURN count(n) AS n").await, 3);
+    assert_eq!(count(&db, "MATCH (n:Evil) RETURN count(n) AS n").await, 0);
+    assert_eq!(
+        count(
+            &db,
+            "MATCH (c:Concept {name: 'lightbulb'}) RETURN count(c) AS n"
+        )
+        .await,
+        1
+    );
+}
