@@ -4,6 +4,7 @@ set -euo pipefail
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v promtool >/dev/null || need_apt+=(prometheus)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
@@ -18,3 +19,6 @@ if ! python3 -c "import arcadedb_embedded" 2>/dev/null; then
 fi
 pkg=$(python3 -c "import arcadedb_embedded, os; print(os.path.dirname(arcadedb_embedded.__file__))")
 chmod +x "$pkg"/jre/bin/* 2>/dev/null || true
+
+# Arize Phoenix: a real OTLP trace backend with a span query API (traces tests).
+command -v phoenix >/dev/null || python3 -m pip install -q arize-phoenix

@@ -116,6 +116,22 @@ pub struct RawSettings {
     /// Time neurogenesis may spend researching a concept, in ms (default 3000).
     #[arg(long, env = "NEUROGENESIS_TIMEOUT_MS")]
     pub neurogenesis_timeout_ms: Option<String>,
+    /// OTLP endpoint of the trace backend; unset = no trace export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+    /// `grpc` (default) or `http/protobuf`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL")]
+    pub otel_exporter_otlp_protocol: Option<String>,
+    /// Service name on every span (default `orchestrator`).
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub otel_service_name: Option<String>,
+    /// always_on, always_off, traceidratio, parentbased_always_on (default),
+    /// parentbased_always_off, parentbased_traceidratio.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER")]
+    pub otel_traces_sampler: Option<String>,
+    /// Ratio for the traceidratio samplers (0..1, default 1).
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    pub otel_traces_sampler_arg: Option<String>,
     /// Key of the admin API (`X-Admin-Key`); unset = admin API disabled (403).
     #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
     pub admin_api_key: Option<String>,
@@ -204,6 +220,33 @@ pub struct BreakerSettings {
     pub half_open_probes: u32,
 }
 
+/// How traces leave the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// Which traces are recorded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SamplerKind {
+    AlwaysOn,
+    AlwaysOff,
+    Ratio(f64),
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedRatio(f64),
+}
+
+/// Trace export (OpenTelemetry's standard variables).
+#[derive(Debug, Clone)]
+pub struct TraceSettings {
+    pub endpoint: Option<String>,
+    pub protocol: OtlpProtocol,
+    pub service_name: String,
+    pub sampler: SamplerKind,
+}
+
 /// Cache tuning.
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
@@ -258,6 +301,7 @@ pub struct Config {
     pub neo4j_pool_max: usize,
     pub dynamic_agent_template_url: Option<String>,
     pub neurogenesis_timeout: Duration,
+    pub tracing: TraceSettings,
     pub log_format: LogFormat,
     pub rate_limit_per_client: u32,
     pub rate_limit_burst: u32,
@@ -614,6 +658,57 @@ impl Config {
             1,
             60_000,
         ));
+        let ratio = p.num(
+            "OTEL_TRACES_SAMPLER_ARG",
+            &raw.otel_traces_sampler_arg,
+            1.0f64,
+            0.0,
+            1.0,
+        );
+        let sampler = match raw
+            .otel_traces_sampler
+            .as_deref()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("") | Some("parentbased_always_on") => SamplerKind::ParentBasedAlwaysOn,
+            Some("always_on") => SamplerKind::AlwaysOn,
+            Some("always_off") => SamplerKind::AlwaysOff,
+            Some("traceidratio") => SamplerKind::Ratio(ratio),
+            Some("parentbased_always_off") => SamplerKind::ParentBasedAlwaysOff,
+            Some("parentbased_traceidratio") => SamplerKind::ParentBasedRatio(ratio),
+            Some(other) => {
+                p.errors.push(format!(
+                    "OTEL_TRACES_SAMPLER={other:?}: not a known sampler"
+                ));
+                SamplerKind::ParentBasedAlwaysOn
+            }
+        };
+        let protocol = match raw
+            .otel_exporter_otlp_protocol
+            .as_deref()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("") | Some("grpc") => OtlpProtocol::Grpc,
+            Some("http/protobuf") | Some("http") => OtlpProtocol::HttpProtobuf,
+            Some(other) => {
+                p.errors.push(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL={other:?}: expected grpc or http/protobuf"
+                ));
+                OtlpProtocol::Grpc
+            }
+        };
+        let tracing = TraceSettings {
+            endpoint: p.url(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &raw.otel_exporter_otlp_endpoint,
+            ),
+            protocol,
+            service_name: non_empty(&raw.otel_service_name)
+                .unwrap_or_else(|| "orchestrator".into()),
+            sampler,
+        };
         if agent_timeout_ms > request_timeout_ms {
             errors.push(format!(
                 "AGENT_TIMEOUT_MS ({agent_timeout_ms}) must not exceed REQUEST_TIMEOUT_MS ({request_timeout_ms})"
@@ -652,6 +747,7 @@ impl Config {
             neo4j_pool_max,
             dynamic_agent_template_url,
             neurogenesis_timeout,
+            tracing,
             log_format,
             rate_limit_per_client,
             rate_limit_burst,
@@ -671,6 +767,9 @@ impl Config {
             "port": self.port,
             "graph_backend": if self.neo4j_uri.is_some() { "neo4j" } else { "memory" },
             "graph_timeout_ms": self.graph_timeout.as_millis() as u64,
+            "tracing": self.tracing.endpoint.is_some(),
+            "otel_protocol": match self.tracing.protocol { OtlpProtocol::Grpc => "grpc", OtlpProtocol::HttpProtobuf => "http/protobuf" },
+            "otel_service_name": self.tracing.service_name,
             "redis_configured": self.redis_url.is_some(),
             "input_processor": self.input_processor_url.as_deref().unwrap_or("built-in"),
             "output_processor": self.output_processor_url.as_deref().unwrap_or("built-in"),

@@ -107,7 +107,7 @@ async fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            telemetry::init(config.log_format);
+            telemetry::init_logs(config.log_format);
             return match startup::seed_graph(&config, &file).await {
                 Ok(summary) => {
                     println!("{summary}");
@@ -151,7 +151,7 @@ async fn main() -> ExitCode {
                 None if delay_ms > 0 => Some(demo::Fault::delay(delay)),
                 None => None,
             };
-            telemetry::init(myriad::config::LogFormat::Text);
+            telemetry::init_logs(myriad::config::LogFormat::Text);
             let listener = match std::net::TcpListener::bind((host, port)) {
                 Ok(l) => l,
                 Err(e) => {
@@ -173,7 +173,7 @@ async fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    telemetry::init(config.log_format);
+    let telemetry = telemetry::init(config.log_format, &config.tracing);
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -185,7 +185,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };
-    match app.run_until(shutdown_signal()).await {
+    let result = app.run_until(shutdown_signal()).await;
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");

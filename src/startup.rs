@@ -22,7 +22,7 @@ use crate::{
         memory::MemoryGraph,
         neo4j::{Neo4jGraph, Neo4jSettings, Resolver},
         seed::{Seed, DEFAULT_SEED},
-        KnowledgeGraph,
+        KnowledgeGraph, TimedGraph,
     },
     metrics::Metrics,
     pipeline::{learning::Learner, neurogenesis::Neurogenesis, Pipeline},
@@ -125,14 +125,16 @@ impl Application {
                 let g = Neo4jGraph::connect(&neo4j_settings(&config, uri), demos.resolver())
                     .await
                     .map_err(StartupError::Graph)?;
-                Arc::new(g)
+                Arc::new(TimedGraph(g))
             }
             None => {
                 let seed = match &config.graph_seed {
                     Some(path) => Seed::from_file(path)?,
                     None => Seed::parse(DEFAULT_SEED)?,
                 };
-                Arc::new(MemoryGraph::from_seed(&seed, |id| demos.url(id))?)
+                Arc::new(TimedGraph(MemoryGraph::from_seed(&seed, |id| {
+                    demos.url(id)
+                })?))
             }
         };
         let transport: Arc<dyn AgentTransport> =

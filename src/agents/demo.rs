@@ -169,10 +169,26 @@ fn reply(state: &AgentState, status: StatusCode, body: Value) -> Response {
 }
 
 #[handler]
-async fn query(Data(state): Data<&AgentState>, body: poem::Result<Json<Value>>) -> Response {
+async fn query(
+    req: &poem::Request,
+    Data(state): Data<&AgentState>,
+    body: poem::Result<Json<Value>>,
+) -> Response {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
     if let Some(delay) = state.fault.map(|f| f.delay).filter(|d| !d.is_zero()) {
         tokio::time::sleep(delay).await;
     }
+    // Continue the caller's trace (W3C traceparent).
+    let span = tracing::info_span!(
+        "demo_agent",
+        agent = state.kind.agent_name(),
+        otel.kind = "server"
+    );
+    span.set_parent(crate::telemetry::extract(req.headers()));
+    span.in_scope(|| answer_query(state, body))
+}
+
+fn answer_query(state: &AgentState, body: poem::Result<Json<Value>>) -> Response {
     if let Some(status) = state.failing() {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return reply(

@@ -29,9 +29,12 @@ impl HttpAgents {
     }
 
     async fn exchange(&self, url: &str, body: &Value) -> Result<(u16, Option<Value>), CallError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        crate::telemetry::inject_current(&mut headers);
         let resp = self
             .client
             .post(url)
+            .headers(headers)
             .json(body)
             .send()
             .await

@@ -206,3 +206,20 @@ pub async fn limit_body(mut req: Request, max: usize) -> Result<Request, Respons
         )),
     }
 }
+
+/// Adds `trace_id` to a JSON error body (bodies are small; read at most 64 KiB).
+pub async fn with_trace_id(resp: Response, trace_id: &str) -> Response {
+    let (parts, body) = resp.into_parts();
+    let bytes = body.into_bytes_limit(64 * 1024).await.unwrap_or_default();
+    let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.insert("trace_id".into(), serde_json::Value::from(trace_id));
+            serde_json::to_vec(&map).unwrap_or_else(|_| bytes.to_vec())
+        }
+        _ => bytes.to_vec(),
+    };
+    let mut resp = Response::from_parts(parts, poem::Body::from(body));
+    resp.headers_mut()
+        .remove(poem::http::header::CONTENT_LENGTH);
+    resp
+}

@@ -11,8 +11,10 @@ use std::{
 
 use poem::{Endpoint, EndpointExt, IntoEndpoint, Request, Route};
 use poem_openapi::{
-    auth::ApiKey, param::Path, payload::Json, ApiResponse, OpenApi, OpenApiService, SecurityScheme,
-    Tags,
+    auth::ApiKey,
+    param::Path,
+    payload::{Json, PlainText},
+    ApiResponse, OpenApi, OpenApiService, ResponseContent, SecurityScheme, Tags,
 };
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -21,6 +23,7 @@ use crate::{
     cache::Invalidation,
     config::Config,
     graph::{normalize_concept, seed::validate_name, AgentInfo, AgentRecord, Candidate},
+    metrics::prom,
     metrics::Metrics,
     pipeline::{overall_status, processors, Pipeline, TaskSpec},
     resilience::limit::{ClientLimiter, Verdict},
@@ -36,6 +39,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Inbound per-client limit of `/process` and `/discover` (None = off).
     pub client_limiter: Option<Arc<ClientLimiter>>,
+    /// Spans are exported (error bodies then carry `trace_id`).
+    pub tracing_enabled: bool,
     status_cache: Mutex<Option<(Instant, Value, bool)>>,
 }
 
@@ -47,6 +52,7 @@ impl AppState {
         client_limiter: Option<Arc<ClientLimiter>>,
     ) -> Self {
         AppState {
+            tracing_enabled: config.tracing.endpoint.is_some(),
             config,
             pipeline,
             metrics,
@@ -54,6 +60,39 @@ impl AppState {
             status_cache: Mutex::new(None),
         }
     }
+}
+
+/// True when `Accept` names `text/plain` or OpenMetrics before (or without) JSON.
+fn wants_prometheus(req: &Request) -> bool {
+    let accept = req
+        .headers()
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let pos = |needle: &str| accept.find(needle);
+    let text = [pos("text/plain"), pos("application/openmetrics-text")]
+        .into_iter()
+        .flatten()
+        .min();
+    match (text, pos("application/json")) {
+        (Some(t), Some(j)) => t < j,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+#[derive(ResponseContent)]
+enum MetricsContent {
+    Json(Json<MetricsBody>),
+    Text(PlainText<String>),
+}
+
+#[derive(ApiResponse)]
+enum MetricsResponse {
+    /// JSON counters, or Prometheus text (`text/plain; version=0.0.4`).
+    #[oai(status = 200)]
+    Ok(MetricsContent),
 }
 
 /// False when the client asked to bypass caches (`Cache-Control: no-cache` or `no-store`).
@@ -354,6 +393,7 @@ impl Api {
         match limiter.check(&client_key(req)).await {
             Verdict::Allowed { .. } => Ok(()),
             Verdict::Limited { limit, retry_after } => {
+                prom::PROM.rate_limited.with_label_values(&["client"]).inc();
                 self.state
                     .metrics
                     .rate_limited
@@ -412,7 +452,7 @@ impl Api {
                 dynamic_agents: c.enable_dynamic_agents,
                 cache: c.cache_enabled,
                 redis: c.redis_url.is_some(),
-                tracing: false,
+                tracing: self.state.tracing_enabled,
                 remote_input_processor: c.input_processor_url.is_some(),
                 remote_output_processor: c.output_processor_url.is_some(),
                 graph_backend: self.state.pipeline.graph.backend().into(),
@@ -464,7 +504,11 @@ impl Api {
         let deps = json!({
             "graph": {"backend": graph.backend(), "status": if graph_ok { "up" } else { "down" }, "probe_ms": graph_ms},
             "redis": redis,
-            "telemetry": {"status": "disabled"},
+            "telemetry": if self.state.tracing_enabled {
+                json!({"status": "exporting", "protocol": self.state.config.public_view()["otel_protocol"], "service_name": self.state.config.tracing.service_name})
+            } else {
+                json!({"status": "disabled"})
+            },
             "agents": agent_states,
         });
         *self.state.status_cache.lock().unwrap() = Some((Instant::now(), deps.clone(), degraded));
@@ -816,10 +860,15 @@ impl Api {
         }))
     }
 
-    /// Counters and feature flags (JSON).
+    /// Counters and feature flags as JSON (the default, `Accept: */*`), or the Prometheus
+    /// text exposition when the client asks for `text/plain` or OpenMetrics, as scrapers do.
     #[oai(path = "/metrics", method = "get", tag = "Tag::Operations")]
-    async fn metrics(&self) -> Json<MetricsBody> {
-        Json(self.metrics_body())
+    async fn metrics(&self, req: &Request) -> MetricsResponse {
+        if wants_prometheus(req) {
+            MetricsResponse::Ok(MetricsContent::Text(PlainText(prom::PROM.render())))
+        } else {
+            MetricsResponse::Ok(MetricsContent::Json(Json(self.metrics_body())))
+        }
     }
 
     /// Alias of `GET /metrics` (JSON), kept for existing clients.
@@ -922,27 +971,82 @@ pub fn service(state: Arc<AppState>) -> OpenApiService<Api, ()> {
 }
 
 /// The whole HTTP application: API, `/openapi.json`, Swagger UI at `/docs`, and the edge
-/// middleware (body limit, error normalization, request counting).
+/// middleware (server span, body limit, error normalization, request metrics).
 pub fn app(state: Arc<AppState>) -> impl Endpoint {
     let api = service(state.clone());
     let ui = api.swagger_ui();
     let spec = api.spec_endpoint();
-    let max_body = state.config.max_body_bytes;
-    let metrics = state.metrics.clone();
     Route::new()
         .nest("/docs", ui)
         .at("/openapi.json", spec)
         .nest("/", api)
         .into_endpoint()
         .around(move |ep, req| {
-            let metrics = metrics.clone();
-            async move {
-                let resp = match errors::limit_body(req, max_body).await {
-                    Ok(req) => errors::normalize(&*ep, req).await,
-                    Err(resp) => resp,
-                };
-                metrics.record_status(resp.status().as_u16());
-                Ok::<_, poem::Error>(resp)
-            }
+            let state = state.clone();
+            async move { Ok::<_, poem::Error>(edge(&*ep, req, &state).await) }
         })
+}
+
+/// Everything every request goes through, once.
+async fn edge<E: Endpoint>(ep: &E, req: Request, state: &AppState) -> poem::Response {
+    use tracing::Instrument;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let route = prom::route_template(req.uri().path());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    span.set_parent(crate::telemetry::extract(req.headers()));
+    let max_body = state.config.max_body_bytes;
+    let mut resp = async {
+        match errors::limit_body(req, max_body).await {
+            Ok(req) => errors::normalize(ep, req).await,
+            Err(resp) => resp,
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let status = resp.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+    let trace_id = span
+        .in_scope(crate::telemetry::current_trace_id)
+        .filter(|_| state.tracing_enabled);
+    if let Some(id) = &trace_id {
+        if let Ok(v) = poem::http::HeaderValue::from_str(id) {
+            resp.headers_mut().insert("x-trace-id", v);
+        }
+        if status >= 400 {
+            resp = errors::with_trace_id(resp, id).await;
+        }
+    }
+    let elapsed = started.elapsed();
+    span.in_scope(|| {
+        tracing::info!(
+            route,
+            method = %method,
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request completed"
+        )
+    });
+    state.metrics.record_status(status);
+    let p = &prom::PROM;
+    p.http_requests
+        .with_label_values(&[route, method.as_str(), &status.to_string()])
+        .inc();
+    p.http_duration
+        .with_label_values(&[route, method.as_str()])
+        .observe(elapsed.as_secs_f64());
+    resp
 }

@@ -182,6 +182,8 @@ pub struct Subject<'a> {
 }
 
 pub struct TwoTier {
+    /// `responses` or `discovery` (the `cache` label).
+    name: &'static str,
     l1: moka::future::Cache<String, Arc<Cached>>,
     l2: Option<Arc<dyn SharedStore>>,
     stale_ttl: Duration,
@@ -190,6 +192,7 @@ pub struct TwoTier {
 
 impl TwoTier {
     pub fn new(
+        name: &'static str,
         max_entries: u64,
         max_ttl: Duration,
         stale_ttl: Duration,
@@ -201,11 +204,19 @@ impl TwoTier {
             .support_invalidation_closures()
             .build();
         TwoTier {
+            name,
             l1,
             l2,
             stale_ttl,
             stats: Arc::new(CacheStats::default()),
         }
+    }
+
+    fn count(&self, tier: &str, result: &str) {
+        crate::metrics::prom::PROM
+            .cache_lookups
+            .with_label_values(&[self.name, tier, result])
+            .inc();
     }
 
     fn entry(&self, value: Value, ttl: Duration, subject: &Subject<'_>) -> Cached {
@@ -266,6 +277,7 @@ impl TwoTier {
         if let Some(e) = self.l1.get(key).await {
             if e.fresh() {
                 self.stats.l1_hits.fetch_add(1, Relaxed);
+                self.count("l1", "hit");
                 return Lookup::Fresh {
                     value: e.value.clone(),
                     tier: Some(Tier::L1),
@@ -282,6 +294,7 @@ impl TwoTier {
                 if let Some(c) = current.as_ref().filter(|c| c.fresh()) {
                     // Another caller refreshed it while this one waited.
                     self.stats.l1_hits.fetch_add(1, Relaxed);
+                    self.count("l1", "hit");
                     *slot = Some(Lookup::Fresh {
                         value: c.value.clone(),
                         tier: Some(Tier::L1),
@@ -297,6 +310,7 @@ impl TwoTier {
                             if let Some(entry) = self.decode(&bytes, subject) {
                                 if entry.fresh() {
                                     self.stats.l2_hits.fetch_add(1, Relaxed);
+                                    self.count("l2", "hit");
                                     *slot = Some(Lookup::Fresh {
                                         value: entry.value.clone(),
                                         tier: Some(Tier::L2),
@@ -315,6 +329,7 @@ impl TwoTier {
                     }
                 }
                 self.stats.misses.fetch_add(1, Relaxed);
+                self.count(if self.l2.is_some() { "l2" } else { "l1" }, "miss");
                 match fetch().await {
                     Ok((value, Some(ttl))) => {
                         let ttl = jitter(ttl);
@@ -331,6 +346,7 @@ impl TwoTier {
                         *slot = Some(match stale {
                             Some((value, tier)) => {
                                 self.stats.stale_served.fetch_add(1, Relaxed);
+                                self.count(tier.as_str(), "stale");
                                 Lookup::Stale { value, tier, error }
                             }
                             None => Lookup::Failed(error),
@@ -388,6 +404,7 @@ impl Caches {
         let longest_disc = settings.discovery_ttl.max(settings.negative_ttl);
         Caches {
             responses: TwoTier::new(
+                "responses",
                 settings.max_entries,
                 settings.ttl,
                 settings.stale_ttl,
@@ -395,6 +412,7 @@ impl Caches {
             ),
             // Stale candidates keep routing while the graph server is away.
             discovery: TwoTier::new(
+                "discovery",
                 settings.max_entries,
                 longest_disc,
                 settings.stale_ttl,
@@ -478,7 +496,13 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     fn cache() -> TwoTier {
-        TwoTier::new(100, Duration::from_secs(60), Duration::from_secs(60), None)
+        TwoTier::new(
+            "test",
+            100,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            None,
+        )
     }
 
     const SUBJECT: Subject<'static> = Subject {
@@ -535,6 +559,7 @@ mod tests {
     #[tokio::test]
     async fn errors_are_not_cached_and_stale_values_are_served_on_error() {
         let c = TwoTier::new(
+            "test",
             100,
             Duration::from_millis(10),
             Duration::from_secs(60),

@@ -118,7 +118,7 @@ impl RedisStore {
             client,
             conn,
             timeout,
-            breaker: Breaker::new("redis", &breaker_settings()),
+            breaker: Breaker::internal("redis", &breaker_settings()),
             script: redis::Script::new(GCRA),
             errors: AtomicU64::new(0),
             short_circuited: AtomicU64::new(0),

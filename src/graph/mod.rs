@@ -161,6 +161,61 @@ pub fn hebbian(stats: &mut EdgeStats, success: bool, deltas: Deltas) {
     stats.success_rate = stats.success_count as f64 / stats.usage_count as f64;
 }
 
+/// Times every call of a graph backend into the `graph_query_duration_seconds` histogram.
+pub struct TimedGraph<G>(pub G);
+
+macro_rules! timed {
+    ($op:literal, $e:expr) => {{
+        let _t = crate::metrics::prom::PROM
+            .graph_queries
+            .with_label_values(&[$op])
+            .start_timer();
+        $e
+    }};
+}
+
+#[async_trait]
+impl<G: KnowledgeGraph> KnowledgeGraph for TimedGraph<G> {
+    async fn discover(&self, concept: &str, intent: &str) -> Result<Vec<Candidate>, GraphError> {
+        timed!("discover", self.0.discover(concept, intent).await)
+    }
+    async fn agents(&self) -> Result<Vec<AgentRecord>, GraphError> {
+        timed!("agents", self.0.agents().await)
+    }
+    async fn learn(
+        &self,
+        outcomes: &[Outcome],
+        deltas: Deltas,
+    ) -> Result<Vec<WeightChange>, GraphError> {
+        timed!("learn", self.0.learn(outcomes, deltas).await)
+    }
+    async fn upsert_agent(
+        &self,
+        agent: AgentInfo,
+        concepts: &[(String, f64)],
+    ) -> Result<bool, GraphError> {
+        timed!("upsert_agent", self.0.upsert_agent(agent, concepts).await)
+    }
+    async fn add_concept(&self, name: &str, definition: &str) -> Result<(), GraphError> {
+        timed!("add_concept", self.0.add_concept(name, definition).await)
+    }
+    async fn remove_agent(&self, name: &str) -> Result<Option<Vec<String>>, GraphError> {
+        timed!("remove_agent", self.0.remove_agent(name).await)
+    }
+    async fn decay(&self, rate: f64) -> Result<usize, GraphError> {
+        timed!("decay", self.0.decay(rate).await)
+    }
+    async fn ping(&self) -> Result<(), GraphError> {
+        timed!("ping", self.0.ping().await)
+    }
+    fn backend(&self) -> &'static str {
+        self.0.backend()
+    }
+    fn is_remote(&self) -> bool {
+        self.0.is_remote()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,9 +21,12 @@ const QUEUE: usize = 16_384;
 /// Outcomes applied in one write, at most.
 const BATCH: usize = 4_096;
 
+/// An outcome and the span of the task it came from (the learning span's parent).
+type Traced = (Outcome, tracing::Span);
+
 #[derive(Clone, Default)]
 pub struct Learner {
-    tx: Option<mpsc::Sender<Outcome>>,
+    tx: Option<mpsc::Sender<Traced>>,
     pub stats: Arc<LearningStats>,
 }
 
@@ -62,7 +65,7 @@ impl Learner {
 
     pub fn record(&self, outcome: Outcome) {
         if let Some(tx) = &self.tx {
-            if tx.try_send(outcome).is_err() {
+            if tx.try_send((outcome, tracing::Span::current())).is_err() {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -72,7 +75,7 @@ impl Learner {
 async fn worker(
     graph: Arc<dyn KnowledgeGraph>,
     settings: LearningSettings,
-    mut rx: mpsc::Receiver<Outcome>,
+    mut rx: mpsc::Receiver<Traced>,
     stats: Arc<LearningStats>,
 ) {
     let deltas = Deltas {
@@ -119,13 +122,12 @@ async fn worker(
 
 async fn apply(
     graph: &dyn KnowledgeGraph,
-    batch: &mut Vec<Outcome>,
+    batch: &mut Vec<Traced>,
     deltas: Deltas,
     stats: &LearningStats,
 ) {
-    let span = tracing::info_span!("learn", outcomes = batch.len());
-    let _enter = span.enter();
-    match graph.learn(batch, deltas).await {
+    let outcomes: Vec<Outcome> = batch.iter().map(|(o, _)| o.clone()).collect();
+    match graph.learn(&outcomes, deltas).await {
         Ok(changes) => {
             stats
                 .applied
@@ -133,11 +135,27 @@ async fn apply(
             stats.batches.fetch_add(1, Ordering::Relaxed);
             for c in &changes {
                 tracing::debug!(agent = %c.agent, concept = %c.concept, old = c.old, new = c.new, "weight updated");
+                // Each task that contributed sees what its outcome changed, in its trace.
+                for (o, parent) in batch.iter() {
+                    if o.agent == c.agent && o.concept == c.concept && !parent.is_disabled() {
+                        tracing::info_span!(
+                            parent: parent,
+                            "learn",
+                            agent = %c.agent,
+                            concept = %c.concept,
+                            success = o.success,
+                            weight_old = c.old,
+                            weight_new = c.new,
+                            batch = outcomes.len(),
+                        )
+                        .in_scope(|| {});
+                    }
+                }
             }
         }
         Err(e) => {
             stats.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, outcomes = batch.len(), "learning update failed; batch dropped");
+            tracing::warn!(error = %e, outcomes = outcomes.len(), "learning update failed; batch dropped");
         }
     }
     batch.clear();

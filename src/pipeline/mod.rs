@@ -23,6 +23,7 @@ use crate::{
     agents::AgentRequest,
     cache::{discovery_key, Lookup, Subject, Tier},
     graph::{Candidate, GraphError, KnowledgeGraph, Outcome},
+    metrics::prom::PROM,
     metrics::Metrics,
     resilience::{Failure, Stack},
 };
@@ -185,6 +186,53 @@ impl Pipeline {
         intent: &str,
         use_cache: bool,
     ) -> Result<(Vec<Candidate>, Option<Tier>), GraphError> {
+        let span = tracing::info_span!(
+            "discover",
+            concept,
+            intent,
+            cache_tier = tracing::field::Empty,
+            candidates = tracing::field::Empty,
+            chosen = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let found = self
+            .discover_inner(concept, intent, use_cache)
+            .instrument(span.clone())
+            .await;
+        match &found {
+            Ok((candidates, tier)) => {
+                let cached = self.stack.caches.discovery_enabled && use_cache;
+                span.record(
+                    "cache_tier",
+                    match tier {
+                        Some(t) => t.as_str(),
+                        None if cached => "miss",
+                        None => "none",
+                    },
+                );
+                let listed: Vec<String> = candidates
+                    .iter()
+                    .map(|c| format!("{}:{:.3}", c.agent.name, c.stats.weight))
+                    .collect();
+                span.record("candidates", listed.join(",").as_str());
+                span.record(
+                    "chosen",
+                    candidates.first().map_or("none", |c| c.agent.name.as_str()),
+                );
+            }
+            Err(_) => {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        found
+    }
+
+    async fn discover_inner(
+        &self,
+        concept: &str,
+        intent: &str,
+        use_cache: bool,
+    ) -> Result<(Vec<Candidate>, Option<Tier>), GraphError> {
         let caches = &self.stack.caches;
         if !(caches.discovery_enabled && use_cache) {
             return Ok((self.graph.discover(concept, intent).await?, None));
@@ -239,11 +287,24 @@ impl Pipeline {
         deadline: Instant,
         use_cache: bool,
     ) -> TaskResult {
-        let span = tracing::info_span!("task", task_id = %task.key(), concept = %task.concept, intent = %task.intent);
+        let span = tracing::info_span!(
+            "task",
+            task_id = %task.key(),
+            concept = %task.concept,
+            intent = %task.intent,
+            status = tracing::field::Empty,
+            code = tracing::field::Empty,
+            agent = tracing::field::Empty,
+            chosen_reason = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+            cached = tracing::field::Empty,
+            neurogenesis = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         let started = Instant::now();
         let mut result =
             match tokio::time::timeout_at(deadline, self.serve(task, deadline, use_cache))
-                .instrument(span)
+                .instrument(span.clone())
                 .await
             {
                 Ok(r) => r,
@@ -254,6 +315,25 @@ impl Pipeline {
                 ),
             };
         result.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let status = if result.succeeded() {
+            "success"
+        } else {
+            "error"
+        };
+        span.record("status", status);
+        span.record("attempts", result.attempts);
+        span.record("cached", result.cached.unwrap_or("none"));
+        if let Some(agent) = &result.agent_name {
+            span.record("agent", agent.as_str());
+        }
+        if let Some(code) = result.code {
+            span.record("code", code);
+            span.record("otel.status_code", "ERROR");
+        }
+        if let Some(Value::String(n)) = result.extra.get("neurogenesis_status") {
+            span.record("neurogenesis", n.as_str());
+        }
+        PROM.tasks.with_label_values(&[status]).inc();
         self.metrics
             .record_task(result.succeeded(), started.elapsed());
         result
@@ -344,6 +424,12 @@ impl Pipeline {
                     r.cached = outcome.cached.map(Tier::as_str);
                     r.stale = outcome.stale;
                     if success {
+                        let reason = if std::ptr::eq(candidate, &candidates[0]) {
+                            "best_ranked"
+                        } else {
+                            "failover"
+                        };
+                        tracing::Span::current().record("chosen_reason", reason);
                         return r;
                     }
                     r.code = Some("agent_error");

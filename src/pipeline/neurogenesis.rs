@@ -155,9 +155,19 @@ impl Neurogenesis {
     }
 
     async fn grow(&self, concept: &str, intent: &str) -> Grown {
-        let span = tracing::info_span!("neurogenesis", concept, intent);
-        let _e = span.enter();
-        let grown = self.try_grow(concept, intent).await;
+        let span = tracing::info_span!(
+            "neurogenesis",
+            concept,
+            intent,
+            outcome = tracing::field::Empty
+        );
+        let grown =
+            tracing::Instrument::instrument(self.try_grow(concept, intent), span.clone()).await;
+        span.record("outcome", grown.status());
+        crate::metrics::prom::PROM
+            .neurogenesis
+            .with_label_values(&[grown.status().trim_start_matches("neurogenesis_")])
+            .inc();
         match &grown {
             Grown::Created(agent) => {
                 self.stats.created.fetch_add(1, Relaxed);

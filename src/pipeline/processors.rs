@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use super::{parser, TaskResult, TaskSpec};
 use crate::agents::AgentTransport;
@@ -24,6 +25,37 @@ pub enum InputError {
 
 /// Turns a query into tasks, locally or through the remote input processor.
 pub async fn parse_query(
+    transport: &dyn AgentTransport,
+    remote: Option<&str>,
+    query: &str,
+    user_id: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<TaskSpec>, InputError> {
+    let span = tracing::info_span!(
+        "parse_input",
+        processor = if remote.is_some() {
+            "remote"
+        } else {
+            "builtin"
+        },
+        tasks = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let parsed = parse_inner(transport, remote, query, user_id, timeout)
+        .instrument(span.clone())
+        .await;
+    match &parsed {
+        Ok(t) => {
+            span.record("tasks", t.len());
+        }
+        Err(_) => {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+    parsed
+}
+
+async fn parse_inner(
     transport: &dyn AgentTransport,
     remote: Option<&str>,
     query: &str,
@@ -80,6 +112,27 @@ fn remote_tasks(answer: &Value) -> Option<Vec<TaskSpec>> {
 /// The answer text: built in (the successful tasks' data, in order) or from the remote
 /// output processor, falling back to the built-in one when that fails.
 pub async fn synthesize(
+    transport: &dyn AgentTransport,
+    remote: Option<&str>,
+    query: &str,
+    user_id: Option<&str>,
+    results: &[TaskResult],
+    timeout: Duration,
+) -> Value {
+    let span = tracing::info_span!(
+        "synthesize",
+        processor = if remote.is_some() {
+            "remote"
+        } else {
+            "builtin"
+        }
+    );
+    synthesize_inner(transport, remote, query, user_id, results, timeout)
+        .instrument(span)
+        .await
+}
+
+async fn synthesize_inner(
     transport: &dyn AgentTransport,
     remote: Option<&str>,
     query: &str,

@@ -100,6 +100,19 @@ impl Observed {
 pub struct Instrument {
     pub agent: Arc<str>,
     pub observed: Arc<Observed>,
+    /// Publish the state as `myriad_agent_breaker_state{agent}`.
+    pub report: bool,
+}
+
+impl Instrument {
+    fn gauge(&self, value: i64) {
+        if self.report {
+            let p = &crate::metrics::prom::PROM;
+            p.breaker_state
+                .with_label_values(&[p.agent_label(&self.agent).as_str()])
+                .set(value);
+        }
+    }
 }
 
 impl failsafe::Instrument for Instrument {
@@ -109,14 +122,17 @@ impl failsafe::Instrument for Instrument {
     fn on_open(&self) {
         self.observed.state.store(1, Ordering::Release);
         self.observed.opened.fetch_add(1, Ordering::Relaxed);
+        self.gauge(1);
         tracing::warn!(agent = %self.agent, "circuit breaker opened");
     }
     fn on_half_open(&self) {
         self.observed.state.store(2, Ordering::Release);
+        self.gauge(2);
         tracing::info!(agent = %self.agent, "circuit breaker half-open");
     }
     fn on_closed(&self) {
         if self.observed.state.swap(0, Ordering::AcqRel) != 0 {
+            self.gauge(0);
             tracing::info!(agent = %self.agent, "circuit breaker closed");
         }
     }
@@ -138,7 +154,19 @@ pub struct Breaker {
 }
 
 impl Breaker {
+    /// A breaker for an agent, published in the metrics.
     pub fn new(agent: &str, s: &BreakerSettings) -> Self {
+        let b = Self::build(agent, s, true);
+        b.instrument.gauge(0);
+        b
+    }
+
+    /// A breaker around an internal dependency (not an agent; not in the agent metrics).
+    pub fn internal(name: &str, s: &BreakerSettings) -> Self {
+        Self::build(name, s, false)
+    }
+
+    fn build(agent: &str, s: &BreakerSettings, report: bool) -> Self {
         let backoff = OpenBackoff::new(s.open);
         let policy = consecutive_failures(s.consecutive_failures, backoff.clone()).or_else(
             success_rate_over_time_window(
@@ -151,6 +179,7 @@ impl Breaker {
         let instrument = Instrument {
             agent: Arc::from(agent),
             observed: Arc::new(Observed::default()),
+            report,
         };
         Breaker {
             machine: Config::new()

@@ -32,6 +32,29 @@ use crate::{
 use breaker::Breaker;
 use bulkhead::Bulkhead;
 use limit::{AgentLimiter, Global};
+
+use crate::metrics::prom::PROM;
+
+/// What one attempt ended with, for spans: `http_503`, `timeout`, `connect`, …
+fn attempt_outcome(err: &CallError) -> &'static str {
+    match err {
+        CallError::Connect => "connect_error",
+        CallError::Timeout => "timeout",
+        CallError::Transport => "connection_broken",
+        CallError::InvalidBody => "invalid_body",
+        CallError::Status { status, .. } => match status {
+            400 => "http_400",
+            404 => "http_404",
+            429 => "http_429",
+            500 => "http_500",
+            502 => "http_502",
+            503 => "http_503",
+            504 => "http_504",
+            s if *s < 500 => "http_4xx",
+            _ => "http_5xx",
+        },
+    }
+}
 use retry::{fits, RetryBudget, RetryPolicy};
 
 /// Why a call through the stack produced no reply.
@@ -257,13 +280,67 @@ impl Stack {
         deadline: Instant,
         use_cache: bool,
     ) -> CallOutcome {
+        let span = tracing::info_span!(
+            "agent_call",
+            agent = %agent.name,
+            outcome = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+            cached = tracing::field::Empty,
+            stale = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        let outcome = self
+            .call_stages(agent, req, deadline, use_cache)
+            .instrument(span.clone())
+            .await;
+        let label = match &outcome.result {
+            Ok(_) if outcome.stale => "stale",
+            Ok(_) if outcome.cached.is_some() => "cached",
+            Ok(reply) if reply.succeeded() => "success",
+            Ok(_) => "agent_error",
+            Err(f) => f.code(),
+        };
+        span.record("outcome", label);
+        span.record("attempts", outcome.attempts);
+        span.record("cached", outcome.cached.map_or("none", Tier::as_str));
+        span.record("stale", outcome.stale);
+        if outcome.result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        let p = &PROM;
+        let agent_label = p.agent_label(&agent.name);
+        p.agent_calls
+            .with_label_values(&[agent_label.as_str(), label])
+            .inc();
+        p.agent_duration
+            .with_label_values(&[agent_label.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn call_stages(
+        &self,
+        agent: &AgentInfo,
+        req: &AgentRequest,
+        deadline: Instant,
+        use_cache: bool,
+    ) -> CallOutcome {
         let r = &self.rejections;
         if remaining(deadline).is_zero() {
             return self.refuse(&r.deadline, Failure::Deadline);
         }
         let guard = self.guard(&agent.name);
         if let Some(limiter) = &guard.limiter {
-            if !limiter.allow().await {
+            let allowed = limiter.allow().await;
+            tracing::info_span!(
+                "rate_limit",
+                scope = "agent",
+                verdict = if allowed { "allowed" } else { "limited" }
+            )
+            .in_scope(|| {});
+            if !allowed {
+                PROM.rate_limited.with_label_values(&["agent"]).inc();
                 return self.refuse(&r.rate_limited, Failure::RateLimited);
             }
         }
@@ -276,6 +353,13 @@ impl Stack {
                 .stats
                 .bypassed
                 .fetch_add(1, Ordering::Relaxed);
+            tracing::info_span!(
+                "cache_lookup",
+                cache = "responses",
+                tier = "none",
+                result = "bypass"
+            )
+            .in_scope(|| {});
             return self.upstream(&guard, agent, req, deadline).await;
         }
         let key = response_key(&agent.name, &req.concept, &req.intent, &req.args);
@@ -285,17 +369,27 @@ impl Stack {
         };
         let attempts = AtomicU32::new(0);
         let ttl = self.caches.settings.ttl;
+        let lookup_span = tracing::info_span!(
+            "cache_lookup",
+            cache = "responses",
+            tier = tracing::field::Empty,
+            result = tracing::field::Empty,
+        );
         let lookup = self
             .caches
             .responses
-            .get_or_fetch(&key, subject, || async {
-                let out = self.upstream(&guard, agent, req, deadline).await;
-                attempts.store(out.attempts, Ordering::Relaxed);
-                out.result.map(|reply| {
-                    let keep = reply.succeeded().then_some(ttl);
-                    (Value::Object(reply.body), keep)
-                })
+            .get_or_fetch(&key, subject, || {
+                async {
+                    let out = self.upstream(&guard, agent, req, deadline).await;
+                    attempts.store(out.attempts, Ordering::Relaxed);
+                    out.result.map(|reply| {
+                        let keep = reply.succeeded().then_some(ttl);
+                        (Value::Object(reply.body), keep)
+                    })
+                }
+                .instrument(tracing::Span::current())
             })
+            .instrument(lookup_span.clone())
             .await;
         let attempts = attempts.load(Ordering::Relaxed);
         let reply = |value: Value| AgentReply {
@@ -305,13 +399,19 @@ impl Stack {
             },
         };
         match lookup {
-            Lookup::Fresh { value, tier } => CallOutcome {
-                result: Ok(reply(value)),
-                attempts,
-                cached: tier,
-                stale: false,
-            },
+            Lookup::Fresh { value, tier } => {
+                lookup_span.record("tier", tier.map_or("upstream", Tier::as_str));
+                lookup_span.record("result", if tier.is_some() { "hit" } else { "miss" });
+                CallOutcome {
+                    result: Ok(reply(value)),
+                    attempts,
+                    cached: tier,
+                    stale: false,
+                }
+            }
             Lookup::Stale { value, tier, error } => {
+                lookup_span.record("tier", tier.as_str());
+                lookup_span.record("result", "stale");
                 tracing::info!(agent = %agent.name, code = error.code(), tier = tier.as_str(), "serving a stale answer");
                 CallOutcome {
                     result: Ok(reply(value)),
@@ -320,12 +420,16 @@ impl Stack {
                     stale: true,
                 }
             }
-            Lookup::Failed(failure) => CallOutcome {
-                result: Err(failure),
-                attempts,
-                cached: None,
-                stale: false,
-            },
+            Lookup::Failed(failure) => {
+                lookup_span.record("tier", "upstream");
+                lookup_span.record("result", "miss");
+                CallOutcome {
+                    result: Err(failure),
+                    attempts,
+                    cached: None,
+                    stale: false,
+                }
+            }
         }
     }
 
@@ -339,9 +443,17 @@ impl Stack {
     ) -> CallOutcome {
         let r = &self.rejections;
         let Some(_slot) = guard.bulkhead.try_enter() else {
+            tracing::info_span!("bulkhead", verdict = "full").in_scope(|| {});
             return self.refuse(&r.bulkhead_full, Failure::BulkheadFull);
         };
-        let Some(permit) = guard.breaker.try_acquire() else {
+        let permit = guard.breaker.try_acquire();
+        tracing::info_span!(
+            "breaker",
+            state = guard.breaker.state().as_str(),
+            admitted = permit.is_some(),
+        )
+        .in_scope(|| {});
+        let Some(permit) = permit else {
             return self.refuse(&r.breaker_open, Failure::BreakerOpen);
         };
         guard.budget.deposit();
@@ -349,30 +461,48 @@ impl Stack {
         loop {
             attempts += 1;
             let budget = remaining(deadline).min(self.settings.agent_timeout);
-            let span =
-                tracing::info_span!("agent_attempt", agent = %agent.name, attempt = attempts);
+            let span = tracing::info_span!(
+                "agent_attempt",
+                agent = %agent.name,
+                attempt = attempts,
+                outcome = tracing::field::Empty,
+                retry_reason = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
             let result = if budget.is_zero() {
                 Err(CallError::Timeout)
             } else {
                 self.transport
                     .call(&agent.endpoint, req, budget)
-                    .instrument(span)
+                    .instrument(span.clone())
                     .await
             };
             let err = match result {
                 Ok(reply) => {
+                    span.record(
+                        "outcome",
+                        if reply.succeeded() {
+                            "success"
+                        } else {
+                            "agent_error"
+                        },
+                    );
                     permit.success();
                     guard.record(false);
                     return CallOutcome::upstream(Ok(reply), attempts);
                 }
                 Err(e) => e,
             };
+            span.record("outcome", attempt_outcome(&err));
+            span.record("otel.status_code", "ERROR");
             if attempts <= self.settings.retry.max_retries && err.is_retryable() {
                 let wait = self.settings.retry.backoff(attempts);
                 if fits(deadline, wait) {
                     if guard.budget.try_withdraw() {
                         r.retries.fetch_add(1, Ordering::Relaxed);
+                        span.record("retry_reason", attempt_outcome(&err));
                         tracing::debug!(agent = %agent.name, attempt = attempts, code = err.code(), ?wait, "retrying");
+                        drop(span);
                         tokio::time::sleep(wait).await;
                         continue;
                     }

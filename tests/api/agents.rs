@@ -38,6 +38,8 @@ pub struct TestAgent {
     pub addr: SocketAddr,
     pub calls: Arc<AtomicUsize>,
     pub received: Arc<Mutex<Vec<Value>>>,
+    /// The `traceparent` header of every call.
+    pub traceparents: Arc<Mutex<Vec<Option<String>>>>,
     behaviour: Arc<Mutex<Behaviour>>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -59,11 +61,18 @@ struct Shared {
     name: String,
     calls: Arc<AtomicUsize>,
     received: Arc<Mutex<Vec<Value>>>,
+    traceparents: Arc<Mutex<Vec<Option<String>>>>,
     behaviour: Arc<Mutex<Behaviour>>,
 }
 
 #[handler]
-async fn query(Data(s): Data<&Shared>, Json(body): Json<Value>) -> Response {
+async fn query(req: &poem::Request, Data(s): Data<&Shared>, Json(body): Json<Value>) -> Response {
+    s.traceparents.lock().unwrap().push(
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    );
     let n = s.calls.fetch_add(1, Ordering::SeqCst);
     s.received.lock().unwrap().push(body.clone());
     let behaviour = s.behaviour.lock().unwrap().clone();
@@ -114,6 +123,7 @@ pub fn spawn_agent(name: &str, behaviour: Behaviour) -> TestAgent {
         name: name.to_string(),
         calls: Arc::new(AtomicUsize::new(0)),
         received: Arc::new(Mutex::new(Vec::new())),
+        traceparents: Arc::new(Mutex::new(Vec::new())),
         behaviour: Arc::new(Mutex::new(behaviour)),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -137,6 +147,7 @@ pub fn spawn_agent(name: &str, behaviour: Behaviour) -> TestAgent {
         addr,
         calls: shared.calls,
         received: shared.received,
+        traceparents: shared.traceparents,
         behaviour: shared.behaviour,
         _stop: stop,
     }

@@ -93,6 +93,14 @@ pub async fn spawn_with(mut raw: RawSettings, seed: Option<Value>) -> TestApp {
 }
 
 impl TestApp {
+    /// Log lines of a child-process replica.
+    pub fn logs(&self) -> Vec<String> {
+        self._child
+            .as_ref()
+            .map(|c| c.stdout.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

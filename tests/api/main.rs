@@ -13,3 +13,4 @@ mod operations;
 mod process;
 mod resilience;
 mod servers;
+mod telemetry;

@@ -98,6 +98,8 @@ impl Drop for RedisServer {
 /// The orchestrator binary as a child process (a second replica), killed on drop.
 pub struct ChildApp {
     pub base: String,
+    /// Every line the child wrote to stdout (its logs).
+    pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     child: Child,
 }
 
@@ -120,9 +122,12 @@ impl ChildApp {
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = lines.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                keep.lock().unwrap().push(line.clone());
                 if !sent {
                     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                         if v["message"] == "orchestrator listening" {
@@ -138,6 +143,7 @@ impl ChildApp {
             .expect("the child orchestrator started");
         ChildApp {
             base: format!("http://127.0.0.1:{port}"),
+            stdout: lines,
             child,
         }
     }
@@ -293,5 +299,83 @@ impl ArcadeServer {
 impl Drop for ArcadeServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A real OpenTelemetry backend: Arize Phoenix (OTLP over HTTP and gRPC, span query API).
+pub struct PhoenixServer {
+    pub http: u16,
+    pub grpc: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl PhoenixServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (http, grpc) = (free_port(), free_port());
+        let child = Command::new("phoenix")
+            .arg("serve")
+            .env("PHOENIX_WORKING_DIR", dir.path())
+            .env("PHOENIX_HOST", "127.0.0.1")
+            .env("PHOENIX_PORT", http.to_string())
+            .env("PHOENIX_GRPC_PORT", grpc.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("phoenix is installed (scripts/install-test-deps.sh)");
+        let server = PhoenixServer {
+            http,
+            grpc,
+            child,
+            _dir: dir,
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..240 {
+            if let Ok(r) = client.get(server.spans_url(1)).send().await {
+                if r.status().is_success() {
+                    return server;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("phoenix did not start");
+    }
+
+    fn spans_url(&self, limit: usize) -> String {
+        format!(
+            "http://127.0.0.1:{}/v1/projects/default/spans?limit={limit}",
+            self.http
+        )
+    }
+
+    /// Spans of one trace, waiting until at least `min` have arrived (export is batched).
+    pub async fn trace(&self, trace_id: &str, min: usize) -> Vec<serde_json::Value> {
+        let client = reqwest::Client::new();
+        let mut found = Vec::new();
+        for _ in 0..120 {
+            if let Ok(r) = client.get(self.spans_url(1000)).send().await {
+                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                found = body["data"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|s| s["context"]["trace_id"] == trace_id)
+                    .collect();
+                if found.len() >= min {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        found
+    }
+}
+
+impl Drop for PhoenixServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

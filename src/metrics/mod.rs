@@ -1,5 +1,7 @@
 //! In-process counters behind `GET /metrics`.
 
+pub mod prom;
+
 use std::{
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::{Duration, Instant},

@@ -1,0 +1,116 @@
+//! JSON log lines that carry the OpenTelemetry `trace_id` and `span_id` of the span they
+//! were written in, so a log line leads straight to its trace.
+
+use std::fmt;
+
+use opentelemetry::trace::TraceContextExt;
+use serde_json::{Map, Value};
+use tracing::{Event, Subscriber};
+use tracing_opentelemetry::OtelData;
+use tracing_subscriber::{
+    field::Visit,
+    fmt::{format::Writer, FmtContext, FormatEvent, FormatFields},
+    registry::LookupSpan,
+};
+
+pub struct JsonWithTrace;
+
+struct Fields<'a>(&'a mut Map<String, Value>);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        self.0.insert(
+            field.name().to_string(),
+            Value::String(format!("{value:?}")),
+        );
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_string(), Value::from(value));
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_string(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_string(), Value::from(value));
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().to_string(), Value::from(value));
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_string(), Value::from(value));
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for JsonWithTrace
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut line = Map::new();
+        line.insert(
+            "timestamp".into(),
+            Value::from(humantime_rfc3339(std::time::SystemTime::now())),
+        );
+        line.insert("level".into(), Value::from(meta.level().as_str()));
+        line.insert("target".into(), Value::from(meta.target()));
+        event.record(&mut Fields(&mut line));
+        if let Some(span) = ctx.lookup_current() {
+            line.insert("span".into(), Value::from(span.name()));
+            if let Some(otel) = span.extensions().get::<OtelData>() {
+                // A parent (the client's traceparent) wins over the id drawn at creation.
+                let parent = otel.parent_cx.span().span_context().clone();
+                let trace_id = if parent.is_valid() {
+                    parent.trace_id()
+                } else {
+                    otel.builder.trace_id.unwrap_or(parent.trace_id())
+                };
+                line.insert("trace_id".into(), Value::from(trace_id.to_string()));
+                if let Some(span_id) = otel.builder.span_id {
+                    line.insert("span_id".into(), Value::from(span_id.to_string()));
+                }
+            }
+        }
+        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
+
+/// RFC 3339 UTC timestamp with microseconds, without pulling in a date crate.
+fn humantime_rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3_600, rem % 3_600 / 60, rem % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:06}Z",
+        d.subsec_micros()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
+        assert_eq!(humantime_rfc3339(t), "2023-11-14T22:13:20.123456Z");
+    }
+}

@@ -1,0 +1,189 @@
+//! Logs, traces and trace-context propagation.
+//!
+//! - Logs: human-readable by default, JSON lines with `LOG_FORMAT=json`; `RUST_LOG` filters.
+//!   Inside a request, JSON lines carry its `trace_id` and `span_id`.
+//! - Traces: `tracing` spans exported over OTLP (gRPC or HTTP/protobuf) when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set, sampled per `OTEL_TRACES_SAMPLER`.
+//! - Propagation: W3C `traceparent` is read from clients and written to agents.
+
+mod json;
+
+use opentelemetry::{
+    global,
+    propagation::{Extractor, Injector},
+    trace::{TraceContextExt, TracerProvider as _},
+    Context, KeyValue,
+};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::{
+    propagation::TraceContextPropagator,
+    trace::{span_processor_with_async_runtime, Sampler, SdkTracerProvider},
+    Resource,
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+
+use crate::config::{LogFormat, OtlpProtocol, SamplerKind, TraceSettings};
+
+/// Keeps the trace pipeline alive; `shutdown` flushes spans still buffered.
+#[derive(Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    pub fn tracing_enabled(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Flushes and stops the exporter (call once, at shutdown).
+    pub fn shutdown(&self) {
+        if let Some(p) = &self.provider {
+            if let Err(e) = p.force_flush() {
+                eprintln!("flushing traces failed: {e}");
+            }
+            let _ = p.shutdown();
+        }
+    }
+}
+
+fn sampler(kind: SamplerKind) -> Sampler {
+    match kind {
+        SamplerKind::AlwaysOn => Sampler::AlwaysOn,
+        SamplerKind::AlwaysOff => Sampler::AlwaysOff,
+        SamplerKind::Ratio(r) => Sampler::TraceIdRatioBased(r),
+        SamplerKind::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        SamplerKind::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        SamplerKind::ParentBasedRatio(r) => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+        }
+    }
+}
+
+fn provider(t: &TraceSettings) -> Option<SdkTracerProvider> {
+    let endpoint = t.endpoint.as_deref()?;
+    let exporter = match t.protocol {
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build(),
+        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(reqwest::Client::new())
+            .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+            .build(),
+    };
+    let exporter = match exporter {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("trace export disabled: {e}");
+            return None;
+        }
+    };
+    let resource = Resource::builder()
+        .with_service_name(t.service_name.clone())
+        .with_attribute(KeyValue::new("service.version", crate::VERSION))
+        .build();
+    Some(
+        // The batch processor runs on the tokio runtime: the exporters' HTTP/gRPC clients
+        // need its reactor (the SDK's default processor thread has none).
+        SdkTracerProvider::builder()
+            .with_span_processor(
+                span_processor_with_async_runtime::BatchSpanProcessor::builder(
+                    exporter,
+                    opentelemetry_sdk::runtime::Tokio,
+                )
+                .build(),
+            )
+            .with_sampler(sampler(t.sampler))
+            .with_resource(resource)
+            .build(),
+    )
+}
+
+/// Installs logging and, when configured, trace export. Call once, inside the runtime.
+pub fn init(format: LogFormat, traces: &TraceSettings) -> Telemetry {
+    global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let provider = provider(traces);
+    // With JSON logs, spans carry trace ids even when nothing is exported.
+    let otel = match (&provider, format) {
+        (Some(p), _) => Some(p.tracer("myriad-orchestrator")),
+        (None, LogFormat::Json) => Some(
+            SdkTracerProvider::builder()
+                .with_sampler(Sampler::AlwaysOff)
+                .build()
+                .tracer("myriad-orchestrator"),
+        ),
+        (None, LogFormat::Text) => None,
+    };
+    let otel_layer = otel.map(|t| tracing_opentelemetry::layer().with_tracer(t));
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let _ = match format {
+        LogFormat::Json => registry
+            .with(fmt::layer().event_format(json::JsonWithTrace))
+            .try_init(),
+        LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
+    };
+    if let Some(p) = &provider {
+        global::set_tracer_provider(p.clone());
+    }
+    Telemetry { provider }
+}
+
+/// Logging only (for subcommands that serve nothing).
+pub fn init_logs(format: LogFormat) {
+    let _ = init(
+        format,
+        &TraceSettings {
+            endpoint: None,
+            protocol: OtlpProtocol::Grpc,
+            service_name: String::new(),
+            sampler: SamplerKind::AlwaysOff,
+        },
+    );
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// The trace context a client sent (`traceparent`), if any.
+pub fn extract(headers: &http::HeaderMap) -> Context {
+    global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
+}
+
+/// Writes the current span's context (`traceparent`) into outgoing headers.
+pub fn inject_current(headers: &mut http::HeaderMap) {
+    let cx = tracing::Span::current().context();
+    if cx.span().span_context().is_valid() {
+        global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
+    }
+}
+
+/// The current trace id (hex), when the current span belongs to a trace.
+pub fn current_trace_id() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
