@@ -21,7 +21,7 @@ use opentelemetry_sdk::{
     Resource,
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+use tracing_subscriber::{filter::LevelFilter, fmt, prelude::*, EnvFilter, Layer};
 
 use crate::config::{LogFormat, OtlpProtocol, SamplerKind, TraceSettings};
 
@@ -117,14 +117,24 @@ pub fn init(format: LogFormat, traces: &TraceSettings) -> Telemetry {
         ),
         (None, LogFormat::Text) => None,
     };
-    let otel_layer = otel.map(|t| tracing_opentelemetry::layer().with_tracer(t));
-    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
-    let _ = match format {
-        LogFormat::Json => registry
-            .with(fmt::layer().event_format(json::JsonWithTrace))
-            .try_init(),
-        LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
+    // Each layer filters for itself: RUST_LOG governs log lines only, so quiet logs do
+    // not silence the spans that traces are made of.
+    let otel_layer = otel.map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t)
+            .with_filter(LevelFilter::INFO)
+    });
+    let fmt_layer = match format {
+        LogFormat::Json => fmt::layer()
+            .event_format(json::JsonWithTrace)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => fmt::layer().with_target(false).with_filter(filter).boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(otel_layer)
+        .with(fmt_layer)
+        .try_init();
     if let Some(p) = &provider {
         global::set_tracer_provider(p.clone());
     }
