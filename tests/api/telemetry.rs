@@ -69,7 +69,7 @@ async fn one_batch_is_one_trace_of_every_stage_under_the_clients_span_in_a_real_
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
             ("OTEL_TRACES_SAMPLER", "always_on".into()),
             // Quiet logs must not silence the spans.
-            ("RUST_LOG", "warn".into()),
+            ("RUST_LOG", "warn,myriad::startup=info".into()),
             ("HTTP_BACKOFF", "0.01".into()),
             ("LEARNING_FLUSH_MS", "20".into()),
         ],
