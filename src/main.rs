@@ -59,6 +59,16 @@ enum Command {
         #[command(flatten)]
         settings: RawSettings,
     },
+    /// Probe a running orchestrator's /health: exit 0 when healthy, 1 otherwise (for
+    /// container health checks; no curl needed in the image).
+    Healthcheck {
+        /// The URL to probe.
+        #[arg(long, default_value = "http://127.0.0.1:5000/health")]
+        url: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Validate the configuration and exit (64 when it is bad).
     CheckConfig {
         #[command(flatten)]
@@ -74,6 +84,22 @@ fn load(raw: &RawSettings) -> Result<Config, ExitCode> {
         }
         ExitCode::from(EXIT_BAD_CONFIG as u8)
     })
+}
+
+async fn healthcheck(url: &str, timeout: std::time::Duration) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("HTTP {}", resp.status()));
+    }
+    let body: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+    match body["status"].as_str() {
+        Some("healthy") => Ok(()),
+        other => Err(format!("status {other:?}")),
+    }
 }
 
 async fn shutdown_signal() {
@@ -115,6 +141,15 @@ async fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("seeding failed: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Healthcheck { url, timeout_ms }) => {
+            return match healthcheck(&url, std::time::Duration::from_millis(timeout_ms)).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(why) => {
+                    eprintln!("unhealthy: {why}");
                     ExitCode::FAILURE
                 }
             };

@@ -13,4 +13,5 @@ mod operations;
 mod process;
 mod resilience;
 mod servers;
+mod ship;
 mod telemetry;

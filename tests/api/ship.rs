@@ -1,0 +1,92 @@
+//! What ships: the Dockerfile and compose file validate, and the k6 smoke suite passes its
+//! thresholds against the real binary on loopback.
+
+use std::process::Command;
+
+use crate::helpers::spawn_process;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+#[test]
+fn the_compose_file_validates() {
+    let out = Command::new("docker-compose")
+        .args(["-f", "docker-compose.yml", "config", "-q"])
+        .current_dir(ROOT)
+        .output()
+        .expect("docker-compose is installed (scripts/install-test-deps.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    let out = Command::new("hadolint")
+        .arg("Dockerfile")
+        .current_dir(ROOT)
+        .output()
+        .expect("hadolint is installed (scripts/install-test-deps.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test]
+async fn the_k6_smoke_suite_passes_its_thresholds() {
+    let app = spawn_process(&[("RUST_LOG", "warn,myriad::startup=info".into())], None);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("k6")
+            .args(["run", "--quiet", "--no-color", "loadtests/smoke.js"])
+            .env("BASE_URL", &app.base)
+            .env("K6_NO_USAGE_REPORT", "true")
+            .current_dir(ROOT)
+            .output()
+            .expect("k6 is installed (scripts/install-test-deps.sh)")
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "k6 thresholds failed:\n{text}");
+}
+
+#[test]
+fn the_healthcheck_subcommand_fails_when_nothing_listens() {
+    let out = Command::new(env!("CARGO_BIN_EXE_myriad-orchestrator"))
+        .args([
+            "healthcheck",
+            "--url",
+            "http://127.0.0.1:9/health",
+            "--timeout-ms",
+            "500",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn the_healthcheck_subcommand_passes_against_a_running_server() {
+    let app = spawn_process(&[], None);
+    let url = format!("{}/health", app.base);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_myriad-orchestrator"))
+            .args(["healthcheck", "--url", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
