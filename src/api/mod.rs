@@ -11,7 +11,7 @@ use std::{
 
 use poem::{Endpoint, EndpointExt, IntoEndpoint, Request, Route};
 use poem_openapi::{
-    auth::ApiKey,
+    auth::{ApiKey, Bearer},
     param::Path,
     payload::{Json, PlainText},
     ApiResponse, OpenApi, OpenApiService, ResponseContent, SecurityScheme, Tags,
@@ -30,7 +30,7 @@ use crate::{
     VERSION,
 };
 use dto::*;
-use errors::{ApiError, ErrorBody};
+use errors::{ApiError, AuthError, ErrorBody};
 
 /// Everything the operations need, shared by every request.
 pub struct AppState {
@@ -175,6 +175,36 @@ enum DiscoverResponse {
     NotFound(Json<NoAgentFound>),
 }
 
+/// A client API key as a Bearer token.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer")]
+struct BearerKey(Bearer);
+
+/// A client API key in the `X-API-Key` header.
+#[derive(SecurityScheme)]
+#[oai(ty = "api_key", key_name = "X-API-Key", key_in = "header")]
+struct HeaderKey(ApiKey);
+
+/// How a client identified itself; `Anonymous` when it sent no key (allowed only when no
+/// API keys are configured).
+#[derive(SecurityScheme)]
+enum ClientAuth {
+    Bearer(BearerKey),
+    Header(HeaderKey),
+    #[oai(fallback)]
+    Anonymous,
+}
+
+impl ClientAuth {
+    fn key(&self) -> Option<&str> {
+        match self {
+            ClientAuth::Bearer(b) => Some(&b.0.token),
+            ClientAuth::Header(h) => Some(&h.0.key),
+            ClientAuth::Anonymous => None,
+        }
+    }
+}
+
 /// The admin key, sent as `X-Admin-Key`.
 #[derive(SecurityScheme)]
 #[oai(ty = "api_key", key_name = "X-Admin-Key", key_in = "header")]
@@ -214,6 +244,8 @@ impl From<ApiError> for AdminError {
             ApiError::UnsupportedMediaType(b) => AdminError::UnsupportedMediaType(b),
             ApiError::Unavailable(b) => AdminError::Unavailable(b),
             ApiError::BadRequest(b)
+            | ApiError::Unauthorized(b)
+            | ApiError::HeadersTooLarge(b)
             | ApiError::TooManyRequests(b, ..)
             | ApiError::BadGateway(b) => AdminError::BadRequest(b),
         }
@@ -231,6 +263,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[derive(ApiResponse)]
 enum AgentsError {
+    /// API keys are configured and the request has no valid one.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
     /// The knowledge graph is unavailable.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
@@ -297,6 +332,33 @@ impl Api {
         Api { state }
     }
 
+    /// With API keys configured, the request must carry one of them.
+    fn authenticate(&self, auth: &ClientAuth) -> Result<(), AuthError> {
+        let keys = &self.state.config.api_keys;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let presented = auth.key().unwrap_or("");
+        // Compare against every key, so timing does not tell which one (or none) matched.
+        let ok = keys.iter().fold(false, |ok, k| {
+            constant_time_eq(presented.as_bytes(), k.expose().as_bytes()) | ok
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(AuthError::new())
+        }
+    }
+
+    /// `/metrics` and `/status` need a key only with METRICS_REQUIRE_AUTH.
+    fn authenticate_ops(&self, auth: &ClientAuth) -> Result<(), AuthError> {
+        if self.state.config.metrics_require_auth {
+            self.authenticate(auth)
+        } else {
+            Ok(())
+        }
+    }
+
     fn check_admin(&self, key: &AdminKey) -> Result<(), AdminError> {
         let Some(expected) = &self.state.config.admin_api_key else {
             return Err(AdminError::Forbidden(Json(ErrorBody::new(
@@ -331,6 +393,12 @@ impl Api {
                     "endpoint must be an http(s) URL",
                 ))
             }
+        }
+        if !self.state.config.agent_allowed_hosts.allows(&r.endpoint) {
+            return Err(ApiError::bad_request(
+                "endpoint_not_allowed",
+                "the endpoint's host is not in AGENT_ALLOWED_HOSTS",
+            ));
         }
         if r.intents.is_empty() || r.intents.len() > 64 {
             return Err(ApiError::bad_request(
@@ -537,10 +605,10 @@ impl Api {
         for t in tasks {
             let task_id = t.task_id.to_value();
             let key = crate::pipeline::task_key(&task_id);
-            if key.is_empty() || key.chars().count() > MAX_ID_CHARS {
+            if key.chars().count() > MAX_ID_CHARS {
                 return Err(ApiError::bad_request(
                     "invalid_task_id",
-                    format!("task_id must be 1–{MAX_ID_CHARS} characters"),
+                    format!("task_id must be at most {MAX_ID_CHARS} characters"),
                 ));
             }
             if !seen.insert(key.clone()) {
@@ -549,9 +617,32 @@ impl Api {
                     format!("task_id {key:?} appears more than once"),
                 ));
             }
-            let args = match t.args {
+            let args = match t.args.and_then(|a| a.0).map(|o| Value::Object(o.0)) {
                 None | Some(Value::Null) => json!({}),
-                Some(v @ Value::Object(_)) => v,
+                Some(v @ Value::Object(_)) => {
+                    let config = &self.state.config;
+                    if json_depth(&v) > config.max_args_depth {
+                        return Err(ApiError::bad_request(
+                            "args_too_deep",
+                            format!(
+                                "task {key:?}: args nest deeper than {} levels (MAX_ARGS_DEPTH)",
+                                config.max_args_depth
+                            ),
+                        ));
+                    }
+                    if serde_json::to_vec(&v).map_or(usize::MAX, |b| b.len())
+                        > config.max_args_bytes
+                    {
+                        return Err(ApiError::too_large(
+                            "args_too_large",
+                            format!(
+                                "task {key:?}: args are larger than {} bytes (MAX_ARGS_BYTES)",
+                                config.max_args_bytes
+                            ),
+                        ));
+                    }
+                    v
+                }
                 Some(_) => {
                     return Err(ApiError::bad_request(
                         "invalid_args",
@@ -582,18 +673,14 @@ impl Api {
         self.state.metrics.process_requests.fetch_add(1, Relaxed);
         let config = &self.state.config;
         let deadline = Instant::now() + config.request_timeout;
-        match (req.query, req.tasks) {
-            (Some(_), Some(_)) => Err(ApiError::bad_request(
-                "ambiguous_request",
-                "send either \"query\" or \"tasks\", not both",
-            )),
-            (None, None) => Err(ApiError::bad_request(
-                "missing_query_or_tasks",
-                "send {\"query\": \"a question\"} or {\"tasks\": [{\"task_id\", \"concept\", \"intent\"}]}",
-            )),
-            (None, Some(tasks)) => {
+        match req {
+            ProcessRequest::Batch(BatchRequest { tasks, .. }) => {
                 let specs = self.task_specs(tasks)?;
-                let results = self.state.pipeline.run_batch(&specs, deadline, use_cache).await;
+                let results = self
+                    .state
+                    .pipeline
+                    .run_batch(&specs, deadline, use_cache)
+                    .await;
                 Ok(Json(ProcessResponse {
                     status: overall_status(&results).to_string(),
                     result: None,
@@ -602,45 +689,59 @@ impl Api {
                     results: by_id(results),
                 }))
             }
-            (Some(query), None) => {
+            ProcessRequest::Query(QueryRequest { query, user_id }) => {
                 let query = query.trim().to_string();
-                let user_id = req.user_id.as_ref().map(|u| u.0.as_str());
+                let user_id = user_id
+                    .as_ref()
+                    .and_then(|u| u.0.as_ref())
+                    .map(|u| u.0.as_str());
                 if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS {
                     return Err(ApiError::bad_request(
                         "invalid_query",
                         format!("query must be 1–{MAX_QUERY_CHARS} characters"),
                     ));
                 }
-                if req.user_id.as_ref().is_some_and(|u| u.chars().count() > MAX_ID_CHARS) {
+                if user_id
+                    .as_ref()
+                    .is_some_and(|u| u.chars().count() > MAX_ID_CHARS)
+                {
                     return Err(ApiError::bad_request(
                         "invalid_user_id",
                         format!("user_id must be at most {MAX_ID_CHARS} characters"),
                     ));
                 }
                 let transport = self.state.pipeline.stack.transport().as_ref();
-                let step = config.agent_timeout.min(crate::pipeline::remaining(deadline));
-                let mut specs = processors::parse_query(
+                let step = config
+                    .agent_timeout
+                    .min(crate::pipeline::remaining(deadline));
+                let parsed = processors::parse_query(
                     transport,
                     config.input_processor_url.as_deref(),
                     &query,
                     user_id,
                     step,
                 )
-                .await
-                .map_err(|e| match e {
-                    processors::InputError::NothingToDo => ApiError::bad_request(
-                        "unparseable_query",
-                        "the query names no concept; try \"What is a lightbulb?\"",
-                    ),
-                    processors::InputError::Unavailable => ApiError::bad_gateway(
-                        "input_processor_unavailable",
-                        "the input processor did not answer",
-                    ),
-                    processors::InputError::BadAnswer => ApiError::bad_gateway(
-                        "input_processor_invalid",
-                        "the input processor's answer is not a task list",
-                    ),
-                })?;
+                .await;
+                let mut specs = match parsed {
+                    Ok(specs) => specs,
+                    // Not a client error: the question was fine, it just names nothing we
+                    // can route. The answer says so, like any task that finds no agent.
+                    Err(processors::InputError::NothingToDo) => {
+                        return Ok(Json(unparseable(&query)));
+                    }
+                    Err(processors::InputError::Unavailable) => {
+                        return Err(ApiError::bad_gateway(
+                            "input_processor_unavailable",
+                            "the input processor did not answer",
+                        ))
+                    }
+                    Err(processors::InputError::BadAnswer) => {
+                        return Err(ApiError::bad_gateway(
+                            "input_processor_invalid",
+                            "the input processor's answer is not a task list",
+                        ))
+                    }
+                };
                 specs.truncate(config.max_tasks);
                 for s in &mut specs {
                     s.concept = validate_concept(&s.concept)?;
@@ -649,8 +750,14 @@ impl Api {
                     }
                     s.intent = validate_intent(&s.intent)?;
                 }
-                let results = self.state.pipeline.run_batch(&specs, deadline, use_cache).await;
-                let step = config.agent_timeout.min(crate::pipeline::remaining(deadline));
+                let results = self
+                    .state
+                    .pipeline
+                    .run_batch(&specs, deadline, use_cache)
+                    .await;
+                let step = config
+                    .agent_timeout
+                    .min(crate::pipeline::remaining(deadline));
                 let answer = processors::synthesize(
                     transport,
                     config.output_processor_url.as_deref(),
@@ -681,6 +788,40 @@ impl Api {
                 }))
             }
         }
+    }
+}
+
+/// The answer to a question that names no concept.
+fn unparseable(query: &str) -> ProcessResponse {
+    let spec = TaskSpec {
+        task_id: json!(1),
+        concept: String::new(),
+        intent: "define".into(),
+        args: json!({}),
+    };
+    let result = crate::pipeline::TaskResult::failed(
+        &spec,
+        "unparseable_query",
+        "the question names no concept; try \"What is a lightbulb?\"",
+    );
+    let _ = query;
+    ProcessResponse {
+        status: "failed".into(),
+        result: Some(TaskResultBody(result.clone())),
+        answer: Some(json!(
+            "I could not find a concept in that question. Try \"What is a lightbulb?\""
+        )),
+        tasks: Some(Vec::new()),
+        results: BTreeMap::from([("1".to_string(), TaskResultBody(result))]),
+    }
+}
+
+/// Nesting depth of a JSON value (a scalar is 0).
+fn json_depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(json_depth).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -738,21 +879,26 @@ impl Api {
 
     /// Service status with dependency health (probes bounded to 1 s and cached for 1 s).
     #[oai(path = "/status", method = "get", tag = "Tag::Operations")]
-    async fn status(&self) -> Json<StatusBody> {
+    async fn status(&self, auth: ClientAuth) -> Result<Json<StatusBody>, AuthError> {
+        self.authenticate_ops(&auth)?;
         let (dependencies, degraded) = self.dependencies().await;
-        Json(StatusBody {
+        Ok(Json(StatusBody {
             service: "orchestrator".into(),
             status: if degraded { "degraded" } else { "running" }.into(),
             version: VERSION.into(),
             uptime_s: self.state.metrics.uptime().as_secs_f64(),
             dependencies,
             environment: self.state.config.public_view(),
-        })
+        }))
     }
 
     /// Every agent with its intents, concepts (with learned weights) and breaker state.
     #[oai(path = "/agents", method = "get", tag = "Tag::Routing")]
-    async fn agents(&self) -> Result<Json<AgentList>, AgentsError> {
+    async fn agents(&self, auth: ClientAuth) -> Result<Json<AgentList>, AgentsError> {
+        self.authenticate(&auth).map_err(|e| {
+            let AuthError::Unauthorized(b) = e;
+            AgentsError::Unauthorized(b)
+        })?;
         let records = self.state.pipeline.graph.agents().await.map_err(|e| {
             tracing::warn!(error = %e, "listing agents failed");
             AgentsError::Unavailable(Json(ErrorBody::new(
@@ -863,18 +1009,20 @@ impl Api {
     /// Counters and feature flags as JSON (the default, `Accept: */*`), or the Prometheus
     /// text exposition when the client asks for `text/plain` or OpenMetrics, as scrapers do.
     #[oai(path = "/metrics", method = "get", tag = "Tag::Operations")]
-    async fn metrics(&self, req: &Request) -> MetricsResponse {
-        if wants_prometheus(req) {
+    async fn metrics(&self, req: &Request, auth: ClientAuth) -> Result<MetricsResponse, AuthError> {
+        self.authenticate_ops(&auth)?;
+        Ok(if wants_prometheus(req) {
             MetricsResponse::Ok(MetricsContent::Text(PlainText(prom::PROM.render())))
         } else {
             MetricsResponse::Ok(MetricsContent::Json(Json(self.metrics_body())))
-        }
+        })
     }
 
     /// Alias of `GET /metrics` (JSON), kept for existing clients.
     #[oai(path = "/metrics/json", method = "get", tag = "Tag::Operations")]
-    async fn metrics_json(&self) -> Json<MetricsBody> {
-        Json(self.metrics_body())
+    async fn metrics_json(&self, auth: ClientAuth) -> Result<Json<MetricsBody>, AuthError> {
+        self.authenticate_ops(&auth)?;
+        Ok(Json(self.metrics_body()))
     }
 
     /// Which agent handles a concept and intent, with every ranked candidate.
@@ -882,13 +1030,20 @@ impl Api {
     async fn discover(
         &self,
         req: &Request,
+        auth: ClientAuth,
         body: Json<DiscoverRequest>,
     ) -> Result<DiscoverResponse, ApiError> {
         use std::sync::atomic::Ordering::Relaxed;
+        self.authenticate(&auth)?;
         self.admit(req).await?;
         self.state.metrics.discover_requests.fetch_add(1, Relaxed);
         let concept = validate_concept(&body.concept)?;
-        let intent = validate_intent(body.intent.as_deref().unwrap_or("define"))?;
+        let intent = validate_intent(
+            body.intent
+                .as_ref()
+                .and_then(|i| i.0.as_deref())
+                .unwrap_or("define"),
+        )?;
         let candidates: Vec<Candidate> = self
             .state
             .pipeline
@@ -909,7 +1064,7 @@ impl Api {
                 status: "no_agent_found".into(),
                 concept,
                 intent,
-                agent_url: None,
+                agent_url: Nullable(None),
                 error: message.clone(),
                 message,
                 code: "no_agent_found".into(),
@@ -944,8 +1099,10 @@ impl Api {
     async fn process(
         &self,
         req: &Request,
+        auth: ClientAuth,
         body: Json<ProcessRequest>,
     ) -> Result<Json<ProcessResponse>, ApiError> {
+        self.authenticate(&auth)?;
         self.admit(req).await?;
         self.process_impl(body.0, use_cache(req)).await
     }
@@ -955,8 +1112,10 @@ impl Api {
     async fn process_query(
         &self,
         req: &Request,
+        auth: ClientAuth,
         body: Json<ProcessRequest>,
     ) -> Result<Json<ProcessResponse>, ApiError> {
+        self.authenticate(&auth)?;
         self.admit(req).await?;
         self.process_impl(body.0, use_cache(req)).await
     }
@@ -1006,7 +1165,21 @@ async fn edge<E: Endpoint>(ep: &E, req: Request, state: &AppState) -> poem::Resp
     );
     span.set_parent(crate::telemetry::extract(req.headers()));
     let max_body = state.config.max_body_bytes;
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().to_string().len();
+    let max_headers = state.config.max_header_bytes;
     let mut resp = async {
+        if header_bytes > max_headers {
+            return errors::error_response(
+                poem::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                format!("request line and headers exceed {max_headers} bytes (MAX_HEADER_BYTES)"),
+            );
+        }
         match errors::limit_body(req, max_body).await {
             Ok(req) => errors::normalize(ep, req).await,
             Err(resp) => resp,
@@ -1015,6 +1188,11 @@ async fn edge<E: Endpoint>(ep: &E, req: Request, state: &AppState) -> poem::Resp
     .instrument(span.clone())
     .await;
     let status = resp.status().as_u16();
+    if status == 405 {
+        if let Ok(v) = poem::http::HeaderValue::from_str(prom::allowed_methods(route)) {
+            resp.headers_mut().insert(poem::http::header::ALLOW, v);
+        }
+    }
     span.record("http.response.status_code", status);
     if status >= 500 {
         span.record("otel.status_code", "ERROR");

@@ -173,6 +173,17 @@ pub fn route_template(path: &str) -> &'static str {
     }
 }
 
+/// The methods a route template answers (the `Allow` header of a 405).
+pub fn allowed_methods(route: &str) -> &'static str {
+    match route {
+        "/agents" => "GET, POST",
+        "/agents/{name}" => "DELETE",
+        "/discover" | "/process" | "/process_query" => "POST",
+        "unmatched" => "",
+        _ => "GET",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

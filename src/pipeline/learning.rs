@@ -28,6 +28,8 @@ type Traced = (Outcome, tracing::Span);
 pub struct Learner {
     tx: Option<mpsc::Sender<Traced>>,
     pub stats: Arc<LearningStats>,
+    stop: Arc<tokio::sync::Notify>,
+    worker: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 #[derive(Default)]
@@ -52,10 +54,31 @@ impl Learner {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(LearningStats::default());
-        tokio::spawn(worker(graph, settings.clone(), rx, stats.clone()));
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let handle = tokio::spawn(worker(
+            graph,
+            settings.clone(),
+            rx,
+            stats.clone(),
+            stop.clone(),
+        ));
         Learner {
             tx: Some(tx),
             stats,
+            stop,
+            worker: Arc::new(std::sync::Mutex::new(Some(handle))),
+        }
+    }
+
+    /// Applies every pending outcome now and stops the worker (at shutdown), waiting at
+    /// most `within`.
+    pub async fn shutdown(&self, within: std::time::Duration) {
+        let handle = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            self.stop.notify_one();
+            if tokio::time::timeout(within, handle).await.is_err() {
+                tracing::warn!("pending learning updates were not all written before shutdown");
+            }
         }
     }
 
@@ -77,6 +100,7 @@ async fn worker(
     settings: LearningSettings,
     mut rx: mpsc::Receiver<Traced>,
     stats: Arc<LearningStats>,
+    stop: Arc<tokio::sync::Notify>,
 ) {
     let deltas = Deltas {
         success: settings.delta_success,
@@ -90,12 +114,19 @@ async fn worker(
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         tokio::select! {
+            _ = stop.notified() => {
+                drain(&*graph, &mut rx, &mut batch, deltas, &stats).await;
+                break;
+            }
             n = rx.recv_many(&mut batch, BATCH) => {
                 if n == 0 {
                     break;
                 }
-                // Let a burst accumulate so it lands as one write.
-                tokio::time::sleep(settings.flush_interval).await;
+                // Let a burst accumulate so it lands as one write (unless shutting down).
+                let stopping = tokio::select! {
+                    _ = tokio::time::sleep(settings.flush_interval) => false,
+                    _ = stop.notified() => true,
+                };
                 while batch.len() < BATCH {
                     match rx.try_recv() {
                         Ok(o) => batch.push(o),
@@ -103,6 +134,10 @@ async fn worker(
                     }
                 }
                 apply(&*graph, &mut batch, deltas, &stats).await;
+                if stopping {
+                    drain(&*graph, &mut rx, &mut batch, deltas, &stats).await;
+                    break;
+                }
             }
             _ = decay.tick() => {
                 match graph.decay(settings.decay_rate).await {
@@ -118,6 +153,26 @@ async fn worker(
             }
         }
     }
+}
+
+/// Applies everything still queued (shutdown).
+async fn drain(
+    graph: &dyn KnowledgeGraph,
+    rx: &mut mpsc::Receiver<Traced>,
+    batch: &mut Vec<Traced>,
+    deltas: Deltas,
+    stats: &LearningStats,
+) {
+    while let Ok(o) = rx.try_recv() {
+        batch.push(o);
+        if batch.len() == BATCH {
+            apply(graph, batch, deltas, stats).await;
+        }
+    }
+    if !batch.is_empty() {
+        apply(graph, batch, deltas, stats).await;
+    }
+    tracing::info!("learning flushed for shutdown");
 }
 
 async fn apply(

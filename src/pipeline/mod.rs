@@ -117,7 +117,7 @@ impl TaskResult {
         }
     }
 
-    fn failed(task: &TaskSpec, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn failed(task: &TaskSpec, code: &'static str, message: impl Into<String>) -> Self {
         let mut r = TaskResult::new(task, TaskStatus::Error);
         r.code = Some(code);
         r.error = Some(message.into());

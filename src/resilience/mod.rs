@@ -42,6 +42,7 @@ fn attempt_outcome(err: &CallError) -> &'static str {
         CallError::Timeout => "timeout",
         CallError::Transport => "connection_broken",
         CallError::InvalidBody => "invalid_body",
+        CallError::Blocked => "blocked",
         CallError::Status { status, .. } => match status {
             400 => "http_400",
             404 => "http_404",

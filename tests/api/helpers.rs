@@ -93,6 +93,11 @@ pub async fn spawn_with(mut raw: RawSettings, seed: Option<Value>) -> TestApp {
 }
 
 impl TestApp {
+    /// The child-process replica itself.
+    pub fn child(&mut self) -> &mut crate::servers::ChildApp {
+        self._child.as_mut().expect("a child-process app")
+    }
+
     /// Log lines of a child-process replica.
     pub fn logs(&self) -> Vec<String> {
         self._child

@@ -7,6 +7,7 @@ mod cli;
 mod discover;
 mod errors;
 mod graph;
+mod hardening;
 mod helpers;
 mod learning;
 mod operations;

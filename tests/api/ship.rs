@@ -90,3 +90,38 @@ async fn the_healthcheck_subcommand_passes_against_a_running_server() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn schemathesis_finds_no_failure_against_the_served_spec() {
+    // Every check but `positive_data_acceptance`: duplicate task ids are a 400 by contract,
+    // and JSON Schema cannot express uniqueness of one property across array items.
+    let app = spawn_process(&[("RUST_LOG", "warn,myriad::startup=info".into())], None);
+    let spec = format!("{}/openapi.json", app.base);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("st")
+            .args([
+                "run",
+                &spec,
+                "--checks",
+                "all",
+                "--exclude-checks",
+                "positive_data_acceptance",
+            ])
+            .args(["--max-examples", "150", "--seed", "20261123", "--no-color"])
+            .env("SCHEMATHESIS_TELEMETRY", "false")
+            .output()
+            .expect("schemathesis is installed (scripts/install-test-deps.sh)")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found failures:\n{}",
+        &text[text.len().saturating_sub(6000)..]
+    );
+    assert!(
+        text.contains("Stateful"),
+        "the stateful phase did not run:\n{text}"
+    );
+}
