@@ -152,10 +152,17 @@ pub fn framework_error(err: poem::Error) -> Response {
     }
     let status = err.status();
     let (code, msg) = if let Some(e) = err.downcast_ref::<ParseRequestPayloadError>() {
-        (
-            "invalid_body",
-            format!("invalid request body: {}", clip(&e.reason)),
-        )
+        if e.reason
+            .starts_with("Expected input type \"ProcessRequest\"")
+        {
+            // The union's own message only echoes the body; say what is accepted instead.
+            ("invalid_body", PROCESS_SHAPE.to_string())
+        } else {
+            (
+                "invalid_body",
+                format!("invalid request body: {}", clip(&e.reason)),
+            )
+        }
     } else if let Some(e) = err.downcast_ref::<ParseParamError>() {
         (
             "invalid_parameter",
