@@ -347,11 +347,9 @@ impl Type for TaskId {
         "TaskId".into()
     }
     fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Reference("TaskId".into())
-    }
-    fn register(registry: &mut Registry) {
+        // Inline: generators cannot wrap a reference to a non-object schema in allOf.
         use poem_openapi::registry::MetaSchema;
-        registry.create_schema::<Self, _>("TaskId".into(), |_| MetaSchema {
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
             description: Some("A task id: an integer or a string (at most 128 characters)."),
             one_of: vec![
                 i64::schema_ref(),
@@ -361,7 +359,7 @@ impl Type for TaskId {
                 })),
             ],
             ..MetaSchema::ANY
-        });
+        }))
     }
     fn as_raw_value(&self) -> Option<&Self::RawValueType> {
         Some(self)
@@ -438,7 +436,7 @@ pub struct QueryRequest {
     pub user_id: Option<Nullable<Text>>,
 }
 
-/// Either a batch (`tasks`) or a question (`query`); with both, the batch is processed.
+/// Exactly one of: a batch (`tasks`) or a question (`query`).
 #[derive(Union, Debug)]
 #[oai(one_of)]
 pub enum ProcessRequest {
@@ -577,4 +575,82 @@ pub struct Removed {
     pub name: String,
     /// Concepts it handled.
     pub concepts: Vec<String>,
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Arbitrary JSON values, nested.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,40}".prop_map(Value::from),
+            prop_oneof![
+                Just("query"),
+                Just("tasks"),
+                Just("task_id"),
+                Just("concept"),
+                Just("intent"),
+                Just("args")
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(6, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("query".to_string()),
+                        Just("tasks".to_string()),
+                        Just("task_id".to_string()),
+                        Just("concept".to_string()),
+                        Just("intent".to_string()),
+                        Just("args".to_string()),
+                        Just("user_id".to_string()),
+                        ".{0,8}"
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn request_decoding_never_panics(v in json()) {
+            let _ = ProcessRequest::parse_from_json(Some(v.clone()));
+            let _ = DiscoverRequest::parse_from_json(Some(v));
+        }
+
+        #[test]
+        fn decoding_raw_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                let _ = ProcessRequest::parse_from_json(Some(v));
+            }
+        }
+
+        #[test]
+        fn the_query_parser_never_panics(q in "\\PC{0,200}") {
+            let tasks = crate::pipeline::parser::parse(&q);
+            for t in tasks {
+                prop_assert!(!t.concept.is_empty());
+                prop_assert!(!t.intent.is_empty());
+            }
+        }
+
+        #[test]
+        fn the_query_parser_never_panics_on_any_string(q in ".{0,300}") {
+            let _ = crate::pipeline::parser::parse(&q);
+        }
+    }
 }

@@ -125,3 +125,59 @@ async fn schemathesis_finds_no_failure_against_the_served_spec() {
         "the stateful phase did not run:\n{text}"
     );
 }
+
+#[tokio::test]
+async fn a_generated_client_calls_every_endpoint() {
+    const KEY: &str = "generated-client-key-0123";
+    let app = spawn_process(
+        &[
+            ("API_KEYS", KEY.into()),
+            ("ADMIN_API_KEY", "generated-admin".into()),
+            ("RUST_LOG", "warn,myriad::startup=info".into()),
+        ],
+        None,
+    );
+    let base = app.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let gen = Command::new("openapi-python-client")
+            .args([
+                "generate",
+                "--path",
+                "openapi/openapi.json",
+                "--meta",
+                "none",
+                "--output-path",
+            ])
+            .arg(dir.path().join("client"))
+            .current_dir(ROOT)
+            .output()
+            .expect("openapi-python-client is installed (scripts/install-test-deps.sh)");
+        assert!(
+            gen.status.success(),
+            "{}",
+            String::from_utf8_lossy(&gen.stderr)
+        );
+        let generated = String::from_utf8_lossy(&gen.stdout).to_string();
+        assert!(
+            !generated.contains("Unable to process"),
+            "the spec did not generate cleanly:\n{generated}"
+        );
+        let run = Command::new("python3")
+            .arg(format!("{ROOT}/tests/client/call_every_endpoint.py"))
+            .args([&base, KEY, "generated-admin", "http://127.0.0.1:9/query"])
+            .env("PYTHONPATH", dir.path())
+            .output()
+            .unwrap();
+        (run, dir)
+    })
+    .await
+    .unwrap();
+    let (run, _dir) = out;
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
