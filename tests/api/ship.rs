@@ -181,3 +181,30 @@ async fn a_generated_client_calls_every_endpoint() {
         String::from_utf8_lossy(&run.stderr)
     );
 }
+
+#[tokio::test]
+async fn swagger_ui_in_a_real_browser_lists_every_operation_and_try_it_out_works() {
+    let app = spawn_process(&[("RUST_LOG", "warn,myriad::startup=info".into())], None);
+    let base = app.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("tests/browser/swagger.mjs")
+            .arg(&base)
+            .current_dir(ROOT)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the browser script printed JSON");
+    let paths: Vec<&str> = seen["paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    for op in [
+        "GET /health", "GET /ready", "GET /status", "GET /agents", "GET /metrics", "GET /metrics/json",
+        "POST /discover", "POST /process", "POST /process_query", "POST /agents", "DELETE /agents/{name}",
+    ] {
+        assert!(paths.contains(&op), "{op} is not listed in Swagger UI: {paths:?}");
+    }
+    assert_eq!(seen["status"], "200");
+    assert!(seen["body"].as_str().unwrap().contains("\"healthy\""));
+}
