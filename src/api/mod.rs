@@ -237,6 +237,15 @@ enum AdminError {
     Unavailable(Json<ErrorBody>),
 }
 
+/// A graph failure during an admin change: logged, answered 503 without the detail.
+fn graph_unavailable(e: crate::graph::GraphError, what: &str) -> AdminError {
+    tracing::warn!(error = %e, "{what}");
+    AdminError::Unavailable(Json(ErrorBody::new(
+        "graph_unavailable",
+        "the knowledge graph is unavailable",
+    )))
+}
+
 impl From<ApiError> for AdminError {
     fn from(e: ApiError) -> Self {
         match e {
@@ -930,13 +939,7 @@ impl Api {
         let existed = graph
             .upsert_agent(agent.clone(), &concepts)
             .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "registering an agent failed");
-                AdminError::Unavailable(Json(ErrorBody::new(
-                    "graph_unavailable",
-                    "the knowledge graph is unavailable",
-                )))
-            })?;
+            .map_err(|e| graph_unavailable(e, "registering an agent failed"))?;
         tracing::info!(agent = %agent.name, existed, "agent registered");
         self.state
             .pipeline
@@ -976,13 +979,7 @@ impl Api {
             .graph
             .remove_agent(&name)
             .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "removing an agent failed");
-                AdminError::Unavailable(Json(ErrorBody::new(
-                    "graph_unavailable",
-                    "the knowledge graph is unavailable",
-                )))
-            })?;
+            .map_err(|e| graph_unavailable(e, "removing an agent failed"))?;
         let Some(concepts) = removed else {
             return Err(AdminError::NotFound(Json(ErrorBody::new(
                 "agent_not_found",

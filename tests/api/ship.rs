@@ -196,14 +196,36 @@ async fn swagger_ui_in_a_real_browser_lists_every_operation_and_try_it_out_works
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the browser script printed JSON");
-    let paths: Vec<&str> = seen["paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("the browser script printed JSON");
+    let paths: Vec<&str> = seen["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
     for op in [
-        "GET /health", "GET /ready", "GET /status", "GET /agents", "GET /metrics", "GET /metrics/json",
-        "POST /discover", "POST /process", "POST /process_query", "POST /agents", "DELETE /agents/{name}",
+        "GET /health",
+        "GET /ready",
+        "GET /status",
+        "GET /agents",
+        "GET /metrics",
+        "GET /metrics/json",
+        "POST /discover",
+        "POST /process",
+        "POST /process_query",
+        "POST /agents",
+        "DELETE /agents/{name}",
     ] {
-        assert!(paths.contains(&op), "{op} is not listed in Swagger UI: {paths:?}");
+        assert!(
+            paths.contains(&op),
+            "{op} is not listed in Swagger UI: {paths:?}"
+        );
     }
     assert_eq!(seen["status"], "200");
     assert!(seen["body"].as_str().unwrap().contains("\"healthy\""));
