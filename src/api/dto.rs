@@ -128,14 +128,9 @@ pub const INTENT_PATTERN: &str = r"^[A-Za-z0-9_-]{1,64}$";
 #[derive(Object, Debug)]
 pub struct DiscoverRequest {
     /// Concept to route (1–128 characters, not blank).
-    #[oai(validator(
-        max_length = 128,
-        pattern = r"^[^\x00-\x1F\x7F\u0080-\u009F]*[^\s\x00-\x1F\x7F\u0080-\u009F][^\x00-\x1F\x7F\u0080-\u009F]*$"
-    ))]
-    pub concept: Text,
+    pub concept: Checked<ConceptRule>,
     /// Intent to route (default `define`).
-    #[oai(validator(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
-    pub intent: Option<Nullable<Text>>,
+    pub intent: Option<Nullable<Checked<IntentRule>>>,
 }
 
 #[derive(Object, Debug)]
@@ -220,6 +215,103 @@ impl ParseFromJSON for Text {
 }
 
 impl ToJSON for Text {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
+}
+
+/// A string rule: the pattern and length declared in the spec, checked with a regex
+/// compiled once (poem-openapi's `pattern` validator compiles its regex on every check).
+pub trait Rule: Send + Sync + 'static {
+    const NAME: &'static str;
+    const PATTERN: &'static str;
+    const MAX_LENGTH: usize;
+    fn regex() -> &'static regex::Regex;
+}
+
+macro_rules! rule {
+    ($ty:ident, $name:literal, $pattern:literal, $max:literal) => {
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $ty;
+        impl Rule for $ty {
+            const NAME: &'static str = $name;
+            const PATTERN: &'static str = $pattern;
+            const MAX_LENGTH: usize = $max;
+            fn regex() -> &'static regex::Regex {
+                static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+                    regex::Regex::new($pattern).expect("valid pattern")
+                });
+                &RE
+            }
+        }
+    };
+}
+
+rule!(
+    ConceptRule,
+    "concept",
+    r"^[^\x00-\x1F\x7F\u0080-\u009F]*[^\s\x00-\x1F\x7F\u0080-\u009F][^\x00-\x1F\x7F\u0080-\u009F]*$",
+    128
+);
+rule!(IntentRule, "intent", r"^[A-Za-z0-9_-]{1,64}$", 64);
+rule!(QueryRule, "query", r"\S", 2000);
+
+/// A string that satisfies `R` (else the body is a 400 naming the rule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked<R: Rule>(pub String, std::marker::PhantomData<R>);
+
+impl<R: Rule> std::ops::Deref for Checked<R> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<R: Rule> Type for Checked<R> {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = String;
+    type RawElementValueType = String;
+
+    fn name() -> Cow<'static, str> {
+        R::NAME.into()
+    }
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema {
+            max_length: Some(R::MAX_LENGTH),
+            pattern: Some(R::PATTERN.to_string()),
+            ..poem_openapi::registry::MetaSchema::new("string")
+        }))
+    }
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(&self.0)
+    }
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(std::iter::once(&self.0))
+    }
+}
+
+impl<R: Rule> ParseFromJSON for Checked<R> {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::String(s))
+                if s.chars().count() <= R::MAX_LENGTH && R::regex().is_match(&s) =>
+            {
+                Ok(Checked(s, std::marker::PhantomData))
+            }
+            Some(Value::String(_)) => Err(ParseError::custom(format!(
+                "{} must be at most {} characters matching {}",
+                R::NAME,
+                R::MAX_LENGTH,
+                R::PATTERN
+            ))),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
+    }
+}
+
+impl<R: Rule> ToJSON for Checked<R> {
     fn to_json(&self) -> Option<Value> {
         Some(Value::String(self.0.clone()))
     }
@@ -401,14 +493,9 @@ pub struct TaskInput {
     /// Unique within the batch; integer or string (at most 128 characters).
     pub task_id: TaskId,
     /// Concept (1–128 characters, not blank).
-    #[oai(validator(
-        max_length = 128,
-        pattern = r"^[^\x00-\x1F\x7F\u0080-\u009F]*[^\s\x00-\x1F\x7F\u0080-\u009F][^\x00-\x1F\x7F\u0080-\u009F]*$"
-    ))]
-    pub concept: Text,
+    pub concept: Checked<ConceptRule>,
     /// Intent (1–64 of a-z, A-Z, 0-9, `_`, `-`).
-    #[oai(validator(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
-    pub intent: Text,
+    pub intent: Checked<IntentRule>,
     /// Passed to the agent as is (a JSON object; null or missing = `{}`).
     pub args: Option<Nullable<JsonObject>>,
 }
@@ -429,8 +516,7 @@ pub struct BatchRequest {
 #[derive(Object, Debug)]
 pub struct QueryRequest {
     /// The question (1–2000 characters, not blank).
-    #[oai(validator(max_length = 2000, pattern = r"\S"))]
-    pub query: Text,
+    pub query: Checked<QueryRule>,
     /// Who asks.
     #[oai(validator(max_length = 128))]
     pub user_id: Option<Nullable<Text>>,
