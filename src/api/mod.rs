@@ -736,7 +736,7 @@ impl Api {
                     // Not a client error: the question was fine, it just names nothing we
                     // can route. The answer says so, like any task that finds no agent.
                     Err(processors::InputError::NothingToDo) => {
-                        return Ok(Json(unparseable(&query)));
+                        return Ok(Json(unparseable()));
                     }
                     Err(processors::InputError::Unavailable) => {
                         return Err(ApiError::bad_gateway(
@@ -801,7 +801,7 @@ impl Api {
 }
 
 /// The answer to a question that names no concept.
-fn unparseable(query: &str) -> ProcessResponse {
+fn unparseable() -> ProcessResponse {
     let spec = TaskSpec {
         task_id: json!(1),
         concept: String::new(),
@@ -813,7 +813,6 @@ fn unparseable(query: &str) -> ProcessResponse {
         "unparseable_query",
         "the question names no concept; try \"What is a lightbulb?\"",
     );
-    let _ = query;
     ProcessResponse {
         status: "failed".into(),
         result: Some(TaskResultBody(result.clone())),

@@ -11,8 +11,7 @@ use crate::{
 
 const KEY: &str = "k-0123456789abcdef-client";
 
-async fn status_of(app: &TestApp, req: reqwest::RequestBuilder) -> (u16, Value) {
-    let _ = app;
+async fn status_of(_app: &TestApp, req: reqwest::RequestBuilder) -> (u16, Value) {
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
