@@ -210,11 +210,14 @@ impl Pipeline {
                         None => "none",
                     },
                 );
-                let listed: Vec<String> = candidates
-                    .iter()
-                    .map(|c| format!("{}:{:.3}", c.agent.name, c.stats.weight))
-                    .collect();
-                span.record("candidates", listed.join(",").as_str());
+                // Only build the list when someone records it (it is per task).
+                if !span.is_disabled() {
+                    let listed: Vec<String> = candidates
+                        .iter()
+                        .map(|c| format!("{}:{:.3}", c.agent.name, c.stats.weight))
+                        .collect();
+                    span.record("candidates", listed.join(",").as_str());
+                }
                 span.record(
                     "chosen",
                     candidates.first().map_or("none", |c| c.agent.name.as_str()),
