@@ -208,6 +208,21 @@ pub struct RawSettings {
     /// Milliseconds between batched learning writes (default 200).
     #[arg(long, env = "LEARNING_FLUSH_MS")]
     pub learning_flush_ms: Option<String>,
+    /// Routing policy: `score` (weight, health, latency, exploration, slow start) or
+    /// `weight` (the learned weight alone) (default score).
+    #[arg(long, env = "ROUTING_POLICY")]
+    pub routing_policy: Option<String>,
+    /// Percentage of routing decisions that pick uniformly among admitted candidates, so
+    /// every healthy agent keeps being measured (default 5).
+    #[arg(long, env = "ROUTING_EXPLORE_PERCENT")]
+    pub routing_explore_percent: Option<String>,
+    /// Seconds over which an agent just registered or just recovered ramps up to its full
+    /// share (default 5; 0 = off).
+    #[arg(long, env = "ROUTING_SLOW_START_S")]
+    pub routing_slow_start_s: Option<String>,
+    /// Seed of the routing policy's random draws, for reproducible runs (default: random).
+    #[arg(long, env = "ROUTING_SEED")]
+    pub routing_seed: Option<String>,
 }
 
 /// A string that never shows itself in `Debug` or logs.
@@ -342,6 +357,7 @@ pub struct Config {
     pub breaker: BreakerSettings,
     pub retry_budget_percent: u32,
     pub learning: LearningSettings,
+    pub routing: crate::routing::RoutingSettings,
     /// Non-fatal remarks to log once the logger runs (e.g. ignored variables).
     pub warnings: Vec<String>,
 }
@@ -671,6 +687,43 @@ impl Config {
                 60_000,
             )),
         };
+        let routing = crate::routing::RoutingSettings {
+            policy: match non_empty(&raw.routing_policy)
+                .map(|s| s.to_ascii_lowercase())
+                .as_deref()
+            {
+                None | Some("score") => crate::routing::PolicyKind::Score,
+                Some("weight") => crate::routing::PolicyKind::Weight,
+                Some(other) => {
+                    p.errors.push(format!(
+                        "ROUTING_POLICY={other:?}: expected score or weight"
+                    ));
+                    crate::routing::PolicyKind::Score
+                }
+            },
+            explore: p.num(
+                "ROUTING_EXPLORE_PERCENT",
+                &raw.routing_explore_percent,
+                5.0f64,
+                0.0,
+                100.0,
+            ) / 100.0,
+            slow_start: Duration::from_secs_f64(p.num(
+                "ROUTING_SLOW_START_S",
+                &raw.routing_slow_start_s,
+                5.0f64,
+                0.0,
+                3_600.0,
+            )),
+            seed: non_empty(&raw.routing_seed).and_then(|s| {
+                s.parse::<u64>()
+                    .map_err(|_| {
+                        p.errors
+                            .push(format!("ROUTING_SEED={s:?}: expected an unsigned integer"))
+                    })
+                    .ok()
+            }),
+        };
         let graph_timeout = Duration::from_millis(p.num(
             "GRAPH_TIMEOUT_MS",
             &raw.graph_timeout_ms,
@@ -852,13 +905,14 @@ impl Config {
             breaker,
             retry_budget_percent,
             learning,
+            routing,
             warnings,
         })
     }
 
     /// Non-secret settings, as shown by `/status`.
     pub fn public_view(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut view = serde_json::json!({
             "host": self.host.to_string(),
             "port": self.port,
             "graph_backend": if self.neo4j_uri.is_some() { "neo4j" } else { "memory" },
@@ -898,7 +952,12 @@ impl Config {
             "rate_limit_per_client": self.rate_limit_per_client,
             "agent_rate_limit": self.agent_rate_limit,
             "agent_max_inflight": self.agent_max_inflight,
-        })
+        });
+        view["routing_policy"] = self.routing.policy.as_str().into();
+        view["routing_explore_percent"] = (self.routing.explore * 100.0).into();
+        view["routing_slow_start_s"] = self.routing.slow_start.as_secs_f64().into();
+        view["routing_seeded"] = self.routing.seed.is_some().into();
+        view
     }
 }
 

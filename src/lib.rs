@@ -7,6 +7,8 @@
 //! - [`api`]: the HTTP surface (poem-openapi operations, DTOs, one error body for all errors).
 //! - [`pipeline`]: the path of one task — parse the query, discover candidates, call them
 //!   through the resilience stack with failover, learn from the outcome, synthesize.
+//! - [`routing`]: the routing policy — which candidate goes first (weight, health, latency,
+//!   exploration, slow start) and why.
 //! - [`resilience`]: deadline, rate limit, bulkhead, circuit breaker, retry, per-try timeout.
 //! - [`graph`]: the knowledge graph trait, the seed format and the in-memory backend.
 //! - [`agents`]: the agent protocol over HTTP and the built-in demo agents.
@@ -21,6 +23,7 @@ pub mod graph;
 pub mod metrics;
 pub mod pipeline;
 pub mod resilience;
+pub mod routing;
 pub mod startup;
 pub mod telemetry;
 

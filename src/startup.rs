@@ -326,6 +326,7 @@ pub fn build_state(
         neurogenesis,
         graph,
         stack,
+        router: Arc::new(crate::routing::Router::new(config.routing.clone())),
         learner,
         metrics: metrics.clone(),
         task_concurrency: config.task_concurrency,

@@ -90,6 +90,10 @@ pub struct AgentView {
     pub capabilities: Vec<String>,
     /// Circuit breaker state: `closed`, `open` or `half_open`.
     pub breaker: String,
+    /// Success share of this replica's recent calls to the agent (5 s window; 1 = healthy).
+    pub health: f64,
+    /// Moving average of its successful calls' latency (null until one succeeded).
+    pub latency_ms: Nullable<f64>,
 }
 
 #[derive(Object, Debug)]
@@ -140,7 +144,21 @@ pub struct CandidateView {
     pub weight: f64,
     pub success_rate: f64,
     pub usage_count: u64,
+    /// Circuit breaker state: `closed`, `open` or `half_open`.
     pub breaker: String,
+    /// Routing score: weight × health² ÷ (1 + latency_ms × (1 + in_flight) ÷ 100).
+    pub score: f64,
+    /// Success share of recent calls (5 s window; 1 = healthy).
+    pub health: f64,
+    /// Moving average of successful calls' latency (null until one succeeded).
+    pub latency_ms: Nullable<f64>,
+    /// Calls to the agent in flight now.
+    pub in_flight: u32,
+    /// Slow-start factor of its pick weight: 0.1 just after registration or recovery, 1 at
+    /// full share.
+    pub slow_start: f64,
+    /// Share of recent routing decisions (10–20 s) where it came first (null: none yet).
+    pub share: Nullable<f64>,
 }
 
 #[derive(Object, Debug)]

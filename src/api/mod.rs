@@ -26,7 +26,11 @@ use crate::{
     metrics::prom,
     metrics::Metrics,
     pipeline::{overall_status, processors, Pipeline, TaskSpec},
-    resilience::limit::{ClientLimiter, Verdict},
+    resilience::{
+        limit::{ClientLimiter, Verdict},
+        Live,
+    },
+    routing::{Admission, PolicyKind},
     VERSION,
 };
 use dto::*;
@@ -319,7 +323,7 @@ fn validate_intent(raw: &str) -> Result<String, ApiError> {
     Ok(intent)
 }
 
-fn agent_view(record: &AgentRecord, breaker: &str) -> AgentView {
+fn agent_view(record: &AgentRecord, live: &Live) -> AgentView {
     AgentView {
         name: record.agent.name.clone(),
         agent_type: record.agent.agent_type.clone(),
@@ -332,7 +336,9 @@ fn agent_view(record: &AgentRecord, breaker: &str) -> AgentView {
             .map(|(c, s)| ConceptEdge::new(c.clone(), s))
             .collect(),
         capabilities: record.agent.capabilities.clone(),
-        breaker: breaker.to_string(),
+        breaker: live.breaker.as_str().to_string(),
+        health: live.health,
+        latency_ms: Nullable(live.latency_ms),
     }
 }
 
@@ -487,6 +493,10 @@ impl Api {
                 ))
             }
         }
+    }
+
+    fn live(&self, agent: &str) -> Live {
+        self.state.pipeline.stack.live(agent)
     }
 
     fn breaker(&self, agent: &str) -> &'static str {
@@ -916,7 +926,7 @@ impl Api {
         })?;
         let agents: Vec<AgentView> = records
             .iter()
-            .map(|r| agent_view(r, self.breaker(&r.agent.name)))
+            .map(|r| agent_view(r, &self.live(&r.agent.name)))
             .collect();
         Ok(Json(AgentList {
             count: agents.len() as u32,
@@ -960,7 +970,7 @@ impl Api {
             });
         Ok(Json(Registered {
             status: if existed { "updated" } else { "registered" }.into(),
-            agent: agent_view(&record, self.breaker(&record.agent.name)),
+            agent: agent_view(&record, &self.live(&record.agent.name)),
         }))
     }
 
@@ -1050,10 +1060,23 @@ impl Api {
                 tracing::warn!(error = %e, "discovery failed");
                 ApiError::unavailable("graph_unavailable", "the knowledge graph is unavailable")
             })?;
-        let Some(best) = candidates
+        let pipeline = &self.state.pipeline;
+        let assessed = pipeline.assess(&candidates);
+        // Best first: by score under the score policy (refused breakers last), in the
+        // graph's order under the weight policy; the best is the first a call would pass.
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        if pipeline.router.policy() == PolicyKind::Score {
+            order.sort_by(|&a, &b| {
+                let refused = |i: usize| assessed[i].0.admission == Admission::Refused;
+                refused(a)
+                    .cmp(&refused(b))
+                    .then(assessed[b].0.score().total_cmp(&assessed[a].0.score()))
+            });
+        }
+        let Some(&best) = order
             .iter()
-            .find(|c| self.breaker(&c.agent.name) != "open")
-            .or(candidates.first())
+            .find(|&&i| assessed[i].0.admission != Admission::Refused)
+            .or(order.first())
         else {
             let message = format!("no agent handles intent '{intent}' for concept '{concept}'");
             return Ok(DiscoverResponse::NotFound(Json(NoAgentFound {
@@ -1067,22 +1090,31 @@ impl Api {
             })));
         };
         let record = AgentRecord {
-            agent: best.agent.clone(),
-            concepts: vec![(concept.clone(), best.stats.clone())],
+            agent: candidates[best].agent.clone(),
+            concepts: vec![(concept.clone(), candidates[best].stats.clone())],
         };
         Ok(DiscoverResponse::Found(Json(Discovered {
             status: "success".into(),
-            agent_url: best.agent.endpoint.clone(),
-            agent: agent_view(&record, self.breaker(&best.agent.name)),
-            candidates: candidates
+            agent_url: record.agent.endpoint.clone(),
+            agent: agent_view(&record, &assessed[best].1),
+            candidates: order
                 .iter()
-                .map(|c| CandidateView {
-                    name: c.agent.name.clone(),
-                    endpoint: c.agent.endpoint.clone(),
-                    weight: c.stats.weight,
-                    success_rate: c.stats.success_rate,
-                    usage_count: c.stats.usage_count,
-                    breaker: self.breaker(&c.agent.name).into(),
+                .map(|&i| {
+                    let (c, (inputs, live)) = (&candidates[i], &assessed[i]);
+                    CandidateView {
+                        name: c.agent.name.clone(),
+                        endpoint: c.agent.endpoint.clone(),
+                        weight: c.stats.weight,
+                        success_rate: c.stats.success_rate,
+                        usage_count: c.stats.usage_count,
+                        breaker: live.breaker.as_str().into(),
+                        score: inputs.score(),
+                        health: live.health,
+                        latency_ms: Nullable(live.latency_ms),
+                        in_flight: live.in_flight,
+                        slow_start: live.ramp,
+                        share: Nullable(live.share),
+                    }
                 })
                 .collect(),
             concept,

@@ -32,6 +32,7 @@ pub struct Prom {
     pub rate_limited: IntCounterVec,
     pub tasks: IntCounterVec,
     pub neurogenesis: IntCounterVec,
+    pub routing_decisions: IntCounterVec,
     pub graph_queries: HistogramVec,
     agents_seen: Mutex<HashSet<String>>,
 }
@@ -117,6 +118,18 @@ impl Prom {
                 "Neurogenesis attempts by outcome.",
                 &["outcome"],
             ),
+            routing_decisions: {
+                let c = counter(
+                    &r,
+                    "routing_decisions_total",
+                    "Tasks answered by an agent, by why that agent was chosen.",
+                    &["reason"],
+                );
+                for reason in crate::routing::Reason::ALL {
+                    c.with_label_values(&[reason.as_str()]);
+                }
+                c
+            },
             graph_queries: histogram(
                 &r,
                 "graph_query_duration_seconds",

@@ -25,7 +25,8 @@ use crate::{
     graph::{Candidate, GraphError, KnowledgeGraph, Outcome},
     metrics::prom::PROM,
     metrics::Metrics,
-    resilience::{Failure, Stack},
+    resilience::{Failure, Live, Stack},
+    routing::{Inputs, Plan, PolicyKind, Reason, Router},
 };
 
 /// One unit of work: ask the agent for `concept` to perform `intent`.
@@ -170,6 +171,7 @@ pub fn overall_status<'a>(results: impl IntoIterator<Item = &'a TaskResult>) -> 
 pub struct Pipeline {
     pub graph: Arc<dyn KnowledgeGraph>,
     pub stack: Arc<Stack>,
+    pub router: Arc<Router>,
     pub learner: learning::Learner,
     pub metrics: Arc<Metrics>,
     pub task_concurrency: usize,
@@ -388,7 +390,49 @@ impl Pipeline {
         result
     }
 
-    /// Tries each candidate, best first, until one answers.
+    /// What the routing policy knows of each candidate now.
+    pub fn assess(&self, candidates: &[Candidate]) -> Vec<(Inputs, Live)> {
+        candidates
+            .iter()
+            .map(|c| {
+                let live = self.stack.live(&c.agent.name);
+                let inputs = Inputs {
+                    weight: c.stats.weight,
+                    health: live.health,
+                    latency_ms: live.latency_ms,
+                    in_flight: live.in_flight,
+                    admission: live.admission,
+                    ramp: live.ramp,
+                };
+                (inputs, live)
+            })
+            .collect()
+    }
+
+    /// The routing policy's order for `candidates` (and why the first is first).
+    pub fn plan(&self, task: &TaskSpec, candidates: &[Candidate], use_cache: bool) -> Plan {
+        if self.router.policy() == PolicyKind::Weight {
+            return Plan::graph_order(candidates.len());
+        }
+        let inputs: Vec<Inputs> = self
+            .assess(candidates)
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+        // Repeats of a cacheable task stick to one agent, so they keep hitting its answer.
+        let sticky = (use_cache && self.stack.caches.cacheable(&task.intent))
+            .then(|| format!("{}\u{0}{}\u{0}{}", task.concept, task.intent, task.args));
+        let plan = self.router.plan(&inputs, sticky.as_deref());
+        if candidates.len() > 1 {
+            self.stack.note_decision(
+                candidates.iter().map(|c| c.agent.name.as_str()),
+                &candidates[plan.order[0]].agent.name,
+            );
+        }
+        plan
+    }
+
+    /// Tries each candidate in the routing policy's order until one answers.
     async fn route(
         &self,
         task: &TaskSpec,
@@ -396,10 +440,12 @@ impl Pipeline {
         deadline: Instant,
         use_cache: bool,
     ) -> TaskResult {
+        let plan = self.plan(task, candidates, use_cache);
         let mut attempts = 0;
         let mut last: Option<(Failure, &Candidate)> = None;
         let mut rejected: Option<TaskResult> = None;
-        for candidate in candidates {
+        for (position, &index) in plan.order.iter().enumerate() {
+            let candidate = &candidates[index];
             let request = request_for(task, candidate);
             let outcome = self
                 .stack
@@ -427,12 +473,15 @@ impl Pipeline {
                     r.cached = outcome.cached.map(Tier::as_str);
                     r.stale = outcome.stale;
                     if success {
-                        let reason = if std::ptr::eq(candidate, &candidates[0]) {
-                            "best_ranked"
+                        let reason = if position == 0 {
+                            plan.reason
                         } else {
-                            "failover"
+                            Reason::Failover
                         };
-                        tracing::Span::current().record("chosen_reason", reason);
+                        tracing::Span::current().record("chosen_reason", reason.as_str());
+                        PROM.routing_decisions
+                            .with_label_values(&[reason.as_str()])
+                            .inc();
                         return r;
                     }
                     r.code = Some("agent_error");

@@ -22,7 +22,7 @@ use failsafe::{
 };
 use rand::Rng;
 
-use crate::config::BreakerSettings;
+use crate::{config::BreakerSettings, routing::Admission};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
@@ -83,6 +83,8 @@ impl Iterator for OpenBackoff {
 pub struct Observed {
     state: AtomicU8,
     pub opened: AtomicU64,
+    /// Transitions back to closed (routing restarts its slow start on each).
+    pub closed: AtomicU64,
     pub rejected: AtomicU64,
 }
 
@@ -132,6 +134,7 @@ impl failsafe::Instrument for Instrument {
     }
     fn on_closed(&self) {
         if self.observed.state.swap(0, Ordering::AcqRel) != 0 {
+            self.observed.closed.fetch_add(1, Ordering::Relaxed);
             self.gauge(0);
             tracing::info!(agent = %self.agent, "circuit breaker closed");
         }
@@ -198,6 +201,24 @@ impl Breaker {
 
     pub fn observed(&self) -> &Observed {
         &self.instrument.observed
+    }
+
+    /// Whether a call would be admitted now, without taking a probe slot. An open breaker
+    /// whose interval has ended turns half-open here, so a probe is offered as soon as due.
+    pub fn admission(&self) -> Admission {
+        if self.state() == BreakerState::Closed {
+            return Admission::Open;
+        }
+        if !self.machine.is_call_permitted() {
+            return Admission::Refused;
+        }
+        match self.state() {
+            BreakerState::HalfOpen if self.probes.load(Ordering::Acquire) >= self.max_probes => {
+                Admission::Refused
+            }
+            BreakerState::HalfOpen => Admission::Probe,
+            _ => Admission::Open,
+        }
     }
 
     /// Permission for one call, or `None` when open (or half-open with its probes taken).
@@ -293,6 +314,24 @@ mod tests {
         probe.success();
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.try_acquire().is_some());
+    }
+
+    #[test]
+    fn admission_offers_the_probe_once_the_open_interval_ended() {
+        let b = Breaker::new("a", &settings(20));
+        assert_eq!(b.admission(), Admission::Open);
+        for _ in 0..3 {
+            b.try_acquire().unwrap().failure();
+        }
+        assert_eq!(b.admission(), Admission::Refused);
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(b.admission(), Admission::Probe);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        let probe = b.try_acquire().expect("the probe");
+        assert_eq!(b.admission(), Admission::Refused, "probe slot taken");
+        probe.success();
+        assert_eq!(b.admission(), Admission::Open);
+        assert_eq!(b.observed().closed.load(Ordering::Relaxed), 1);
     }
 
     #[test]

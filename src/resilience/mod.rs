@@ -22,6 +22,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::routing::{Admission, Signals};
 use crate::{
     agents::{AgentReply, AgentRequest, AgentTransport, CallError},
     cache::{response_key, Caches, Lookup, Subject, Tier},
@@ -159,9 +160,35 @@ pub struct AgentGuard {
     budget: RetryBudget,
     calls: AtomicU64,
     recent: Mutex<VecDeque<bool>>,
+    /// Health, latency and share for the routing policy.
+    signals: Mutex<Signals>,
+    /// Breaker closings already turned into a slow-start restart.
+    closes_seen: AtomicU64,
+}
+
+/// What the routing policy reads of one agent at decision time.
+#[derive(Debug, Clone, Copy)]
+pub struct Live {
+    pub health: f64,
+    pub latency_ms: Option<f64>,
+    pub in_flight: u32,
+    pub admission: Admission,
+    pub breaker: breaker::BreakerState,
+    /// Slow-start factor (0.1..=1).
+    pub ramp: f64,
+    /// Share of recent routing decisions where it came first.
+    pub share: Option<f64>,
 }
 
 impl AgentGuard {
+    fn signals(&self) -> std::sync::MutexGuard<'_, Signals> {
+        self.signals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn observe(&self, fault: bool, took: Duration) {
+        self.signals().observe(Instant::now(), fault, took);
+    }
+
     fn record(&self, fault: bool) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -191,6 +218,8 @@ pub struct StackSettings {
     pub breaker: BreakerSettings,
     pub agent_rate_limit: u32,
     pub agent_max_inflight: u32,
+    /// Routing's slow-start window (agents known at start-up skip it).
+    pub slow_start: Duration,
 }
 
 impl StackSettings {
@@ -202,6 +231,7 @@ impl StackSettings {
             breaker: c.breaker.clone(),
             agent_rate_limit: c.agent_rate_limit,
             agent_max_inflight: c.agent_max_inflight,
+            slow_start: c.routing.slow_start,
         }
     }
 }
@@ -214,6 +244,7 @@ pub struct Stack {
     /// One entry per agent name the graph has routed to (graph-controlled, so bounded).
     guards: RwLock<HashMap<String, Arc<AgentGuard>>>,
     pub rejections: Rejections,
+    started: Instant,
 }
 
 impl Stack {
@@ -230,6 +261,7 @@ impl Stack {
             global,
             guards: RwLock::new(HashMap::new()),
             rejections: Rejections::default(),
+            started: Instant::now(),
         }
     }
 
@@ -261,6 +293,12 @@ impl Stack {
                     budget: RetryBudget::new(self.settings.retry_budget_percent),
                     calls: AtomicU64::new(0),
                     recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+                    // Agents first seen in the start-up window are not new: no slow start.
+                    signals: Mutex::new(Signals::new(
+                        Instant::now(),
+                        self.started.elapsed() >= self.settings.slow_start,
+                    )),
+                    closes_seen: AtomicU64::new(0),
                 })
             })
             .clone()
@@ -470,6 +508,7 @@ impl Stack {
                 retry_reason = tracing::field::Empty,
                 otel.status_code = tracing::field::Empty,
             );
+            let sent = Instant::now();
             let result = if budget.is_zero() {
                 Err(CallError::Timeout)
             } else {
@@ -478,6 +517,10 @@ impl Stack {
                     .instrument(span.clone())
                     .await
             };
+            guard.observe(
+                result.as_ref().is_err_and(CallError::is_upstream_fault),
+                sent.elapsed(),
+            );
             let err = match result {
                 Ok(reply) => {
                     span.record(
@@ -518,6 +561,36 @@ impl Stack {
             }
             guard.record(fault);
             return CallOutcome::upstream(Err(Failure::Call(err)), attempts);
+        }
+    }
+
+    /// The live signals of `agent` for the routing policy. A breaker that closed since the
+    /// last look restarts the agent's slow start.
+    pub fn live(&self, agent: &str) -> Live {
+        let guard = self.guard(agent);
+        let admission = guard.breaker.admission();
+        let now = Instant::now();
+        let mut signals = guard.signals();
+        let closes = guard.breaker.observed().closed.load(Ordering::Relaxed);
+        if guard.closes_seen.swap(closes, Ordering::Relaxed) != closes {
+            signals.restart_ramp(now);
+        }
+        Live {
+            health: signals.health(now),
+            latency_ms: signals.latency_ms(),
+            in_flight: guard.bulkhead.in_flight(),
+            admission,
+            breaker: guard.breaker.state(),
+            ramp: signals.ramp(now, self.settings.slow_start),
+            share: signals.share(now),
+        }
+    }
+
+    /// Records one routing decision among `agents`, whose first was chosen.
+    pub fn note_decision<'a>(&self, agents: impl IntoIterator<Item = &'a str>, first: &str) {
+        let now = Instant::now();
+        for agent in agents {
+            self.guard(agent).signals().offered(now, agent == first);
         }
     }
 

@@ -31,6 +31,12 @@ pub enum Behaviour {
     FailThenOk { failures: usize, status: u16 },
     /// 200 with a body that is not an agent response.
     Garbage,
+    /// Of every `every` calls, the first `fails` answer `status`; the rest succeed.
+    FailSome {
+        fails: usize,
+        every: usize,
+        status: u16,
+    },
 }
 
 pub struct TestAgent {
@@ -111,6 +117,17 @@ async fn query(req: &poem::Request, Data(s): Data<&Shared>, Json(body): Json<Val
             }
         }
         Behaviour::Garbage => "<html>not json</html>".into_response(),
+        Behaviour::FailSome {
+            fails,
+            every,
+            status,
+        } => {
+            if n % every.max(1) < fails {
+                fail(status)
+            } else {
+                ok(json!(format!("{} answered", s.name)), json!({}))
+            }
+        }
     }
 }
 

@@ -13,6 +13,7 @@ mod learning;
 mod operations;
 mod process;
 mod resilience;
+mod routing;
 mod servers;
 mod ship;
 mod telemetry;

@@ -248,6 +248,9 @@ async fn when_the_best_agent_is_broken_every_task_succeeds_through_the_other() {
     raw.breaker_open_ms = Some("60000".into());
     raw.http_retries = Some("0".into());
     raw.enable_autonomous_learning = Some("false".into());
+    // The graph's order, so the breaker alone keeps the broken agent out (the score
+    // policy avoids it even sooner: tests/api/routing.rs).
+    raw.routing_policy = Some("weight".into());
     let app = spawn_with(raw, Some(seed)).await;
     for i in 0..10 {
         let r = one(&app, i).await;

@@ -139,7 +139,7 @@ async fn one_batch_is_one_trace_of_every_stage_under_the_clients_span_in_a_real_
         .find(|s| attr(s, "task_id") == "1")
         .unwrap();
     assert_eq!(attr(define_task, "agent"), "Good_AI");
-    assert_eq!(attr(define_task, "chosen_reason"), "best_ranked");
+    assert_eq!(attr(define_task, "chosen_reason"), "best_score");
     let discover = named("discover")
         .into_iter()
         .find(|s| attr(s, "intent") == "define")

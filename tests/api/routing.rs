@@ -1,0 +1,311 @@
+//! The routing policy against real agents under steady traffic: an agent that recovers
+//! comes back, a sick or slow one is avoided, equal ones share — and every task succeeds.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+
+use crate::{
+    agents::{spawn_agent, Behaviour, TestAgent},
+    helpers::{seed_with, spawn_process, TestApp},
+};
+
+/// One task's result and when it was sent (seconds since the traffic started).
+type Log = Arc<Mutex<Vec<(f64, Value)>>>;
+
+/// Steady traffic: one single-task request every `1/rate` s (not waiting for answers), until
+/// the returned sender is dropped or `limit` passes.
+fn drive(app: &TestApp, rate: u32, limit: Duration) -> (Log, tokio::task::JoinHandle<()>) {
+    let log: Log = Arc::default();
+    let (client, url) = (app.client.clone(), app.url("/process"));
+    let keep = log.clone();
+    let handle = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+        let mut id = 0u64;
+        let mut inflight = Vec::new();
+        while started.elapsed() < limit {
+            tick.tick().await;
+            id += 1;
+            let (client, url, log) = (client.clone(), url.clone(), keep.clone());
+            let sent = started.elapsed().as_secs_f64();
+            inflight.push(tokio::spawn(async move {
+                let body =
+                    json!({"tasks": [{"task_id": id, "concept": "lamp", "intent": "define"}]});
+                let result = match client.post(&url).json(&body).send().await {
+                    Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null)["results"]
+                        [id.to_string()]
+                    .clone(),
+                    Err(e) => json!({"status": "error", "error": e.to_string()}),
+                };
+                log.lock().unwrap().push((sent, result));
+            }));
+        }
+        for t in inflight {
+            let _ = t.await;
+        }
+    });
+    (log, handle)
+}
+
+/// Results of tasks sent in `[from, to)` seconds.
+fn window(log: &Log, from: f64, to: f64) -> Vec<Value> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| *t >= from && *t < to)
+        .map(|(_, r)| r.clone())
+        .collect()
+}
+
+/// Share of `results` whose first attempt went to `agent`: it answered, or it failed and
+/// another agent answered after it (more than one attempt).
+fn first_share(results: &[Value], agent: &str) -> f64 {
+    let first = results
+        .iter()
+        .filter(|r| r["agent_name"] == agent || r["attempts"].as_u64().unwrap_or(0) > 1)
+        .count();
+    first as f64 / results.len().max(1) as f64
+}
+
+fn answered_share(results: &[Value], agent: &str) -> f64 {
+    let n = results.iter().filter(|r| r["agent_name"] == agent).count();
+    n as f64 / results.len().max(1) as f64
+}
+
+fn assert_all_succeeded(log: &Log) {
+    let log = log.lock().unwrap();
+    let failed: Vec<&Value> = log
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| r["status"] != "success")
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} tasks failed, e.g. {}",
+        failed.len(),
+        log.len(),
+        failed[0]
+    );
+}
+
+fn answering(name: &str) -> TestAgent {
+    spawn_agent(
+        name,
+        Behaviour::Answer {
+            data: json!(format!("{name} answered")),
+            extra: json!({}),
+        },
+    )
+}
+
+/// The orchestrator binary in front of two agents for `lamp`/`define`, cache off,
+/// learning on.
+fn two_agents(best: &TestAgent, other: &TestAgent, weights: (f64, f64)) -> TestApp {
+    let seed = seed_with(
+        "lamp",
+        &[
+            (&best.name, &best.url(), &["define"], weights.0),
+            (&other.name, &other.url(), &["define"], weights.1),
+        ],
+    );
+    spawn_process(
+        &[
+            ("CACHE_ENABLED", "false".into()),
+            ("DEMO_AGENTS", "off".into()),
+            ("LEARNING_FLUSH_MS", "50".into()),
+            ("ROUTING_SEED", "11".into()),
+        ],
+        Some(seed),
+    )
+}
+
+/// A counter's value in the Prometheus text of `app`.
+async fn prom_counter(app: &TestApp, series: &str) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .header("accept", "text/plain")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_recovers_regains_its_share_and_no_task_fails_meanwhile() {
+    let best = answering("Best_AI");
+    let other = answering("Other_AI");
+    let app = two_agents(&best, &other, (0.9, 0.6));
+    let (log, traffic) = drive(&app, 50, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls_before = best.calls();
+    best.set(Behaviour::Status(500));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let calls_when_recovered = best.calls() - calls_before;
+    best.set(Behaviour::Answer {
+        data: json!("Best_AI answered"),
+        extra: json!({}),
+    });
+    // While it was failing, only the breaker's first failures and its probes reached it.
+    traffic.await.unwrap();
+    assert_all_succeeded(&log);
+    let during = window(&log, 3.0, 10.0);
+    assert_eq!(answered_share(&during, "Best_AI"), 0.0);
+    assert!(
+        calls_when_recovered <= 12,
+        "{calls_when_recovered} calls reached the failing agent"
+    );
+    // Within 20 s of recovering (at 10 s), it takes ≥ 30 % of the tasks again.
+    let back = window(&log, 25.0, 30.0);
+    let share = answered_share(&back, "Best_AI");
+    assert!(
+        share >= 0.3,
+        "the recovered agent answered {:.0} % of {} tasks in 25–30 s",
+        share * 100.0,
+        back.len()
+    );
+    // The decisions were visible: a probe brought it back, exploration kept measuring.
+    assert!(prom_counter(&app, "myriad_routing_decisions_total{reason=\"probe\"}").await >= 1.0);
+    assert!(prom_counter(&app, "myriad_routing_decisions_total{reason=\"explore\"}").await >= 1.0);
+    let (_, d) = app.post("/discover", &json!({"concept": "lamp"})).await;
+    let best_view = d["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "Best_AI")
+        .unwrap()
+        .clone();
+    for part in [
+        "score",
+        "weight",
+        "health",
+        "latency_ms",
+        "in_flight",
+        "breaker",
+        "share",
+    ] {
+        assert!(!best_view[part].is_null(), "{part} missing in {best_view}");
+    }
+    assert_eq!(best_view["breaker"], "closed");
+    assert!(best_view["share"].as_f64().unwrap() >= 0.2, "{best_view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_failing_forty_percent_loses_its_first_pick_and_every_task_succeeds() {
+    let sick = spawn_agent(
+        "Sick_AI",
+        Behaviour::FailSome {
+            fails: 2,
+            every: 5,
+            status: 500,
+        },
+    );
+    let other = answering("Other_AI");
+    let app = two_agents(&sick, &other, (0.9, 0.6));
+    let (log, traffic) = drive(&app, 50, Duration::from_secs(10));
+    traffic.await.unwrap();
+    assert_all_succeeded(&log);
+    let late = window(&log, 5.0, 10.0);
+    let share = first_share(&late, "Sick_AI");
+    assert!(
+        share <= 0.2,
+        "the sick agent got {:.0} % of first attempts in 5–10 s",
+        share * 100.0
+    );
+    // …but it is still measured (exploration), so a recovery would be seen.
+    assert!(share > 0.0, "the sick agent was never tried in 5–10 s");
+    // Its breaker never tripped: it was avoided for its health, not cut off.
+    let (_, agents) = app.get("/agents").await;
+    let view = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "Sick_AI")
+        .unwrap()
+        .clone();
+    assert_eq!(view["breaker"], "closed", "{view}");
+    let health = view["health"].as_f64().unwrap();
+    assert!((0.3..0.85).contains(&health), "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_agent_loses_most_first_attempts_to_a_fast_one() {
+    let slow = answering("Slow_AI");
+    let fast = answering("Fast_AI");
+    let app = two_agents(&slow, &fast, (0.9, 0.6));
+    let (log, traffic) = drive(&app, 50, Duration::from_secs(12));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    slow.set(Behaviour::Slow(Duration::from_millis(300)));
+    traffic.await.unwrap();
+    assert_all_succeeded(&log);
+    let late = window(&log, 7.0, 12.0);
+    let share = first_share(&late, "Slow_AI");
+    assert!(
+        share < 0.25,
+        "the slow agent got {:.0} % of first attempts in 7–12 s",
+        share * 100.0
+    );
+    let (_, agents) = app.get("/agents").await;
+    let latency = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "Slow_AI")
+        .unwrap()["latency_ms"]
+        .as_f64()
+        .unwrap();
+    assert!(latency > 100.0, "Slow_AI latency {latency} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_equal_agents_share_the_traffic() {
+    let a = answering("Twin_A");
+    let b = answering("Twin_B");
+    let app = two_agents(&a, &b, (0.7, 0.7));
+    let (log, traffic) = drive(&app, 50, Duration::from_secs(5));
+    traffic.await.unwrap();
+    assert_all_succeeded(&log);
+    let all = window(&log, 0.0, 5.0);
+    let share = answered_share(&all, "Twin_A");
+    assert!(
+        (0.35..=0.65).contains(&share),
+        "Twin_A answered {:.0} % of {} tasks",
+        share * 100.0,
+        all.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_weight_policy_keeps_sending_everything_to_the_heaviest_agent() {
+    let best = answering("Heavy_AI");
+    let other = answering("Light_AI");
+    let seed = seed_with(
+        "lamp",
+        &[
+            ("Heavy_AI", &best.url(), &["define"], 0.9),
+            ("Light_AI", &other.url(), &["define"], 0.6),
+        ],
+    );
+    let app = spawn_process(
+        &[
+            ("CACHE_ENABLED", "false".into()),
+            ("DEMO_AGENTS", "off".into()),
+            ("ROUTING_POLICY", "weight".into()),
+        ],
+        Some(seed),
+    );
+    let (log, traffic) = drive(&app, 50, Duration::from_secs(2));
+    traffic.await.unwrap();
+    assert_all_succeeded(&log);
+    assert_eq!(answered_share(&window(&log, 0.0, 2.0), "Heavy_AI"), 1.0);
+    assert_eq!(other.calls(), 0);
+}
