@@ -2,7 +2,8 @@
 # Benchmark driver: one machine, one load generator (wrk), one run. Measures
 #   direct     a fast neutral agent (nginx returning fixed JSON)
 #   nginx      nginx as a reverse proxy in front of it
-#   uncached   the orchestrator in front of it, cache off
+#   uncached   the orchestrator in front of it, cache off (two candidates: routing policy at work)
+#   uncached-weight   the same with ROUTING_POLICY=weight (the graph's order, no live signals)
 #   cached     the orchestrator, every answer from L1
 #   batch5     a 5-task batch against agents that take 20 ms each
 #   health     GET /health
@@ -22,7 +23,7 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-P_AGENT=18081 P_PROXY=18082 P_UNCACHED=18083 P_CACHED=18084 P_BATCH=18085 P_SLOW=18086
+P_AGENT=18081 P_PROXY=18082 P_UNCACHED=18083 P_CACHED=18084 P_BATCH=18085 P_SLOW=18086 P_WEIGHT=18087
 cat > "$WORK/nginx.conf" <<NGX
 worker_processes 1;
 pid $WORK/nginx.pid;
@@ -44,8 +45,10 @@ nginx -p "$WORK" -c "$WORK/nginx.conf"
 cat > "$WORK/seed.json" <<JSON
 {"concepts":[{"name":"bench"}],
  "agents":[{"name":"Bench_AI","endpoint":"http://127.0.0.1:$P_AGENT/query","intents":["define"]},
+           {"name":"Bench2_AI","endpoint":"http://127.0.0.1:$P_AGENT/query","intents":["define"]},
            {"name":"Slow_AI","endpoint":"http://127.0.0.1:$P_SLOW/query","intents":["function"]}],
- "handles":[{"agent":"Bench_AI","concept":"bench","weight":0.9},{"agent":"Slow_AI","concept":"bench","weight":0.9}]}
+ "handles":[{"agent":"Bench_AI","concept":"bench","weight":0.9},{"agent":"Bench2_AI","concept":"bench","weight":0.85},
+            {"agent":"Slow_AI","concept":"bench","weight":0.9}]}
 JSON
 "$BIN" demo-agent --name factbase --host 127.0.0.1 --port $P_SLOW --delay-ms 20 >/dev/null 2>&1 & pids+=($!)
 start() { # port, extra env...
@@ -57,7 +60,8 @@ start() { # port, extra env...
 start $P_UNCACHED CACHE_ENABLED=false
 start $P_CACHED CACHE_ENABLED=true
 start $P_BATCH CACHE_ENABLED=false
-for p in $P_AGENT $P_PROXY $P_UNCACHED $P_CACHED $P_BATCH; do
+start $P_WEIGHT CACHE_ENABLED=false ROUTING_POLICY=weight
+for p in $P_AGENT $P_PROXY $P_UNCACHED $P_CACHED $P_BATCH $P_WEIGHT; do
   for _ in $(seq 100); do curl -sf -o /dev/null -X POST "http://127.0.0.1:$p/health" -d '' 2>/dev/null && break
     curl -sf -o /dev/null "http://127.0.0.1:$p/health" 2>/dev/null && break; sleep 0.05; done
 done
@@ -93,6 +97,7 @@ results=()
 results+=("$(run direct   "http://127.0.0.1:$P_AGENT/query"      agent "$CONNS")")
 results+=("$(run nginx    "http://127.0.0.1:$P_PROXY/query"      agent "$CONNS")")
 results+=("$(run uncached "http://127.0.0.1:$P_UNCACHED/process" one   "$CONNS")")
+results+=("$(run uncached-weight "http://127.0.0.1:$P_WEIGHT/process" one "$CONNS")")
 results+=("$(run cached   "http://127.0.0.1:$P_CACHED/process"   one   "$CONNS")")
 results+=("$(run batch5   "http://127.0.0.1:$P_BATCH/process"    five  8)")
 results+=("$(run health   "http://127.0.0.1:$P_CACHED/health"    ""    "$CONNS")")

@@ -732,10 +732,11 @@ impl Config {
             60_000,
         ));
         let neo4j_pool_max = p.num("NEO4J_POOL_MAX", &raw.neo4j_pool_max, 16usize, 1, 1_024);
-        let dynamic_agent_template_url = p.url(
-            "DYNAMIC_AGENT_TEMPLATE_URL",
-            &raw.dynamic_agent_template_url,
-        );
+        let dynamic_agent_template_url = non_empty(&raw.dynamic_agent_template_url).and_then(|t| {
+            crate::agents::guard::normalize_endpoint(&t)
+                .map_err(|why| p.errors.push(format!("DYNAMIC_AGENT_TEMPLATE_URL: {why}")))
+                .ok()
+        });
         let neurogenesis_timeout = Duration::from_millis(p.num(
             "NEUROGENESIS_TIMEOUT_MS",
             &raw.neurogenesis_timeout_ms,

@@ -642,6 +642,7 @@ pub struct ProcessResponse {
 }
 
 #[derive(Object, Debug)]
+#[oai(deny_unknown_fields)]
 pub struct ConceptWeight {
     /// Concept the agent handles (created when unknown).
     pub name: Text,
@@ -649,7 +650,9 @@ pub struct ConceptWeight {
     pub weight: Option<f64>,
 }
 
+/// Unknown fields are refused, as in the seed format (a typo must not pass silently).
 #[derive(Object, Debug)]
+#[oai(deny_unknown_fields)]
 pub struct AgentRegistration {
     /// Unique agent name (1–128 characters).
     pub name: Text,

@@ -20,9 +20,14 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::{
+    agents::guard::{normalize_endpoint, redact_endpoint, EndpointError},
     cache::Invalidation,
     config::Config,
-    graph::{normalize_concept, seed::validate_name, AgentInfo, AgentRecord, Candidate},
+    graph::{
+        normalize_concept,
+        seed::{validate_agent_name, validate_name},
+        AgentInfo, AgentRecord, Candidate,
+    },
     metrics::prom,
     metrics::Metrics,
     pipeline::{overall_status, processors, Pipeline, TaskSpec},
@@ -327,7 +332,7 @@ fn agent_view(record: &AgentRecord, live: &Live) -> AgentView {
     AgentView {
         name: record.agent.name.clone(),
         agent_type: record.agent.agent_type.clone(),
-        endpoint: record.agent.endpoint.clone(),
+        endpoint: redact_endpoint(&record.agent.endpoint),
         status: record.agent.status.clone(),
         intents: record.agent.intents.clone(),
         concepts: record
@@ -395,21 +400,13 @@ impl Api {
         &self,
         r: AgentRegistration,
     ) -> Result<(AgentInfo, Vec<(String, f64)>), ApiError> {
-        validate_name(&r.name)
+        validate_agent_name(&r.name)
             .map_err(|why| ApiError::bad_request("invalid_name", format!("name: {why}")))?;
-        match reqwest::Url::parse(&r.endpoint) {
-            Ok(u)
-                if matches!(u.scheme(), "http" | "https")
-                    && u.host().is_some()
-                    && r.endpoint.len() <= 2048 => {}
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_endpoint",
-                    "endpoint must be an http(s) URL",
-                ))
-            }
-        }
-        if !self.state.config.agent_allowed_hosts.allows(&r.endpoint) {
+        let endpoint = normalize_endpoint(&r.endpoint).map_err(|why| match why {
+            EndpointError::NotHttp => ApiError::bad_request("invalid_endpoint", why.to_string()),
+            _ => ApiError::bad_request("endpoint_not_allowed", why.to_string()),
+        })?;
+        if !self.state.config.agent_allowed_hosts.allows(&endpoint) {
             return Err(ApiError::bad_request(
                 "endpoint_not_allowed",
                 "the endpoint's host is not in AGENT_ALLOWED_HOSTS",
@@ -455,7 +452,7 @@ impl Api {
         let agent = AgentInfo {
             name: r.name.0.trim().to_string(),
             agent_type,
-            endpoint: r.endpoint.0,
+            endpoint,
             status: "active".into(),
             intents: r
                 .intents
@@ -1095,7 +1092,7 @@ impl Api {
         };
         Ok(DiscoverResponse::Found(Json(Discovered {
             status: "success".into(),
-            agent_url: record.agent.endpoint.clone(),
+            agent_url: redact_endpoint(&record.agent.endpoint),
             agent: agent_view(&record, &assessed[best].1),
             candidates: order
                 .iter()
@@ -1103,7 +1100,7 @@ impl Api {
                     let (c, (inputs, live)) = (&candidates[i], &assessed[i]);
                     CandidateView {
                         name: c.agent.name.clone(),
-                        endpoint: c.agent.endpoint.clone(),
+                        endpoint: redact_endpoint(&c.agent.endpoint),
                         weight: c.stats.weight,
                         success_rate: c.stats.success_rate,
                         usage_count: c.stats.usage_count,

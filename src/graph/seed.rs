@@ -9,6 +9,7 @@
 //! ```
 //! An endpoint written `{demo:<name>}` stands for that built-in demo agent, wherever it listens.
 
+use crate::agents::guard::normalize_endpoint;
 use std::{collections::HashSet, path::Path};
 
 use serde::Deserialize;
@@ -119,6 +120,11 @@ impl Seed {
         for h in &mut seed.handles {
             h.concept = normalize_concept(&h.concept);
         }
+        for a in &mut seed.agents {
+            if let Ok(endpoint) = normalize_endpoint(&a.endpoint) {
+                a.endpoint = endpoint;
+            }
+        }
         Ok(seed)
     }
 
@@ -142,19 +148,16 @@ impl Seed {
         }
         let mut agents = HashSet::new();
         for a in &self.agents {
-            if let Err(why) = validate_name(&a.name) {
+            if let Err(why) = validate_agent_name(&a.name) {
                 problems.push(format!("agent {:?}: {why}", a.name));
             }
             if !agents.insert(a.name.as_str()) {
                 problems.push(format!("agent {:?} is listed twice", a.name));
             }
             if demo_placeholder(&a.endpoint).is_none() {
-                match reqwest::Url::parse(&a.endpoint) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-                    _ => problems.push(format!(
-                        "agent {:?}: endpoint {:?} is not an http(s) URL",
-                        a.name, a.endpoint
-                    )),
+                if let Err(why) = normalize_endpoint(&a.endpoint) {
+                    // The endpoint itself is not echoed: it may hold a secret.
+                    problems.push(format!("agent {:?}: {why}", a.name));
                 }
             }
             if a.intents.is_empty() {
@@ -203,9 +206,40 @@ pub fn validate_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Agent names also appear in URL paths (`DELETE /agents/{name}`), metric labels and logs:
+/// on top of [`validate_name`], no `/`, `\\`, `..`, and no bidirectional-override or
+/// zero-width characters that would make a name read as another.
+pub fn validate_agent_name(name: &str) -> Result<(), &'static str> {
+    validate_name(name)?;
+    if name.contains(['/', '\\']) || name.contains("..") {
+        return Err("name contains '/', '\\' or '..'");
+    }
+    if name.chars().any(crate::agents::guard::is_invisible) {
+        return Err("name contains bidirectional-override or invisible characters");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_names_that_could_pass_for_paths_or_other_names_are_refused() {
+        assert!(validate_agent_name("Lightbulb_Definition_AI").is_ok());
+        assert!(validate_agent_name("Agent 7 (eu-west)").is_ok());
+        for bad in [
+            "a/b",
+            "..",
+            "x..y",
+            "a\\b",
+            "evil\u{202E}IA_",
+            "zero\u{200B}width",
+            "",
+        ] {
+            assert!(validate_agent_name(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn the_default_seed_is_valid() {
@@ -241,6 +275,26 @@ mod tests {
         assert!(matches!(Seed::parse(text), Err(SeedError::Invalid(_))));
         let text = r#"{"agents":[], "nodes": []}"#;
         assert!(matches!(Seed::parse(text), Err(SeedError::Parse(_))));
+        for endpoint in [
+            "http://:s3cr3t@127.0.0.1:1/query",
+            "http://127.0.0.1/query\\r\\nX-Injected: 1",
+            "http://127.0.0.1\\\\@evil.example/",
+        ] {
+            let text = format!(
+                r#"{{"agents":[{{"name":"A","endpoint":"{endpoint}","intents":["define"]}}]}}"#
+            );
+            match Seed::parse(&text) {
+                Err(SeedError::Invalid(p)) => {
+                    assert!(!p.join(" ").contains("s3cr3t"), "{p:?}")
+                }
+                other => panic!("{endpoint:?} accepted: {other:?}"),
+            }
+        }
+        let text = r#"{"concepts":[{"name":"lamp"}],"agents":[{"name":"A","endpoint":"HTTP://LOCALHOST:80/q","intents":["define"]}]}"#;
+        assert_eq!(
+            Seed::parse(text).unwrap().agents[0].endpoint,
+            "http://localhost/q"
+        );
     }
 
     #[test]

@@ -52,7 +52,9 @@ pub struct OpenBackoff {
 
 impl OpenBackoff {
     pub fn new(base: Duration) -> Self {
-        let cap = (base * 16).min(Duration::from_secs(300)).max(base);
+        // A probe costs one failed-over call per interval; recovery detection is worth more
+        // than a longer quiet spell, so the growth stops at 4×.
+        let cap = (base * 4).min(Duration::from_secs(300)).max(base);
         OpenBackoff {
             base,
             cap,
@@ -201,6 +203,13 @@ impl Breaker {
 
     pub fn observed(&self) -> &Observed {
         &self.instrument.observed
+    }
+
+    /// The state as of now: asking for admission first turns a breaker whose open interval
+    /// ended half-open, so one no call has come to since is not shown `open` forever.
+    pub fn current(&self) -> BreakerState {
+        self.admission();
+        self.state()
     }
 
     /// Whether a call would be admitted now, without taking a probe slot. An open breaker
@@ -360,7 +369,8 @@ mod tests {
         let d: Vec<Duration> = (0..10).map(|_| b.next().unwrap()).collect();
         assert_eq!(d[0], Duration::from_millis(100));
         assert!(d[1] >= Duration::from_millis(200) && d[1] <= Duration::from_millis(240));
-        assert!(d.iter().all(|x| *x <= Duration::from_millis(1_600)));
+        assert!(d.iter().all(|x| *x <= Duration::from_millis(400)));
+        assert_eq!(d[9], Duration::from_millis(400), "capped at 4×");
         let mut zero = OpenBackoff::new(Duration::ZERO);
         assert_eq!(zero.next(), Some(Duration::ZERO));
     }

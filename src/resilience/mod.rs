@@ -600,7 +600,7 @@ impl Stack {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(agent)
-            .map_or("closed", |g| g.breaker.state().as_str())
+            .map_or("closed", |g| g.breaker.current().as_str())
     }
 
     /// Per-agent stage state for `/status`.
@@ -616,7 +616,7 @@ impl Stack {
                 serde_json::json!({"breaker": "closed", "in_flight": 0, "recent_failure_rate": 0.0, "calls_total": 0, "breaker_opened_total": 0})
             }
             Some(g) => serde_json::json!({
-                "breaker": g.breaker.state().as_str(),
+                "breaker": g.breaker.current().as_str(),
                 "in_flight": g.bulkhead.in_flight(),
                 "recent_failure_rate": g.recent_failure_rate(),
                 "calls_total": g.calls.load(Ordering::Relaxed),

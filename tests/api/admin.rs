@@ -126,3 +126,100 @@ async fn invalid_registrations_are_400_and_change_nothing() {
     }
     assert_eq!(app.get("/agents").await.1["count"], 2);
 }
+
+#[tokio::test]
+async fn endpoints_with_credentials_injections_or_ambiguous_hosts_are_refused_and_nothing_changes()
+{
+    let mut raw = settings();
+    raw.admin_api_key = Some("k".into());
+    let app = spawn_with(raw, None).await;
+    let before = app.get("/agents").await.1;
+    let port = crate::servers::free_port();
+    let register = |name: &str, endpoint: String, extra: serde_json::Value| {
+        let mut body = json!({"name": name, "endpoint": endpoint, "intents": ["define"], "concepts": [{"name": "Sun"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        app.client
+            .post(app.url("/agents"))
+            .header("x-admin-key", "k")
+            .json(&body)
+            .send()
+    };
+    for (name, endpoint, code) in [
+        (
+            "Secret_AI",
+            format!("http://:s3cr3t@127.0.0.1:{port}/query"),
+            "endpoint_not_allowed",
+        ),
+        (
+            "User_AI",
+            format!("http://admin@127.0.0.1:{port}/query"),
+            "endpoint_not_allowed",
+        ),
+        (
+            "Crlf_AI",
+            format!("http://127.0.0.1:{port}/query\r\nX-Injected: 1"),
+            "endpoint_not_allowed",
+        ),
+        (
+            "Slash_AI",
+            "http://127.0.0.1\\@evil.example/".to_string(),
+            "endpoint_not_allowed",
+        ),
+        (
+            "Space_AI",
+            format!("http://127.0.0.1:{port}/a b"),
+            "endpoint_not_allowed",
+        ),
+        (
+            "Ftp_AI",
+            format!("ftp://127.0.0.1:{port}/"),
+            "invalid_endpoint",
+        ),
+    ] {
+        let resp = register(name, endpoint.clone(), json!({})).await.unwrap();
+        assert_eq!(resp.status(), 400, "{endpoint:?}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(error_code(&body), code, "{endpoint:?} → {body}");
+        assert!(!body.to_string().contains("s3cr3t"), "{body}");
+    }
+    for name in ["a/b", "..", "evil\u{202E}IA_"] {
+        let resp = register(name, format!("http://127.0.0.1:{port}/query"), json!({}))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{name:?}");
+        assert_eq!(error_code(&resp.json().await.unwrap()), "invalid_name");
+    }
+    let resp = register(
+        "Typo_AI",
+        format!("http://127.0.0.1:{port}/query"),
+        json!({"intent": ["define"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 400, "an unknown field passed");
+    assert_eq!(
+        app.get("/agents").await.1,
+        before,
+        "a refused registration changed the graph"
+    );
+    // An accepted endpoint is stored in its normalized form.
+    let resp = register(
+        "Norm_AI",
+        format!("HTTP://127.0.0.1:{port}/query"),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (_, agents) = app.get("/agents").await;
+    let stored = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "Norm_AI")
+        .unwrap()["endpoint"]
+        .clone();
+    assert_eq!(stored, format!("http://127.0.0.1:{port}/query"));
+}
