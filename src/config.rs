@@ -995,6 +995,47 @@ mod tests {
     }
 
     #[test]
+    fn the_neurogenesis_template_is_normalized_and_never_carries_credentials() {
+        let raw = RawSettings {
+            dynamic_agent_template_url: Some("http://:s3cr3t@127.0.0.1:5003/query".into()),
+            ..Default::default()
+        };
+        let errors = Config::from_raw(&raw).unwrap_err();
+        assert!(
+            errors[0].starts_with("DYNAMIC_AGENT_TEMPLATE_URL"),
+            "{errors:?}"
+        );
+        assert!(!errors[0].contains("s3cr3t"), "{errors:?}");
+        let raw = RawSettings {
+            dynamic_agent_template_url: Some("HTTP://127.0.0.1:80/query".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::from_raw(&raw)
+                .unwrap()
+                .dynamic_agent_template_url
+                .as_deref(),
+            Some("http://127.0.0.1/query")
+        );
+    }
+
+    #[test]
+    fn routing_settings_are_validated_together() {
+        let raw = RawSettings {
+            routing_policy: Some("random".into()),
+            routing_explore_percent: Some("150".into()),
+            routing_seed: Some("-1".into()),
+            ..Default::default()
+        };
+        let errors = Config::from_raw(&raw).unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        let c = Config::default();
+        assert_eq!(c.routing.policy, crate::routing::PolicyKind::Score);
+        assert_eq!(c.routing.explore, 0.05);
+        assert_eq!(c.routing.slow_start, Duration::from_secs(5));
+    }
+
+    #[test]
     fn secrets_do_not_leak_through_debug() {
         let raw = RawSettings {
             neo4j_password: Some("hunter2".into()),
