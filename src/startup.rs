@@ -330,6 +330,8 @@ pub fn build_state(
         learner,
         metrics: metrics.clone(),
         task_concurrency: config.task_concurrency,
+        graph_health: Default::default(),
+        graph_retry_after: config.graph_timeout,
     });
     let client_limiter = ClientLimiter::new(
         config.rate_limit_per_client,

@@ -263,6 +263,8 @@ impl TwoTier {
     }
 
     /// Looks `key` up in L1, then L2, then calls `fetch` — once for all concurrent callers.
+    /// `fetch` is shown the stale value that would be served if it failed, so it can refuse
+    /// an answer worse than that one (an empty route from a graph that is starting up).
     pub async fn get_or_fetch<E, F, Fut>(
         &self,
         key: &str,
@@ -271,7 +273,7 @@ impl TwoTier {
     ) -> Lookup<E>
     where
         E: Send,
-        F: FnOnce() -> Fut + Send,
+        F: for<'v> FnOnce(Option<&'v Value>) -> Fut + Send,
         Fut: Future<Output = Result<Fetched, E>> + Send,
     {
         if let Some(e) = self.l1.get(key).await {
@@ -330,7 +332,7 @@ impl TwoTier {
                 }
                 self.stats.misses.fetch_add(1, Relaxed);
                 self.count(if self.l2.is_some() { "l2" } else { "l1" }, "miss");
-                match fetch().await {
+                match fetch(stale.as_ref().map(|(v, _)| v)).await {
                     Ok((value, Some(ttl))) => {
                         let ttl = jitter(ttl);
                         self.write_l2(key, &value, ttl);
@@ -542,7 +544,7 @@ mod tests {
         for _ in 0..50 {
             let (c, calls) = (c.clone(), calls.clone());
             handles.push(tokio::spawn(async move {
-                c.get_or_fetch::<(), _, _>("k", SUBJECT, || async move {
+                c.get_or_fetch::<(), _, _>("k", SUBJECT, |_| async move {
                     calls.fetch_add(1, Relaxed);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     Ok((json!("v"), Some(Duration::from_secs(60))))
@@ -566,18 +568,18 @@ mod tests {
             None,
         );
         let r = c
-            .get_or_fetch("k", SUBJECT, || async { Err::<Fetched, _>("down") })
+            .get_or_fetch("k", SUBJECT, |_| async { Err::<Fetched, _>("down") })
             .await;
         assert!(matches!(r, Lookup::Failed("down")));
         let r = c
-            .get_or_fetch::<&str, _, _>("k", SUBJECT, || async {
+            .get_or_fetch::<&str, _, _>("k", SUBJECT, |_| async {
                 Ok((json!(1), Some(Duration::from_millis(10))))
             })
             .await;
         assert!(matches!(r, Lookup::Fresh { tier: None, .. }));
         tokio::time::sleep(Duration::from_millis(30)).await;
         let r = c
-            .get_or_fetch("k", SUBJECT, || async { Err::<Fetched, _>("down") })
+            .get_or_fetch("k", SUBJECT, |_| async { Err::<Fetched, _>("down") })
             .await;
         match r {
             Lookup::Stale { value, tier, error } => {
@@ -595,7 +597,7 @@ mod tests {
                 agent: Some(agent),
                 concept: "lamp",
             };
-            c.get_or_fetch::<(), _, _>(k, s, || async {
+            c.get_or_fetch::<(), _, _>(k, s, |_| async {
                 Ok((json!(k), Some(Duration::from_secs(60))))
             })
             .await;
@@ -610,7 +612,7 @@ mod tests {
                 agent: Some(agent),
                 concept: "lamp",
             };
-            c.get_or_fetch::<(), _, _>(k, s, || async {
+            c.get_or_fetch::<(), _, _>(k, s, |_| async {
                 calls.fetch_add(1, Relaxed);
                 Ok((json!(k), Some(Duration::from_secs(60))))
             })

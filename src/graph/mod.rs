@@ -91,6 +91,24 @@ pub enum GraphError {
     Unavailable(String),
     #[error("graph query timed out")]
     Timeout,
+    /// Discovery did not ask: the graph failed moments ago.
+    #[error("the graph failed moments ago")]
+    RecentFailure,
+    /// The graph answered "nobody" for a route it had: taken as the graph recovering.
+    #[error("the graph answered empty for a known route")]
+    EmptyAnswer,
+}
+
+impl GraphError {
+    /// Why a stale route was served instead of this answer (a metric label).
+    pub fn stale_reason(&self) -> &'static str {
+        match self {
+            GraphError::Unavailable(_) => "graph_error",
+            GraphError::Timeout => "graph_timeout",
+            GraphError::RecentFailure => "recent_failure",
+            GraphError::EmptyAnswer => "empty_answer",
+        }
+    }
 }
 
 /// Canonical form of a concept name: trimmed, lower case, inner whitespace collapsed.

@@ -33,6 +33,7 @@ pub struct Prom {
     pub tasks: IntCounterVec,
     pub neurogenesis: IntCounterVec,
     pub routing_decisions: IntCounterVec,
+    pub discovery_stale_served: IntCounterVec,
     pub graph_queries: HistogramVec,
     agents_seen: Mutex<HashSet<String>>,
 }
@@ -127,6 +128,23 @@ impl Prom {
                 );
                 for reason in crate::routing::Reason::ALL {
                     c.with_label_values(&[reason.as_str()]);
+                }
+                c
+            },
+            discovery_stale_served: {
+                let c = counter(
+                    &r,
+                    "discovery_stale_served_total",
+                    "Routes served from a stale discovery entry, by why the graph's answer was not used.",
+                    &["reason"],
+                );
+                for reason in [
+                    "graph_error",
+                    "graph_timeout",
+                    "recent_failure",
+                    "empty_answer",
+                ] {
+                    c.with_label_values(&[reason]);
                 }
                 c
             },

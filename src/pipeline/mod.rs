@@ -177,6 +177,52 @@ pub struct Pipeline {
     pub task_concurrency: usize,
     /// Present when ENABLE_DYNAMIC_AGENTS is on.
     pub neurogenesis: Option<Arc<neurogenesis::Neurogenesis>>,
+    /// When the graph last failed and since when it has answered.
+    pub graph_health: GraphHealth,
+    /// After a graph failure, discovery serves what it knows for this long before asking
+    /// the graph again (GRAPH_TIMEOUT_MS).
+    pub graph_retry_after: Duration,
+}
+
+/// How long the graph must have answered before an empty answer is cached as "no agent".
+pub const GRAPH_SETTLE: Duration = Duration::from_secs(10);
+
+/// The graph's recent record, as discovery saw it: (last failure, answering since).
+#[derive(Debug)]
+pub struct GraphHealth(std::sync::Mutex<(Option<Instant>, Option<Instant>)>);
+
+impl Default for GraphHealth {
+    /// Assumed healthy since start-up, never failed.
+    fn default() -> Self {
+        GraphHealth(std::sync::Mutex::new((None, Some(Instant::now()))))
+    }
+}
+
+impl GraphHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Instant>, Option<Instant>)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn failed(&self) {
+        *self.lock() = (Some(Instant::now()), None);
+    }
+
+    pub fn succeeded(&self) {
+        let mut h = self.lock();
+        h.1.get_or_insert_with(Instant::now);
+    }
+
+    /// Whether the graph failed less than `window` ago.
+    pub fn failed_recently(&self, window: Duration) -> bool {
+        self.lock().0.is_some_and(|at| at.elapsed() < window)
+    }
+
+    /// Whether the graph has answered for at least [`GRAPH_SETTLE`] since its last failure.
+    pub fn settled(&self) -> bool {
+        self.lock()
+            .1
+            .is_some_and(|since| since.elapsed() >= GRAPH_SETTLE)
+    }
 }
 
 impl Pipeline {
@@ -193,6 +239,7 @@ impl Pipeline {
             concept,
             intent,
             cache_tier = tracing::field::Empty,
+            stale_reason = tracing::field::Empty,
             candidates = tracing::field::Empty,
             chosen = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
@@ -249,20 +296,59 @@ impl Pipeline {
         };
         let lookup = caches
             .discovery
-            .get_or_fetch(&key, subject, || async {
-                let found = self.graph.discover(concept, intent).await?;
-                let ttl = if found.is_empty() {
-                    caches.settings.negative_ttl
-                } else {
-                    caches.settings.discovery_ttl
-                };
-                Ok((serde_json::to_value(&found).unwrap_or_default(), Some(ttl)))
+            .get_or_fetch(&key, subject, |stale| {
+                let stale_route = stale
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty());
+                async move {
+                    // A failure moments ago (seen by another waiter on this key, or another
+                    // key): do not wait for the graph again, serve what is known at once.
+                    if self.graph_health.failed_recently(self.graph_retry_after) {
+                        return Err(GraphError::RecentFailure);
+                    }
+                    let found = match self.graph.discover(concept, intent).await {
+                        Ok(found) => {
+                            self.graph_health.succeeded();
+                            found
+                        }
+                        Err(e) => {
+                            self.graph_health.failed();
+                            return Err(e);
+                        }
+                    };
+                    let ttl = if !found.is_empty() {
+                        Some(caches.settings.discovery_ttl)
+                    } else if stale_route {
+                        // A graph starting up answers empty for a moment; a route it had
+                        // goes away only through an invalidation, which removes the entry.
+                        return Err(GraphError::EmptyAnswer);
+                    } else if self.graph_health.settled() {
+                        Some(caches.settings.negative_ttl)
+                    } else {
+                        None
+                    };
+                    Ok((serde_json::to_value(&found).unwrap_or_default(), ttl))
+                }
             })
             .await;
         let decode = |v: Value| serde_json::from_value::<Vec<Candidate>>(v).unwrap_or_default();
         match lookup {
             Lookup::Fresh { value, tier } => Ok((decode(value), tier)),
-            Lookup::Stale { value, tier, .. } => Ok((decode(value), Some(tier))),
+            Lookup::Stale { value, tier, error } => {
+                let reason = error.stale_reason();
+                PROM.discovery_stale_served
+                    .with_label_values(&[reason])
+                    .inc();
+                tracing::Span::current().record("stale_reason", reason);
+                tracing::info!(
+                    reason,
+                    tier = tier.as_str(),
+                    concept,
+                    intent,
+                    "serving a stale route"
+                );
+                Ok((decode(value), Some(tier)))
+            }
             Lookup::Failed(e) => Err(e),
         }
     }

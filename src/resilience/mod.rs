@@ -417,7 +417,7 @@ impl Stack {
         let lookup = self
             .caches
             .responses
-            .get_or_fetch(&key, subject, || {
+            .get_or_fetch(&key, subject, |_| {
                 async {
                     let out = self.upstream(&guard, agent, req, deadline).await;
                     attempts.store(out.attempts, Ordering::Relaxed);

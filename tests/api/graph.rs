@@ -311,6 +311,101 @@ async fn the_graph_server_going_away_degrades_and_its_return_recovers_without_a_
 }
 
 #[tokio::test]
+async fn a_known_route_survives_an_empty_answer_and_a_hung_graph_and_goes_only_when_removed() {
+    let db = ArcadeServer::start().await;
+    let agent = spawn_agent(
+        "Lamp_AI",
+        Behaviour::Answer {
+            data: json!("lit"),
+            extra: json!({}),
+        },
+    );
+    let seed = seed_with("lamp", &[("Lamp_AI", &agent.url(), &["define"], 0.5)]);
+    assert!(seed_graph(&db, &seed).status.success());
+    let mut raw = graph_settings(&db);
+    raw.graph_timeout_ms = Some("500".into());
+    raw.discovery_cache_ttl_s = Some("1".into());
+    raw.admin_api_key = Some("k".into());
+    let app = spawn_with(raw, None).await;
+    assert_eq!(
+        one(&app, "lamp", "define", json!({"n": 0})).await["status"],
+        "success"
+    );
+
+    // The graph answers "nobody" for the route (as a graph server starting up does): the
+    // known route is kept, not replaced by a cached "no agent".
+    db.cypher(
+        "MATCH (a:Agent {name: 'Lamp_AI'}) SET a.intents = ['other'] RETURN count(a) AS n",
+        json!({}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    for n in 1..4 {
+        let r = one(&app, "lamp", "define", json!({ "n": n })).await;
+        assert_eq!(r["status"], "success", "{r}");
+        assert_eq!(r["agent_name"], "Lamp_AI");
+    }
+
+    // The graph hangs after the entry expired: 20 concurrent tasks all get the stale route
+    // within about one GRAPH_TIMEOUT_MS (500 ms), not one after another.
+    db.pause(true);
+    let started = std::time::Instant::now();
+    let tasks: Vec<Value> = (0..20)
+        .map(|i| json!({"task_id": i, "concept": "lamp", "intent": "define", "args": {"hung": i}}))
+        .collect();
+    let (status, body) = app.post("/process", &json!({ "tasks": tasks })).await;
+    let took = started.elapsed();
+    db.pause(false);
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "success", "{body}");
+    assert!(
+        body["results"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|r| r["agent_name"] == "Lamp_AI"),
+        "{body}"
+    );
+    assert!(
+        took < Duration::from_millis(1_500),
+        "20 tasks took {took:?} against a hung graph (GRAPH_TIMEOUT_MS=500)"
+    );
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .header("accept", "text/plain")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in ["empty_answer", "graph_timeout", "recent_failure"] {
+        let line = format!("myriad_discovery_stale_served_total{{reason=\"{reason}\"}}");
+        let n: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str())?.trim().parse().ok())
+            .unwrap_or(0.0);
+        assert!(n >= 1.0, "{line} is {n}");
+    }
+
+    // An invalidation says the route really went away: then "no agent" is the answer.
+    let resp = app
+        .client
+        .delete(app.url("/agents/Lamp_AI"))
+        .header("x-admin-key", "k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(
+        one(&app, "lamp", "define", json!({"n": 99})).await["code"],
+        "no_agent"
+    );
+}
+
+#[tokio::test]
 async fn hostile_concept_strings_are_stored_verbatim_or_rejected_and_never_alter_the_graph() {
     let db = ArcadeServer::start().await;
     let seed: Value = serde_json::from_str(include_str!("../../seed/default.json")).unwrap();

@@ -312,6 +312,17 @@ impl ArcadeServer {
         self.kill();
         self.spawn();
     }
+
+    /// SIGSTOP (`true`) or SIGCONT: a hung server keeps its sockets open and answers nothing.
+    pub fn pause(&self, stop: bool) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let sig = if stop { "-STOP" } else { "-CONT" };
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
 }
 
 impl Drop for ArcadeServer {
