@@ -157,6 +157,20 @@ pub struct RawSettings {
     /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT (default 30).
     #[arg(long, env = "SHUTDOWN_DRAIN_S")]
     pub shutdown_drain_s: Option<String>,
+    /// Open connections at most; at the cap the connection idle the longest makes room
+    /// (default 10000; never above the file-descriptor limit less 256).
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
+    /// Milliseconds a request's headers may take to arrive, counted from when the connection
+    /// waits for them — also closes silent and idle keep-alive connections (default 10000).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<String>,
+    /// Seconds without a byte either way before a connection is closed (default 60).
+    #[arg(long, env = "IDLE_TIMEOUT_S")]
+    pub idle_timeout_s: Option<String>,
+    /// Milliseconds a request body may take to arrive before a 408 (default 10000).
+    #[arg(long, env = "BODY_READ_TIMEOUT_MS")]
+    pub body_read_timeout_ms: Option<String>,
     /// Key of the admin API (`X-Admin-Key`); unset = admin API disabled (403).
     #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
     pub admin_api_key: Option<String>,
@@ -358,6 +372,8 @@ pub struct Config {
     pub retry_budget_percent: u32,
     pub learning: LearningSettings,
     pub routing: crate::routing::RoutingSettings,
+    pub connections: crate::server::ConnectionLimits,
+    pub body_read_timeout: Duration,
     /// Non-fatal remarks to log once the logger runs (e.g. ignored variables).
     pub warnings: Vec<String>,
 }
@@ -687,6 +703,36 @@ impl Config {
                 60_000,
             )),
         };
+        let connections = crate::server::ConnectionLimits {
+            max_connections: p.num(
+                "MAX_CONNECTIONS",
+                &raw.max_connections,
+                10_000usize,
+                1,
+                1_000_000,
+            ),
+            header_read_timeout: Duration::from_millis(p.num(
+                "HEADER_READ_TIMEOUT_MS",
+                &raw.header_read_timeout_ms,
+                10_000u64,
+                100,
+                600_000,
+            )),
+            idle_timeout: Duration::from_secs(p.num(
+                "IDLE_TIMEOUT_S",
+                &raw.idle_timeout_s,
+                60u64,
+                1,
+                86_400,
+            )),
+        };
+        let body_read_timeout = Duration::from_millis(p.num(
+            "BODY_READ_TIMEOUT_MS",
+            &raw.body_read_timeout_ms,
+            10_000u64,
+            100,
+            600_000,
+        ));
         let routing = crate::routing::RoutingSettings {
             policy: match non_empty(&raw.routing_policy)
                 .map(|s| s.to_ascii_lowercase())
@@ -907,6 +953,8 @@ impl Config {
             retry_budget_percent,
             learning,
             routing,
+            connections,
+            body_read_timeout,
             warnings,
         })
     }
@@ -958,6 +1006,11 @@ impl Config {
         view["routing_explore_percent"] = (self.routing.explore * 100.0).into();
         view["routing_slow_start_s"] = self.routing.slow_start.as_secs_f64().into();
         view["routing_seeded"] = self.routing.seed.is_some().into();
+        view["max_connections"] = self.connections.max_connections.into();
+        view["header_read_timeout_ms"] =
+            (self.connections.header_read_timeout.as_millis() as u64).into();
+        view["idle_timeout_s"] = self.connections.idle_timeout.as_secs().into();
+        view["body_read_timeout_ms"] = (self.body_read_timeout.as_millis() as u64).into();
         view
     }
 }

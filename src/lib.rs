@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`startup`]: `Application::build(config)` wires everything and binds the listener.
+//! - [`server`]: the accept loop — connection cap, header-read and idle timeouts, drain.
 //! - [`config`]: every setting (flags and the original service's environment variables),
 //!   validated together at start-up.
 //! - [`api`]: the HTTP surface (poem-openapi operations, DTOs, one error body for all errors).
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod resilience;
 pub mod routing;
+pub mod server;
 pub mod startup;
 pub mod telemetry;
 

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc};
 
-use poem::{listener::TcpAcceptor, Server};
+use poem::EndpointExt;
 use tokio::sync::watch;
 
 use crate::{
@@ -180,13 +180,33 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         self.listener.set_nonblocking(true)?;
-        let acceptor = TcpAcceptor::from_std(self.listener)?;
-        tracing::info!(port = acceptor_port(&acceptor), "orchestrator listening");
-        let app = api::app(self.state.clone());
-        let drain = self.state.config.shutdown_drain;
-        let result = Server::new_with_acceptor(acceptor)
-            .run_with_graceful_shutdown(app, shutdown, Some(drain))
-            .await;
+        let listener = tokio::net::TcpListener::from_std(self.listener)?;
+        let port = listener.local_addr()?.port();
+        let config = &self.state.config;
+        let fd_limit = crate::server::raise_fd_limit();
+        let limits = crate::server::ConnectionLimits {
+            max_connections: crate::server::effective_cap(
+                config.connections.max_connections,
+                fd_limit,
+            ),
+            ..config.connections.clone()
+        };
+        tracing::info!(
+            port,
+            max_connections = limits.max_connections,
+            fd_limit,
+            "orchestrator listening"
+        );
+        let app = api::app(self.state.clone()).map_to_response();
+        let result = crate::server::serve(
+            listener,
+            app,
+            limits,
+            self.state.connections.clone(),
+            shutdown,
+            config.shutdown_drain,
+        )
+        .await;
         // In-flight requests are done (or the drain ran out): write what they learned.
         self.state
             .pipeline
@@ -197,15 +217,6 @@ impl Application {
         tracing::info!("orchestrator stopped");
         result
     }
-}
-
-fn acceptor_port(acceptor: &TcpAcceptor) -> u16 {
-    use poem::listener::Acceptor;
-    acceptor
-        .local_addr()
-        .first()
-        .and_then(|a| a.as_socket_addr().map(|s| s.port()))
-        .unwrap_or_default()
 }
 
 /// Every agent endpoint (seed, template) must be an allowed host before anything serves.
@@ -263,7 +274,10 @@ pub fn build_state(
     let in_runtime = tokio::runtime::Handle::try_current().is_ok();
     let store: Option<Arc<RedisStore>> = match (&config.redis_url, in_runtime) {
         (Some(url), true) => match RedisStore::connect(url.expose(), config.redis_timeout) {
-            Ok(s) => Some(s),
+            Ok(s) => {
+                s.spawn_recovery_probe();
+                Some(s)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "REDIS_URL is unusable; running on L1 only");
                 None

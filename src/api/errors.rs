@@ -224,7 +224,11 @@ pub async fn normalize<E: Endpoint>(next: &E, req: Request) -> Response {
 }
 
 /// Reads the body of a request into memory, refusing more than `max` bytes (413).
-pub async fn limit_body(mut req: Request, max: usize) -> Result<Request, Response> {
+pub async fn limit_body(
+    mut req: Request,
+    max: usize,
+    read_timeout: std::time::Duration,
+) -> Result<Request, Response> {
     let too_large = || {
         error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -242,7 +246,24 @@ pub async fn limit_body(mut req: Request, max: usize) -> Result<Request, Respons
             return Err(too_large());
         }
     }
-    match req.take_body().into_bytes_limit(max).await {
+    let body = req.take_body();
+    let Ok(read) = tokio::time::timeout(read_timeout, body.into_bytes_limit(max)).await else {
+        // A body trickled in too slowly holds a connection and a task: refuse it.
+        let mut resp = error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} ms (BODY_READ_TIMEOUT_MS)",
+                read_timeout.as_millis()
+            ),
+        );
+        resp.headers_mut().insert(
+            poem::http::header::CONNECTION,
+            poem::http::HeaderValue::from_static("close"),
+        );
+        return Err(resp);
+    };
+    match read {
         Ok(bytes) => {
             req.set_body(bytes);
             Ok(req)

@@ -50,6 +50,8 @@ pub struct AppState {
     pub client_limiter: Option<Arc<ClientLimiter>>,
     /// Spans are exported (error bodies then carry `trace_id`).
     pub tracing_enabled: bool,
+    /// What the accept loop counts (`/metrics` → `performance.connections`).
+    pub connections: Arc<crate::server::ConnectionStats>,
     status_cache: Mutex<Option<(Instant, Value, bool)>>,
 }
 
@@ -66,6 +68,7 @@ impl AppState {
             pipeline,
             metrics,
             client_limiter,
+            connections: Default::default(),
             status_cache: Mutex::new(None),
         }
     }
@@ -528,6 +531,16 @@ impl Api {
         if let Some(l) = &self.state.client_limiter {
             performance["rate_limited_clients_tracked"] = json!(l.tracked_clients());
         }
+        let conns = &self.state.connections;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        performance["connections"] = json!({
+            "open": get(&conns.open),
+            "accepted_total": get(&conns.accepted),
+            "refused_total": get(&conns.refused),
+            "evicted_total": get(&conns.evicted),
+            "idle_closed_total": get(&conns.idle_closed),
+            "accept_errors_total": get(&conns.accept_errors),
+        });
         MetricsBody {
             service: "orchestrator".into(),
             version: VERSION.into(),
@@ -1205,7 +1218,7 @@ async fn edge<E: Endpoint>(ep: &E, req: Request, state: &AppState) -> poem::Resp
                 format!("request line and headers exceed {max_headers} bytes (MAX_HEADER_BYTES)"),
             );
         }
-        match errors::limit_body(req, max_body).await {
+        match errors::limit_body(req, max_body, state.config.body_read_timeout).await {
             Ok(req) => errors::normalize(ep, req).await,
             Err(resp) => resp,
         }

@@ -205,6 +205,12 @@ impl Breaker {
         &self.instrument.observed
     }
 
+    /// Closes the breaker at once (and restarts its backoff): the dependency was seen
+    /// answering by a probe of its own.
+    pub fn reset(&self) {
+        self.machine.reset();
+    }
+
     /// The state as of now: asking for admission first turns a breaker whose open interval
     /// ended half-open, so one no call has come to since is not shown `open` forever.
     pub fn current(&self) -> BreakerState {

@@ -300,3 +300,71 @@ async fn a_global_rate_limit_holds_across_two_processes_and_falls_back_to_local_
             >= 5
     );
 }
+
+/// Keys in the Redis of `port`, asked over a raw socket (independent of the code under test).
+fn dbsize(port: u16) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    s.write_all(b"DBSIZE\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .trim()
+        .strip_prefix(':')?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_redis_outage_l2_and_shared_limits_are_back_within_two_seconds_of_its_return() {
+    let mut redis = RedisServer::start();
+    let agent = answering("Steady_AI");
+    let seed = seed_with("lamp", &[("Steady_AI", &agent.url(), &["define"], 0.5)]);
+    let mut raw = redis_settings(&redis);
+    raw.rate_limit_per_client = Some("100000".into());
+    let a = spawn_with(raw, Some(seed)).await;
+    // Cached traffic throughout: repeats (L1) and new tasks (written to L2).
+    let traffic = {
+        let (client, url) = (a.client.clone(), a.url("/process"));
+        tokio::spawn(async move {
+            for n in 0u64.. {
+                let body = json!({"tasks": [{"task_id": 1, "concept": "lamp", "intent": "define", "args": {"n": n % 50 + n / 10}}]});
+                let _ = client.post(&url).json(&body).send().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        dbsize(redis.port).unwrap() > 0,
+        "L2 was written before the outage"
+    );
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    redis.restart(); // returns once Redis answers PING
+    let back = std::time::Instant::now();
+    let mut written = None;
+    while back.elapsed() < Duration::from_secs(10) {
+        if dbsize(redis.port).unwrap_or(0) > 0 {
+            written = Some(back.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    traffic.abort();
+    let written = written.expect("L2 was never written again");
+    assert!(
+        written < Duration::from_secs(2),
+        "L2 written again {written:?} after Redis answered"
+    );
+    // The shared limits run on Redis again: its breaker is closed, so calls pass through.
+    let (_, status) = a.get("/status").await;
+    let redis_status = &status["dependencies"]["redis"];
+    assert_eq!(redis_status["breaker"], "closed", "{redis_status}");
+    assert!(
+        redis_status["recoveries_total"].as_u64().unwrap() >= 1,
+        "{redis_status}"
+    );
+}

@@ -4,6 +4,7 @@ mod admin;
 mod agents;
 mod cache;
 mod cli;
+mod connections;
 mod discover;
 mod errors;
 mod graph;

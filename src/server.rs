@@ -1,0 +1,411 @@
+//! The listening socket: how connections are accepted, bounded, timed out and drained.
+//!
+//! poem's own `Server` sets no header-read timeout, caps nothing, and retries a failing
+//! `accept()` at once (at the file-descriptor limit that is a core at 100 %). This loop
+//! serves the same poem endpoint through hyper, with:
+//!
+//! - **a header-read timeout** (`HEADER_READ_TIMEOUT_MS`): a request's headers must arrive
+//!   within it, counted from when the connection starts waiting for them — so a connection
+//!   that never sends a request, one that trickles its headers (slowloris) and an idle
+//!   keep-alive connection are all closed by it;
+//! - **an idle timeout** (`IDLE_TIMEOUT_S`): no byte either way for that long closes any
+//!   connection, HTTP/2 included;
+//! - **a connection cap** (`MAX_CONNECTIONS`, and never above the file-descriptor limit less
+//!   a reserve): at the cap, the connection idle the longest (≥ 1 s) is closed to make room,
+//!   else the new one is closed at once — so a flood of idle sockets cannot lock real
+//!   clients out;
+//! - **accept errors** backed off (50 ms), never retried in a loop;
+//! - **graceful drain**: at shutdown no new connection is accepted, every connection
+//!   finishes its in-flight request, and whatever is left after the drain is dropped.
+//!
+//! The body-read timeout (408) lives with the body limit in `api::errors::limit_body`.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use poem::{
+    web::{LocalAddr, RemoteAddr},
+    Addr, Endpoint, Response,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{watch, Notify},
+    time::Instant,
+};
+
+/// File descriptors kept free of connections (logs, the agent pool, Redis, the graph).
+pub const FD_RESERVE: u64 = 256;
+/// A connection must have been quiet this long to be closed for a newcomer at the cap.
+pub const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    pub open: AtomicU64,
+    pub accepted: AtomicU64,
+    /// Closed at once: at the cap with no idle connection to make room.
+    pub refused: AtomicU64,
+    /// Closed to make room at the cap.
+    pub evicted: AtomicU64,
+    /// Closed by the idle timeout.
+    pub idle_closed: AtomicU64,
+    pub accept_errors: AtomicU64,
+}
+
+/// Raises the soft file-descriptor limit to the hard one; returns the limit in force.
+pub fn raise_fd_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the file-descriptor limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+    }
+}
+
+/// The connection cap in force: `MAX_CONNECTIONS`, but never past the descriptor limit.
+pub fn effective_cap(configured: usize, fd_limit: Option<u64>) -> usize {
+    match fd_limit {
+        Some(limit) => configured.min(limit.saturating_sub(FD_RESERVE).max(16) as usize),
+        None => configured,
+    }
+}
+
+/// One open connection, as the accept loop sees it.
+struct Conn {
+    /// Milliseconds since the registry's epoch of the last byte read or written.
+    last_activity: AtomicU64,
+    /// Whether any byte was read (hyper's header timer starts only after the first one,
+    /// which tells HTTP/1 from HTTP/2).
+    spoke: std::sync::atomic::AtomicBool,
+    close: Notify,
+}
+
+struct Registry {
+    epoch: Instant,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    next: AtomicU64,
+    emptied: Notify,
+}
+
+impl Registry {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn len(&self) -> usize {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn add(&self) -> (u64, Arc<Conn>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn {
+            last_activity: AtomicU64::new(self.now_ms()),
+            spoke: std::sync::atomic::AtomicBool::new(false),
+            close: Notify::new(),
+        });
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, conn.clone());
+        (id, conn)
+    }
+
+    fn remove(&self, id: u64) {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.remove(&id);
+        if conns.is_empty() {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    /// Closes the connection quiet the longest, if it has been quiet ≥ [`EVICTABLE_AFTER`].
+    fn evict_idlest(&self) -> bool {
+        let now = self.now_ms();
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let idlest = conns
+            .values()
+            .min_by_key(|c| c.last_activity.load(Ordering::Relaxed));
+        match idlest {
+            Some(c)
+                if now.saturating_sub(c.last_activity.load(Ordering::Relaxed))
+                    >= EVICTABLE_AFTER.as_millis() as u64 =>
+            {
+                // Pushed back so the same one is not picked twice while it closes.
+                c.last_activity.store(now, Ordering::Relaxed);
+                c.close.notify_one();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A socket that notes when a byte last went either way.
+struct Tracked {
+    inner: TcpStream,
+    conn: Arc<Conn>,
+    registry: Arc<Registry>,
+}
+
+impl Tracked {
+    fn touch(&self) {
+        self.conn
+            .last_activity
+            .store(self.registry.now_ms(), Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+            self.conn.spoke.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Serves `ep` on `listener` until `shutdown` resolves, then drains for at most `drain`.
+pub async fn serve<E>(
+    listener: TcpListener,
+    ep: E,
+    limits: ConnectionLimits,
+    stats: Arc<ConnectionStats>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) -> io::Result<()>
+where
+    E: Endpoint<Output = Response> + 'static,
+{
+    let ep = Arc::new(ep);
+    let local = listener.local_addr()?;
+    let registry = Arc::new(Registry {
+        epoch: Instant::now(),
+        conns: Mutex::new(HashMap::new()),
+        next: AtomicU64::new(0),
+        emptied: Notify::new(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, remote)) => {
+                    if registry.len() >= limits.max_connections {
+                        if registry.evict_idlest() {
+                            stats.evicted.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            stats.refused.fetch_add(1, Ordering::Relaxed);
+                            drop(socket);
+                            continue;
+                        }
+                    }
+                    let _ = socket.set_nodelay(true);
+                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    let (id, conn) = registry.add();
+                    let (ep, registry, stats, limits, stop) =
+                        (ep.clone(), registry.clone(), stats.clone(), limits.clone(), stop_rx.clone());
+                    tokio::spawn(async move {
+                        stats.open.fetch_add(1, Ordering::Relaxed);
+                        let io = Tracked { inner: socket, conn: conn.clone(), registry: registry.clone() };
+                        serve_connection(io, ep, local, remote, &limits, &conn, &registry, &stats, stop).await;
+                        stats.open.fetch_sub(1, Ordering::Relaxed);
+                        registry.remove(id);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning on the error.
+                    if stats.accept_errors.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+                        tracing::warn!(error = %e, "accepting a connection failed; backing off");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let emptied = registry.emptied.notified();
+    if registry.len() > 0 && tokio::time::timeout(drain, emptied).await.is_err() {
+        tracing::warn!(
+            open = registry.len(),
+            "drain ended with connections still open"
+        );
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<E>(
+    io: Tracked,
+    ep: Arc<E>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    limits: &ConnectionLimits,
+    conn: &Conn,
+    registry: &Registry,
+    stats: &ConnectionStats,
+    mut stop: watch::Receiver<bool>,
+) where
+    E: Endpoint<Output = Response> + 'static,
+{
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let ep = ep.clone();
+        async move {
+            let req: poem::Request = (
+                req,
+                LocalAddr(Addr::SocketAddr(local)),
+                RemoteAddr(Addr::SocketAddr(remote)),
+                poem::http::uri::Scheme::HTTP,
+            )
+                .into();
+            Ok::<_, Infallible>(hyper::Response::from(ep.get_response(req).await))
+        }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let idle = limits.idle_timeout;
+    let idle_watch = async {
+        loop {
+            let last = conn.last_activity.load(Ordering::Relaxed);
+            let quiet = Duration::from_millis(registry.now_ms().saturating_sub(last));
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - quiet).await;
+        }
+    };
+    // A connection that never sends a byte gets the header-read timeout too.
+    let silent_watch = async {
+        tokio::time::sleep(limits.header_read_timeout).await;
+        if conn.spoke.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = silent_watch => {
+            stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        _ = idle_watch => {
+            stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        _ = conn.close.notified() => return,
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    // Shutting down: finish the request in flight, take no new one.
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_stays_under_the_descriptor_limit() {
+        assert_eq!(effective_cap(10_000, Some(1_024)), 768);
+        assert_eq!(effective_cap(500, Some(1_024)), 500);
+        assert_eq!(effective_cap(500, None), 500);
+        assert_eq!(effective_cap(500, Some(10)), 16);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_connection_quiet_the_longest_makes_room_and_a_busy_one_never_does() {
+        let registry = Registry {
+            epoch: Instant::now(),
+            conns: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+            emptied: Notify::new(),
+        };
+        let (_, old) = registry.add();
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let (_, young) = registry.add();
+        assert!(!registry.evict_idlest(), "nothing quiet for 1 s yet");
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert!(registry.evict_idlest());
+        // The old one was told to close; the young one was not.
+        tokio::time::timeout(Duration::from_millis(1), old.close.notified())
+            .await
+            .expect("the idlest was closed");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), young.close.notified())
+                .await
+                .is_err()
+        );
+    }
+}
