@@ -521,9 +521,10 @@ pub struct TaskInput {
 /// A batch of concept/intent tasks.
 #[derive(Object, Debug)]
 pub struct BatchRequest {
-    /// At least one task; at most MAX_TASKS (default 100, more → 413); task ids must be
-    /// unique (a duplicate is a 400).
-    #[oai(validator(min_items = 1))]
+    /// At least one task (an empty list is a 400); at most MAX_TASKS (default 100, more →
+    /// 413); task ids must be unique (a duplicate is a 400). Not declared `minItems` so that
+    /// a body with both `query` and an empty `tasks` matches both forms and is refused as
+    /// ambiguous rather than read as a query.
     pub tasks: Vec<TaskInput>,
     /// Who asks.
     #[oai(validator(max_length = 128))]

@@ -615,7 +615,7 @@ impl Api {
     fn task_specs(&self, tasks: Vec<TaskInput>) -> Result<Vec<TaskSpec>, ApiError> {
         if tasks.is_empty() {
             return Err(ApiError::bad_request(
-                "empty_batch",
+                "invalid_body",
                 "tasks must list at least one task",
             ));
         }

@@ -11,6 +11,15 @@ async fn empty_and_incomplete_bodies_are_400() {
         (json!({}), "invalid_body"),
         (json!({"user_id": "x"}), "invalid_body"),
         (json!({"tasks": []}), "invalid_body"),
+        // Exactly one of the two forms, even when one of them is empty.
+        (
+            json!({"query": "define a lightbulb", "tasks": []}),
+            "invalid_body",
+        ),
+        (
+            json!({"query": "define a lightbulb", "tasks": [{"task_id": 1, "concept": "lightbulb", "intent": "define"}]}),
+            "invalid_body",
+        ),
         (json!({"query": "   "}), "invalid_body"),
         (
             json!({"tasks": [{"task_id": 1, "concept": "lightbulb", "intent": "define"}, {"task_id": "1", "concept": "lightbulb", "intent": "function"}]}),
