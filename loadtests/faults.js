@@ -10,6 +10,7 @@
 //   CONCEPT / INTENT           the routed task (default lightbulb / define)
 //   AGENTS                     agent names whose share of answers is reported per phase
 import http from 'k6/http';
+import exec from 'k6/execution';
 import { check } from 'k6';
 import { Counter } from 'k6/metrics';
 
@@ -55,11 +56,11 @@ export const options = {
   summaryTrendStats: ['avg', 'p(50)', 'p(95)', 'p(99)', 'max'],
 };
 
-const started = Date.now();
 let seq = 0;
 
 function phase() {
-  const t = (Date.now() - started) / 1000;
+  // The scenario's start, not this VU's: VUs added under load start later.
+  const t = (Date.now() - exec.scenario.startTime) / 1000;
   if (t < FAIL_AT_S) return 'before';
   if (t < RECOVER_AT_S) return 'during';
   if (t < SETTLED_AT_S) return 'after';

@@ -149,8 +149,7 @@ impl Application {
         }));
 
         let addr = SocketAddr::new(config.host, config.port);
-        let listener = std::net::TcpListener::bind(addr)
-            .map_err(|source| StartupError::Bind { addr, source })?;
+        let listener = bind(addr).map_err(|source| StartupError::Bind { addr, source })?;
         Ok(Application {
             listener,
             state,
@@ -250,6 +249,22 @@ async fn check_endpoints(
     }
     Ok(())
 }
+
+/// The listening socket, with a backlog deep enough for a burst of connections (std's is
+/// 128: past it, clients wait for SYN retransmits of 1 s and more).
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)?.into_std()
+}
+
+/// Pending connections the kernel may queue (capped by `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Bolt settings from the configuration.
 pub fn neo4j_settings(config: &Config, uri: &str) -> Neo4jSettings {

@@ -358,3 +358,24 @@ async fn calls_beyond_the_bulkhead_fail_fast() {
     );
     assert_eq!(slow.calls(), 2);
 }
+
+#[tokio::test]
+async fn a_breaker_whose_open_interval_ended_is_shown_half_open_even_with_no_call_since() {
+    let broken = spawn_agent("Quiet_AI", Behaviour::Status(500));
+    let seed = seed_with("lamp", &[("Quiet_AI", &broken.url(), &["define"], 0.5)]);
+    let mut raw = settings();
+    raw.breaker_consecutive_failures = Some("2".into());
+    raw.breaker_open_ms = Some("300".into());
+    raw.http_retries = Some("0".into());
+    let app = spawn_with(raw, Some(seed)).await;
+    one(&app, 1).await;
+    one(&app, 2).await;
+    let (_, agents) = app.get("/agents").await;
+    assert_eq!(agents["agents"][0]["breaker"], "open");
+    // No call comes; the open interval ends; /status and /agents say a probe is due.
+    let status = agent_status(&app, "Quiet_AI").await;
+    assert_eq!(status["breaker"], "half_open", "{status}");
+    let (_, agents) = app.get("/agents").await;
+    assert_eq!(agents["agents"][0]["breaker"], "half_open");
+    assert_eq!(broken.calls(), 2, "showing the state called nobody");
+}
