@@ -1,0 +1,280 @@
+//! The agents resource: listing them (clients) and registering or removing them (admin,
+//! `X-Admin-Key`).
+
+use std::sync::Arc;
+
+use poem_openapi::{param::Path, payload::Json, ApiResponse, OpenApi};
+
+use super::{
+    auth::{AdminKey, ClientAuth},
+    dto::*,
+    errors::{ApiError, AuthError, ErrorBody},
+    validate::{validate_concept, validate_intent},
+    AppState, Tag,
+};
+use crate::{
+    agents::guard::{normalize_endpoint, redact_endpoint, EndpointError},
+    cache::Invalidation,
+    graph::{seed::validate_agent_name, AgentInfo, AgentRecord},
+    resilience::Live,
+};
+
+#[derive(ApiResponse)]
+pub(super) enum AgentsError {
+    /// API keys are configured and the request has no valid one.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// The knowledge graph is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+pub(super) fn agent_view(record: &AgentRecord, live: &Live) -> AgentView {
+    AgentView {
+        name: record.agent.name.clone(),
+        agent_type: record.agent.agent_type.clone(),
+        endpoint: redact_endpoint(&record.agent.endpoint),
+        status: record.agent.status.clone(),
+        intents: record.agent.intents.clone(),
+        concepts: record
+            .concepts
+            .iter()
+            .map(|(c, s)| ConceptEdge::new(c.clone(), s))
+            .collect(),
+        capabilities: record.agent.capabilities.clone(),
+        breaker: live.breaker.as_str().to_string(),
+        health: live.health,
+        latency_ms: Nullable(live.latency_ms),
+    }
+}
+
+pub struct AgentsApi {
+    pub(super) state: Arc<AppState>,
+}
+
+#[derive(ApiResponse, Debug)]
+pub(super) enum AdminError {
+    /// The registration is not valid.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No admin key was sent. (Answered by the security scheme's extractor before the
+    /// operation runs; declared here so the spec lists it.)
+    #[oai(status = 401)]
+    #[allow(dead_code)]
+    Unauthorized(Json<ErrorBody>),
+    /// The admin key is wrong, or the admin API is disabled (`ADMIN_API_KEY` unset).
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// No agent of that name.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The body is larger than allowed.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// The body is not `application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
+    /// The knowledge graph is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+/// A graph failure during an admin change: logged, answered 503 without the detail.
+pub(super) fn graph_unavailable(e: crate::graph::GraphError, what: &str) -> AdminError {
+    tracing::warn!(error = %e, "{what}");
+    AdminError::Unavailable(Json(ErrorBody::new(
+        "graph_unavailable",
+        "the knowledge graph is unavailable",
+    )))
+}
+
+impl From<ApiError> for AdminError {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::PayloadTooLarge(b) => AdminError::PayloadTooLarge(b),
+            ApiError::UnsupportedMediaType(b) => AdminError::UnsupportedMediaType(b),
+            ApiError::Unavailable(b) => AdminError::Unavailable(b),
+            ApiError::BadRequest(b)
+            | ApiError::Unauthorized(b)
+            | ApiError::HeadersTooLarge(b)
+            | ApiError::TooManyRequests(b, ..)
+            | ApiError::BadGateway(b) => AdminError::BadRequest(b),
+        }
+    }
+}
+
+impl AppState {
+    pub(super) fn registration(
+        &self,
+        r: AgentRegistration,
+    ) -> Result<(AgentInfo, Vec<(String, f64)>), ApiError> {
+        validate_agent_name(&r.name)
+            .map_err(|why| ApiError::bad_request("invalid_name", format!("name: {why}")))?;
+        let endpoint = normalize_endpoint(&r.endpoint).map_err(|why| match why {
+            EndpointError::NotHttp => ApiError::bad_request("invalid_endpoint", why.to_string()),
+            _ => ApiError::bad_request("endpoint_not_allowed", why.to_string()),
+        })?;
+        if !self.config.agent_allowed_hosts.allows(&endpoint) {
+            return Err(ApiError::bad_request(
+                "endpoint_not_allowed",
+                "the endpoint's host is not in AGENT_ALLOWED_HOSTS",
+            ));
+        }
+        if r.intents.is_empty() || r.intents.len() > 64 {
+            return Err(ApiError::bad_request(
+                "invalid_intents",
+                "list 1–64 intents",
+            ));
+        }
+        if r.concepts.is_empty() || r.concepts.len() > 256 {
+            return Err(ApiError::bad_request(
+                "invalid_concepts",
+                "list 1–256 concepts",
+            ));
+        }
+        let capabilities = r.capabilities.unwrap_or_default();
+        if capabilities.len() > 64 || capabilities.iter().any(|c| c.is_empty() || c.len() > 64) {
+            return Err(ApiError::bad_request(
+                "invalid_capabilities",
+                "at most 64 capabilities of 1–64 characters",
+            ));
+        }
+        let agent_type = r.agent_type.map(|t| t.0).unwrap_or_else(|| "static".into());
+        if agent_type.is_empty() || agent_type.len() > 32 {
+            return Err(ApiError::bad_request(
+                "invalid_type",
+                "type must be 1–32 characters",
+            ));
+        }
+        let mut concepts = Vec::with_capacity(r.concepts.len());
+        for c in r.concepts {
+            let weight = c.weight.unwrap_or(0.5);
+            if !(0.0..=1.0).contains(&weight) {
+                return Err(ApiError::bad_request(
+                    "invalid_weight",
+                    "weights are in [0, 1]",
+                ));
+            }
+            concepts.push((validate_concept(&c.name)?, weight));
+        }
+        let agent = AgentInfo {
+            name: r.name.0.trim().to_string(),
+            agent_type,
+            endpoint,
+            status: "active".into(),
+            intents: r
+                .intents
+                .iter()
+                .map(|i| validate_intent(i))
+                .collect::<Result<_, _>>()?,
+            capabilities: capabilities.into_iter().map(|c| c.0).collect(),
+            facts: None,
+        };
+        Ok((agent, concepts))
+    }
+}
+
+#[OpenApi]
+impl AgentsApi {
+    /// Every agent with its intents, concepts (with learned weights) and breaker state.
+    #[oai(path = "/agents", method = "get", tag = "Tag::Routing")]
+    async fn agents(&self, auth: ClientAuth) -> Result<Json<AgentList>, AgentsError> {
+        self.state.authenticate(&auth).map_err(|e| {
+            let AuthError::Unauthorized(b) = e;
+            AgentsError::Unauthorized(b)
+        })?;
+        let records = self.state.pipeline.graph.agents().await.map_err(|e| {
+            tracing::warn!(error = %e, "listing agents failed");
+            AgentsError::Unavailable(Json(ErrorBody::new(
+                "graph_unavailable",
+                "the knowledge graph is unavailable",
+            )))
+        })?;
+        let agents: Vec<AgentView> = records
+            .iter()
+            .map(|r| agent_view(r, &self.state.live(&r.agent.name)))
+            .collect();
+        Ok(Json(AgentList {
+            count: agents.len() as u32,
+            agents,
+        }))
+    }
+
+    /// Registers an agent, or updates the agent of that name (admin). Caches of every
+    /// replica forget what they held about it and its concepts.
+    #[oai(path = "/agents", method = "post", tag = "Tag::Admin")]
+    async fn register_agent(
+        &self,
+        key: AdminKey,
+        body: Json<AgentRegistration>,
+    ) -> Result<Json<Registered>, AdminError> {
+        self.state.check_admin(&key)?;
+        let (agent, concepts) = self.state.registration(body.0)?;
+        let graph = &self.state.pipeline.graph;
+        let existed = graph
+            .upsert_agent(agent.clone(), &concepts)
+            .await
+            .map_err(|e| graph_unavailable(e, "registering an agent failed"))?;
+        tracing::info!(agent = %agent.name, existed, "agent registered");
+        self.state
+            .pipeline
+            .stack
+            .caches
+            .invalidate(Invalidation {
+                agents: vec![agent.name.clone()],
+                concepts: concepts.iter().map(|(c, _)| c.clone()).collect(),
+            })
+            .await;
+        let record = graph
+            .agents()
+            .await
+            .ok()
+            .and_then(|all| all.into_iter().find(|a| a.agent.name == agent.name))
+            .unwrap_or(AgentRecord {
+                agent,
+                concepts: Vec::new(),
+            });
+        Ok(Json(Registered {
+            status: if existed { "updated" } else { "registered" }.into(),
+            agent: agent_view(&record, &self.state.live(&record.agent.name)),
+        }))
+    }
+
+    /// Removes an agent and its edges (admin). Caches of every replica forget it.
+    #[oai(path = "/agents/:name", method = "delete", tag = "Tag::Admin")]
+    async fn remove_agent(
+        &self,
+        key: AdminKey,
+        name: Path<String>,
+    ) -> Result<Json<Removed>, AdminError> {
+        self.state.check_admin(&key)?;
+        let removed = self
+            .state
+            .pipeline
+            .graph
+            .remove_agent(&name)
+            .await
+            .map_err(|e| graph_unavailable(e, "removing an agent failed"))?;
+        let Some(concepts) = removed else {
+            return Err(AdminError::NotFound(Json(ErrorBody::new(
+                "agent_not_found",
+                "no agent of that name",
+            ))));
+        };
+        tracing::info!(agent = %name.0, "agent removed");
+        self.state
+            .pipeline
+            .stack
+            .caches
+            .invalidate(Invalidation {
+                agents: vec![name.0.clone()],
+                concepts: concepts.clone(),
+            })
+            .await;
+        Ok(Json(Removed {
+            status: "removed".into(),
+            name: name.0,
+            concepts,
+        }))
+    }
+}

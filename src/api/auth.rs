@@ -1,0 +1,152 @@
+//! Who may come in: client keys, the admin key, and the inbound rate limit.
+
+use poem::Request;
+use poem_openapi::{
+    auth::{ApiKey, Bearer},
+    payload::Json,
+    SecurityScheme,
+};
+
+use super::{
+    agents::AdminError,
+    errors::{ApiError, AuthError, ErrorBody},
+    AppState,
+};
+use crate::{metrics::prom, resilience::limit::Verdict};
+
+/// A client API key as a Bearer token.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer")]
+pub(super) struct BearerKey(Bearer);
+
+/// A client API key in the `X-API-Key` header.
+#[derive(SecurityScheme)]
+#[oai(ty = "api_key", key_name = "X-API-Key", key_in = "header")]
+pub(super) struct HeaderKey(ApiKey);
+
+/// How a client identified itself; `Anonymous` when it sent no key (allowed only when no
+/// API keys are configured).
+#[derive(SecurityScheme)]
+pub(super) enum ClientAuth {
+    Bearer(BearerKey),
+    Header(HeaderKey),
+    #[oai(fallback)]
+    Anonymous,
+}
+
+impl ClientAuth {
+    fn key(&self) -> Option<&str> {
+        match self {
+            ClientAuth::Bearer(b) => Some(&b.0.token),
+            ClientAuth::Header(h) => Some(&h.0.key),
+            ClientAuth::Anonymous => None,
+        }
+    }
+}
+
+/// The admin key, sent as `X-Admin-Key`.
+#[derive(SecurityScheme)]
+#[oai(ty = "api_key", key_name = "X-Admin-Key", key_in = "header")]
+pub(super) struct AdminKey(ApiKey);
+
+/// Who a request counts against: its API key when it has one, else its IP.
+pub(super) fn client_key(req: &Request) -> String {
+    let headers = req.headers();
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        });
+    match key {
+        Some(k) => format!("key:{k}"),
+        None => match req.remote_addr().as_socket_addr() {
+            Some(addr) => format!("ip:{}", addr.ip()),
+            None => "ip:unknown".to_string(),
+        },
+    }
+}
+
+/// Equal without revealing where they differ (timing).
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+impl AppState {
+    /// With API keys configured, the request must carry one of them.
+    pub(super) fn authenticate(&self, auth: &ClientAuth) -> Result<(), AuthError> {
+        let keys = &self.config.api_keys;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let presented = auth.key().unwrap_or("");
+        // Compare against every key, so timing does not tell which one (or none) matched.
+        let ok = keys.iter().fold(false, |ok, k| {
+            constant_time_eq(presented.as_bytes(), k.expose().as_bytes()) | ok
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(AuthError::new())
+        }
+    }
+
+    /// `/metrics` and `/status` need a key only with METRICS_REQUIRE_AUTH.
+    pub(super) fn authenticate_ops(&self, auth: &ClientAuth) -> Result<(), AuthError> {
+        if self.config.metrics_require_auth {
+            self.authenticate(auth)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(super) fn check_admin(&self, key: &AdminKey) -> Result<(), AdminError> {
+        let Some(expected) = &self.config.admin_api_key else {
+            return Err(AdminError::Forbidden(Json(ErrorBody::new(
+                "admin_disabled",
+                "the admin API is disabled (ADMIN_API_KEY is not set)",
+            ))));
+        };
+        if constant_time_eq(key.0.key.as_bytes(), expected.expose().as_bytes()) {
+            Ok(())
+        } else {
+            Err(AdminError::Forbidden(Json(ErrorBody::new(
+                "forbidden",
+                "the admin key is not valid",
+            ))))
+        }
+    }
+
+    /// The inbound rate limit; `Err` is the 429 to answer with.
+    pub(super) async fn admit(&self, req: &Request) -> Result<(), ApiError> {
+        let Some(limiter) = &self.client_limiter else {
+            return Ok(());
+        };
+        match limiter.check(&client_key(req)).await {
+            Verdict::Allowed { .. } => Ok(()),
+            Verdict::Limited { limit, retry_after } => {
+                prom::PROM.rate_limited.with_label_values(&["client"]).inc();
+                self.metrics
+                    .rate_limited
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                Err(ApiError::TooManyRequests(
+                    Json(ErrorBody::new(
+                        "rate_limited",
+                        format!("too many requests; retry in {secs} s"),
+                    )),
+                    secs,
+                    limit,
+                    0,
+                ))
+            }
+        }
+    }
+}

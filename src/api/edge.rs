@@ -1,0 +1,90 @@
+//! The edge: what every request goes through once — the server span, the header and body
+//! limits, error normalization, the trace id on errors, and request metrics.
+
+use poem::{Endpoint, Request};
+
+use super::{errors, AppState};
+use crate::metrics::prom;
+
+/// Everything every request goes through, once.
+pub(super) async fn edge<E: Endpoint>(ep: &E, req: Request, state: &AppState) -> poem::Response {
+    use tracing::Instrument;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let route = prom::route_template(req.uri().path());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    span.set_parent(crate::telemetry::extract(req.headers()));
+    let max_body = state.config.max_body_bytes;
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().to_string().len();
+    let max_headers = state.config.max_header_bytes;
+    let mut resp = async {
+        if header_bytes > max_headers {
+            return errors::error_response(
+                poem::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                format!("request line and headers exceed {max_headers} bytes (MAX_HEADER_BYTES)"),
+            );
+        }
+        match errors::limit_body(req, max_body, state.config.body_read_timeout).await {
+            Ok(req) => errors::normalize(ep, req).await,
+            Err(resp) => resp,
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let status = resp.status().as_u16();
+    if status == 405 {
+        if let Ok(v) = poem::http::HeaderValue::from_str(prom::allowed_methods(route)) {
+            resp.headers_mut().insert(poem::http::header::ALLOW, v);
+        }
+    }
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+    let trace_id = span
+        .in_scope(crate::telemetry::current_trace_id)
+        .filter(|_| state.tracing_enabled);
+    if let Some(id) = &trace_id {
+        if let Ok(v) = poem::http::HeaderValue::from_str(id) {
+            resp.headers_mut().insert("x-trace-id", v);
+        }
+        if status >= 400 {
+            resp = errors::with_trace_id(resp, id).await;
+        }
+    }
+    let elapsed = started.elapsed();
+    span.in_scope(|| {
+        tracing::info!(
+            route,
+            method = %method,
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request completed"
+        )
+    });
+    state.metrics.record_status(status);
+    let p = &prom::PROM;
+    p.http_requests
+        .with_label_values(&[route, method.as_str(), &status.to_string()])
+        .inc();
+    p.http_duration
+        .with_label_values(&[route, method.as_str()])
+        .observe(elapsed.as_secs_f64());
+    resp
+}

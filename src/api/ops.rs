@@ -1,0 +1,255 @@
+//! Operations: liveness, readiness, status and metrics.
+
+use std::{sync::Arc, time::Duration};
+
+use poem::Request;
+use poem_openapi::{
+    payload::{Json, PlainText},
+    ApiResponse, OpenApi, ResponseContent,
+};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::{auth::ClientAuth, dto::*, errors::AuthError, AppState, Tag};
+use crate::{metrics::prom, VERSION};
+
+pub struct OpsApi {
+    pub(super) state: Arc<AppState>,
+}
+
+/// True when `Accept` names `text/plain` or OpenMetrics before (or without) JSON.
+pub(super) fn wants_prometheus(req: &Request) -> bool {
+    let accept = req
+        .headers()
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let pos = |needle: &str| accept.find(needle);
+    let text = [pos("text/plain"), pos("application/openmetrics-text")]
+        .into_iter()
+        .flatten()
+        .min();
+    match (text, pos("application/json")) {
+        (Some(t), Some(j)) => t < j,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+#[derive(ResponseContent)]
+pub(super) enum MetricsContent {
+    Json(Json<MetricsBody>),
+    Text(PlainText<String>),
+}
+
+#[derive(ApiResponse)]
+pub(super) enum MetricsResponse {
+    /// JSON counters, or Prometheus text (`text/plain; version=0.0.4`).
+    #[oai(status = 200)]
+    Ok(MetricsContent),
+}
+
+#[derive(ApiResponse)]
+pub(super) enum ReadyResponse {
+    /// The service can route tasks.
+    #[oai(status = 200)]
+    Ready(Json<Ready>),
+    /// The service cannot route; `reasons` says why.
+    #[oai(status = 503)]
+    NotReady(Json<NotReady>),
+}
+
+/// How long `/status` reuses its dependency probes.
+pub(super) const STATUS_CACHE: Duration = Duration::from_secs(1);
+/// Upper bound of one dependency probe.
+pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl AppState {
+    pub(super) fn metrics_body(&self) -> MetricsBody {
+        let c = &self.config;
+        let mut performance = self.metrics.performance();
+        let learning = &self.pipeline.learner.stats;
+        performance["learning"] = json!({
+            "outcomes_applied_total": learning.applied.load(std::sync::atomic::Ordering::Relaxed),
+            "outcomes_dropped_total": learning.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            "batches_total": learning.batches.load(std::sync::atomic::Ordering::Relaxed),
+            "decays_total": learning.decays.load(std::sync::atomic::Ordering::Relaxed),
+        });
+        performance["rejections"] = self.pipeline.stack.rejections.to_json();
+        performance["cache"] = self.pipeline.stack.caches.stats_json();
+        if let Some(ng) = &self.pipeline.neurogenesis {
+            performance["neurogenesis"] = ng.stats.to_json();
+        }
+        performance["rate_limit_fallbacks_total"] = json!(self
+            .metrics
+            .rate_limit_fallbacks
+            .load(std::sync::atomic::Ordering::Relaxed));
+        performance["rejections"]["inbound_rate_limited"] = json!(self
+            .metrics
+            .rate_limited
+            .load(std::sync::atomic::Ordering::Relaxed));
+        if let Some(l) = &self.client_limiter {
+            performance["rate_limited_clients_tracked"] = json!(l.tracked_clients());
+        }
+        let conns = &self.connections;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        performance["connections"] = json!({
+            "open": get(&conns.open),
+            "accepted_total": get(&conns.accepted),
+            "refused_total": get(&conns.refused),
+            "evicted_total": get(&conns.evicted),
+            "idle_closed_total": get(&conns.idle_closed),
+            "accept_errors_total": get(&conns.accept_errors),
+        });
+        MetricsBody {
+            service: "orchestrator".into(),
+            version: VERSION.into(),
+            features: Features {
+                autonomous_learning: self.pipeline.learner.enabled(),
+                dynamic_agents: c.enable_dynamic_agents,
+                cache: c.cache_enabled,
+                redis: c.redis_url.is_some(),
+                tracing: self.tracing_enabled,
+                remote_input_processor: c.input_processor_url.is_some(),
+                remote_output_processor: c.output_processor_url.is_some(),
+                graph_backend: self.pipeline.graph.backend().into(),
+            },
+            performance,
+        }
+    }
+
+    /// Dependency probes for `/status`, bounded and briefly cached.
+    pub(super) async fn dependencies(&self) -> (Value, bool) {
+        if let Some((at, deps, degraded)) = self.status_cache.lock().unwrap().clone() {
+            if at.elapsed() < STATUS_CACHE {
+                return (deps, degraded);
+            }
+        }
+        let graph = &self.pipeline.graph;
+        let started = Instant::now();
+        let graph_ok = matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, graph.ping()).await,
+            Ok(Ok(()))
+        );
+        let graph_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let agents = match tokio::time::timeout(PROBE_TIMEOUT, graph.agents()).await {
+            Ok(Ok(list)) => list,
+            _ => Vec::new(),
+        };
+        let agent_states: serde_json::Map<String, Value> = agents
+            .iter()
+            .map(|a| {
+                (
+                    a.agent.name.clone(),
+                    self.pipeline.stack.agent_status(&a.agent.name),
+                )
+            })
+            .collect();
+        let redis = match &self.pipeline.stack.caches.store {
+            None => json!({"status": "not_configured"}),
+            Some(store) => {
+                let ping = tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await;
+                let mut health = serde_json::to_value(store.health()).unwrap_or_default();
+                if !matches!(ping, Ok(Ok(()))) {
+                    health["status"] = json!("degraded");
+                }
+                health
+            }
+        };
+        let redis_ok = redis["status"] != "degraded";
+        let degraded = !graph_ok || !redis_ok;
+        let deps = json!({
+            "graph": {"backend": graph.backend(), "status": if graph_ok { "up" } else { "down" }, "probe_ms": graph_ms},
+            "redis": redis,
+            "telemetry": if self.tracing_enabled {
+                json!({"status": "exporting", "protocol": self.config.public_view()["otel_protocol"], "service_name": self.config.tracing.service_name})
+            } else {
+                json!({"status": "disabled"})
+            },
+            "agents": agent_states,
+        });
+        *self.status_cache.lock().unwrap() = Some((Instant::now(), deps.clone(), degraded));
+        (deps, degraded)
+    }
+}
+
+#[OpenApi]
+impl OpsApi {
+    /// Liveness: answers without touching any dependency.
+    #[oai(path = "/health", method = "get", tag = "Tag::Operations")]
+    async fn health(&self) -> Json<Health> {
+        Json(Health {
+            status: "healthy".into(),
+            service: "orchestrator".into(),
+            version: VERSION.into(),
+        })
+    }
+
+    /// Readiness for a load balancer: 200 when tasks can be routed, 503 with reasons if not.
+    #[oai(path = "/ready", method = "get", tag = "Tag::Operations")]
+    async fn ready(&self) -> ReadyResponse {
+        let graph = &self.state.pipeline.graph;
+        let mut reasons = Vec::new();
+        let agents = match tokio::time::timeout(PROBE_TIMEOUT, graph.agents()).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(_)) | Err(_) => {
+                reasons.push("the knowledge graph is unavailable".to_string());
+                Vec::new()
+            }
+        };
+        let routable = agents
+            .iter()
+            .filter(|a| a.agent.status == "active" && self.state.breaker(&a.agent.name) != "open")
+            .count();
+        if reasons.is_empty() && routable == 0 {
+            reasons.push("no agent can currently be routed to".to_string());
+        }
+        if reasons.is_empty() {
+            ReadyResponse::Ready(Json(Ready {
+                status: "ready".into(),
+                routable_agents: routable as u32,
+            }))
+        } else {
+            ReadyResponse::NotReady(Json(NotReady {
+                error: format!("not ready: {}", reasons.join("; ")),
+                code: "not_ready".into(),
+                reasons,
+            }))
+        }
+    }
+
+    /// Service status with dependency health (probes bounded to 1 s and cached for 1 s).
+    #[oai(path = "/status", method = "get", tag = "Tag::Operations")]
+    async fn status(&self, auth: ClientAuth) -> Result<Json<StatusBody>, AuthError> {
+        self.state.authenticate_ops(&auth)?;
+        let (dependencies, degraded) = self.state.dependencies().await;
+        Ok(Json(StatusBody {
+            service: "orchestrator".into(),
+            status: if degraded { "degraded" } else { "running" }.into(),
+            version: VERSION.into(),
+            uptime_s: self.state.metrics.uptime().as_secs_f64(),
+            dependencies,
+            environment: self.state.config.public_view(),
+        }))
+    }
+
+    /// Counters and feature flags as JSON (the default, `Accept: */*`), or the Prometheus
+    /// text exposition when the client asks for `text/plain` or OpenMetrics, as scrapers do.
+    #[oai(path = "/metrics", method = "get", tag = "Tag::Operations")]
+    async fn metrics(&self, req: &Request, auth: ClientAuth) -> Result<MetricsResponse, AuthError> {
+        self.state.authenticate_ops(&auth)?;
+        Ok(if wants_prometheus(req) {
+            MetricsResponse::Ok(MetricsContent::Text(PlainText(prom::PROM.render())))
+        } else {
+            MetricsResponse::Ok(MetricsContent::Json(Json(self.state.metrics_body())))
+        })
+    }
+
+    /// Alias of `GET /metrics` (JSON), kept for existing clients.
+    #[oai(path = "/metrics/json", method = "get", tag = "Tag::Operations")]
+    async fn metrics_json(&self, auth: ClientAuth) -> Result<Json<MetricsBody>, AuthError> {
+        self.state.authenticate_ops(&auth)?;
+        Ok(Json(self.state.metrics_body()))
+    }
+}

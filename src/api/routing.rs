@@ -1,0 +1,326 @@
+//! Routing: `/process` (and its alias), `/discover`, and the agent list.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use poem::Request;
+use poem_openapi::{payload::Json, ApiResponse, OpenApi};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::{
+    agents::agent_view,
+    auth::ClientAuth,
+    dto::*,
+    errors::ApiError,
+    validate::{
+        validate_concept, validate_intent, validate_new_concept, MAX_ID_CHARS, MAX_QUERY_CHARS,
+    },
+    AppState, Tag,
+};
+use crate::{
+    agents::guard::redact_endpoint,
+    graph::{AgentRecord, Candidate},
+    pipeline::{overall_status, processors, TaskSpec},
+    routing::{Admission, PolicyKind},
+};
+
+pub struct RoutingApi {
+    pub(super) state: Arc<AppState>,
+}
+
+#[derive(ApiResponse)]
+pub(super) enum DiscoverResponse {
+    /// The best agent and every ranked candidate.
+    #[oai(status = 200)]
+    Found(Json<Discovered>),
+    /// No agent handles this concept and intent.
+    #[oai(status = 404)]
+    NotFound(Json<NoAgentFound>),
+}
+
+/// False when the client asked to bypass caches (`Cache-Control: no-cache` or `no-store`).
+pub(super) fn use_cache(req: &Request) -> bool {
+    !req.headers()
+        .get_all("cache-control")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',').any(|d| {
+                matches!(
+                    d.trim().to_ascii_lowercase().as_str(),
+                    "no-cache" | "no-store"
+                )
+            })
+        })
+}
+
+/// The answer to a question that names no concept.
+pub(super) fn unparseable() -> ProcessResponse {
+    let spec = TaskSpec {
+        task_id: json!(1),
+        concept: String::new(),
+        intent: "define".into(),
+        args: json!({}),
+    };
+    let result = crate::pipeline::TaskResult::failed(
+        &spec,
+        "unparseable_query",
+        "the question names no concept; try \"What is a lightbulb?\"",
+    );
+    ProcessResponse {
+        status: "failed".into(),
+        result: Some(TaskResultBody(result.clone())),
+        answer: Some(json!(
+            "I could not find a concept in that question. Try \"What is a lightbulb?\""
+        )),
+        tasks: Some(Vec::new()),
+        results: BTreeMap::from([("1".to_string(), TaskResultBody(result))]),
+    }
+}
+
+pub(super) fn by_id(results: Vec<crate::pipeline::TaskResult>) -> BTreeMap<String, TaskResultBody> {
+    results
+        .into_iter()
+        .map(|r| (crate::pipeline::task_key(&r.task_id), TaskResultBody(r)))
+        .collect()
+}
+
+impl AppState {
+    pub(super) async fn process_impl(
+        &self,
+        req: ProcessRequest,
+        use_cache: bool,
+    ) -> Result<Json<ProcessResponse>, ApiError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.metrics.process_requests.fetch_add(1, Relaxed);
+        let config = &self.config;
+        let deadline = Instant::now() + config.request_timeout;
+        match req {
+            ProcessRequest::Batch(BatchRequest { tasks, .. }) => {
+                let specs = self.task_specs(tasks)?;
+                let results = self.pipeline.run_batch(&specs, deadline, use_cache).await;
+                Ok(Json(ProcessResponse {
+                    status: overall_status(&results).to_string(),
+                    result: None,
+                    answer: None,
+                    tasks: None,
+                    results: by_id(results),
+                }))
+            }
+            ProcessRequest::Query(QueryRequest { query, user_id }) => {
+                let query = query.trim().to_string();
+                let user_id = user_id
+                    .as_ref()
+                    .and_then(|u| u.0.as_ref())
+                    .map(|u| u.0.as_str());
+                if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS {
+                    return Err(ApiError::bad_request(
+                        "invalid_query",
+                        format!("query must be 1–{MAX_QUERY_CHARS} characters"),
+                    ));
+                }
+                if user_id
+                    .as_ref()
+                    .is_some_and(|u| u.chars().count() > MAX_ID_CHARS)
+                {
+                    return Err(ApiError::bad_request(
+                        "invalid_user_id",
+                        format!("user_id must be at most {MAX_ID_CHARS} characters"),
+                    ));
+                }
+                let transport = self.pipeline.stack.transport().as_ref();
+                let step = config
+                    .agent_timeout
+                    .min(crate::pipeline::remaining(deadline));
+                let parsed = processors::parse_query(
+                    transport,
+                    config.input_processor_url.as_deref(),
+                    &query,
+                    user_id,
+                    step,
+                )
+                .await;
+                let mut specs = match parsed {
+                    Ok(specs) => specs,
+                    // Not a client error: the question was fine, it just names nothing we
+                    // can route. The answer says so, like any task that finds no agent.
+                    Err(processors::InputError::NothingToDo) => {
+                        return Ok(Json(unparseable()));
+                    }
+                    Err(processors::InputError::Unavailable) => {
+                        return Err(ApiError::bad_gateway(
+                            "input_processor_unavailable",
+                            "the input processor did not answer",
+                        ))
+                    }
+                    Err(processors::InputError::BadAnswer) => {
+                        return Err(ApiError::bad_gateway(
+                            "input_processor_invalid",
+                            "the input processor's answer is not a task list",
+                        ))
+                    }
+                };
+                specs.truncate(config.max_tasks);
+                for s in &mut specs {
+                    s.concept = validate_concept(&s.concept)?;
+                    if config.enable_dynamic_agents {
+                        validate_new_concept(&s.concept)?;
+                    }
+                    s.intent = validate_intent(&s.intent)?;
+                }
+                let results = self.pipeline.run_batch(&specs, deadline, use_cache).await;
+                let step = config
+                    .agent_timeout
+                    .min(crate::pipeline::remaining(deadline));
+                let answer = processors::synthesize(
+                    transport,
+                    config.output_processor_url.as_deref(),
+                    &query,
+                    user_id,
+                    &results,
+                    step,
+                )
+                .await;
+                let tasks = specs
+                    .iter()
+                    .map(|s| ParsedTaskView {
+                        task_id: match &s.task_id {
+                            Value::String(t) => TaskId::Text(Text(t.clone())),
+                            v => TaskId::Int(v.as_i64().unwrap_or_default()),
+                        },
+                        concept: s.concept.clone(),
+                        intent: s.intent.clone(),
+                        args: s.args.clone(),
+                    })
+                    .collect();
+                Ok(Json(ProcessResponse {
+                    status: overall_status(&results).to_string(),
+                    result: results.first().cloned().map(TaskResultBody),
+                    answer: Some(answer),
+                    tasks: Some(tasks),
+                    results: by_id(results),
+                }))
+            }
+        }
+    }
+}
+
+#[OpenApi]
+impl RoutingApi {
+    /// Which agent handles a concept and intent, with every ranked candidate.
+    #[oai(path = "/discover", method = "post", tag = "Tag::Routing")]
+    async fn discover(
+        &self,
+        req: &Request,
+        auth: ClientAuth,
+        body: Json<DiscoverRequest>,
+    ) -> Result<DiscoverResponse, ApiError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.state.authenticate(&auth)?;
+        self.state.admit(req).await?;
+        self.state.metrics.discover_requests.fetch_add(1, Relaxed);
+        let concept = validate_concept(&body.concept)?;
+        let intent = validate_intent(
+            body.intent
+                .as_ref()
+                .and_then(|i| i.0.as_deref())
+                .unwrap_or("define"),
+        )?;
+        let candidates: Vec<Candidate> = self
+            .state
+            .pipeline
+            .discover(&concept, &intent, use_cache(req))
+            .await
+            .map(|(candidates, _)| candidates)
+            .map_err(|e| {
+                tracing::warn!(error = %e, "discovery failed");
+                ApiError::unavailable("graph_unavailable", "the knowledge graph is unavailable")
+            })?;
+        let pipeline = &self.state.pipeline;
+        let assessed = pipeline.assess(&candidates);
+        // Best first: by score under the score policy (refused breakers last), in the
+        // graph's order under the weight policy; the best is the first a call would pass.
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        if pipeline.router.policy() == PolicyKind::Score {
+            order.sort_by(|&a, &b| {
+                let refused = |i: usize| assessed[i].0.admission == Admission::Refused;
+                refused(a)
+                    .cmp(&refused(b))
+                    .then(assessed[b].0.score().total_cmp(&assessed[a].0.score()))
+            });
+        }
+        let Some(&best) = order
+            .iter()
+            .find(|&&i| assessed[i].0.admission != Admission::Refused)
+            .or(order.first())
+        else {
+            let message = format!("no agent handles intent '{intent}' for concept '{concept}'");
+            return Ok(DiscoverResponse::NotFound(Json(NoAgentFound {
+                status: "no_agent_found".into(),
+                concept,
+                intent,
+                agent_url: Nullable(None),
+                error: message.clone(),
+                message,
+                code: "no_agent_found".into(),
+            })));
+        };
+        let record = AgentRecord {
+            agent: candidates[best].agent.clone(),
+            concepts: vec![(concept.clone(), candidates[best].stats.clone())],
+        };
+        Ok(DiscoverResponse::Found(Json(Discovered {
+            status: "success".into(),
+            agent_url: redact_endpoint(&record.agent.endpoint),
+            agent: agent_view(&record, &assessed[best].1),
+            candidates: order
+                .iter()
+                .map(|&i| {
+                    let (c, (inputs, live)) = (&candidates[i], &assessed[i]);
+                    CandidateView {
+                        name: c.agent.name.clone(),
+                        endpoint: redact_endpoint(&c.agent.endpoint),
+                        weight: c.stats.weight,
+                        success_rate: c.stats.success_rate,
+                        usage_count: c.stats.usage_count,
+                        breaker: live.breaker.as_str().into(),
+                        score: inputs.score(),
+                        health: live.health,
+                        latency_ms: Nullable(live.latency_ms),
+                        in_flight: live.in_flight,
+                        slow_start: live.ramp,
+                        share: Nullable(live.share),
+                    }
+                })
+                .collect(),
+            concept,
+            intent,
+        })))
+    }
+
+    /// Answers a question (`query`) or a batch of concept/intent `tasks`.
+    #[oai(path = "/process", method = "post", tag = "Tag::Routing")]
+    async fn process(
+        &self,
+        req: &Request,
+        auth: ClientAuth,
+        body: Json<ProcessRequest>,
+    ) -> Result<Json<ProcessResponse>, ApiError> {
+        self.state.authenticate(&auth)?;
+        self.state.admit(req).await?;
+        self.state.process_impl(body.0, use_cache(req)).await
+    }
+
+    /// Alias of `POST /process`, kept for existing clients.
+    #[oai(path = "/process_query", method = "post", tag = "Tag::Routing")]
+    async fn process_query(
+        &self,
+        req: &Request,
+        auth: ClientAuth,
+        body: Json<ProcessRequest>,
+    ) -> Result<Json<ProcessResponse>, ApiError> {
+        self.state.authenticate(&auth)?;
+        self.state.admit(req).await?;
+        self.state.process_impl(body.0, use_cache(req)).await
+    }
+}
