@@ -146,6 +146,28 @@ impl TestApp {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// The Prometheus text exposition, as a scraper gets it.
+    pub async fn scrape(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .header("accept", "text/plain")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one series (`name{labels}` exactly as exposed), 0 when absent.
+    pub async fn series(&self, series: &str) -> f64 {
+        self.scrape()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// The weight of `agent`→`concept` as `/agents` reports it.
     pub async fn weight(&self, agent: &str, concept: &str) -> f64 {
         let (_, body) = self.get("/agents").await;

@@ -123,23 +123,6 @@ fn two_agents(best: &TestAgent, other: &TestAgent, weights: (f64, f64)) -> TestA
     )
 }
 
-/// A counter's value in the Prometheus text of `app`.
-async fn prom_counter(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .header("accept", "text/plain")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_recovers_regains_its_share_and_no_task_fails_meanwhile() {
     let best = answering("Best_AI");
@@ -174,8 +157,16 @@ async fn an_agent_that_recovers_regains_its_share_and_no_task_fails_meanwhile() 
         back.len()
     );
     // The decisions were visible: a probe brought it back, exploration kept measuring.
-    assert!(prom_counter(&app, "myriad_routing_decisions_total{reason=\"probe\"}").await >= 1.0);
-    assert!(prom_counter(&app, "myriad_routing_decisions_total{reason=\"explore\"}").await >= 1.0);
+    assert!(
+        app.series("myriad_routing_decisions_total{reason=\"probe\"}")
+            .await
+            >= 1.0
+    );
+    assert!(
+        app.series("myriad_routing_decisions_total{reason=\"explore\"}")
+            .await
+            >= 1.0
+    );
     let (_, d) = app.post("/discover", &json!({"concept": "lamp"})).await;
     let best_view = d["candidates"]
         .as_array()

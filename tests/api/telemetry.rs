@@ -277,15 +277,7 @@ fn series(text: &str) -> usize {
 }
 
 async fn scrape(app: &TestApp) -> String {
-    app.client
-        .get(app.url("/metrics"))
-        .header("accept", "text/plain")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    app.scrape().await
 }
 
 #[tokio::test]
