@@ -1,6 +1,7 @@
 //! Myriad Orchestrator: an observability-first, resilient gateway in front of agent services.
 //!
 //! # Layout
+//! - [`cli`]: the command line, one function per subcommand (`main.rs` only calls it).
 //! - [`startup`]: `Application::build(config)` wires everything and binds the listener.
 //! - [`server`]: the accept loop — connection cap, header-read and idle timeouts, drain.
 //! - [`config`]: every setting (flags and the original service's environment variables),
@@ -11,7 +12,9 @@
 //! - [`routing`]: the routing policy — which candidate goes first (weight, health, latency,
 //!   exploration, slow start) and why.
 //! - [`resilience`]: deadline, rate limit, bulkhead, circuit breaker, retry, per-try timeout.
-//! - [`graph`]: the knowledge graph trait, the seed format and the in-memory backend.
+//! - [`cache`]: the two-tier cache (moka L1, Redis L2), single flight per key, stale
+//!   answers, invalidation across replicas.
+//! - [`graph`]: the knowledge graph trait, the seed format, the in-memory and Neo4j backends.
 //! - [`agents`]: the agent protocol over HTTP and the built-in demo agents.
 //! - [`metrics`], [`telemetry`]: counters behind `/metrics`; logging set-up.
 #![forbid(unsafe_code)]
@@ -19,6 +22,7 @@
 pub mod agents;
 pub mod api;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod graph;
 pub mod metrics;
