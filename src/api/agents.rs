@@ -8,7 +8,7 @@ use poem_openapi::{param::Path, payload::Json, ApiResponse, OpenApi};
 use super::{
     auth::{AdminKey, ClientAuth},
     dto::*,
-    errors::{ApiError, AuthError, ErrorBody},
+    errors::{ApiError, AuthError, ErrorBody, ErrorCode},
     validate::{validate_concept, validate_intent},
     AppState, Tag,
 };
@@ -60,7 +60,6 @@ pub(super) enum AdminError {
     /// No admin key was sent. (Answered by the security scheme's extractor before the
     /// operation runs; declared here so the spec lists it.)
     #[oai(status = 401)]
-    #[allow(dead_code)]
     Unauthorized(Json<ErrorBody>),
     /// The admin key is wrong, or the admin API is disabled (`ADMIN_API_KEY` unset).
     #[oai(status = 403)]
@@ -83,22 +82,23 @@ pub(super) enum AdminError {
 pub(super) fn graph_unavailable(e: crate::graph::GraphError, what: &str) -> AdminError {
     tracing::warn!(error = %e, "{what}");
     AdminError::Unavailable(Json(ErrorBody::new(
-        "graph_unavailable",
+        ErrorCode::GraphUnavailable,
         "the knowledge graph is unavailable",
     )))
 }
 
 impl From<ApiError> for AdminError {
+    /// By the status of the error's code: nothing changes status on the way.
     fn from(e: ApiError) -> Self {
-        match e {
-            ApiError::PayloadTooLarge(b) => AdminError::PayloadTooLarge(b),
-            ApiError::UnsupportedMediaType(b) => AdminError::UnsupportedMediaType(b),
-            ApiError::Unavailable(b) => AdminError::Unavailable(b),
-            ApiError::BadRequest(b)
-            | ApiError::Unauthorized(b)
-            | ApiError::HeadersTooLarge(b)
-            | ApiError::TooManyRequests(b, ..)
-            | ApiError::BadGateway(b) => AdminError::BadRequest(b),
+        let body = e.into_body();
+        match body.code.status().as_u16() {
+            401 => AdminError::Unauthorized(body),
+            403 => AdminError::Forbidden(body),
+            404 => AdminError::NotFound(body),
+            413 => AdminError::PayloadTooLarge(body),
+            415 => AdminError::UnsupportedMediaType(body),
+            503 => AdminError::Unavailable(body),
+            _ => AdminError::BadRequest(body),
         }
     }
 }
@@ -109,40 +109,40 @@ impl AppState {
         r: AgentRegistration,
     ) -> Result<(AgentInfo, Vec<(String, f64)>), ApiError> {
         validate_agent_name(&r.name)
-            .map_err(|why| ApiError::bad_request("invalid_name", format!("name: {why}")))?;
+            .map_err(|why| ApiError::new(ErrorCode::InvalidName, format!("name: {why}")))?;
         let endpoint = normalize_endpoint(&r.endpoint).map_err(|why| match why {
-            EndpointError::NotHttp => ApiError::bad_request("invalid_endpoint", why.to_string()),
-            _ => ApiError::bad_request("endpoint_not_allowed", why.to_string()),
+            EndpointError::NotHttp => ApiError::new(ErrorCode::InvalidEndpoint, why.to_string()),
+            _ => ApiError::new(ErrorCode::EndpointNotAllowed, why.to_string()),
         })?;
         if !self.config.agent_allowed_hosts.allows(&endpoint) {
-            return Err(ApiError::bad_request(
-                "endpoint_not_allowed",
+            return Err(ApiError::new(
+                ErrorCode::EndpointNotAllowed,
                 "the endpoint's host is not in AGENT_ALLOWED_HOSTS",
             ));
         }
         if r.intents.is_empty() || r.intents.len() > 64 {
-            return Err(ApiError::bad_request(
-                "invalid_intents",
+            return Err(ApiError::new(
+                ErrorCode::InvalidIntents,
                 "list 1–64 intents",
             ));
         }
         if r.concepts.is_empty() || r.concepts.len() > 256 {
-            return Err(ApiError::bad_request(
-                "invalid_concepts",
+            return Err(ApiError::new(
+                ErrorCode::InvalidConcepts,
                 "list 1–256 concepts",
             ));
         }
         let capabilities = r.capabilities.unwrap_or_default();
         if capabilities.len() > 64 || capabilities.iter().any(|c| c.is_empty() || c.len() > 64) {
-            return Err(ApiError::bad_request(
-                "invalid_capabilities",
+            return Err(ApiError::new(
+                ErrorCode::InvalidCapabilities,
                 "at most 64 capabilities of 1–64 characters",
             ));
         }
         let agent_type = r.agent_type.map(|t| t.0).unwrap_or_else(|| "static".into());
         if agent_type.is_empty() || agent_type.len() > 32 {
-            return Err(ApiError::bad_request(
-                "invalid_type",
+            return Err(ApiError::new(
+                ErrorCode::InvalidType,
                 "type must be 1–32 characters",
             ));
         }
@@ -150,8 +150,8 @@ impl AppState {
         for c in r.concepts {
             let weight = c.weight.unwrap_or(0.5);
             if !(0.0..=1.0).contains(&weight) {
-                return Err(ApiError::bad_request(
-                    "invalid_weight",
+                return Err(ApiError::new(
+                    ErrorCode::InvalidWeight,
                     "weights are in [0, 1]",
                 ));
             }
@@ -186,7 +186,7 @@ impl AgentsApi {
         let records = self.state.pipeline.graph.agents().await.map_err(|e| {
             tracing::warn!(error = %e, "listing agents failed");
             AgentsError::Unavailable(Json(ErrorBody::new(
-                "graph_unavailable",
+                ErrorCode::GraphUnavailable,
                 "the knowledge graph is unavailable",
             )))
         })?;
@@ -257,7 +257,7 @@ impl AgentsApi {
             .map_err(|e| graph_unavailable(e, "removing an agent failed"))?;
         let Some(concepts) = removed else {
             return Err(AdminError::NotFound(Json(ErrorBody::new(
-                "agent_not_found",
+                ErrorCode::AgentNotFound,
                 "no agent of that name",
             ))));
         };

@@ -9,7 +9,7 @@ use poem_openapi::{
 
 use super::{
     agents::AdminError,
-    errors::{ApiError, AuthError, ErrorBody},
+    errors::{ApiError, AuthError, ErrorBody, ErrorCode},
     AppState,
 };
 use crate::{metrics::prom, resilience::limit::Verdict};
@@ -110,7 +110,7 @@ impl AppState {
     pub(super) fn check_admin(&self, key: &AdminKey) -> Result<(), AdminError> {
         let Some(expected) = &self.config.admin_api_key else {
             return Err(AdminError::Forbidden(Json(ErrorBody::new(
-                "admin_disabled",
+                ErrorCode::AdminDisabled,
                 "the admin API is disabled (ADMIN_API_KEY is not set)",
             ))));
         };
@@ -118,7 +118,7 @@ impl AppState {
             Ok(())
         } else {
             Err(AdminError::Forbidden(Json(ErrorBody::new(
-                "forbidden",
+                ErrorCode::Forbidden,
                 "the admin key is not valid",
             ))))
         }
@@ -139,7 +139,7 @@ impl AppState {
                 let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 Err(ApiError::TooManyRequests(
                     Json(ErrorBody::new(
-                        "rate_limited",
+                        ErrorCode::RateLimited,
                         format!("too many requests; retry in {secs} s"),
                     )),
                     secs,

@@ -3,7 +3,10 @@
 
 use poem::{Endpoint, Request};
 
-use super::{errors, AppState};
+use super::{
+    errors::{self, ErrorCode},
+    AppState,
+};
 use crate::metrics::prom;
 
 /// Everything every request goes through, once.
@@ -35,8 +38,7 @@ pub(super) async fn edge<E: Endpoint>(ep: &E, req: Request, state: &AppState) ->
     let mut resp = async {
         if header_bytes > max_headers {
             return errors::error_response(
-                poem::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
+                ErrorCode::HeadersTooLarge,
                 format!("request line and headers exceed {max_headers} bytes (MAX_HEADER_BYTES)"),
             );
         }

@@ -12,26 +12,214 @@ use poem::{
 use poem_openapi::{
     error::{ContentTypeError, ParseParamError, ParseRequestPayloadError},
     payload::Json,
-    ApiResponse, Object,
+    ApiResponse, Enum, Object,
 };
+
+/// Every stable machine-readable code an error body can carry — and the one place each
+/// maps to its HTTP status. The spec lists them, so clients can match on them.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not one of the accepted shapes, or breaks a rule of its schema.
+    InvalidBody,
+    /// A path or query parameter is not valid.
+    InvalidParameter,
+    /// A concept name breaks the naming rules.
+    InvalidConcept,
+    /// An intent is not 1–64 of a-z, 0-9, `_`, `-`.
+    InvalidIntent,
+    /// The question is blank or too long.
+    InvalidQuery,
+    /// The user id is too long.
+    InvalidUserId,
+    /// A task id is too long.
+    InvalidTaskId,
+    /// Two tasks of a batch share an id.
+    DuplicateTaskId,
+    /// A task's `args` is not a JSON object.
+    InvalidArgs,
+    /// A task's `args` nest deeper than MAX_ARGS_DEPTH.
+    ArgsTooDeep,
+    /// An agent name breaks the naming rules.
+    InvalidName,
+    /// An agent endpoint is not an http(s) URL with a host.
+    InvalidEndpoint,
+    /// An agent endpoint carries credentials or unsafe characters, or its host is not allowed.
+    EndpointNotAllowed,
+    /// A registration lists no intents or too many.
+    InvalidIntents,
+    /// A registration lists no concepts or too many.
+    InvalidConcepts,
+    /// A registration's capabilities break their limits.
+    InvalidCapabilities,
+    /// A registration's agent type is blank or too long.
+    InvalidType,
+    /// A weight is outside [0, 1].
+    InvalidWeight,
+    /// Any other malformed request.
+    BadRequest,
+    /// A valid API key (or admin key) is required.
+    Unauthorized,
+    /// The admin key is not valid.
+    Forbidden,
+    /// The admin API is disabled (`ADMIN_API_KEY` unset).
+    AdminDisabled,
+    /// No such endpoint.
+    NotFound,
+    /// No agent of that name.
+    AgentNotFound,
+    /// The endpoint does not take this method.
+    MethodNotAllowed,
+    /// The body did not arrive within BODY_READ_TIMEOUT_MS.
+    BodyTimeout,
+    /// The body is larger than MAX_BODY_BYTES.
+    PayloadTooLarge,
+    /// The batch is larger than MAX_TASKS.
+    TooManyTasks,
+    /// A task's `args` are larger than MAX_ARGS_BYTES.
+    ArgsTooLarge,
+    /// The body is not `application/json`.
+    UnsupportedMediaType,
+    /// Over the inbound rate limit; retry after `Retry-After`.
+    RateLimited,
+    /// The request line and headers exceed MAX_HEADER_BYTES.
+    HeadersTooLarge,
+    /// An internal error; the detail is in the service log.
+    InternalError,
+    /// The remote input processor did not answer.
+    InputProcessorUnavailable,
+    /// The remote input processor's answer is not a task list.
+    InputProcessorInvalid,
+    /// The knowledge graph is unavailable.
+    GraphUnavailable,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 36] = [
+        ErrorCode::InvalidBody,
+        ErrorCode::InvalidParameter,
+        ErrorCode::InvalidConcept,
+        ErrorCode::InvalidIntent,
+        ErrorCode::InvalidQuery,
+        ErrorCode::InvalidUserId,
+        ErrorCode::InvalidTaskId,
+        ErrorCode::DuplicateTaskId,
+        ErrorCode::InvalidArgs,
+        ErrorCode::ArgsTooDeep,
+        ErrorCode::InvalidName,
+        ErrorCode::InvalidEndpoint,
+        ErrorCode::EndpointNotAllowed,
+        ErrorCode::InvalidIntents,
+        ErrorCode::InvalidConcepts,
+        ErrorCode::InvalidCapabilities,
+        ErrorCode::InvalidType,
+        ErrorCode::InvalidWeight,
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::AdminDisabled,
+        ErrorCode::NotFound,
+        ErrorCode::AgentNotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::BodyTimeout,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::TooManyTasks,
+        ErrorCode::ArgsTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::RateLimited,
+        ErrorCode::HeadersTooLarge,
+        ErrorCode::InternalError,
+        ErrorCode::InputProcessorUnavailable,
+        ErrorCode::InputProcessorInvalid,
+        ErrorCode::GraphUnavailable,
+    ];
+
+    /// The status every answer with this code has.
+    pub fn status(self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            InvalidBody | InvalidParameter | InvalidConcept | InvalidIntent | InvalidQuery
+            | InvalidUserId | InvalidTaskId | DuplicateTaskId | InvalidArgs | ArgsTooDeep
+            | InvalidName | InvalidEndpoint | EndpointNotAllowed | InvalidIntents
+            | InvalidConcepts | InvalidCapabilities | InvalidType | InvalidWeight | BadRequest => {
+                StatusCode::BAD_REQUEST
+            }
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            Forbidden | AdminDisabled => StatusCode::FORBIDDEN,
+            NotFound | AgentNotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            PayloadTooLarge | TooManyTasks | ArgsTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            InputProcessorUnavailable | InputProcessorInvalid => StatusCode::BAD_GATEWAY,
+            GraphUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            InvalidBody => "invalid_body",
+            InvalidParameter => "invalid_parameter",
+            InvalidConcept => "invalid_concept",
+            InvalidIntent => "invalid_intent",
+            InvalidQuery => "invalid_query",
+            InvalidUserId => "invalid_user_id",
+            InvalidTaskId => "invalid_task_id",
+            DuplicateTaskId => "duplicate_task_id",
+            InvalidArgs => "invalid_args",
+            ArgsTooDeep => "args_too_deep",
+            InvalidName => "invalid_name",
+            InvalidEndpoint => "invalid_endpoint",
+            EndpointNotAllowed => "endpoint_not_allowed",
+            InvalidIntents => "invalid_intents",
+            InvalidConcepts => "invalid_concepts",
+            InvalidCapabilities => "invalid_capabilities",
+            InvalidType => "invalid_type",
+            InvalidWeight => "invalid_weight",
+            BadRequest => "bad_request",
+            Unauthorized => "unauthorized",
+            Forbidden => "forbidden",
+            AdminDisabled => "admin_disabled",
+            NotFound => "not_found",
+            AgentNotFound => "agent_not_found",
+            MethodNotAllowed => "method_not_allowed",
+            BodyTimeout => "body_timeout",
+            PayloadTooLarge => "payload_too_large",
+            TooManyTasks => "too_many_tasks",
+            ArgsTooLarge => "args_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            RateLimited => "rate_limited",
+            HeadersTooLarge => "headers_too_large",
+            InternalError => "internal_error",
+            InputProcessorUnavailable => "input_processor_unavailable",
+            InputProcessorInvalid => "input_processor_invalid",
+            GraphUnavailable => "graph_unavailable",
+        }
+    }
+}
 
 /// The error body of every 4xx/5xx answer.
 #[derive(Object, Debug, Clone)]
 pub struct ErrorBody {
     /// What went wrong, for a human.
     pub error: String,
-    /// Stable machine-readable code (snake_case).
-    pub code: String,
+    // No doc comment here: one would wrap the `$ref` in an `allOf`, which some client
+    // generators skip (the ErrorCode schema carries the description).
+    pub code: ErrorCode,
     /// Trace of the request, when tracing is on.
     #[oai(skip_serializing_if_is_none)]
     pub trace_id: Option<String>,
 }
 
 impl ErrorBody {
-    pub fn new(code: &str, error: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, error: impl Into<String>) -> Self {
         ErrorBody {
             error: error.into(),
-            code: code.to_string(),
+            code,
             trace_id: None,
         }
     }
@@ -94,7 +282,7 @@ impl Default for AuthError {
 impl AuthError {
     pub fn new() -> Self {
         AuthError::Unauthorized(Json(ErrorBody::new(
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "a valid API key is required (Authorization: Bearer <key> or X-API-Key: <key>)",
         )))
     }
@@ -108,25 +296,41 @@ impl From<AuthError> for ApiError {
 }
 
 impl ApiError {
-    pub fn bad_request(code: &str, msg: impl Into<String>) -> Self {
-        ApiError::BadRequest(Json(ErrorBody::new(code, msg)))
+    /// The error body, whatever the status.
+    pub fn into_body(self) -> Json<ErrorBody> {
+        match self {
+            ApiError::BadRequest(b)
+            | ApiError::Unauthorized(b)
+            | ApiError::PayloadTooLarge(b)
+            | ApiError::UnsupportedMediaType(b)
+            | ApiError::HeadersTooLarge(b)
+            | ApiError::TooManyRequests(b, ..)
+            | ApiError::BadGateway(b)
+            | ApiError::Unavailable(b) => b,
+        }
     }
-    pub fn too_large(code: &str, msg: impl Into<String>) -> Self {
-        ApiError::PayloadTooLarge(Json(ErrorBody::new(code, msg)))
-    }
-    pub fn bad_gateway(code: &str, msg: impl Into<String>) -> Self {
-        ApiError::BadGateway(Json(ErrorBody::new(code, msg)))
-    }
-    pub fn unavailable(code: &str, msg: impl Into<String>) -> Self {
-        ApiError::Unavailable(Json(ErrorBody::new(code, msg)))
+
+    /// The answer for `code`, with the status [`ErrorCode::status`] gives it.
+    pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
+        let body = Json(ErrorBody::new(code, msg));
+        match code.status() {
+            StatusCode::UNAUTHORIZED => ApiError::Unauthorized(body),
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(body),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(body),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ApiError::HeadersTooLarge(body),
+            StatusCode::TOO_MANY_REQUESTS => ApiError::TooManyRequests(body, 1, 0, 0),
+            StatusCode::BAD_GATEWAY => ApiError::BadGateway(body),
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(body),
+            _ => ApiError::BadRequest(body),
+        }
     }
 }
 
 /// A JSON error response outside the typed operations.
-pub fn error_response(status: StatusCode, code: &str, msg: impl Into<String>) -> Response {
-    let body = serde_json::json!({"error": msg.into(), "code": code});
+pub fn error_response(code: ErrorCode, msg: impl Into<String>) -> Response {
+    let body = serde_json::json!({"error": msg.into(), "code": code.as_str()});
     Response::builder()
-        .status(status)
+        .status(code.status())
         .content_type("application/json")
         .body(body.to_string())
 }
@@ -156,16 +360,16 @@ pub fn framework_error(err: poem::Error) -> Response {
             .starts_with("Expected input type \"ProcessRequest\"")
         {
             // The union's own message only echoes the body; say what is accepted instead.
-            ("invalid_body", PROCESS_SHAPE.to_string())
+            (ErrorCode::InvalidBody, PROCESS_SHAPE.to_string())
         } else {
             (
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 format!("invalid request body: {}", clip(&e.reason)),
             )
         }
     } else if let Some(e) = err.downcast_ref::<ParseParamError>() {
         (
-            "invalid_parameter",
+            ErrorCode::InvalidParameter,
             format!("invalid parameter `{}`: {}", e.name, clip(&e.reason)),
         )
     } else if let Some(e) = err.downcast_ref::<ContentTypeError>() {
@@ -175,43 +379,49 @@ pub fn framework_error(err: poem::Error) -> Response {
                 "the request has no Content-Type; send application/json"
             }
         };
-        ("unsupported_media_type", msg.to_string())
+        (ErrorCode::UnsupportedMediaType, msg.to_string())
     } else if err.is::<NotFoundError>() || status == StatusCode::NOT_FOUND {
         (
-            "not_found",
+            ErrorCode::NotFound,
             "no such endpoint; see /openapi.json".to_string(),
         )
     } else if err.is::<MethodNotAllowedError>() || status == StatusCode::METHOD_NOT_ALLOWED {
         (
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             "method not allowed on this endpoint".to_string(),
         )
     } else {
         match status {
-            StatusCode::UNAUTHORIZED => ("unauthorized", "credentials are missing".to_string()),
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                ("payload_too_large", "request body is too large".to_string())
-            }
+            StatusCode::UNAUTHORIZED => (
+                ErrorCode::Unauthorized,
+                "credentials are missing".to_string(),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE => (
+                ErrorCode::PayloadTooLarge,
+                "request body is too large".to_string(),
+            ),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => (
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "Content-Type must be application/json".to_string(),
             ),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
-                "headers_too_large",
+                ErrorCode::HeadersTooLarge,
                 "request headers are too large".to_string(),
             ),
-            s if s.is_client_error() => ("bad_request", "the request is not valid".to_string()),
+            s if s.is_client_error() => (
+                ErrorCode::BadRequest,
+                "the request is not valid".to_string(),
+            ),
             _ => {
                 tracing::error!(error = %err, status = %status, "internal error");
                 return error_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
+                    ErrorCode::InternalError,
                     "internal error; see the service log",
                 );
             }
         }
     };
-    error_response(status, code, msg)
+    error_response(code, msg)
 }
 
 /// Middleware body: every error becomes the JSON error body; panics are not involved
@@ -231,8 +441,7 @@ pub async fn limit_body(
 ) -> Result<Request, Response> {
     let too_large = || {
         error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("request body is larger than {max} bytes (MAX_BODY_BYTES)"),
         )
     };
@@ -250,8 +459,7 @@ pub async fn limit_body(
     let Ok(read) = tokio::time::timeout(read_timeout, body.into_bytes_limit(max)).await else {
         // A body trickled in too slowly holds a connection and a task: refuse it.
         let mut resp = error_response(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
+            ErrorCode::BodyTimeout,
             format!(
                 "the request body did not arrive within {} ms (BODY_READ_TIMEOUT_MS)",
                 read_timeout.as_millis()
@@ -270,8 +478,7 @@ pub async fn limit_body(
         }
         Err(poem::error::ReadBodyError::PayloadTooLarge) => Err(too_large()),
         Err(_) => Err(error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
+            ErrorCode::InvalidBody,
             "the request body could not be read",
         )),
     }
@@ -292,4 +499,34 @@ pub async fn with_trace_id(resp: Response, trace_id: &str) -> Response {
     resp.headers_mut()
         .remove(poem::http::header::CONTENT_LENGTH);
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use poem_openapi::types::ToJSON;
+
+    use super::*;
+
+    #[test]
+    fn every_code_reads_the_same_in_bodies_and_in_the_spec_and_has_an_error_status() {
+        for code in ErrorCode::ALL {
+            assert_eq!(code.to_json(), Some(serde_json::json!(code.as_str())));
+            assert!(code.status().is_client_error() || code.status().is_server_error());
+        }
+    }
+
+    #[test]
+    fn an_api_error_carries_the_status_of_its_code() {
+        let status = |code| {
+            poem::IntoResponse::into_response(ApiError::new(code, "x"))
+                .status()
+                .as_u16()
+        };
+        assert_eq!(status(ErrorCode::InvalidBody), 400);
+        assert_eq!(status(ErrorCode::Unauthorized), 401);
+        assert_eq!(status(ErrorCode::TooManyTasks), 413);
+        assert_eq!(status(ErrorCode::HeadersTooLarge), 431);
+        assert_eq!(status(ErrorCode::InputProcessorInvalid), 502);
+        assert_eq!(status(ErrorCode::GraphUnavailable), 503);
+    }
 }

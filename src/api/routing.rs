@@ -11,7 +11,7 @@ use super::{
     agents::agent_view,
     auth::ClientAuth,
     dto::*,
-    errors::ApiError,
+    errors::{ApiError, ErrorCode},
     validate::{
         validate_concept, validate_intent, validate_new_concept, MAX_ID_CHARS, MAX_QUERY_CHARS,
     },
@@ -114,8 +114,8 @@ impl AppState {
                     .and_then(|u| u.0.as_ref())
                     .map(|u| u.0.as_str());
                 if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS {
-                    return Err(ApiError::bad_request(
-                        "invalid_query",
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidQuery,
                         format!("query must be 1–{MAX_QUERY_CHARS} characters"),
                     ));
                 }
@@ -123,8 +123,8 @@ impl AppState {
                     .as_ref()
                     .is_some_and(|u| u.chars().count() > MAX_ID_CHARS)
                 {
-                    return Err(ApiError::bad_request(
-                        "invalid_user_id",
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidUserId,
                         format!("user_id must be at most {MAX_ID_CHARS} characters"),
                     ));
                 }
@@ -148,14 +148,14 @@ impl AppState {
                         return Ok(Json(unparseable()));
                     }
                     Err(processors::InputError::Unavailable) => {
-                        return Err(ApiError::bad_gateway(
-                            "input_processor_unavailable",
+                        return Err(ApiError::new(
+                            ErrorCode::InputProcessorUnavailable,
                             "the input processor did not answer",
                         ))
                     }
                     Err(processors::InputError::BadAnswer) => {
-                        return Err(ApiError::bad_gateway(
-                            "input_processor_invalid",
+                        return Err(ApiError::new(
+                            ErrorCode::InputProcessorInvalid,
                             "the input processor's answer is not a task list",
                         ))
                     }
@@ -234,7 +234,10 @@ impl RoutingApi {
             .map(|(candidates, _)| candidates)
             .map_err(|e| {
                 tracing::warn!(error = %e, "discovery failed");
-                ApiError::unavailable("graph_unavailable", "the knowledge graph is unavailable")
+                ApiError::new(
+                    ErrorCode::GraphUnavailable,
+                    "the knowledge graph is unavailable",
+                )
             })?;
         let pipeline = &self.state.pipeline;
         let assessed = pipeline.assess(&candidates);

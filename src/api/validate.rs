@@ -4,7 +4,11 @@ use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
-use super::{dto::TaskInput, errors::ApiError, AppState};
+use super::{
+    dto::TaskInput,
+    errors::{ApiError, ErrorCode},
+    AppState,
+};
 use crate::{
     graph::{normalize_concept, seed::validate_name},
     pipeline::TaskSpec,
@@ -18,7 +22,7 @@ pub(super) const MAX_INTENT_CHARS: usize = 64;
 pub(super) fn validate_concept(raw: &str) -> Result<String, ApiError> {
     let concept = normalize_concept(raw);
     validate_name(&concept)
-        .map_err(|why| ApiError::bad_request("invalid_concept", format!("concept: {why}")))?;
+        .map_err(|why| ApiError::new(ErrorCode::InvalidConcept, format!("concept: {why}")))?;
     Ok(concept)
 }
 
@@ -31,8 +35,8 @@ pub(super) fn validate_new_concept(concept: &str) -> Result<(), ApiError> {
     if plain && concept.chars().count() <= 64 {
         Ok(())
     } else {
-        Err(ApiError::bad_request(
-            "invalid_concept",
+        Err(ApiError::new(
+            ErrorCode::InvalidConcept,
             "with dynamic agents on, a concept is at most 64 letters, digits, spaces or - _ . '",
         ))
     }
@@ -46,8 +50,8 @@ pub(super) fn validate_intent(raw: &str) -> Result<String, ApiError> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     {
-        return Err(ApiError::bad_request(
-            "invalid_intent",
+        return Err(ApiError::new(
+            ErrorCode::InvalidIntent,
             format!("intent: 1–{MAX_INTENT_CHARS} characters of a-z, 0-9, '_' or '-'"),
         ));
     }
@@ -66,15 +70,15 @@ pub(super) fn json_depth(v: &Value) -> usize {
 impl AppState {
     pub(super) fn task_specs(&self, tasks: Vec<TaskInput>) -> Result<Vec<TaskSpec>, ApiError> {
         if tasks.is_empty() {
-            return Err(ApiError::bad_request(
-                "invalid_body",
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
                 "tasks must list at least one task",
             ));
         }
         let max = self.config.max_tasks;
         if tasks.len() > max {
-            return Err(ApiError::too_large(
-                "too_many_tasks",
+            return Err(ApiError::new(
+                ErrorCode::TooManyTasks,
                 format!(
                     "a batch holds at most {max} tasks (MAX_TASKS); this one has {}",
                     tasks.len()
@@ -87,14 +91,14 @@ impl AppState {
             let task_id = t.task_id.to_value();
             let key = crate::pipeline::task_key(&task_id);
             if key.chars().count() > MAX_ID_CHARS {
-                return Err(ApiError::bad_request(
-                    "invalid_task_id",
+                return Err(ApiError::new(
+                    ErrorCode::InvalidTaskId,
                     format!("task_id must be at most {MAX_ID_CHARS} characters"),
                 ));
             }
             if !seen.insert(key.clone()) {
-                return Err(ApiError::bad_request(
-                    "duplicate_task_id",
+                return Err(ApiError::new(
+                    ErrorCode::DuplicateTaskId,
                     format!("task_id {key:?} appears more than once"),
                 ));
             }
@@ -103,8 +107,8 @@ impl AppState {
                 Some(v @ Value::Object(_)) => {
                     let config = &self.config;
                     if json_depth(&v) > config.max_args_depth {
-                        return Err(ApiError::bad_request(
-                            "args_too_deep",
+                        return Err(ApiError::new(
+                            ErrorCode::ArgsTooDeep,
                             format!(
                                 "task {key:?}: args nest deeper than {} levels (MAX_ARGS_DEPTH)",
                                 config.max_args_depth
@@ -114,8 +118,8 @@ impl AppState {
                     if serde_json::to_vec(&v).map_or(usize::MAX, |b| b.len())
                         > config.max_args_bytes
                     {
-                        return Err(ApiError::too_large(
-                            "args_too_large",
+                        return Err(ApiError::new(
+                            ErrorCode::ArgsTooLarge,
                             format!(
                                 "task {key:?}: args are larger than {} bytes (MAX_ARGS_BYTES)",
                                 config.max_args_bytes
@@ -125,8 +129,8 @@ impl AppState {
                     v
                 }
                 Some(_) => {
-                    return Err(ApiError::bad_request(
-                        "invalid_args",
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidArgs,
                         format!("task {key:?}: args must be a JSON object"),
                     ))
                 }
