@@ -4,6 +4,7 @@
 //! - [`cli`]: the command line, one function per subcommand (`main.rs` only calls it).
 //! - [`startup`]: `Application::build(config)` wires everything and binds the listener.
 //! - [`server`]: the accept loop — connection cap, header-read and idle timeouts, drain.
+//! - [`context`]: the per-request context (deadline, cache policy) every stage is handed.
 //! - [`config`]: every setting (flags and the original service's environment variables),
 //!   validated together at start-up.
 //! - [`api`]: the HTTP surface (poem-openapi operations, DTOs, one error body for all errors).
@@ -24,6 +25,7 @@ pub mod api;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod graph;
 pub mod metrics;
 pub mod pipeline;

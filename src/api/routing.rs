@@ -5,7 +5,6 @@ use std::{collections::BTreeMap, sync::Arc};
 use poem::Request;
 use poem_openapi::{payload::Json, ApiResponse, OpenApi};
 use serde_json::{json, Value};
-use tokio::time::Instant;
 
 use super::{
     agents::agent_view,
@@ -19,6 +18,7 @@ use super::{
 };
 use crate::{
     agents::guard::redact_endpoint,
+    context::RequestCtx,
     graph::{AgentRecord, Candidate},
     pipeline::{overall_status, processors, TaskSpec},
     routing::{Admission, PolicyKind},
@@ -94,11 +94,11 @@ impl AppState {
         use std::sync::atomic::Ordering::Relaxed;
         self.metrics.process_requests.fetch_add(1, Relaxed);
         let config = &self.config;
-        let deadline = Instant::now() + config.request_timeout;
+        let ctx = RequestCtx::new(config.request_timeout, use_cache);
         match req {
             ProcessRequest::Batch(BatchRequest { tasks, .. }) => {
                 let specs = self.task_specs(tasks)?;
-                let results = self.pipeline.run_batch(&specs, deadline, use_cache).await;
+                let results = self.pipeline.run_batch(&specs, &ctx).await;
                 Ok(Json(ProcessResponse {
                     status: overall_status(&results).to_string(),
                     result: None,
@@ -129,9 +129,7 @@ impl AppState {
                     ));
                 }
                 let transport = self.pipeline.stack.transport().as_ref();
-                let step = config
-                    .agent_timeout
-                    .min(crate::pipeline::remaining(deadline));
+                let step = config.agent_timeout.min(ctx.remaining());
                 let parsed = processors::parse_query(
                     transport,
                     config.input_processor_url.as_deref(),
@@ -168,10 +166,8 @@ impl AppState {
                     }
                     s.intent = validate_intent(&s.intent)?;
                 }
-                let results = self.pipeline.run_batch(&specs, deadline, use_cache).await;
-                let step = config
-                    .agent_timeout
-                    .min(crate::pipeline::remaining(deadline));
+                let results = self.pipeline.run_batch(&specs, &ctx).await;
+                let step = config.agent_timeout.min(ctx.remaining());
                 let answer = processors::synthesize(
                     transport,
                     config.output_processor_url.as_deref(),

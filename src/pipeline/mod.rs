@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::{
     agents::AgentRequest,
     cache::{discovery_key, Lookup, Subject, Tier},
+    context::RequestCtx,
     graph::{Candidate, GraphError, KnowledgeGraph, Outcome},
     metrics::prom::PROM,
     metrics::Metrics,
@@ -355,15 +356,10 @@ impl Pipeline {
 
     /// Runs every task concurrently (bounded), each under the request `deadline`.
     /// Results come back in the order of `tasks`. `use_cache` false bypasses the caches.
-    pub async fn run_batch(
-        &self,
-        tasks: &[TaskSpec],
-        deadline: Instant,
-        use_cache: bool,
-    ) -> Vec<TaskResult> {
+    pub async fn run_batch(&self, tasks: &[TaskSpec], ctx: &RequestCtx) -> Vec<TaskResult> {
         let mut runs = Vec::with_capacity(tasks.len());
         for task in tasks {
-            runs.push(self.run_task(task, deadline, use_cache));
+            runs.push(self.run_task(task, ctx));
         }
         futures::stream::iter(runs)
             .buffered(self.task_concurrency)
@@ -372,12 +368,7 @@ impl Pipeline {
     }
 
     /// One task, never longer than `deadline`, never an error: failures are in the result.
-    pub async fn run_task(
-        &self,
-        task: &TaskSpec,
-        deadline: Instant,
-        use_cache: bool,
-    ) -> TaskResult {
+    pub async fn run_task(&self, task: &TaskSpec, ctx: &RequestCtx) -> TaskResult {
         let span = tracing::info_span!(
             "task",
             task_id = %task.key(),
@@ -393,18 +384,17 @@ impl Pipeline {
             otel.status_code = tracing::field::Empty,
         );
         let started = Instant::now();
-        let mut result =
-            match tokio::time::timeout_at(deadline, self.serve(task, deadline, use_cache))
-                .instrument(span.clone())
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => TaskResult::failed(
-                    task,
-                    "timeout",
-                    "the request deadline passed before an agent answered",
-                ),
-            };
+        let mut result = match tokio::time::timeout_at(ctx.deadline, self.serve(task, ctx))
+            .instrument(span.clone())
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => TaskResult::failed(
+                task,
+                "timeout",
+                "the request deadline passed before an agent answered",
+            ),
+        };
         result.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let status = if result.succeeded() {
             "success"
@@ -430,9 +420,12 @@ impl Pipeline {
         result
     }
 
-    async fn serve(&self, task: &TaskSpec, deadline: Instant, use_cache: bool) -> TaskResult {
+    async fn serve(&self, task: &TaskSpec, ctx: &RequestCtx) -> TaskResult {
         let mut grown = None;
-        let mut candidates = match self.discover(&task.concept, &task.intent, use_cache).await {
+        let mut candidates = match self
+            .discover(&task.concept, &task.intent, ctx.use_cache)
+            .await
+        {
             Ok((c, _)) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "discovery failed");
@@ -466,7 +459,7 @@ impl Pipeline {
                 ),
             )
         } else {
-            self.route(task, &candidates, deadline, use_cache).await
+            self.route(task, &candidates, ctx).await
         };
         if let Some(status) = grown {
             result
@@ -523,20 +516,16 @@ impl Pipeline {
         &self,
         task: &TaskSpec,
         candidates: &[Candidate],
-        deadline: Instant,
-        use_cache: bool,
+        ctx: &RequestCtx,
     ) -> TaskResult {
-        let plan = self.plan(task, candidates, use_cache);
+        let plan = self.plan(task, candidates, ctx.use_cache);
         let mut attempts = 0;
         let mut last: Option<(Failure, &Candidate)> = None;
         let mut rejected: Option<TaskResult> = None;
         for (position, &index) in plan.order.iter().enumerate() {
             let candidate = &candidates[index];
             let request = request_for(task, candidate);
-            let outcome = self
-                .stack
-                .call(&candidate.agent, &request, deadline, use_cache)
-                .await;
+            let outcome = self.stack.call(&candidate.agent, &request, ctx).await;
             attempts += outcome.attempts;
             match outcome.result {
                 Ok(reply) => {
@@ -601,7 +590,7 @@ impl Pipeline {
                     last = Some((failure, candidate));
                 }
             }
-            if Instant::now() >= deadline {
+            if ctx.remaining().is_zero() {
                 break;
             }
         }
@@ -642,10 +631,7 @@ fn request_for(task: &TaskSpec, candidate: &Candidate) -> AgentRequest {
     }
 }
 
-/// Time left before `deadline`, never negative.
-pub fn remaining(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
-}
+pub use crate::context::remaining;
 
 #[cfg(test)]
 mod tests {

@@ -27,8 +27,8 @@ use crate::{
     agents::{AgentReply, AgentRequest, AgentTransport, CallError},
     cache::{response_key, Caches, Lookup, Subject, Tier},
     config::BreakerSettings,
+    context::{remaining, RequestCtx},
     graph::AgentInfo,
-    pipeline::remaining,
 };
 use breaker::Breaker;
 use bulkhead::Bulkhead;
@@ -310,14 +310,13 @@ impl Stack {
         CallOutcome::upstream(Err(failure), 0)
     }
 
-    /// Calls `agent` with `req` through every stage, never past `deadline`. `use_cache`
-    /// false (the client sent `Cache-Control: no-cache`) skips the cache stage.
+    /// Calls `agent` with `req` through every stage, never past the request's deadline; a
+    /// request that bypasses the caches (`Cache-Control: no-cache`) skips the cache stage.
     pub async fn call(
         &self,
         agent: &AgentInfo,
         req: &AgentRequest,
-        deadline: Instant,
-        use_cache: bool,
+        ctx: &RequestCtx,
     ) -> CallOutcome {
         let span = tracing::info_span!(
             "agent_call",
@@ -330,7 +329,7 @@ impl Stack {
         );
         let started = std::time::Instant::now();
         let outcome = self
-            .call_stages(agent, req, deadline, use_cache)
+            .call_stages(agent, req, ctx.deadline, ctx.use_cache)
             .instrument(span.clone())
             .await;
         let label = match &outcome.result {
