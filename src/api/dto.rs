@@ -190,6 +190,45 @@ pub struct NoAgentFound {
     pub code: String,
 }
 
+/// The parts of poem-openapi's `Type` every hand-written wrapper here shares: required,
+/// one raw value (`value`), and its name and schema (and what it registers, if anything).
+macro_rules! wrapper_type {
+    (
+        impl$(<$g:ident: $bound:path>)? for $ty:ty,
+        raw = $raw:ty,
+        value = |$s:ident| $value:expr,
+        name = $name:expr,
+        schema = $schema:expr
+        $(, register = |$r:ident| $register:expr)?
+    ) => {
+        impl$(<$g: $bound>)? Type for $ty {
+            const IS_REQUIRED: bool = true;
+            type RawValueType = $raw;
+            type RawElementValueType = $raw;
+
+            fn name() -> Cow<'static, str> {
+                $name
+            }
+            fn schema_ref() -> MetaSchemaRef {
+                $schema
+            }
+            $(fn register($r: &mut Registry) {
+                $register
+            })?
+            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+                let $s = self;
+                Some($value)
+            }
+            fn raw_element_iter<'a>(
+                &'a self,
+            ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+                let $s = self;
+                Box::new(std::iter::once($value))
+            }
+        }
+    };
+}
+
 /// A JSON string, strictly: unlike poem-openapi's `String`, a number or a boolean is a 400,
 /// not silently turned into text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,26 +241,13 @@ impl std::ops::Deref for Text {
     }
 }
 
-impl Type for Text {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = String;
-    type RawElementValueType = String;
-
-    fn name() -> Cow<'static, str> {
-        String::name()
-    }
-    fn schema_ref() -> MetaSchemaRef {
-        String::schema_ref()
-    }
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(&self.0)
-    }
-    fn raw_element_iter<'a>(
-        &'a self,
-    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(std::iter::once(&self.0))
-    }
-}
+wrapper_type!(
+    impl for Text,
+    raw = String,
+    value = |t| &t.0,
+    name = String::name(),
+    schema = String::schema_ref()
+);
 
 impl ParseFromJSON for Text {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
@@ -285,30 +311,17 @@ impl<R: Rule> std::ops::Deref for Checked<R> {
     }
 }
 
-impl<R: Rule> Type for Checked<R> {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = String;
-    type RawElementValueType = String;
-
-    fn name() -> Cow<'static, str> {
-        R::NAME.into()
-    }
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema {
-            max_length: Some(R::MAX_LENGTH),
-            pattern: Some(R::PATTERN.to_string()),
-            ..poem_openapi::registry::MetaSchema::new("string")
-        }))
-    }
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(&self.0)
-    }
-    fn raw_element_iter<'a>(
-        &'a self,
-    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(std::iter::once(&self.0))
-    }
-}
+wrapper_type!(
+    impl<R: Rule> for Checked<R>,
+    raw = String,
+    value = |c| &c.0,
+    name = R::NAME.into(),
+    schema = MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema {
+        max_length: Some(R::MAX_LENGTH),
+        pattern: Some(R::PATTERN.to_string()),
+        ..poem_openapi::registry::MetaSchema::new("string")
+    }))
+);
 
 impl<R: Rule> ParseFromJSON for Checked<R> {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
@@ -404,26 +417,13 @@ impl<T: ToJSON> ToJSON for Nullable<T> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JsonObject(pub serde_json::Map<String, Value>);
 
-impl Type for JsonObject {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        "object".into()
-    }
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema::new("object")))
-    }
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-    fn raw_element_iter<'a>(
-        &'a self,
-    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(std::iter::once(self))
-    }
-}
+wrapper_type!(
+    impl for JsonObject,
+    raw = Self,
+    value = |o| o,
+    name = "object".into(),
+    schema = MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema::new("object")))
+);
 
 impl ParseFromJSON for JsonObject {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
@@ -448,38 +448,24 @@ pub enum TaskId {
     Text(Text),
 }
 
-impl Type for TaskId {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        "TaskId".into()
-    }
-    fn schema_ref() -> MetaSchemaRef {
-        // Inline: generators cannot wrap a reference to a non-object schema in allOf.
-        use poem_openapi::registry::MetaSchema;
-        MetaSchemaRef::Inline(Box::new(MetaSchema {
-            description: Some("A task id: an integer or a string (at most 128 characters)."),
-            one_of: vec![
-                i64::schema_ref(),
-                MetaSchemaRef::Inline(Box::new(MetaSchema {
-                    max_length: Some(128),
-                    ..MetaSchema::new("string")
-                })),
-            ],
-            ..MetaSchema::ANY
-        }))
-    }
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-    fn raw_element_iter<'a>(
-        &'a self,
-    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(std::iter::once(self))
-    }
-}
+wrapper_type!(
+    impl for TaskId,
+    raw = Self,
+    value = |t| t,
+    name = "TaskId".into(),
+    // Inline: generators cannot wrap a reference to a non-object schema in allOf.
+    schema = MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema {
+        description: Some("A task id: an integer or a string (at most 128 characters)."),
+        one_of: vec![
+            i64::schema_ref(),
+            MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema {
+                max_length: Some(128),
+                ..poem_openapi::registry::MetaSchema::new("string")
+            })),
+        ],
+        ..poem_openapi::registry::MetaSchema::ANY
+    }))
+);
 
 impl ParseFromJSON for TaskId {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
@@ -589,29 +575,14 @@ pub struct TaskResultSchema {
 #[derive(Debug, Clone)]
 pub struct TaskResultBody(pub TaskResult);
 
-impl Type for TaskResultBody {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        TaskResultSchema::name()
-    }
-    fn schema_ref() -> MetaSchemaRef {
-        TaskResultSchema::schema_ref()
-    }
-    fn register(registry: &mut Registry) {
-        TaskResultSchema::register(registry)
-    }
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-    fn raw_element_iter<'a>(
-        &'a self,
-    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(std::iter::once(self))
-    }
-}
+wrapper_type!(
+    impl for TaskResultBody,
+    raw = Self,
+    value = |t| t,
+    name = TaskResultSchema::name(),
+    schema = TaskResultSchema::schema_ref(),
+    register = |registry| TaskResultSchema::register(registry)
+);
 
 impl ParseFromJSON for TaskResultBody {
     fn parse_from_json(_: Option<Value>) -> ParseResult<Self> {

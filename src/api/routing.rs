@@ -318,8 +318,6 @@ impl RoutingApi {
         auth: ClientAuth,
         body: Json<ProcessRequest>,
     ) -> Result<Json<ProcessResponse>, ApiError> {
-        self.state.authenticate(&auth)?;
-        self.state.admit(req).await?;
-        self.state.process_impl(body.0, use_cache(req)).await
+        self.process(req, auth, body).await
     }
 }
