@@ -42,7 +42,7 @@ pub(super) fn agent_view(record: &AgentRecord, live: &Live) -> AgentView {
             .map(|(c, s)| ConceptEdge::new(c.clone(), s))
             .collect(),
         capabilities: record.agent.capabilities.clone(),
-        breaker: live.breaker.as_str().to_string(),
+        breaker: live.breaker.into(),
         health: live.health,
         latency_ms: Nullable(live.latency_ms),
     }

@@ -77,6 +77,27 @@ impl ConceptEdge {
     }
 }
 
+/// Circuit breaker state of an agent: `closed` (calls pass), `open` (calls refused),
+/// `half_open` (a probe is due or under way).
+#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum Breaker {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl From<crate::resilience::breaker::BreakerState> for Breaker {
+    fn from(s: crate::resilience::breaker::BreakerState) -> Self {
+        use crate::resilience::breaker::BreakerState;
+        match s {
+            BreakerState::Closed => Breaker::Closed,
+            BreakerState::Open => Breaker::Open,
+            BreakerState::HalfOpen => Breaker::HalfOpen,
+        }
+    }
+}
+
 #[derive(Object, Debug, Clone)]
 pub struct AgentView {
     pub name: String,
@@ -88,8 +109,9 @@ pub struct AgentView {
     /// Concepts the agent handles, with the learned weight of each edge.
     pub concepts: Vec<ConceptEdge>,
     pub capabilities: Vec<String>,
-    /// Circuit breaker state: `closed`, `open` or `half_open`.
-    pub breaker: String,
+    // Undocumented here on purpose: a doc comment would wrap the `$ref` in an `allOf`,
+    // which some client generators skip (the Breaker schema carries the description).
+    pub breaker: Breaker,
     /// Success share of this replica's recent calls to the agent (5 s window; 1 = healthy).
     pub health: f64,
     /// Moving average of its successful calls' latency (null until one succeeded).
@@ -144,8 +166,7 @@ pub struct CandidateView {
     pub weight: f64,
     pub success_rate: f64,
     pub usage_count: u64,
-    /// Circuit breaker state: `closed`, `open` or `half_open`.
-    pub breaker: String,
+    pub breaker: Breaker,
     /// Routing score: weight × health² ÷ (1 + latency_ms × (1 + in_flight) ÷ 100).
     pub score: f64,
     /// Success share of recent calls (5 s window; 1 = healthy).

@@ -73,7 +73,7 @@ impl AppState {
         self.pipeline.stack.live(agent)
     }
 
-    pub(super) fn breaker(&self, agent: &str) -> &'static str {
+    pub(super) fn breaker(&self, agent: &str) -> crate::resilience::breaker::BreakerState {
         self.pipeline.stack.breaker_state(agent)
     }
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::{auth::ClientAuth, dto::*, errors::AuthError, AppState, Tag};
-use crate::{metrics::prom, VERSION};
+use crate::{metrics::prom, resilience::breaker::BreakerState, VERSION};
 
 pub struct OpsApi {
     pub(super) state: Arc<AppState>,
@@ -200,7 +200,10 @@ impl OpsApi {
         };
         let routable = agents
             .iter()
-            .filter(|a| a.agent.status == "active" && self.state.breaker(&a.agent.name) != "open")
+            .filter(|a| {
+                a.agent.status == "active"
+                    && self.state.breaker(&a.agent.name) != BreakerState::Open
+            })
             .count();
         if reasons.is_empty() && routable == 0 {
             reasons.push("no agent can currently be routed to".to_string());

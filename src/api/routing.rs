@@ -282,7 +282,7 @@ impl RoutingApi {
                         weight: c.stats.weight,
                         success_rate: c.stats.success_rate,
                         usage_count: c.stats.usage_count,
-                        breaker: live.breaker.as_str().into(),
+                        breaker: live.breaker.into(),
                         score: inputs.score(),
                         health: live.health,
                         latency_ms: Nullable(live.latency_ms),

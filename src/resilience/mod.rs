@@ -594,12 +594,12 @@ impl Stack {
     }
 
     /// Breaker state of `agent` as shown by `/agents` and `/status`.
-    pub fn breaker_state(&self, agent: &str) -> &'static str {
+    pub fn breaker_state(&self, agent: &str) -> breaker::BreakerState {
         self.guards
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(agent)
-            .map_or("closed", |g| g.breaker.current().as_str())
+            .map_or(breaker::BreakerState::Closed, |g| g.breaker.current())
     }
 
     /// Per-agent stage state for `/status`.
