@@ -42,8 +42,7 @@ pub struct NotReady {
 pub struct StatusBody {
     /// Always `orchestrator`.
     pub service: String,
-    /// `running`, or `degraded` when a dependency is unhealthy.
-    pub status: String,
+    pub status: ServiceStatus,
     pub version: String,
     pub uptime_s: f64,
     /// Graph, Redis, telemetry and per-agent breaker state.
@@ -617,10 +616,38 @@ impl ToJSON for TaskResultBody {
     }
 }
 
+/// How a request went: `success` (every task succeeded), `partial` or `failed`.
+#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum OverallStatus {
+    Success,
+    Partial,
+    Failed,
+}
+
+impl From<crate::pipeline::Overall> for OverallStatus {
+    fn from(o: crate::pipeline::Overall) -> Self {
+        use crate::pipeline::Overall;
+        match o {
+            Overall::Success => OverallStatus::Success,
+            Overall::Partial => OverallStatus::Partial,
+            Overall::Failed => OverallStatus::Failed,
+        }
+    }
+}
+
+/// How the service is: `running`, or `degraded` when a dependency is unhealthy.
+#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum ServiceStatus {
+    Running,
+    Degraded,
+}
+
 #[derive(Object, Debug)]
 pub struct ProcessResponse {
-    /// `success` (every task succeeded), `partial` or `failed`.
-    pub status: String,
+    // Undocumented: a doc comment would wrap the `$ref` in an `allOf` (see `OverallStatus`).
+    pub status: OverallStatus,
     /// Single query: the primary task's result.
     #[oai(skip_serializing_if_is_none)]
     pub result: Option<TaskResultBody>,

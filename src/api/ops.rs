@@ -229,7 +229,11 @@ impl OpsApi {
         let (dependencies, degraded) = self.state.dependencies().await;
         Ok(Json(StatusBody {
             service: "orchestrator".into(),
-            status: if degraded { "degraded" } else { "running" }.into(),
+            status: if degraded {
+                ServiceStatus::Degraded
+            } else {
+                ServiceStatus::Running
+            },
             version: VERSION.into(),
             uptime_s: self.state.metrics.uptime().as_secs_f64(),
             dependencies,

@@ -68,7 +68,7 @@ pub(super) fn unparseable() -> ProcessResponse {
         "the question names no concept; try \"What is a lightbulb?\"",
     );
     ProcessResponse {
-        status: "failed".into(),
+        status: OverallStatus::Failed,
         result: Some(TaskResultBody(result.clone())),
         answer: Some(json!(
             "I could not find a concept in that question. Try \"What is a lightbulb?\""
@@ -100,7 +100,7 @@ impl AppState {
                 let specs = self.task_specs(tasks)?;
                 let results = self.pipeline.run_batch(&specs, &ctx).await;
                 Ok(Json(ProcessResponse {
-                    status: overall_status(&results).to_string(),
+                    status: overall_status(&results).into(),
                     result: None,
                     answer: None,
                     tasks: None,
@@ -190,7 +190,7 @@ impl AppState {
                     })
                     .collect();
                 Ok(Json(ProcessResponse {
-                    status: overall_status(&results).to_string(),
+                    status: overall_status(&results).into(),
                     result: results.first().cloned().map(TaskResultBody),
                     answer: Some(answer),
                     tasks: Some(tasks),

@@ -154,18 +154,29 @@ impl TaskResult {
     }
 }
 
-/// `success` when every task succeeded, `failed` when none did, else `partial`.
-pub fn overall_status<'a>(results: impl IntoIterator<Item = &'a TaskResult>) -> &'static str {
+/// How a whole request went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overall {
+    /// Every task succeeded.
+    Success,
+    /// Some did.
+    Partial,
+    /// None did (or there was none).
+    Failed,
+}
+
+/// `Success` when every task succeeded, `Failed` when none did, else `Partial`.
+pub fn overall_status<'a>(results: impl IntoIterator<Item = &'a TaskResult>) -> Overall {
     let (mut ok, mut total) = (0usize, 0usize);
     for r in results {
         total += 1;
         ok += usize::from(r.succeeded());
     }
     match (ok, total) {
-        (_, 0) => "failed",
-        (ok, total) if ok == total => "success",
-        (0, _) => "failed",
-        _ => "partial",
+        (_, 0) => Overall::Failed,
+        (ok, total) if ok == total => Overall::Success,
+        (0, _) => Overall::Failed,
+        _ => Overall::Partial,
     }
 }
 
@@ -666,10 +677,10 @@ mod tests {
     fn overall_status_table() {
         let ok = TaskResult::new(&spec(), TaskStatus::Success);
         let bad = TaskResult::new(&spec(), TaskStatus::Error);
-        assert_eq!(overall_status([&ok, &ok]), "success");
-        assert_eq!(overall_status([&ok, &bad]), "partial");
-        assert_eq!(overall_status([&bad]), "failed");
-        assert_eq!(overall_status([]), "failed");
+        assert_eq!(overall_status([&ok, &ok]), Overall::Success);
+        assert_eq!(overall_status([&ok, &bad]), Overall::Partial);
+        assert_eq!(overall_status([&bad]), Overall::Failed);
+        assert_eq!(overall_status([]), Overall::Failed);
     }
 
     #[test]
