@@ -143,24 +143,31 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_idle_connections_past_the_cap_neither_locks_clients_out_nor_pegs_a_core() {
+    // 2,000 idle connections, four times the cap — fewer if this process may not hold them.
+    let fd_limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1_024);
+    let n = 2_000.min(fd_limit.saturating_sub(300) as usize);
+    let cap = n / 4;
     let mut app = spawn_process(
         &[
-            ("MAX_CONNECTIONS", "500".into()),
+            ("MAX_CONNECTIONS", cap.to_string()),
             ("HEADER_READ_TIMEOUT_MS", "60000".into()),
         ],
         None,
     );
     let pid = app.child().pid();
     let target = addr(&app);
-    // 2,000 idle connections: four times the cap.
     let idle: Vec<TcpStream> = tokio::task::spawn_blocking(move || {
-        (0..2_000)
+        (0..n)
             .filter_map(|_| TcpStream::connect(&target).ok())
             .collect()
     })
     .await
     .unwrap();
-    assert!(idle.len() >= 1_900, "only {} connected", idle.len());
+    assert!(
+        idle.len() >= n * 95 / 100,
+        "only {} of {n} connected",
+        idle.len()
+    );
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let cpu_before = cpu_seconds(pid);
     let mut slowest = Duration::ZERO;
@@ -182,10 +189,10 @@ async fn a_flood_of_idle_connections_past_the_cap_neither_locks_clients_out_nor_
     );
     let (_, metrics) = app.get("/metrics").await;
     let conns = metrics["performance"]["connections"].clone();
-    assert!(conns["open"].as_u64().unwrap() <= 500, "{conns}");
+    assert!(conns["open"].as_u64().unwrap() <= cap as u64, "{conns}");
     assert!(
         conns["evicted_total"].as_u64().unwrap() + conns["refused_total"].as_u64().unwrap()
-            >= 1_400,
+            >= (n - cap - n / 20) as u64,
         "{conns}"
     );
     // They go; nothing is left behind.
