@@ -176,9 +176,14 @@ impl Signals {
         }
     }
 
-    fn decay_counts(&mut self, now: Instant) {
+    /// How much of the counts is left at `now` (exponential decay over [`HEALTH_TAU`]).
+    fn keep(&self, now: Instant) -> f64 {
         let dt = now.saturating_duration_since(self.counted_at).as_secs_f64();
-        let keep = (-dt / HEALTH_TAU.as_secs_f64()).exp();
+        (-dt / HEALTH_TAU.as_secs_f64()).exp()
+    }
+
+    fn decay_counts(&mut self, now: Instant) {
+        let keep = self.keep(now);
         self.ok *= keep;
         self.total *= keep;
         self.counted_at = now;
@@ -206,9 +211,8 @@ impl Signals {
 
     /// Success share over the health window, with one imagined success as a prior.
     pub fn health(&self, now: Instant) -> f64 {
-        let mut s = self.clone();
-        s.decay_counts(now);
-        (s.ok + 1.0) / (s.total + 1.0)
+        let keep = self.keep(now);
+        (self.ok * keep + 1.0) / (self.total * keep + 1.0)
     }
 
     pub fn latency_ms(&self) -> Option<f64> {

@@ -109,6 +109,9 @@ pub fn normalize_endpoint(raw: &str) -> Result<String, EndpointError> {
 /// `endpoint` without any user name or password, for display. Endpoints stored before
 /// normalization existed may still carry them; they are never shown.
 pub fn redact_endpoint(endpoint: &str) -> String {
+    if !endpoint.contains('@') {
+        return endpoint.to_string();
+    }
     match reqwest::Url::parse(endpoint) {
         Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
             let _ = u.set_username("");
