@@ -41,6 +41,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::time::Instant;
 
+pub use crate::config::RoutingSettings;
+
 /// Time constant of the health window.
 pub const HEALTH_TAU: Duration = Duration::from_secs(5);
 /// Time constant of the latency EWMA.
@@ -61,36 +63,6 @@ pub enum PolicyKind {
     Score,
     /// The graph's order: weight, then success rate, then name.
     Weight,
-}
-
-impl PolicyKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PolicyKind::Score => "score",
-            PolicyKind::Weight => "weight",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RoutingSettings {
-    pub policy: PolicyKind,
-    /// Share of routing decisions (0..1) that pick uniformly among admitted candidates.
-    pub explore: f64,
-    pub slow_start: Duration,
-    /// Seed of the random draws, for reproducible runs.
-    pub seed: Option<u64>,
-}
-
-impl Default for RoutingSettings {
-    fn default() -> Self {
-        RoutingSettings {
-            policy: PolicyKind::Score,
-            explore: 0.05,
-            slow_start: Duration::from_secs(5),
-            seed: None,
-        }
-    }
 }
 
 /// Why the candidate that answered was chosen.

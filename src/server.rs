@@ -52,13 +52,6 @@ pub const FD_RESERVE: u64 = 256;
 /// A connection must have been quiet this long to be closed for a newcomer at the cap.
 pub const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone)]
-pub struct ConnectionLimits {
-    pub max_connections: usize,
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
-}
-
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct ConnectionStats {
@@ -233,7 +226,7 @@ impl AsyncWrite for Tracked {
 pub async fn serve<E>(
     listener: TcpListener,
     ep: E,
-    limits: ConnectionLimits,
+    limits: crate::config::ConnectionLimits,
     stats: Arc<ConnectionStats>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -306,7 +299,7 @@ async fn serve_connection<E>(
     ep: Arc<E>,
     local: SocketAddr,
     remote: SocketAddr,
-    limits: &ConnectionLimits,
+    limits: &crate::config::ConnectionLimits,
     conn: &Conn,
     registry: &Registry,
     stats: &ConnectionStats,

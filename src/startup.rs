@@ -117,7 +117,7 @@ impl Application {
     /// Wires the application and binds its listener; nothing is served until `run`.
     pub async fn build(config: Config) -> Result<Application, StartupError> {
         let config = Arc::new(config);
-        let demos = if config.demo_agents {
+        let demos = if config.demo_agents() {
             DemoAgents::start().map_err(StartupError::DemoAgents)?
         } else {
             DemoAgents::none()
@@ -183,7 +183,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let config = &self.state.config;
         let fd_limit = crate::server::raise_fd_limit();
-        let limits = crate::server::ConnectionLimits {
+        let limits = crate::config::ConnectionLimits {
             max_connections: crate::server::effective_cap(
                 config.connections.max_connections,
                 fd_limit,
@@ -271,7 +271,11 @@ pub fn neo4j_settings(config: &Config, uri: &str) -> Neo4jSettings {
     Neo4jSettings {
         uri: uri.to_string(),
         user: config.neo4j_user.clone(),
-        password: config.neo4j_password.expose().to_string(),
+        password: config
+            .neo4j_password
+            .as_ref()
+            .map_or("", |p| p.expose())
+            .to_string(),
         database: config.neo4j_database.clone(),
         timeout: config.graph_timeout,
         pool: config.neo4j_pool_max,
@@ -364,7 +368,7 @@ pub fn build_state(
     });
     let client_limiter = ClientLimiter::new(
         config.rate_limit_per_client,
-        config.rate_limit_burst,
+        config.rate_limit_burst(),
         global,
     );
     if let (Some(l), Ok(_)) = (&client_limiter, tokio::runtime::Handle::try_current()) {

@@ -108,7 +108,7 @@ impl AppState {
             features: Features {
                 autonomous_learning: self.pipeline.learner.enabled(),
                 dynamic_agents: c.enable_dynamic_agents,
-                cache: c.cache_enabled,
+                cache: c.cache.enabled,
                 redis: c.redis_url.is_some(),
                 tracing: self.tracing_enabled,
                 remote_input_processor: c.input_processor_url.is_some(),

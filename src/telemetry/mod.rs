@@ -23,7 +23,7 @@ use opentelemetry_sdk::{
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{filter::LevelFilter, fmt, prelude::*, EnvFilter, Layer};
 
-use crate::config::{LogFormat, OtlpProtocol, SamplerKind, TraceSettings};
+use crate::config::{self, LogFormat, OtlpProtocol, TraceSettings};
 
 /// Keeps the trace pipeline alive; `shutdown` flushes spans still buffered.
 #[derive(Default)]
@@ -47,15 +47,16 @@ impl Telemetry {
     }
 }
 
-fn sampler(kind: SamplerKind) -> Sampler {
-    match kind {
-        SamplerKind::AlwaysOn => Sampler::AlwaysOn,
-        SamplerKind::AlwaysOff => Sampler::AlwaysOff,
-        SamplerKind::Ratio(r) => Sampler::TraceIdRatioBased(r),
-        SamplerKind::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-        SamplerKind::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-        SamplerKind::ParentBasedRatio(r) => {
-            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+fn sampler(t: &TraceSettings) -> Sampler {
+    let ratio = t.sampler_ratio;
+    match t.sampler {
+        config::Sampler::AlwaysOn => Sampler::AlwaysOn,
+        config::Sampler::AlwaysOff => Sampler::AlwaysOff,
+        config::Sampler::TraceIdRatio => Sampler::TraceIdRatioBased(ratio),
+        config::Sampler::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        config::Sampler::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        config::Sampler::ParentBasedTraceIdRatio => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
         }
     }
 }
@@ -95,7 +96,7 @@ fn provider(t: &TraceSettings) -> Option<SdkTracerProvider> {
                 )
                 .build(),
             )
-            .with_sampler(sampler(t.sampler))
+            .with_sampler(sampler(t))
             .with_resource(resource)
             .build(),
     )
@@ -147,9 +148,7 @@ pub fn init_logs(format: LogFormat) {
         format,
         &TraceSettings {
             endpoint: None,
-            protocol: OtlpProtocol::Grpc,
-            service_name: String::new(),
-            sampler: SamplerKind::AlwaysOff,
+            ..TraceSettings::default()
         },
     );
 }
