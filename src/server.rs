@@ -35,11 +35,13 @@ use std::{
     time::Duration,
 };
 
+use crate::metrics::Metrics;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use poem::{
     web::{LocalAddr, RemoteAddr},
     Addr, Endpoint, Response,
 };
+use prometheus::{IntCounter, IntGauge};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -52,18 +54,32 @@ pub const FD_RESERVE: u64 = 256;
 /// A connection must have been quiet this long to be closed for a newcomer at the cap.
 pub const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
 
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
+/// The accept loop's series (`myriad_connections_*`), resolved once.
+#[derive(Clone)]
 pub struct ConnectionStats {
-    pub open: AtomicU64,
-    pub accepted: AtomicU64,
+    open: IntGauge,
+    accepted: IntCounter,
     /// Closed at once: at the cap with no idle connection to make room.
-    pub refused: AtomicU64,
+    refused: IntCounter,
     /// Closed to make room at the cap.
-    pub evicted: AtomicU64,
+    evicted: IntCounter,
     /// Closed by the idle timeout.
-    pub idle_closed: AtomicU64,
-    pub accept_errors: AtomicU64,
+    idle_closed: IntCounter,
+    accept_errors: IntCounter,
+}
+
+impl ConnectionStats {
+    pub fn new(m: &Metrics) -> Self {
+        let event = |e: &str| m.connections.with_label_values(&[e]);
+        ConnectionStats {
+            open: m.connections_open.clone(),
+            accepted: event("accepted"),
+            refused: event("refused"),
+            evicted: event("evicted"),
+            idle_closed: event("idle_closed"),
+            accept_errors: event("accept_error"),
+        }
+    }
 }
 
 /// Raises the soft file-descriptor limit to the hard one; returns the limit in force.
@@ -227,7 +243,7 @@ pub async fn serve<E>(
     listener: TcpListener,
     ep: E,
     limits: crate::config::ConnectionLimits,
-    stats: Arc<ConnectionStats>,
+    stats: ConnectionStats,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) -> io::Result<()>
@@ -251,29 +267,30 @@ where
                 Ok((socket, remote)) => {
                     if registry.len() >= limits.max_connections {
                         if registry.evict_idlest() {
-                            stats.evicted.fetch_add(1, Ordering::Relaxed);
+                            stats.evicted.inc();
                         } else {
-                            stats.refused.fetch_add(1, Ordering::Relaxed);
+                            stats.refused.inc();
                             drop(socket);
                             continue;
                         }
                     }
                     let _ = socket.set_nodelay(true);
-                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    stats.accepted.inc();
                     let (id, conn) = registry.add();
                     let (ep, registry, stats, limits, stop) =
                         (ep.clone(), registry.clone(), stats.clone(), limits.clone(), stop_rx.clone());
                     tokio::spawn(async move {
-                        stats.open.fetch_add(1, Ordering::Relaxed);
+                        stats.open.inc();
                         let io = Tracked { inner: socket, conn: conn.clone(), registry: registry.clone() };
                         serve_connection(io, ep, local, remote, &limits, &conn, &registry, &stats, stop).await;
-                        stats.open.fetch_sub(1, Ordering::Relaxed);
+                        stats.open.dec();
                         registry.remove(id);
                     });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning on the error.
-                    if stats.accept_errors.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+                    stats.accept_errors.inc();
+                    if stats.accept_errors.get() % 100 == 1 {
                         tracing::warn!(error = %e, "accepting a connection failed; backing off");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -350,11 +367,11 @@ async fn serve_connection<E>(
     tokio::select! {
         _ = connection.as_mut() => return,
         _ = silent_watch => {
-            stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+            stats.idle_closed.inc();
             return;
         }
         _ = idle_watch => {
-            stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+            stats.idle_closed.inc();
             return;
         }
         _ = conn.close.notified() => return,

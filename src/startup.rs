@@ -117,6 +117,7 @@ impl Application {
     /// Wires the application and binds its listener; nothing is served until `run`.
     pub async fn build(config: Config) -> Result<Application, StartupError> {
         let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::new());
         let demos = if config.demo_agents() {
             DemoAgents::start().map_err(StartupError::DemoAgents)?
         } else {
@@ -127,16 +128,15 @@ impl Application {
                 let g = Neo4jGraph::connect(&neo4j_settings(&config, uri), demos.resolver())
                     .await
                     .map_err(StartupError::Graph)?;
-                Arc::new(TimedGraph(g))
+                Arc::new(TimedGraph(g, metrics.clone()))
             }
             None => {
                 let seed = match &config.graph_seed {
                     Some(path) => Seed::from_file(path)?,
                     None => Seed::parse(DEFAULT_SEED)?,
                 };
-                Arc::new(TimedGraph(MemoryGraph::from_seed(&seed, |id| {
-                    demos.url(id)
-                })?))
+                let g = MemoryGraph::from_seed(&seed, |id| demos.url(id))?;
+                Arc::new(TimedGraph(g, metrics.clone()))
             }
         };
         check_endpoints(&config, &*graph, &demos).await?;
@@ -144,9 +144,13 @@ impl Application {
             HttpAgents::new(config.http_pool_max, config.agent_allowed_hosts.clone())
                 .map_err(StartupError::Client)?,
         );
-        let state = Arc::new(build_state(config.clone(), graph, transport, |id| {
-            demos.url(id)
-        }));
+        let state = Arc::new(build_state(
+            config.clone(),
+            graph,
+            transport,
+            metrics,
+            |id| demos.url(id),
+        ));
 
         let addr = SocketAddr::new(config.host, config.port);
         let listener = bind(addr).map_err(|source| StartupError::Bind { addr, source })?;
@@ -201,7 +205,7 @@ impl Application {
             listener,
             app,
             limits,
-            self.state.connections.clone(),
+            crate::server::ConnectionStats::new(&self.state.metrics),
             shutdown,
             config.shutdown_drain,
         )
@@ -287,9 +291,9 @@ pub fn build_state(
     config: Arc<Config>,
     graph: Arc<dyn KnowledgeGraph>,
     transport: Arc<dyn AgentTransport>,
+    metrics: Arc<Metrics>,
     demo_url: impl Fn(&str) -> Option<String>,
 ) -> AppState {
-    let metrics = Arc::new(Metrics::default());
     let in_runtime = tokio::runtime::Handle::try_current().is_ok();
     let store: Option<Arc<RedisStore>> = match (&config.redis_url, in_runtime) {
         (Some(url), true) => match RedisStore::connect(url.expose(), config.redis_timeout) {
@@ -309,6 +313,7 @@ pub fn build_state(
         config.cache.clone(),
         shared.clone(),
         graph.is_remote(),
+        metrics.clone(),
     ));
     if let Some(store) = &store {
         let (on_msg, on_reset) = (Arc::downgrade(&caches), Arc::downgrade(&caches));
@@ -331,7 +336,7 @@ pub fn build_state(
         fallbacks: metrics.rate_limit_fallbacks.clone(),
     });
     let learner = if in_runtime {
-        Learner::spawn(graph.clone(), &config.learning)
+        Learner::spawn(graph.clone(), &config.learning, metrics.clone())
     } else {
         Learner::disabled()
     };
@@ -340,6 +345,7 @@ pub fn build_state(
         StackSettings::from_config(&config),
         caches,
         global.clone(),
+        metrics.clone(),
     ));
     let neurogenesis = config.enable_dynamic_agents.then(|| {
         let template = config
@@ -353,6 +359,7 @@ pub fn build_state(
             stack.caches.clone(),
             template,
             config.neurogenesis_timeout,
+            metrics.clone(),
         ))
     });
     let pipeline = Arc::new(Pipeline {
@@ -389,7 +396,13 @@ pub fn openapi_json() -> String {
         HttpAgents::new(1, config.agent_allowed_hosts.clone())
             .expect("a default HTTP client builds"),
     );
-    let state = Arc::new(build_state(config, graph, transport, |_| None));
+    let state = Arc::new(build_state(
+        config,
+        graph,
+        transport,
+        Default::default(),
+        |_| None,
+    ));
     api::service(state).spec()
 }
 

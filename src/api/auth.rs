@@ -12,7 +12,7 @@ use super::{
     errors::{ApiError, AuthError, ErrorBody, ErrorCode},
     AppState,
 };
-use crate::{metrics::prom, resilience::limit::Verdict};
+use crate::resilience::limit::Verdict;
 
 /// A client API key as a Bearer token.
 #[derive(SecurityScheme)]
@@ -132,10 +132,10 @@ impl AppState {
         match limiter.check(&client_key(req)).await {
             Verdict::Allowed { .. } => Ok(()),
             Verdict::Limited { limit, retry_after } => {
-                prom::PROM.rate_limited.with_label_values(&["client"]).inc();
                 self.metrics
                     .rate_limited
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    .with_label_values(&["client"])
+                    .inc();
                 let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 Err(ApiError::TooManyRequests(
                     Json(ErrorBody::new(

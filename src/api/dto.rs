@@ -141,8 +141,7 @@ pub struct MetricsBody {
     pub service: String,
     pub version: String,
     pub features: Features,
-    /// Counters and latency figures.
-    pub performance: Value,
+    pub performance: crate::metrics::document::Performance,
 }
 
 /// A concept name: 1–128 characters, not blank, no control characters.

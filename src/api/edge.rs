@@ -7,7 +7,7 @@ use super::{
     errors::{self, ErrorCode},
     AppState,
 };
-use crate::metrics::prom;
+use crate::metrics::routes;
 
 /// Everything every request goes through, once.
 pub(super) async fn edge<E: Endpoint>(ep: &E, req: Request, state: &AppState) -> poem::Response {
@@ -16,7 +16,7 @@ pub(super) async fn edge<E: Endpoint>(ep: &E, req: Request, state: &AppState) ->
 
     let started = std::time::Instant::now();
     let method = req.method().clone();
-    let route = prom::route_template(req.uri().path());
+    let route = routes::route_template(req.uri().path());
     let span = tracing::info_span!(
         "request",
         otel.name = %format!("{method} {route}"),
@@ -51,7 +51,7 @@ pub(super) async fn edge<E: Endpoint>(ep: &E, req: Request, state: &AppState) ->
     .await;
     let status = resp.status().as_u16();
     if status == 405 {
-        if let Ok(v) = poem::http::HeaderValue::from_str(prom::allowed_methods(route)) {
+        if let Ok(v) = poem::http::HeaderValue::from_str(routes::allowed_methods(route)) {
             resp.headers_mut().insert(poem::http::header::ALLOW, v);
         }
     }
@@ -80,8 +80,7 @@ pub(super) async fn edge<E: Endpoint>(ep: &E, req: Request, state: &AppState) ->
             "request completed"
         )
     });
-    state.metrics.record_status(status);
-    let p = &prom::PROM;
+    let p = &state.metrics;
     p.http_requests
         .with_label_values(&[route, method.as_str(), &status.to_string()])
         .inc();

@@ -44,8 +44,6 @@ pub struct AppState {
     pub client_limiter: Option<Arc<ClientLimiter>>,
     /// Spans are exported (error bodies then carry `trace_id`).
     pub tracing_enabled: bool,
-    /// What the accept loop counts (`/metrics` → `performance.connections`).
-    pub connections: Arc<crate::server::ConnectionStats>,
     status_cache: Mutex<Option<(Instant, Value, bool)>>,
 }
 
@@ -62,7 +60,6 @@ impl AppState {
             pipeline,
             metrics,
             client_limiter,
-            connections: Default::default(),
             status_cache: Mutex::new(None),
         }
     }

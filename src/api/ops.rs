@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::{auth::ClientAuth, dto::*, errors::AuthError, AppState, Tag};
-use crate::{metrics::prom, resilience::breaker::BreakerState, VERSION};
+use crate::{metrics::document::Live, resilience::breaker::BreakerState, VERSION};
 
 pub struct OpsApi {
     pub(super) state: Arc<AppState>,
@@ -39,7 +39,7 @@ pub(super) fn wants_prometheus(req: &Request) -> bool {
 
 #[derive(ResponseContent)]
 pub(super) enum MetricsContent {
-    Json(Json<MetricsBody>),
+    Json(Json<Box<MetricsBody>>),
     Text(PlainText<String>),
 }
 
@@ -68,39 +68,13 @@ pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 impl AppState {
     pub(super) fn metrics_body(&self) -> MetricsBody {
         let c = &self.config;
-        let mut performance = self.metrics.performance();
-        let learning = &self.pipeline.learner.stats;
-        performance["learning"] = json!({
-            "outcomes_applied_total": learning.applied.load(std::sync::atomic::Ordering::Relaxed),
-            "outcomes_dropped_total": learning.dropped.load(std::sync::atomic::Ordering::Relaxed),
-            "batches_total": learning.batches.load(std::sync::atomic::Ordering::Relaxed),
-            "decays_total": learning.decays.load(std::sync::atomic::Ordering::Relaxed),
-        });
-        performance["rejections"] = self.pipeline.stack.rejections.to_json();
-        performance["cache"] = self.pipeline.stack.caches.stats_json();
-        if let Some(ng) = &self.pipeline.neurogenesis {
-            performance["neurogenesis"] = ng.stats.to_json();
-        }
-        performance["rate_limit_fallbacks_total"] = json!(self
-            .metrics
-            .rate_limit_fallbacks
-            .load(std::sync::atomic::Ordering::Relaxed));
-        performance["rejections"]["inbound_rate_limited"] = json!(self
-            .metrics
-            .rate_limited
-            .load(std::sync::atomic::Ordering::Relaxed));
-        if let Some(l) = &self.client_limiter {
-            performance["rate_limited_clients_tracked"] = json!(l.tracked_clients());
-        }
-        let conns = &self.connections;
-        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        performance["connections"] = json!({
-            "open": get(&conns.open),
-            "accepted_total": get(&conns.accepted),
-            "refused_total": get(&conns.refused),
-            "evicted_total": get(&conns.evicted),
-            "idle_closed_total": get(&conns.idle_closed),
-            "accept_errors_total": get(&conns.accept_errors),
+        let performance = self.metrics.performance(Live {
+            l1_entries: self.pipeline.stack.caches.l1_entries(),
+            clients_tracked: self
+                .client_limiter
+                .as_ref()
+                .map(|l| l.tracked_clients() as u64),
+            neurogenesis: self.pipeline.neurogenesis.is_some(),
         });
         MetricsBody {
             service: "orchestrator".into(),
@@ -247,9 +221,9 @@ impl OpsApi {
     async fn metrics(&self, req: &Request, auth: ClientAuth) -> Result<MetricsResponse, AuthError> {
         self.state.authenticate_ops(&auth)?;
         Ok(if wants_prometheus(req) {
-            MetricsResponse::Ok(MetricsContent::Text(PlainText(prom::PROM.render())))
+            MetricsResponse::Ok(MetricsContent::Text(PlainText(self.state.metrics.render())))
         } else {
-            MetricsResponse::Ok(MetricsContent::Json(Json(self.state.metrics_body())))
+            MetricsResponse::Ok(MetricsContent::Json(Json(Box::new(self.state.metrics_body()))))
         })
     }
 

@@ -91,8 +91,6 @@ impl AppState {
         req: ProcessRequest,
         use_cache: bool,
     ) -> Result<Json<ProcessResponse>, ApiError> {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.metrics.process_requests.fetch_add(1, Relaxed);
         let config = &self.config;
         let ctx = RequestCtx::new(config.request_timeout, use_cache);
         match req {
@@ -211,10 +209,8 @@ impl RoutingApi {
         auth: ClientAuth,
         body: Json<DiscoverRequest>,
     ) -> Result<DiscoverResponse, ApiError> {
-        use std::sync::atomic::Ordering::Relaxed;
         self.state.authenticate(&auth)?;
         self.state.admit(req).await?;
-        self.state.metrics.discover_requests.fetch_add(1, Relaxed);
         let concept = validate_concept(&body.concept)?;
         let intent = validate_intent(
             body.intent

@@ -15,10 +15,7 @@ pub mod store;
 
 use std::{
     future::Future,
-    sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -28,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::CacheSettings;
+use crate::{config::CacheSettings, metrics::Metrics};
 use store::SharedStore;
 
 /// Pub/sub channel carrying [`Invalidation`]s between replicas.
@@ -134,32 +131,6 @@ pub fn jitter(ttl: Duration) -> Duration {
     ttl.mul_f64(rand::thread_rng().gen_range(0.9..=1.1))
 }
 
-/// Hit and miss counters of one cache.
-#[derive(Default, Debug)]
-pub struct CacheStats {
-    pub l1_hits: AtomicU64,
-    pub l2_hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub stale_served: AtomicU64,
-    pub bypassed: AtomicU64,
-    pub l2_errors: AtomicU64,
-    pub invalidations: AtomicU64,
-}
-
-impl CacheStats {
-    pub fn to_json(&self) -> Value {
-        serde_json::json!({
-            "l1_hits": self.l1_hits.load(Relaxed),
-            "l2_hits": self.l2_hits.load(Relaxed),
-            "misses": self.misses.load(Relaxed),
-            "stale_served": self.stale_served.load(Relaxed),
-            "bypassed": self.bypassed.load(Relaxed),
-            "l2_errors": self.l2_errors.load(Relaxed),
-            "invalidations": self.invalidations.load(Relaxed),
-        })
-    }
-}
-
 /// How a lookup ended.
 #[derive(Debug)]
 pub enum Lookup<E> {
@@ -187,7 +158,7 @@ pub struct TwoTier {
     l1: moka::future::Cache<String, Arc<Cached>>,
     l2: Option<Arc<dyn SharedStore>>,
     stale_ttl: Duration,
-    pub stats: Arc<CacheStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl TwoTier {
@@ -197,6 +168,7 @@ impl TwoTier {
         max_ttl: Duration,
         stale_ttl: Duration,
         l2: Option<Arc<dyn SharedStore>>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let l1 = moka::future::Cache::builder()
             .max_capacity(max_entries)
@@ -208,14 +180,23 @@ impl TwoTier {
             l1,
             l2,
             stale_ttl,
-            stats: Arc::new(CacheStats::default()),
+            metrics,
         }
     }
 
-    fn count(&self, tier: &str, result: &str) {
-        crate::metrics::prom::PROM
+    /// Counts a lookup (`result`: hit, miss, stale, bypass).
+    pub fn count(&self, tier: &str, result: &str) {
+        self.metrics
             .cache_lookups
             .with_label_values(&[self.name, tier, result])
+            .inc();
+    }
+
+    /// Counts a shared-store error or an invalidation.
+    pub fn event(&self, event: &str) {
+        self.metrics
+            .cache_events
+            .with_label_values(&[self.name, event])
             .inc();
     }
 
@@ -254,10 +235,13 @@ impl TwoTier {
         };
         let key = key.to_string();
         let life = ttl + self.stale_ttl;
-        let stats = self.stats.clone();
+        let (metrics, name) = (self.metrics.clone(), self.name);
         tokio::spawn(async move {
             if l2.set(&key, bytes, life).await.is_err() {
-                stats.l2_errors.fetch_add(1, Relaxed);
+                metrics
+                    .cache_events
+                    .with_label_values(&[name, "l2_error"])
+                    .inc();
             }
         });
     }
@@ -278,7 +262,6 @@ impl TwoTier {
     {
         if let Some(e) = self.l1.get(key).await {
             if e.fresh() {
-                self.stats.l1_hits.fetch_add(1, Relaxed);
                 self.count("l1", "hit");
                 return Lookup::Fresh {
                     value: e.value.clone(),
@@ -295,7 +278,6 @@ impl TwoTier {
                 let current = current.map(|e| e.into_value());
                 if let Some(c) = current.as_ref().filter(|c| c.fresh()) {
                     // Another caller refreshed it while this one waited.
-                    self.stats.l1_hits.fetch_add(1, Relaxed);
                     self.count("l1", "hit");
                     *slot = Some(Lookup::Fresh {
                         value: c.value.clone(),
@@ -311,7 +293,6 @@ impl TwoTier {
                         Ok(Some(bytes)) => {
                             if let Some(entry) = self.decode(&bytes, subject) {
                                 if entry.fresh() {
-                                    self.stats.l2_hits.fetch_add(1, Relaxed);
                                     self.count("l2", "hit");
                                     *slot = Some(Lookup::Fresh {
                                         value: entry.value.clone(),
@@ -326,11 +307,10 @@ impl TwoTier {
                         }
                         Ok(None) => {}
                         Err(_) => {
-                            self.stats.l2_errors.fetch_add(1, Relaxed);
+                            self.event("l2_error");
                         }
                     }
                 }
-                self.stats.misses.fetch_add(1, Relaxed);
                 self.count(if self.l2.is_some() { "l2" } else { "l1" }, "miss");
                 match fetch(stale.as_ref().map(|(v, _)| v)).await {
                     Ok((value, Some(ttl))) => {
@@ -347,7 +327,6 @@ impl TwoTier {
                     Err(error) => {
                         *slot = Some(match stale {
                             Some((value, tier)) => {
-                                self.stats.stale_served.fetch_add(1, Relaxed);
                                 self.count(tier.as_str(), "stale");
                                 Lookup::Stale { value, tier, error }
                             }
@@ -366,7 +345,7 @@ impl TwoTier {
         if inv.agents.is_empty() && inv.concepts.is_empty() {
             return;
         }
-        self.stats.invalidations.fetch_add(1, Relaxed);
+        self.event("invalidation");
         let inv = inv.clone();
         let result = self.l1.invalidate_entries_if(move |_, v| {
             v.agent.as_ref().is_some_and(|a| inv.agents.contains(a))
@@ -402,6 +381,7 @@ impl Caches {
         settings: CacheSettings,
         store: Option<Arc<dyn SharedStore>>,
         remote_graph: bool,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let longest_disc = settings.discovery_ttl.max(settings.negative_ttl);
         Caches {
@@ -411,6 +391,7 @@ impl Caches {
                 settings.ttl,
                 settings.stale_ttl,
                 store.clone(),
+                metrics.clone(),
             ),
             // Stale candidates keep routing while the graph server is away.
             discovery: TwoTier::new(
@@ -419,6 +400,7 @@ impl Caches {
                 longest_disc,
                 settings.stale_ttl,
                 store.clone(),
+                metrics,
             ),
             discovery_enabled: settings.enabled && remote_graph,
             store,
@@ -437,7 +419,7 @@ impl Caches {
         let Some(store) = &self.store else { return };
         for pattern in l2_patterns(&inv) {
             if store.delete_prefix(&pattern).await.is_err() {
-                self.responses.stats.l2_errors.fetch_add(1, Relaxed);
+                self.responses.event("l2_error");
             }
         }
         if let Ok(msg) = serde_json::to_string(&inv) {
@@ -469,12 +451,9 @@ impl Caches {
         self.discovery.clear_local();
     }
 
-    pub fn stats_json(&self) -> Value {
-        serde_json::json!({
-            "responses": self.responses.stats.to_json(),
-            "discovery": self.discovery.stats.to_json(),
-            "l1_entries": self.responses.entry_count() + self.discovery.entry_count(),
-        })
+    /// Entries held in process now, both caches together.
+    pub fn l1_entries(&self) -> u64 {
+        self.responses.entry_count() + self.discovery.entry_count()
     }
 }
 
@@ -495,7 +474,7 @@ pub fn l2_patterns(inv: &Invalidation) -> Vec<String> {
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
     fn cache() -> TwoTier {
         TwoTier::new(
@@ -504,6 +483,7 @@ mod tests {
             Duration::from_secs(60),
             Duration::from_secs(60),
             None,
+            Default::default(),
         )
     }
 
@@ -566,6 +546,7 @@ mod tests {
             Duration::from_millis(10),
             Duration::from_secs(60),
             None,
+            Default::default(),
         );
         let r = c
             .get_or_fetch("k", SUBJECT, |_| async { Err::<Fetched, _>("down") })

@@ -180,11 +180,12 @@ pub fn hebbian(stats: &mut EdgeStats, success: bool, deltas: Deltas) {
 }
 
 /// Times every call of a graph backend into the `graph_query_duration_seconds` histogram.
-pub struct TimedGraph<G>(pub G);
+pub struct TimedGraph<G>(pub G, pub std::sync::Arc<crate::metrics::Metrics>);
 
 macro_rules! timed {
-    ($op:literal, $e:expr) => {{
-        let _t = crate::metrics::prom::PROM
+    ($self:ident, $op:literal, $e:expr) => {{
+        let _t = $self
+            .1
             .graph_queries
             .with_label_values(&[$op])
             .start_timer();
@@ -195,36 +196,44 @@ macro_rules! timed {
 #[async_trait]
 impl<G: KnowledgeGraph> KnowledgeGraph for TimedGraph<G> {
     async fn discover(&self, concept: &str, intent: &str) -> Result<Vec<Candidate>, GraphError> {
-        timed!("discover", self.0.discover(concept, intent).await)
+        timed!(self, "discover", self.0.discover(concept, intent).await)
     }
     async fn agents(&self) -> Result<Vec<AgentRecord>, GraphError> {
-        timed!("agents", self.0.agents().await)
+        timed!(self, "agents", self.0.agents().await)
     }
     async fn learn(
         &self,
         outcomes: &[Outcome],
         deltas: Deltas,
     ) -> Result<Vec<WeightChange>, GraphError> {
-        timed!("learn", self.0.learn(outcomes, deltas).await)
+        timed!(self, "learn", self.0.learn(outcomes, deltas).await)
     }
     async fn upsert_agent(
         &self,
         agent: AgentInfo,
         concepts: &[(String, f64)],
     ) -> Result<bool, GraphError> {
-        timed!("upsert_agent", self.0.upsert_agent(agent, concepts).await)
+        timed!(
+            self,
+            "upsert_agent",
+            self.0.upsert_agent(agent, concepts).await
+        )
     }
     async fn add_concept(&self, name: &str, definition: &str) -> Result<(), GraphError> {
-        timed!("add_concept", self.0.add_concept(name, definition).await)
+        timed!(
+            self,
+            "add_concept",
+            self.0.add_concept(name, definition).await
+        )
     }
     async fn remove_agent(&self, name: &str) -> Result<Option<Vec<String>>, GraphError> {
-        timed!("remove_agent", self.0.remove_agent(name).await)
+        timed!(self, "remove_agent", self.0.remove_agent(name).await)
     }
     async fn decay(&self, rate: f64) -> Result<usize, GraphError> {
-        timed!("decay", self.0.decay(rate).await)
+        timed!(self, "decay", self.0.decay(rate).await)
     }
     async fn ping(&self) -> Result<(), GraphError> {
-        timed!("ping", self.0.ping().await)
+        timed!(self, "ping", self.0.ping().await)
     }
     fn backend(&self) -> &'static str {
         self.0.backend()

@@ -1,93 +1,282 @@
-//! In-process counters behind `GET /metrics`.
+//! Every counter of one application, recorded once in one Prometheus registry.
+//!
+//! `GET /metrics` renders the registry as Prometheus text for scrapers, and the JSON document
+//! (the original service's contract, see `document`) reads the same series. Each application
+//! owns its registry, so two instances in one process never mix their counts.
+//!
+//! Label values are bounded: route templates, fixed enums, and agent names — the latter
+//! capped at [`MAX_AGENT_LABELS`] distinct values (then `other`), since neurogenesis can
+//! create agents. Never raw URLs, concepts or user ids.
 
-pub mod prom;
+pub mod document;
+pub mod routes;
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
-    time::{Duration, Instant},
+use std::{collections::HashSet, sync::Mutex, time::Instant};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use serde_json::{json, Value};
+/// Distinct agent label values before the rest are folded into `other`.
+pub const MAX_AGENT_LABELS: usize = 256;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
 
 pub struct Metrics {
+    registry: Registry,
     started: Instant,
-    pub requests: AtomicU64,
-    pub errors_4xx: AtomicU64,
-    pub errors_5xx: AtomicU64,
-    pub process_requests: AtomicU64,
-    pub discover_requests: AtomicU64,
-    pub rate_limited: AtomicU64,
-    /// Rate-limit checks decided locally because the shared store was unavailable.
-    pub rate_limit_fallbacks: std::sync::Arc<AtomicU64>,
-    tasks: AtomicU64,
-    tasks_succeeded: AtomicU64,
-    tasks_failed: AtomicU64,
-    task_micros: AtomicU64,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub tasks: IntCounterVec,
+    pub task_duration: Histogram,
+    pub agent_calls: IntCounterVec,
+    pub agent_duration: HistogramVec,
+    pub breaker_state: IntGaugeVec,
+    /// Calls the resilience stack refused before any attempt, by stage.
+    pub refused: IntCounterVec,
+    /// Retries sent, and retries the budget denied.
+    pub retries: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub rate_limit_fallbacks: IntCounter,
+    pub cache_lookups: IntCounterVec,
+    pub cache_events: IntCounterVec,
+    pub learning: IntCounterVec,
+    pub neurogenesis: IntCounterVec,
+    pub routing_decisions: IntCounterVec,
+    pub discovery_stale_served: IntCounterVec,
+    pub graph_queries: HistogramVec,
+    pub connections_open: IntGauge,
+    pub connections: IntCounterVec,
+    agents_seen: Mutex<HashSet<String>>,
+}
+
+/// Registers series on one registry; every name gets the `myriad_` prefix.
+struct Register<'a>(&'a Registry);
+
+impl Register<'_> {
+    fn add<M: prometheus::core::Collector + Clone + 'static>(&self, m: M) -> M {
+        self.0
+            .register(Box::new(m.clone()))
+            .expect("registered once");
+        m
+    }
+
+    /// A counter with its label values known up front, so each shows from zero.
+    fn counter(&self, name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
+        let c = self.counters(name, help, &[label]);
+        for v in values {
+            c.with_label_values(&[v]);
+        }
+        c
+    }
+
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn histograms(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        self.add(HistogramVec::new(opts, labels).expect("valid metric"))
+    }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
-            started: Instant::now(),
-            requests: AtomicU64::new(0),
-            errors_4xx: AtomicU64::new(0),
-            errors_5xx: AtomicU64::new(0),
-            process_requests: AtomicU64::new(0),
-            discover_requests: AtomicU64::new(0),
-            rate_limited: AtomicU64::new(0),
-            rate_limit_fallbacks: Default::default(),
-            tasks: AtomicU64::new(0),
-            tasks_succeeded: AtomicU64::new(0),
-            tasks_failed: AtomicU64::new(0),
-            task_micros: AtomicU64::new(0),
-        }
+        Self::new()
     }
 }
 
 impl Metrics {
-    pub fn record_task(&self, success: bool, took: Duration) {
-        self.tasks.fetch_add(1, Relaxed);
-        if success {
-            self.tasks_succeeded.fetch_add(1, Relaxed);
-        } else {
-            self.tasks_failed.fetch_add(1, Relaxed);
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("myriad".into()), None).expect("valid prefix");
+        let r = Register(&registry);
+        let build = r.add(
+            IntGaugeVec::new(
+                Opts::new("build_info", "Build information; the value is always 1."),
+                &["version"],
+            )
+            .expect("valid metric"),
+        );
+        build.with_label_values(&[crate::VERSION]).set(1);
+        Metrics {
+            http_requests: r.counters(
+                "http_requests_total",
+                "HTTP requests by route template, method and status.",
+                &["route", "method", "status"],
+            ),
+            http_duration: r.histograms(
+                "http_request_duration_seconds",
+                "HTTP request latency by route template and method.",
+                &["route", "method"],
+            ),
+            tasks: r.counter(
+                "tasks_total",
+                "Tasks by final status.",
+                "status",
+                &["success", "error"],
+            ),
+            task_duration: r.add(
+                Histogram::with_opts(
+                    HistogramOpts::new("task_duration_seconds", "Latency of one task.")
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
+            agent_calls: r.counters(
+                "agent_calls_total",
+                "Calls through the resilience stack by agent and outcome.",
+                &["agent", "outcome"],
+            ),
+            agent_duration: r.histograms(
+                "agent_call_duration_seconds",
+                "Latency of agent calls (all attempts) by agent.",
+                &["agent"],
+            ),
+            breaker_state: r.add(
+                IntGaugeVec::new(
+                    Opts::new(
+                        "agent_breaker_state",
+                        "Circuit breaker state per agent: 0 closed, 1 open, 2 half-open.",
+                    ),
+                    &["agent"],
+                )
+                .expect("valid metric"),
+            ),
+            refused: r.counter(
+                "calls_refused_total",
+                "Agent calls refused before any attempt, by the stage that refused them.",
+                "reason",
+                &["breaker_open", "bulkhead_full", "deadline"],
+            ),
+            retries: r.counter(
+                "retries_total",
+                "Retries of agent calls: sent, or denied by the retry budget.",
+                "result",
+                &["sent", "denied_by_budget"],
+            ),
+            rate_limited: r.counter(
+                "rate_limit_rejections_total",
+                "Requests or calls refused by a rate limit, by scope.",
+                "scope",
+                &["client", "agent"],
+            ),
+            rate_limit_fallbacks: r.add(
+                IntCounter::new(
+                    "rate_limit_fallbacks_total",
+                    "Rate-limit checks decided locally because the shared store was unavailable.",
+                )
+                .expect("valid metric"),
+            ),
+            cache_lookups: r.counters(
+                "cache_lookups_total",
+                "Cache lookups by cache, tier and result.",
+                &["cache", "tier", "result"],
+            ),
+            cache_events: r.counters(
+                "cache_events_total",
+                "Shared-store errors and invalidations, by cache.",
+                &["cache", "event"],
+            ),
+            learning: r.counter(
+                "learning_total",
+                "Hebbian learning: outcomes applied or dropped, batches, decay runs, errors.",
+                "event",
+                &["applied", "dropped", "batch", "decay", "error"],
+            ),
+            neurogenesis: r.counter(
+                "neurogenesis_total",
+                "Neurogenesis attempts by outcome.",
+                "outcome",
+                &["created", "existing", "failed", "joined"],
+            ),
+            routing_decisions: r.counter(
+                "routing_decisions_total",
+                "Tasks answered by an agent, by why that agent was chosen.",
+                "reason",
+                &crate::routing::Reason::ALL.map(|r| r.as_str()),
+            ),
+            discovery_stale_served: r.counter(
+                "discovery_stale_served_total",
+                "Routes served from a stale discovery entry, by why the graph's answer was not used.",
+                "reason",
+                &["graph_error", "graph_timeout", "recent_failure", "empty_answer"],
+            ),
+            graph_queries: r.histograms(
+                "graph_query_duration_seconds",
+                "Knowledge graph call latency by operation.",
+                &["operation"],
+            ),
+            connections_open: r.add(
+                IntGauge::new("connections_open", "Client connections open now.")
+                    .expect("valid metric"),
+            ),
+            connections: r.counter(
+                "connections_total",
+                "Client connections: accepted, refused or evicted at the cap, closed idle, accept errors.",
+                "event",
+                &["accepted", "refused", "evicted", "idle_closed", "accept_error"],
+            ),
+            registry,
+            started: Instant::now(),
+            agents_seen: Mutex::new(HashSet::new()),
         }
-        self.task_micros
-            .fetch_add(took.as_micros().min(u64::MAX as u128) as u64, Relaxed);
     }
 
-    pub fn record_status(&self, status: u16) {
-        self.requests.fetch_add(1, Relaxed);
-        match status {
-            400..=499 => self.errors_4xx.fetch_add(1, Relaxed),
-            500..=599 => self.errors_5xx.fetch_add(1, Relaxed),
-            _ => 0,
-        };
-    }
-
-    pub fn uptime(&self) -> Duration {
+    pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()
     }
 
-    /// The `performance` object of the JSON metrics.
-    pub fn performance(&self) -> Value {
-        let tasks = self.tasks.load(Relaxed);
-        let avg = if tasks == 0 {
-            0.0
+    /// The label value for an agent: its name, or `other` past the cap.
+    pub fn agent_label(&self, agent: &str) -> String {
+        let mut seen = self.agents_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(agent) {
+            return agent.to_string();
+        }
+        if seen.len() < MAX_AGENT_LABELS {
+            seen.insert(agent.to_string());
+            agent.to_string()
         } else {
-            self.task_micros.load(Relaxed) as f64 / tasks as f64 / 1000.0
-        };
-        json!({
-            "uptime_s": self.uptime().as_secs_f64(),
-            "requests_total": self.requests.load(Relaxed),
-            "client_errors_total": self.errors_4xx.load(Relaxed),
-            "server_errors_total": self.errors_5xx.load(Relaxed),
-            "process_requests_total": self.process_requests.load(Relaxed),
-            "discover_requests_total": self.discover_requests.load(Relaxed),
-            "tasks_total": tasks,
-            "tasks_succeeded_total": self.tasks_succeeded.load(Relaxed),
-            "tasks_failed_total": self.tasks_failed.load(Relaxed),
-            "task_latency_avg_ms": avg,
-        })
+            "other".to_string()
+        }
+    }
+
+    /// The text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// The value of one labelled counter.
+    fn get(c: &IntCounterVec, labels: &[&str]) -> u64 {
+        c.with_label_values(labels).get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_labels_are_capped_and_registries_are_apart() {
+        let p = Metrics::new();
+        for i in 0..MAX_AGENT_LABELS + 10 {
+            p.agent_label(&format!("agent-{i}"));
+        }
+        assert_eq!(p.agent_label("agent-0"), "agent-0");
+        assert_eq!(p.agent_label("a-new-one"), "other");
+        assert!(p.render().contains("myriad_build_info"));
+        p.tasks.with_label_values(&["success"]).inc();
+        assert_eq!(
+            Metrics::new().tasks.with_label_values(&["success"]).get(),
+            0
+        );
+        assert!(p
+            .render()
+            .contains("myriad_tasks_total{status=\"success\"} 1"));
     }
 }

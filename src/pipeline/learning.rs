@@ -4,16 +4,14 @@
 //! them to the graph in batches every flush interval and runs the periodic decay. When the
 //! channel is full, outcomes are dropped and counted rather than slowing requests down.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
-};
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
 use crate::{
     config::LearningSettings,
     graph::{Deltas, KnowledgeGraph, Outcome},
+    metrics::Metrics,
 };
 
 /// Outcomes waiting to be applied, at most.
@@ -27,18 +25,9 @@ type Traced = (Outcome, tracing::Span);
 #[derive(Clone, Default)]
 pub struct Learner {
     tx: Option<mpsc::Sender<Traced>>,
-    pub stats: Arc<LearningStats>,
+    metrics: Arc<Metrics>,
     stop: Arc<tokio::sync::Notify>,
     worker: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
-}
-
-#[derive(Default)]
-pub struct LearningStats {
-    pub applied: AtomicU64,
-    pub dropped: AtomicU64,
-    pub batches: AtomicU64,
-    pub decays: AtomicU64,
-    pub errors: AtomicU64,
 }
 
 impl Learner {
@@ -48,23 +37,26 @@ impl Learner {
     }
 
     /// Starts the worker; it ends when every `Learner` clone is dropped, after a last flush.
-    pub fn spawn(graph: Arc<dyn KnowledgeGraph>, settings: &LearningSettings) -> Self {
+    pub fn spawn(
+        graph: Arc<dyn KnowledgeGraph>,
+        settings: &LearningSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         if !settings.enabled {
             return Learner::disabled();
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        let stats = Arc::new(LearningStats::default());
         let stop = Arc::new(tokio::sync::Notify::new());
         let handle = tokio::spawn(worker(
             graph,
             settings.clone(),
             rx,
-            stats.clone(),
+            metrics.clone(),
             stop.clone(),
         ));
         Learner {
             tx: Some(tx),
-            stats,
+            metrics,
             stop,
             worker: Arc::new(std::sync::Mutex::new(Some(handle))),
         }
@@ -89,7 +81,7 @@ impl Learner {
     pub fn record(&self, outcome: Outcome) {
         if let Some(tx) = &self.tx {
             if tx.try_send((outcome, tracing::Span::current())).is_err() {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.metrics.learning.with_label_values(&["dropped"]).inc();
             }
         }
     }
@@ -99,7 +91,7 @@ async fn worker(
     graph: Arc<dyn KnowledgeGraph>,
     settings: LearningSettings,
     mut rx: mpsc::Receiver<Traced>,
-    stats: Arc<LearningStats>,
+    metrics: Arc<Metrics>,
     stop: Arc<tokio::sync::Notify>,
 ) {
     let deltas = Deltas {
@@ -115,7 +107,7 @@ async fn worker(
     loop {
         tokio::select! {
             _ = stop.notified() => {
-                drain(&*graph, &mut rx, &mut batch, deltas, &stats).await;
+                drain(&*graph, &mut rx, &mut batch, deltas, &metrics).await;
                 break;
             }
             n = rx.recv_many(&mut batch, BATCH) => {
@@ -133,20 +125,20 @@ async fn worker(
                         Err(_) => break,
                     }
                 }
-                apply(&*graph, &mut batch, deltas, &stats).await;
+                apply(&*graph, &mut batch, deltas, &metrics).await;
                 if stopping {
-                    drain(&*graph, &mut rx, &mut batch, deltas, &stats).await;
+                    drain(&*graph, &mut rx, &mut batch, deltas, &metrics).await;
                     break;
                 }
             }
             _ = decay.tick() => {
                 match graph.decay(settings.decay_rate).await {
                     Ok(edges) => {
-                        stats.decays.fetch_add(1, Ordering::Relaxed);
+                        metrics.learning.with_label_values(&["decay"]).inc();
                         tracing::info!(edges, rate = settings.decay_rate, "hebbian decay applied");
                     }
                     Err(e) => {
-                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        metrics.learning.with_label_values(&["error"]).inc();
                         tracing::warn!(error = %e, "hebbian decay failed");
                     }
                 }
@@ -161,16 +153,16 @@ async fn drain(
     rx: &mut mpsc::Receiver<Traced>,
     batch: &mut Vec<Traced>,
     deltas: Deltas,
-    stats: &LearningStats,
+    metrics: &Metrics,
 ) {
     while let Ok(o) = rx.try_recv() {
         batch.push(o);
         if batch.len() == BATCH {
-            apply(graph, batch, deltas, stats).await;
+            apply(graph, batch, deltas, metrics).await;
         }
     }
     if !batch.is_empty() {
-        apply(graph, batch, deltas, stats).await;
+        apply(graph, batch, deltas, metrics).await;
     }
     tracing::info!("learning flushed for shutdown");
 }
@@ -179,15 +171,16 @@ async fn apply(
     graph: &dyn KnowledgeGraph,
     batch: &mut Vec<Traced>,
     deltas: Deltas,
-    stats: &LearningStats,
+    metrics: &Metrics,
 ) {
     let outcomes: Vec<Outcome> = batch.iter().map(|(o, _)| o.clone()).collect();
     match graph.learn(&outcomes, deltas).await {
         Ok(changes) => {
-            stats
-                .applied
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            stats.batches.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .learning
+                .with_label_values(&["applied"])
+                .inc_by(batch.len() as u64);
+            metrics.learning.with_label_values(&["batch"]).inc();
             for c in &changes {
                 tracing::debug!(agent = %c.agent, concept = %c.concept, old = c.old, new = c.new, "weight updated");
                 // Each task that contributed sees what its outcome changed, in its trace.
@@ -209,7 +202,7 @@ async fn apply(
             }
         }
         Err(e) => {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
+            metrics.learning.with_label_values(&["error"]).inc();
             tracing::warn!(error = %e, outcomes = outcomes.len(), "learning update failed; batch dropped");
         }
     }

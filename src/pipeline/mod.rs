@@ -24,7 +24,6 @@ use crate::{
     cache::{discovery_key, Lookup, Subject, Tier},
     context::RequestCtx,
     graph::{Candidate, GraphError, KnowledgeGraph, Outcome},
-    metrics::prom::PROM,
     metrics::Metrics,
     resilience::{Failure, Live, Stack},
     routing::{Inputs, Plan, PolicyKind, Reason, Router},
@@ -348,7 +347,8 @@ impl Pipeline {
             Lookup::Fresh { value, tier } => Ok((decode(value), tier)),
             Lookup::Stale { value, tier, error } => {
                 let reason = error.stale_reason();
-                PROM.discovery_stale_served
+                self.metrics
+                    .discovery_stale_served
                     .with_label_values(&[reason])
                     .inc();
                 tracing::Span::current().record("stale_reason", reason);
@@ -425,9 +425,10 @@ impl Pipeline {
         if let Some(Value::String(n)) = result.extra.get("neurogenesis_status") {
             span.record("neurogenesis", n.as_str());
         }
-        PROM.tasks.with_label_values(&[status]).inc();
+        self.metrics.tasks.with_label_values(&[status]).inc();
         self.metrics
-            .record_task(result.succeeded(), started.elapsed());
+            .task_duration
+            .observe(started.elapsed().as_secs_f64());
         result
     }
 
@@ -565,7 +566,8 @@ impl Pipeline {
                             Reason::Failover
                         };
                         tracing::Span::current().record("chosen_reason", reason.as_str());
-                        PROM.routing_decisions
+                        self.metrics
+                            .routing_decisions
                             .with_label_values(&[reason.as_str()])
                             .inc();
                         return r;

@@ -4,10 +4,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -22,6 +19,7 @@ use crate::{
     agents::AgentTransport,
     cache::{Caches, Invalidation},
     graph::{AgentInfo, KnowledgeGraph},
+    metrics::Metrics,
 };
 
 /// Intents a dynamic agent serves (plus the one that triggered it).
@@ -57,25 +55,6 @@ impl Grown {
     }
 }
 
-#[derive(Default)]
-pub struct NeuroStats {
-    pub created: AtomicU64,
-    pub existing: AtomicU64,
-    pub failed: AtomicU64,
-    pub joined: AtomicU64,
-}
-
-impl NeuroStats {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "created": self.created.load(Relaxed),
-            "existing": self.existing.load(Relaxed),
-            "failed": self.failed.load(Relaxed),
-            "joined_in_flight": self.joined.load(Relaxed),
-        })
-    }
-}
-
 pub struct Neurogenesis {
     graph: Arc<dyn KnowledgeGraph>,
     transport: Arc<dyn AgentTransport>,
@@ -83,7 +62,7 @@ pub struct Neurogenesis {
     template_url: String,
     timeout: Duration,
     inflight: Mutex<HashMap<String, Shared<BoxFuture<'static, Grown>>>>,
-    pub stats: NeuroStats,
+    metrics: Arc<Metrics>,
 }
 
 /// A stable agent name for a concept: readable part plus a hash, so concepts that
@@ -116,6 +95,7 @@ impl Neurogenesis {
         caches: Arc<Caches>,
         template_url: String,
         timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Neurogenesis {
             graph,
@@ -124,7 +104,7 @@ impl Neurogenesis {
             template_url,
             timeout,
             inflight: Mutex::new(HashMap::new()),
-            stats: NeuroStats::default(),
+            metrics,
         }
     }
 
@@ -134,7 +114,10 @@ impl Neurogenesis {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             match inflight.get(concept) {
                 Some(f) => {
-                    self.stats.joined.fetch_add(1, Relaxed);
+                    self.metrics
+                        .neurogenesis
+                        .with_label_values(&["joined"])
+                        .inc();
                     f.clone()
                 }
                 None => {
@@ -164,21 +147,12 @@ impl Neurogenesis {
         let grown =
             tracing::Instrument::instrument(self.try_grow(concept, intent), span.clone()).await;
         span.record("outcome", grown.status());
-        crate::metrics::prom::PROM
+        self.metrics
             .neurogenesis
             .with_label_values(&[grown.status().trim_start_matches("neurogenesis_")])
             .inc();
-        match &grown {
-            Grown::Created(agent) => {
-                self.stats.created.fetch_add(1, Relaxed);
-                tracing::info!(concept, agent, "neurogenesis registered a dynamic agent");
-            }
-            Grown::Existing => {
-                self.stats.existing.fetch_add(1, Relaxed);
-            }
-            Grown::Failed => {
-                self.stats.failed.fetch_add(1, Relaxed);
-            }
+        if let Grown::Created(agent) = &grown {
+            tracing::info!(concept, agent, "neurogenesis registered a dynamic agent");
         }
         grown
     }

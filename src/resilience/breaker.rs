@@ -22,7 +22,7 @@ use failsafe::{
 };
 use rand::Rng;
 
-use crate::{config::BreakerSettings, routing::Admission};
+use crate::{config::BreakerSettings, metrics::Metrics, routing::Admission};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
@@ -104,14 +104,13 @@ impl Observed {
 pub struct Instrument {
     pub agent: Arc<str>,
     pub observed: Arc<Observed>,
-    /// Publish the state as `myriad_agent_breaker_state{agent}`.
-    pub report: bool,
+    /// Where the state is published as `myriad_agent_breaker_state{agent}` (agents only).
+    pub report: Option<Arc<Metrics>>,
 }
 
 impl Instrument {
     fn gauge(&self, value: i64) {
-        if self.report {
-            let p = &crate::metrics::prom::PROM;
+        if let Some(p) = &self.report {
             p.breaker_state
                 .with_label_values(&[p.agent_label(&self.agent).as_str()])
                 .set(value);
@@ -160,18 +159,18 @@ pub struct Breaker {
 
 impl Breaker {
     /// A breaker for an agent, published in the metrics.
-    pub fn new(agent: &str, s: &BreakerSettings) -> Self {
-        let b = Self::build(agent, s, true);
+    pub fn new(agent: &str, s: &BreakerSettings, metrics: Arc<Metrics>) -> Self {
+        let b = Self::build(agent, s, Some(metrics));
         b.instrument.gauge(0);
         b
     }
 
     /// A breaker around an internal dependency (not an agent; not in the agent metrics).
     pub fn internal(name: &str, s: &BreakerSettings) -> Self {
-        Self::build(name, s, false)
+        Self::build(name, s, None)
     }
 
-    fn build(agent: &str, s: &BreakerSettings, report: bool) -> Self {
+    fn build(agent: &str, s: &BreakerSettings, report: Option<Arc<Metrics>>) -> Self {
         let backoff = OpenBackoff::new(s.open);
         let policy = consecutive_failures(s.consecutive_failures, backoff.clone()).or_else(
             success_rate_over_time_window(
@@ -308,7 +307,7 @@ mod tests {
 
     #[test]
     fn opens_after_consecutive_failures_and_sub_second_delays_do_not_panic() {
-        let b = Breaker::new("a", &settings(50));
+        let b = Breaker::new("a", &settings(50), Default::default());
         for _ in 0..3 {
             b.try_acquire().unwrap().failure();
         }
@@ -318,7 +317,7 @@ mod tests {
 
     #[test]
     fn half_open_admits_only_the_configured_probes_then_closes_on_success() {
-        let b = Breaker::new("a", &settings(20));
+        let b = Breaker::new("a", &settings(20), Default::default());
         for _ in 0..3 {
             b.try_acquire().unwrap().failure();
         }
@@ -333,7 +332,7 @@ mod tests {
 
     #[test]
     fn admission_offers_the_probe_once_the_open_interval_ended() {
-        let b = Breaker::new("a", &settings(20));
+        let b = Breaker::new("a", &settings(20), Default::default());
         assert_eq!(b.admission(), Admission::Open);
         for _ in 0..3 {
             b.try_acquire().unwrap().failure();
@@ -351,7 +350,7 @@ mod tests {
 
     #[test]
     fn a_dropped_call_counts_as_a_failure() {
-        let b = Breaker::new("a", &settings(1_000));
+        let b = Breaker::new("a", &settings(1_000), Default::default());
         for _ in 0..3 {
             drop(b.try_acquire().unwrap());
         }
@@ -360,7 +359,7 @@ mod tests {
 
     #[test]
     fn success_resets_the_consecutive_count() {
-        let b = Breaker::new("a", &settings(1_000));
+        let b = Breaker::new("a", &settings(1_000), Default::default());
         for _ in 0..10 {
             b.try_acquire().unwrap().failure();
             b.try_acquire().unwrap().failure();

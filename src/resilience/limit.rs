@@ -3,10 +3,7 @@
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
     num::NonZeroU32,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::Duration,
 };
 
@@ -24,7 +21,7 @@ use governor::{
 #[derive(Clone)]
 pub struct Global {
     pub store: Arc<dyn SharedStore>,
-    pub fallbacks: Arc<AtomicU64>,
+    pub fallbacks: prometheus::IntCounter,
 }
 
 impl Global {
@@ -33,7 +30,7 @@ impl Global {
         match self.store.gcra(key, interval, burst).await {
             Ok(v) => Some(v),
             Err(_) => {
-                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                self.fallbacks.inc();
                 None
             }
         }

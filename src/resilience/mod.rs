@@ -34,7 +34,7 @@ use breaker::Breaker;
 use bulkhead::Bulkhead;
 use limit::{AgentLimiter, Global};
 
-use crate::metrics::prom::PROM;
+use crate::metrics::Metrics;
 
 /// What one attempt ended with, for spans: `http_503`, `timeout`, `connect`, …
 fn attempt_outcome(err: &CallError) -> &'static str {
@@ -121,31 +121,6 @@ impl CallOutcome {
             cached: None,
             stale: false,
         }
-    }
-}
-
-/// Counts of calls the stack refused or re-sent, by reason (`/metrics`).
-#[derive(Default)]
-pub struct Rejections {
-    pub breaker_open: AtomicU64,
-    pub rate_limited: AtomicU64,
-    pub bulkhead_full: AtomicU64,
-    pub deadline: AtomicU64,
-    pub retries: AtomicU64,
-    pub retries_denied_by_budget: AtomicU64,
-}
-
-impl Rejections {
-    pub fn to_json(&self) -> serde_json::Value {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "breaker_open": get(&self.breaker_open),
-            "rate_limited": get(&self.rate_limited),
-            "bulkhead_full": get(&self.bulkhead_full),
-            "deadline": get(&self.deadline),
-            "retries": get(&self.retries),
-            "retries_denied_by_budget": get(&self.retries_denied_by_budget),
-        })
     }
 }
 
@@ -243,7 +218,7 @@ pub struct Stack {
     global: Option<Global>,
     /// One entry per agent name the graph has routed to (graph-controlled, so bounded).
     guards: RwLock<HashMap<String, Arc<AgentGuard>>>,
-    pub rejections: Rejections,
+    metrics: Arc<Metrics>,
     started: Instant,
 }
 
@@ -253,6 +228,7 @@ impl Stack {
         settings: StackSettings,
         caches: Arc<Caches>,
         global: Option<Global>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Stack {
             transport,
@@ -260,7 +236,7 @@ impl Stack {
             caches,
             global,
             guards: RwLock::new(HashMap::new()),
-            rejections: Rejections::default(),
+            metrics,
             started: Instant::now(),
         }
     }
@@ -289,7 +265,7 @@ impl Stack {
                         self.global.clone(),
                     ),
                     bulkhead: Bulkhead::new(self.settings.agent_max_inflight),
-                    breaker: Breaker::new(agent, &self.settings.breaker),
+                    breaker: Breaker::new(agent, &self.settings.breaker, self.metrics.clone()),
                     budget: RetryBudget::new(self.settings.retry_budget_percent),
                     calls: AtomicU64::new(0),
                     recent: Mutex::new(VecDeque::with_capacity(RECENT)),
@@ -304,8 +280,12 @@ impl Stack {
             .clone()
     }
 
-    fn refuse(&self, counter: &AtomicU64, failure: Failure) -> CallOutcome {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Refuses a call before any attempt; `reason` labels `myriad_calls_refused_total`
+    /// (agent rate limits are counted by the limiter's own series).
+    fn refuse(&self, reason: Option<&str>, failure: Failure) -> CallOutcome {
+        if let Some(reason) = reason {
+            self.metrics.refused.with_label_values(&[reason]).inc();
+        }
         tracing::debug!(code = failure.code(), "call refused");
         CallOutcome::upstream(Err(failure), 0)
     }
@@ -346,7 +326,7 @@ impl Stack {
         if outcome.result.is_err() {
             span.record("otel.status_code", "ERROR");
         }
-        let p = &PROM;
+        let p = &self.metrics;
         let agent_label = p.agent_label(&agent.name);
         p.agent_calls
             .with_label_values(&[agent_label.as_str(), label])
@@ -364,9 +344,8 @@ impl Stack {
         deadline: Instant,
         use_cache: bool,
     ) -> CallOutcome {
-        let r = &self.rejections;
         if remaining(deadline).is_zero() {
-            return self.refuse(&r.deadline, Failure::Deadline);
+            return self.refuse(Some("deadline"), Failure::Deadline);
         }
         let guard = self.guard(&agent.name);
         if let Some(limiter) = &guard.limiter {
@@ -378,19 +357,18 @@ impl Stack {
             )
             .in_scope(|| {});
             if !allowed {
-                PROM.rate_limited.with_label_values(&["agent"]).inc();
-                return self.refuse(&r.rate_limited, Failure::RateLimited);
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&["agent"])
+                    .inc();
+                return self.refuse(None, Failure::RateLimited);
             }
         }
         if !self.caches.cacheable(&req.intent) {
             return self.upstream(&guard, agent, req, deadline).await;
         }
         if !use_cache {
-            self.caches
-                .responses
-                .stats
-                .bypassed
-                .fetch_add(1, Ordering::Relaxed);
+            self.caches.responses.count("none", "bypass");
             tracing::info_span!(
                 "cache_lookup",
                 cache = "responses",
@@ -479,10 +457,9 @@ impl Stack {
         req: &AgentRequest,
         deadline: Instant,
     ) -> CallOutcome {
-        let r = &self.rejections;
         let Some(_slot) = guard.bulkhead.try_enter() else {
             tracing::info_span!("bulkhead", verdict = "full").in_scope(|| {});
-            return self.refuse(&r.bulkhead_full, Failure::BulkheadFull);
+            return self.refuse(Some("bulkhead_full"), Failure::BulkheadFull);
         };
         let permit = guard.breaker.try_acquire();
         tracing::info_span!(
@@ -492,7 +469,7 @@ impl Stack {
         )
         .in_scope(|| {});
         let Some(permit) = permit else {
-            return self.refuse(&r.breaker_open, Failure::BreakerOpen);
+            return self.refuse(Some("breaker_open"), Failure::BreakerOpen);
         };
         guard.budget.deposit();
         let mut attempts = 0;
@@ -542,14 +519,17 @@ impl Stack {
                 let wait = self.settings.retry.backoff(attempts);
                 if fits(deadline, wait) {
                     if guard.budget.try_withdraw() {
-                        r.retries.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.retries.with_label_values(&["sent"]).inc();
                         span.record("retry_reason", attempt_outcome(&err));
                         tracing::debug!(agent = %agent.name, attempt = attempts, code = err.code(), ?wait, "retrying");
                         drop(span);
                         tokio::time::sleep(wait).await;
                         continue;
                     }
-                    r.retries_denied_by_budget.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .retries
+                        .with_label_values(&["denied_by_budget"])
+                        .inc();
                 }
             }
             let fault = err.is_upstream_fault();
