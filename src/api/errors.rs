@@ -92,10 +92,14 @@ pub enum ErrorCode {
     InputProcessorInvalid,
     /// The knowledge graph is unavailable.
     GraphUnavailable,
+    /// `/ready`: the service cannot route tasks now.
+    NotReady,
+    /// `/discover`: no agent handles the concept and intent.
+    NoAgentFound,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 36] = [
+    pub const ALL: [ErrorCode; 38] = [
         ErrorCode::InvalidBody,
         ErrorCode::InvalidParameter,
         ErrorCode::InvalidConcept,
@@ -132,6 +136,8 @@ impl ErrorCode {
         ErrorCode::InputProcessorUnavailable,
         ErrorCode::InputProcessorInvalid,
         ErrorCode::GraphUnavailable,
+        ErrorCode::NotReady,
+        ErrorCode::NoAgentFound,
     ];
 
     /// The status every answer with this code has.
@@ -155,7 +161,8 @@ impl ErrorCode {
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             InputProcessorUnavailable | InputProcessorInvalid => StatusCode::BAD_GATEWAY,
-            GraphUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GraphUnavailable | NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            NoAgentFound => StatusCode::NOT_FOUND,
         }
     }
 
@@ -198,6 +205,8 @@ impl ErrorCode {
             InputProcessorUnavailable => "input_processor_unavailable",
             InputProcessorInvalid => "input_processor_invalid",
             GraphUnavailable => "graph_unavailable",
+            NotReady => "not_ready",
+            NoAgentFound => "no_agent_found",
         }
     }
 }
@@ -335,14 +344,12 @@ pub fn error_response(code: ErrorCode, msg: impl Into<String>) -> Response {
         .body(body.to_string())
 }
 
-/// What `/process` accepts, with every limit the schema enforces.
-const PROCESS_SHAPE: &str = "send exactly one of {\"query\": \"a question\"} (1–2000 characters, not blank) \
-or {\"tasks\": [{\"task_id\", \"concept\", \"intent\", \"args\"?}]} (at least one task; task_id an integer \
-or at most 128 characters; concept 1–128 characters, not blank, no control characters; intent 1–64 of \
-a-z A-Z 0-9 _ -; args a JSON object), each with an optional user_id of at most 128 characters";
+/// Characters of a parse message kept: enough for the longest of our own, while an echo of
+/// a hostile input stays bounded.
+const CLIP: usize = 600;
 
 fn clip(s: &str) -> String {
-    let mut out: String = s.chars().take(300).collect();
+    let mut out: String = s.chars().take(CLIP).collect();
     if out.len() < s.len() {
         out.push('…');
     }
@@ -356,17 +363,10 @@ pub fn framework_error(err: poem::Error) -> Response {
     }
     let status = err.status();
     let (code, msg) = if let Some(e) = err.downcast_ref::<ParseRequestPayloadError>() {
-        if e.reason
-            .starts_with("Expected input type \"ProcessRequest\"")
-        {
-            // The union's own message only echoes the body; say what is accepted instead.
-            (ErrorCode::InvalidBody, PROCESS_SHAPE.to_string())
-        } else {
-            (
-                ErrorCode::InvalidBody,
-                format!("invalid request body: {}", clip(&e.reason)),
-            )
-        }
+        (
+            ErrorCode::InvalidBody,
+            format!("invalid request body: {}", clip(&e.reason)),
+        )
     } else if let Some(e) = err.downcast_ref::<ParseParamError>() {
         (
             ErrorCode::InvalidParameter,

@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 
 use poem::{Endpoint, EndpointExt, IntoEndpoint, Route};
 use poem_openapi::{OpenApiService, Tags};
-use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::{
@@ -44,7 +43,7 @@ pub struct AppState {
     pub client_limiter: Option<Arc<ClientLimiter>>,
     /// Spans are exported (error bodies then carry `trace_id`).
     pub tracing_enabled: bool,
-    status_cache: Mutex<Option<(Instant, Value, bool)>>,
+    status_cache: Mutex<Option<(Instant, dto::Dependencies, bool)>>,
 }
 
 impl AppState {

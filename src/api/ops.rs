@@ -7,11 +7,17 @@ use poem_openapi::{
     payload::{Json, PlainText},
     ApiResponse, OpenApi, ResponseContent,
 };
-use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::{auth::ClientAuth, dto::*, errors::AuthError, AppState, Tag};
-use crate::{metrics::document::Live, resilience::breaker::BreakerState, VERSION};
+use super::{
+    auth::ClientAuth,
+    dto::*,
+    errors::{AuthError, ErrorCode},
+    AppState, Tag,
+};
+use crate::{
+    config::kinds::Named, metrics::document::Live, resilience::breaker::BreakerState, VERSION,
+};
 
 pub struct OpsApi {
     pub(super) state: Arc<AppState>,
@@ -94,7 +100,7 @@ impl AppState {
     }
 
     /// Dependency probes for `/status`, bounded and briefly cached.
-    pub(super) async fn dependencies(&self) -> (Value, bool) {
+    pub(super) async fn dependencies(&self) -> (Dependencies, bool) {
         if let Some((at, deps, degraded)) = self.status_cache.lock().unwrap().clone() {
             if at.elapsed() < STATUS_CACHE {
                 return (deps, degraded);
@@ -111,38 +117,60 @@ impl AppState {
             Ok(Ok(list)) => list,
             _ => Vec::new(),
         };
-        let agent_states: serde_json::Map<String, Value> = agents
+        let agents = agents
             .iter()
             .map(|a| {
-                (
-                    a.agent.name.clone(),
-                    self.pipeline.stack.agent_status(&a.agent.name),
-                )
+                let load = self.pipeline.stack.agent_load(&a.agent.name);
+                (a.agent.name.clone(), load.into())
             })
             .collect();
         let redis = match &self.pipeline.stack.caches.store {
-            None => json!({"status": "not_configured"}),
+            None => RedisDependency {
+                status: "not_configured".into(),
+                breaker: None,
+                errors_total: None,
+                short_circuited_total: None,
+                recoveries_total: None,
+            },
             Some(store) => {
-                let ping = tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await;
-                let mut health = serde_json::to_value(store.health()).unwrap_or_default();
-                if !matches!(ping, Ok(Ok(()))) {
-                    health["status"] = json!("degraded");
+                let answered = matches!(
+                    tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await,
+                    Ok(Ok(()))
+                );
+                let h = store.health();
+                RedisDependency {
+                    status: if answered { h.status } else { "degraded" }.into(),
+                    breaker: Some(h.breaker.into()),
+                    errors_total: Some(h.errors_total),
+                    short_circuited_total: Some(h.short_circuited_total),
+                    recoveries_total: Some(h.recoveries_total),
                 }
-                health
             }
         };
-        let redis_ok = redis["status"] != "degraded";
-        let degraded = !graph_ok || !redis_ok;
-        let deps = json!({
-            "graph": {"backend": graph.backend(), "status": if graph_ok { "up" } else { "down" }, "probe_ms": graph_ms},
-            "redis": redis,
-            "telemetry": if self.tracing_enabled {
-                json!({"status": "exporting", "protocol": self.config.public_view()["otel_protocol"], "service_name": self.config.tracing.service_name})
-            } else {
-                json!({"status": "disabled"})
+        let degraded = !graph_ok || redis.status == "degraded";
+        let telemetry = if self.tracing_enabled {
+            TelemetryDependency {
+                status: "exporting".into(),
+                protocol: Some(self.config.tracing.protocol.name().into()),
+                service_name: Some(self.config.tracing.service_name.clone()),
+            }
+        } else {
+            TelemetryDependency {
+                status: "disabled".into(),
+                protocol: None,
+                service_name: None,
+            }
+        };
+        let deps = Dependencies {
+            graph: GraphDependency {
+                backend: graph.backend().into(),
+                status: if graph_ok { "up" } else { "down" }.into(),
+                probe_ms: graph_ms,
             },
-            "agents": agent_states,
-        });
+            redis,
+            telemetry,
+            agents,
+        };
         *self.status_cache.lock().unwrap() = Some((Instant::now(), deps.clone(), degraded));
         (deps, degraded)
     }
@@ -154,7 +182,7 @@ impl OpsApi {
     #[oai(path = "/health", method = "get", tag = "Tag::Operations")]
     async fn health(&self) -> Json<Health> {
         Json(Health {
-            status: "healthy".into(),
+            status: Liveness::Healthy,
             service: "orchestrator".into(),
             version: VERSION.into(),
         })
@@ -184,13 +212,13 @@ impl OpsApi {
         }
         if reasons.is_empty() {
             ReadyResponse::Ready(Json(Ready {
-                status: "ready".into(),
+                status: Readiness::Ready,
                 routable_agents: routable as u32,
             }))
         } else {
             ReadyResponse::NotReady(Json(NotReady {
                 error: format!("not ready: {}", reasons.join("; ")),
-                code: "not_ready".into(),
+                code: ErrorCode::NotReady,
                 reasons,
             }))
         }
@@ -223,7 +251,9 @@ impl OpsApi {
         Ok(if wants_prometheus(req) {
             MetricsResponse::Ok(MetricsContent::Text(PlainText(self.state.metrics.render())))
         } else {
-            MetricsResponse::Ok(MetricsContent::Json(Json(Box::new(self.state.metrics_body()))))
+            MetricsResponse::Ok(MetricsContent::Json(Json(Box::new(
+                self.state.metrics_body(),
+            ))))
         })
     }
 

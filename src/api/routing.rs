@@ -251,13 +251,13 @@ impl RoutingApi {
         else {
             let message = format!("no agent handles intent '{intent}' for concept '{concept}'");
             return Ok(DiscoverResponse::NotFound(Json(NoAgentFound {
-                status: "no_agent_found".into(),
+                status: DiscoverStatus::NoAgentFound,
                 concept,
                 intent,
                 agent_url: Nullable(None),
                 error: message.clone(),
                 message,
-                code: "no_agent_found".into(),
+                code: ErrorCode::NoAgentFound,
             })));
         };
         let record = AgentRecord {
@@ -265,7 +265,7 @@ impl RoutingApi {
             concepts: vec![(concept.clone(), candidates[best].stats.clone())],
         };
         Ok(DiscoverResponse::Found(Json(Discovered {
-            status: "success".into(),
+            status: DiscoverStatus::Success,
             agent_url: redact_endpoint(&record.agent.endpoint),
             agent: agent_view(&record, &assessed[best].1),
             candidates: order
@@ -299,11 +299,11 @@ impl RoutingApi {
         &self,
         req: &Request,
         auth: ClientAuth,
-        body: Json<ProcessRequest>,
+        body: Json<ProcessBody>,
     ) -> Result<Json<ProcessResponse>, ApiError> {
         self.state.authenticate(&auth)?;
         self.state.admit(req).await?;
-        self.state.process_impl(body.0, use_cache(req)).await
+        self.state.process_impl(body.0 .0, use_cache(req)).await
     }
 
     /// Alias of `POST /process`, kept for existing clients.
@@ -312,7 +312,7 @@ impl RoutingApi {
         &self,
         req: &Request,
         auth: ClientAuth,
-        body: Json<ProcessRequest>,
+        body: Json<ProcessBody>,
     ) -> Result<Json<ProcessResponse>, ApiError> {
         self.process(req, auth, body).await
     }

@@ -55,10 +55,10 @@ pub trait SharedStore: Send + Sync + 'static {
     fn health(&self) -> StoreHealth;
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct StoreHealth {
     pub status: &'static str,
-    pub breaker: &'static str,
+    pub breaker: BreakerState,
     pub errors_total: u64,
     pub short_circuited_total: u64,
     /// Times the background probe saw Redis answer again and closed the breaker.
@@ -363,7 +363,7 @@ impl SharedStore for RedisStore {
             } else {
                 "degraded"
             },
-            breaker: state.as_str(),
+            breaker: state,
             errors_total: self.errors.load(Ordering::Relaxed),
             short_circuited_total: self.short_circuited.load(Ordering::Relaxed),
             recoveries_total: self.recoveries.load(Ordering::Relaxed),

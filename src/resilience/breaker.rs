@@ -24,8 +24,9 @@ use rand::Rng;
 
 use crate::{config::BreakerSettings, metrics::Metrics, routing::Admission};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BreakerState {
+    #[default]
     Closed,
     Open,
     HalfOpen,

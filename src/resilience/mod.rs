@@ -124,6 +124,17 @@ impl CallOutcome {
     }
 }
 
+/// An agent's breaker and load as `/status` shows them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AgentLoad {
+    pub breaker: breaker::BreakerState,
+    pub in_flight: u32,
+    /// Share of upstream faults among the last 100 calls.
+    pub recent_failure_rate: f64,
+    pub calls_total: u64,
+    pub breaker_opened_total: u64,
+}
+
 /// Outcomes kept for an agent's recent failure rate.
 const RECENT: usize = 100;
 
@@ -583,7 +594,8 @@ impl Stack {
     }
 
     /// Per-agent stage state for `/status`.
-    pub fn agent_status(&self, agent: &str) -> serde_json::Value {
+    /// An agent's breaker and load, for `/status`.
+    pub fn agent_load(&self, agent: &str) -> AgentLoad {
         let guard = self
             .guards
             .read()
@@ -591,16 +603,14 @@ impl Stack {
             .get(agent)
             .cloned();
         match guard {
-            None => {
-                serde_json::json!({"breaker": "closed", "in_flight": 0, "recent_failure_rate": 0.0, "calls_total": 0, "breaker_opened_total": 0})
-            }
-            Some(g) => serde_json::json!({
-                "breaker": g.breaker.current().as_str(),
-                "in_flight": g.bulkhead.in_flight(),
-                "recent_failure_rate": g.recent_failure_rate(),
-                "calls_total": g.calls.load(Ordering::Relaxed),
-                "breaker_opened_total": g.breaker.observed().opened.load(Ordering::Relaxed),
-            }),
+            None => AgentLoad::default(),
+            Some(g) => AgentLoad {
+                breaker: g.breaker.current(),
+                in_flight: g.bulkhead.in_flight(),
+                recent_failure_rate: g.recent_failure_rate(),
+                calls_total: g.calls.load(Ordering::Relaxed),
+                breaker_opened_total: g.breaker.observed().opened.load(Ordering::Relaxed),
+            },
         }
     }
 }

@@ -11,45 +11,23 @@ use serde_json::Value;
 
 use crate::{graph::EdgeStats, pipeline::TaskResult};
 
-#[derive(Object, Debug)]
-pub struct Health {
-    /// Always `healthy` while the process serves.
-    pub status: String,
-    /// Always `orchestrator`.
-    pub service: String,
-    /// Crate version.
-    pub version: String,
+#[macro_use]
+mod wire;
+mod ops;
+
+pub use ops::*;
+pub use wire::*;
+
+/// How a discovery went: `success`, or `no_agent_found`.
+#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum DiscoverStatus {
+    Success,
+    NoAgentFound,
 }
 
-#[derive(Object, Debug)]
-pub struct Ready {
-    /// `ready`.
-    pub status: String,
-    /// Agents that can currently be routed to.
-    pub routable_agents: u32,
-}
-
-#[derive(Object, Debug)]
-pub struct NotReady {
-    pub error: String,
-    /// `not_ready`.
-    pub code: String,
-    /// Every reason the service cannot route.
-    pub reasons: Vec<String>,
-}
-
-#[derive(Object, Debug)]
-pub struct StatusBody {
-    /// Always `orchestrator`.
-    pub service: String,
-    pub status: ServiceStatus,
-    pub version: String,
-    pub uptime_s: f64,
-    /// Graph, Redis, telemetry and per-agent breaker state.
-    pub dependencies: Value,
-    /// Non-secret settings.
-    pub environment: Value,
-}
+// Fields typed by an enum carry no doc comment: one would wrap the `$ref` in an `allOf`,
+// which some client generators skip (the enum's schema carries the description).
 
 #[derive(Object, Debug, Clone)]
 pub struct ConceptEdge {
@@ -123,27 +101,6 @@ pub struct AgentList {
     pub count: u32,
 }
 
-#[derive(Object, Debug)]
-pub struct Features {
-    pub autonomous_learning: bool,
-    pub dynamic_agents: bool,
-    pub cache: bool,
-    pub redis: bool,
-    pub tracing: bool,
-    pub remote_input_processor: bool,
-    pub remote_output_processor: bool,
-    pub graph_backend: String,
-}
-
-#[derive(Object, Debug)]
-pub struct MetricsBody {
-    /// Always `orchestrator`.
-    pub service: String,
-    pub version: String,
-    pub features: Features,
-    pub performance: crate::metrics::document::Performance,
-}
-
 /// A concept name: 1–128 characters, not blank, no control characters.
 pub const CONCEPT_PATTERN: &str = r"^[^\x00-\x1F\x7F\u0080-\u009F]*[^\s\x00-\x1F\x7F\u0080-\u009F][^\x00-\x1F\x7F\u0080-\u009F]*$";
 /// An intent: 1–64 of a-z, A-Z, 0-9, `_`, `-`.
@@ -182,8 +139,7 @@ pub struct CandidateView {
 
 #[derive(Object, Debug)]
 pub struct Discovered {
-    /// `success`.
-    pub status: String,
+    pub status: DiscoverStatus,
     pub concept: String,
     pub intent: String,
     /// Endpoint of the best candidate.
@@ -196,8 +152,7 @@ pub struct Discovered {
 
 #[derive(Object, Debug)]
 pub struct NoAgentFound {
-    /// `no_agent_found`.
-    pub status: String,
+    pub status: DiscoverStatus,
     pub concept: String,
     pub intent: String,
     /// Always null.
@@ -205,310 +160,7 @@ pub struct NoAgentFound {
     pub message: String,
     /// Same as `message`.
     pub error: String,
-    /// `no_agent_found`.
-    pub code: String,
-}
-
-/// The parts of poem-openapi's `Type` every hand-written wrapper here shares: required,
-/// one raw value (`value`), and its name and schema (and what it registers, if anything).
-macro_rules! wrapper_type {
-    (
-        impl$(<$g:ident: $bound:path>)? for $ty:ty,
-        raw = $raw:ty,
-        value = |$s:ident| $value:expr,
-        name = $name:expr,
-        schema = $schema:expr
-        $(, register = |$r:ident| $register:expr)?
-    ) => {
-        impl$(<$g: $bound>)? Type for $ty {
-            const IS_REQUIRED: bool = true;
-            type RawValueType = $raw;
-            type RawElementValueType = $raw;
-
-            fn name() -> Cow<'static, str> {
-                $name
-            }
-            fn schema_ref() -> MetaSchemaRef {
-                $schema
-            }
-            $(fn register($r: &mut Registry) {
-                $register
-            })?
-            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-                let $s = self;
-                Some($value)
-            }
-            fn raw_element_iter<'a>(
-                &'a self,
-            ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-                let $s = self;
-                Box::new(std::iter::once($value))
-            }
-        }
-    };
-}
-
-/// A JSON string, strictly: unlike poem-openapi's `String`, a number or a boolean is a 400,
-/// not silently turned into text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Text(pub String);
-
-impl std::ops::Deref for Text {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-wrapper_type!(
-    impl for Text,
-    raw = String,
-    value = |t| &t.0,
-    name = String::name(),
-    schema = String::schema_ref()
-);
-
-impl ParseFromJSON for Text {
-    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        match value {
-            Some(Value::String(s)) => Ok(Text(s)),
-            other => Err(ParseError::expected_type(other.unwrap_or_default())),
-        }
-    }
-}
-
-impl ToJSON for Text {
-    fn to_json(&self) -> Option<Value> {
-        Some(Value::String(self.0.clone()))
-    }
-}
-
-/// A string rule: the pattern and length declared in the spec, checked with a regex
-/// compiled once (poem-openapi's `pattern` validator compiles its regex on every check).
-pub trait Rule: Send + Sync + 'static {
-    const NAME: &'static str;
-    const PATTERN: &'static str;
-    const MAX_LENGTH: usize;
-    fn regex() -> &'static regex::Regex;
-}
-
-macro_rules! rule {
-    ($ty:ident, $name:literal, $pattern:literal, $max:literal) => {
-        #[derive(Debug, Clone, PartialEq, Eq)]
-        pub struct $ty;
-        impl Rule for $ty {
-            const NAME: &'static str = $name;
-            const PATTERN: &'static str = $pattern;
-            const MAX_LENGTH: usize = $max;
-            fn regex() -> &'static regex::Regex {
-                static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-                    regex::Regex::new($pattern).expect("valid pattern")
-                });
-                &RE
-            }
-        }
-    };
-}
-
-rule!(
-    ConceptRule,
-    "concept",
-    r"^[^\x00-\x1F\x7F\u0080-\u009F]*[^\s\x00-\x1F\x7F\u0080-\u009F][^\x00-\x1F\x7F\u0080-\u009F]*$",
-    128
-);
-rule!(IntentRule, "intent", r"^[A-Za-z0-9_-]{1,64}$", 64);
-rule!(QueryRule, "query", r"\S", 2000);
-
-/// A string that satisfies `R` (else the body is a 400 naming the rule).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checked<R: Rule>(pub String, std::marker::PhantomData<R>);
-
-impl<R: Rule> std::ops::Deref for Checked<R> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-wrapper_type!(
-    impl<R: Rule> for Checked<R>,
-    raw = String,
-    value = |c| &c.0,
-    name = R::NAME.into(),
-    schema = MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema {
-        max_length: Some(R::MAX_LENGTH),
-        pattern: Some(R::PATTERN.to_string()),
-        ..poem_openapi::registry::MetaSchema::new("string")
-    }))
-);
-
-impl<R: Rule> ParseFromJSON for Checked<R> {
-    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        match value {
-            Some(Value::String(s))
-                if s.chars().count() <= R::MAX_LENGTH && R::regex().is_match(&s) =>
-            {
-                Ok(Checked(s, std::marker::PhantomData))
-            }
-            Some(Value::String(_)) => Err(ParseError::custom(format!(
-                "{} must be at most {} characters matching {}",
-                R::NAME,
-                R::MAX_LENGTH,
-                R::PATTERN
-            ))),
-            other => Err(ParseError::expected_type(other.unwrap_or_default())),
-        }
-    }
-}
-
-impl<R: Rule> ToJSON for Checked<R> {
-    fn to_json(&self) -> Option<Value> {
-        Some(Value::String(self.0.clone()))
-    }
-}
-
-/// A value that may be JSON `null`, declared `nullable` in the spec (OpenAPI 3.0), and
-/// always present when serialized (`"agent_url": null` is part of the contract).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Nullable<T>(pub Option<T>);
-
-impl<T: Type> Type for Nullable<T> {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = T::RawValueType;
-    type RawElementValueType = T::RawElementValueType;
-
-    fn name() -> Cow<'static, str> {
-        format!("nullable<{}>", T::name()).into()
-    }
-    fn schema_ref() -> MetaSchemaRef {
-        use poem_openapi::registry::MetaSchema;
-        match T::schema_ref() {
-            MetaSchemaRef::Inline(schema) => MetaSchemaRef::Inline(Box::new(MetaSchema {
-                nullable: true,
-                ..*schema
-            })),
-            reference => MetaSchemaRef::Inline(Box::new(MetaSchema {
-                nullable: true,
-                all_of: vec![reference],
-                ..MetaSchema::ANY
-            })),
-        }
-    }
-    fn register(registry: &mut Registry) {
-        T::register(registry)
-    }
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        self.0.as_ref().and_then(|t| t.as_raw_value())
-    }
-    fn raw_element_iter<'a>(
-        &'a self,
-    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        match &self.0 {
-            Some(t) => t.raw_element_iter(),
-            None => Box::new(std::iter::empty()),
-        }
-    }
-}
-
-impl<T: ParseFromJSON> ParseFromJSON for Nullable<T> {
-    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        match value {
-            None | Some(Value::Null) => Ok(Nullable(None)),
-            v => T::parse_from_json(v)
-                .map(|t| Nullable(Some(t)))
-                .map_err(ParseError::propagate),
-        }
-    }
-}
-
-impl<T: ToJSON> ToJSON for Nullable<T> {
-    fn to_json(&self) -> Option<Value> {
-        Some(
-            self.0
-                .as_ref()
-                .and_then(ToJSON::to_json)
-                .unwrap_or(Value::Null),
-        )
-    }
-}
-
-/// A JSON object (any members), declared `type: object`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JsonObject(pub serde_json::Map<String, Value>);
-
-wrapper_type!(
-    impl for JsonObject,
-    raw = Self,
-    value = |o| o,
-    name = "object".into(),
-    schema = MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema::new("object")))
-);
-
-impl ParseFromJSON for JsonObject {
-    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        match value {
-            Some(Value::Object(map)) => Ok(JsonObject(map)),
-            other => Err(ParseError::expected_type(other.unwrap_or_default())),
-        }
-    }
-}
-
-impl ToJSON for JsonObject {
-    fn to_json(&self) -> Option<Value> {
-        Some(Value::Object(self.0.clone()))
-    }
-}
-
-/// A task id: an integer or a string. (Hand-written schema: poem-openapi's `Union` marks
-/// unions `type: object`, which an integer or a string is not.)
-#[derive(Debug, Clone)]
-pub enum TaskId {
-    Int(i64),
-    Text(Text),
-}
-
-wrapper_type!(
-    impl for TaskId,
-    raw = Self,
-    value = |t| t,
-    name = "TaskId".into(),
-    // Inline: generators cannot wrap a reference to a non-object schema in allOf.
-    schema = MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema {
-        description: Some("A task id: an integer or a string (at most 128 characters)."),
-        one_of: vec![
-            i64::schema_ref(),
-            MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema {
-                max_length: Some(128),
-                ..poem_openapi::registry::MetaSchema::new("string")
-            })),
-        ],
-        ..poem_openapi::registry::MetaSchema::ANY
-    }))
-);
-
-impl ParseFromJSON for TaskId {
-    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        match value {
-            Some(Value::Number(n)) if n.is_i64() => Ok(TaskId::Int(n.as_i64().unwrap_or_default())),
-            Some(Value::String(s)) => Ok(TaskId::Text(Text(s))),
-            other => Err(ParseError::expected_type(other.unwrap_or_default())),
-        }
-    }
-}
-
-impl ToJSON for TaskId {
-    fn to_json(&self) -> Option<Value> {
-        Some(self.to_value())
-    }
-}
-
-impl TaskId {
-    pub fn to_value(&self) -> Value {
-        match self {
-            TaskId::Int(i) => Value::from(*i),
-            TaskId::Text(s) => Value::from(s.0.clone()),
-        }
-    }
+    pub code: super::errors::ErrorCode,
 }
 
 #[derive(Object, Debug, Clone)]
@@ -552,6 +204,40 @@ pub struct QueryRequest {
 pub enum ProcessRequest {
     Batch(BatchRequest),
     Query(QueryRequest),
+}
+
+/// What `/process` accepts, with every limit the schema enforces.
+pub const PROCESS_SHAPE: &str = "send exactly one of {\"query\": \"a question\"} (1–2000 characters, not blank) \
+or {\"tasks\": [{\"task_id\", \"concept\", \"intent\", \"args\"?}]} (at least one task; task_id an integer \
+or at most 128 characters; concept 1–128 characters, not blank, no control characters; intent 1–64 of \
+a-z A-Z 0-9 _ -; args a JSON object), each with an optional user_id of at most 128 characters";
+
+/// The `/process` body, with the `ProcessRequest` schema. A body matching neither shape is
+/// answered with what is accepted, not with the union's echo of the input.
+#[derive(Debug)]
+pub struct ProcessBody(pub ProcessRequest);
+
+wrapper_type!(
+    impl for ProcessBody,
+    raw = Self,
+    value = |t| t,
+    name = ProcessRequest::name(),
+    schema = ProcessRequest::schema_ref(),
+    register = |registry| ProcessRequest::register(registry)
+);
+
+impl ParseFromJSON for ProcessBody {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        ProcessRequest::parse_from_json(value)
+            .map(ProcessBody)
+            .map_err(|_| ParseError::custom(PROCESS_SHAPE))
+    }
+}
+
+impl ToJSON for ProcessBody {
+    fn to_json(&self) -> Option<Value> {
+        self.0.to_json()
+    }
 }
 
 /// How a query was split into tasks.
@@ -633,14 +319,6 @@ impl From<crate::pipeline::Overall> for OverallStatus {
             Overall::Failed => OverallStatus::Failed,
         }
     }
-}
-
-/// How the service is: `running`, or `degraded` when a dependency is unhealthy.
-#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
-#[oai(rename_all = "snake_case")]
-pub enum ServiceStatus {
-    Running,
-    Degraded,
 }
 
 #[derive(Object, Debug)]
