@@ -88,69 +88,44 @@ impl<T: FromStr + PartialOrd + Display + Copy + serde::Serialize> Kind for OptNu
     }
 }
 
-/// Milliseconds: `Ms(default, min, max)`.
-pub struct Ms(pub u64, pub u64, pub u64);
+/// A number kind whose value is converted: `$name(default, min, max)`.
+macro_rules! converted {
+    ($(#[$m:meta])* $name:ident($raw:ty) -> $out:ty, |$v:ident| $to:expr, show |$o:ident| $show:expr) => {
+        $(#[$m])*
+        pub struct $name(pub $raw, pub $raw, pub $raw);
 
-impl Kind for Ms {
-    type Out = Duration;
-    fn parse(&self, env: &str, raw: Option<&str>, p: &mut Problems) -> Duration {
-        Duration::from_millis(number(env, raw, (self.0, self.1, self.2), p))
-    }
-    fn default_text(&self) -> String {
-        format!("`{}`", self.0)
-    }
-    fn show(&self, value: &Duration) -> Value {
-        json!(value.as_millis() as u64)
-    }
+        impl Kind for $name {
+            type Out = $out;
+            fn parse(&self, env: &str, raw: Option<&str>, p: &mut Problems) -> $out {
+                let $v = number(env, raw, (self.0, self.1, self.2), p);
+                $to
+            }
+            fn default_text(&self) -> String {
+                format!("`{}`", self.0)
+            }
+            fn show(&self, $o: &$out) -> Value {
+                json!($show)
+            }
+        }
+    };
 }
 
-/// Whole seconds: `Secs(default, min, max)`.
-pub struct Secs(pub u64, pub u64, pub u64);
-
-impl Kind for Secs {
-    type Out = Duration;
-    fn parse(&self, env: &str, raw: Option<&str>, p: &mut Problems) -> Duration {
-        Duration::from_secs(number(env, raw, (self.0, self.1, self.2), p))
-    }
-    fn default_text(&self) -> String {
-        format!("`{}`", self.0)
-    }
-    fn show(&self, value: &Duration) -> Value {
-        json!(value.as_secs())
-    }
-}
-
-/// Fractional seconds: `SecsF(default, min, max)`.
-pub struct SecsF(pub f64, pub f64, pub f64);
-
-impl Kind for SecsF {
-    type Out = Duration;
-    fn parse(&self, env: &str, raw: Option<&str>, p: &mut Problems) -> Duration {
-        Duration::from_secs_f64(number(env, raw, (self.0, self.1, self.2), p))
-    }
-    fn default_text(&self) -> String {
-        format!("`{}`", self.0)
-    }
-    fn show(&self, value: &Duration) -> Value {
-        json!(value.as_secs_f64())
-    }
-}
-
-/// A percentage, held as a fraction: `Percent(default, min, max)`.
-pub struct Percent(pub f64, pub f64, pub f64);
-
-impl Kind for Percent {
-    type Out = f64;
-    fn parse(&self, env: &str, raw: Option<&str>, p: &mut Problems) -> f64 {
-        number(env, raw, (self.0, self.1, self.2), p) / 100.0
-    }
-    fn default_text(&self) -> String {
-        format!("`{}`", self.0)
-    }
-    fn show(&self, value: &f64) -> Value {
-        json!(value * 100.0)
-    }
-}
+converted!(
+    /// Milliseconds: `Ms(default, min, max)`.
+    Ms(u64) -> Duration, |v| Duration::from_millis(v), show |d| d.as_millis() as u64
+);
+converted!(
+    /// Whole seconds: `Secs(default, min, max)`.
+    Secs(u64) -> Duration, |v| Duration::from_secs(v), show |d| d.as_secs()
+);
+converted!(
+    /// Fractional seconds: `SecsF(default, min, max)`.
+    SecsF(f64) -> Duration, |v| Duration::from_secs_f64(v), show |d| d.as_secs_f64()
+);
+converted!(
+    /// A percentage, held as a fraction: `Percent(default, min, max)`.
+    Percent(f64) -> f64, |v| v / 100.0, show |f| f * 100.0
+);
 
 fn boolean(env: &str, text: &str, p: &mut Problems) -> Option<bool> {
     match text.to_ascii_lowercase().as_str() {

@@ -227,56 +227,47 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
+/// An enum whose values are named by words (`"word" => Variant`), each word its value's
+/// name; `also` lists words accepted besides.
+macro_rules! named {
+    (
+        $(#[$m:meta])* $ty:ident { $($word:literal => $variant:ident),+ $(,)? }
+        $(also { $($alias:literal => $avariant:ident),+ })?
+    ) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $ty {
+            $($variant,)+
+        }
+        impl Named for $ty {
+            const NAMES: &'static [(&'static str, Self)] =
+                &[$(($word, $ty::$variant),)+ $($(($alias, $ty::$avariant),)+)?];
+        }
+    };
 }
 
-impl Named for LogFormat {
-    const NAMES: &'static [(&'static str, Self)] = &[
-        ("text", LogFormat::Text),
-        ("json", LogFormat::Json),
-        ("pretty", LogFormat::Text),
-    ];
-}
+named!(
+    LogFormat { "text" => Text, "json" => Json }
+    also { "pretty" => Text }
+);
 
-/// How traces leave the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OtlpProtocol {
-    Grpc,
-    HttpProtobuf,
-}
+named!(
+    /// How traces leave the process.
+    OtlpProtocol { "grpc" => Grpc, "http/protobuf" => HttpProtobuf }
+    also { "http" => HttpProtobuf }
+);
 
-impl Named for OtlpProtocol {
-    const NAMES: &'static [(&'static str, Self)] = &[
-        ("grpc", OtlpProtocol::Grpc),
-        ("http/protobuf", OtlpProtocol::HttpProtobuf),
-        ("http", OtlpProtocol::HttpProtobuf),
-    ];
-}
-
-/// Which traces are recorded (the ratio samplers read `TraceSettings::sampler_ratio`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sampler {
-    AlwaysOn,
-    AlwaysOff,
-    TraceIdRatio,
-    ParentBasedAlwaysOn,
-    ParentBasedAlwaysOff,
-    ParentBasedTraceIdRatio,
-}
-
-impl Named for Sampler {
-    const NAMES: &'static [(&'static str, Self)] = &[
-        ("always_on", Sampler::AlwaysOn),
-        ("always_off", Sampler::AlwaysOff),
-        ("traceidratio", Sampler::TraceIdRatio),
-        ("parentbased_always_on", Sampler::ParentBasedAlwaysOn),
-        ("parentbased_always_off", Sampler::ParentBasedAlwaysOff),
-        ("parentbased_traceidratio", Sampler::ParentBasedTraceIdRatio),
-    ];
-}
+named!(
+    /// Which traces are recorded (the ratio samplers read `TraceSettings::sampler_ratio`).
+    Sampler {
+        "always_on" => AlwaysOn,
+        "always_off" => AlwaysOff,
+        "traceidratio" => TraceIdRatio,
+        "parentbased_always_on" => ParentBasedAlwaysOn,
+        "parentbased_always_off" => ParentBasedAlwaysOff,
+        "parentbased_traceidratio" => ParentBasedTraceIdRatio,
+    }
+);
 
 impl Named for PolicyKind {
     const NAMES: &'static [(&'static str, Self)] =
