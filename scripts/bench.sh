@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
 CONNS=${2:-32}
-BIN=target/release/myriad-orchestrator
+BIN=${BIN:-target/release/myriad-orchestrator}
 [ -x "$BIN" ] || cargo build --release --locked
 for t in wrk nginx; do command -v $t >/dev/null || { echo "missing $t: apt-get install -y wrk nginx" >&2; exit 1; }; done
 

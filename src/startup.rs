@@ -384,26 +384,9 @@ pub fn build_state(
     AppState::new(config, pipeline, metrics, client_limiter)
 }
 
-/// The OpenAPI document the server serves, without starting anything.
+/// The OpenAPI document the server serves, from the API's types alone.
 pub fn openapi_json() -> String {
-    let config = Arc::new(Config::default());
-    let seed = Seed::parse(DEFAULT_SEED).expect("the default seed is valid");
-    let graph: Arc<dyn KnowledgeGraph> = Arc::new(
-        MemoryGraph::from_seed(&seed, |id| Some(format!("http://127.0.0.1:0/{id}")))
-            .expect("placeholders resolve"),
-    );
-    let transport: Arc<dyn AgentTransport> = Arc::new(
-        HttpAgents::new(1, config.agent_allowed_hosts.clone())
-            .expect("a default HTTP client builds"),
-    );
-    let state = Arc::new(build_state(
-        config,
-        graph,
-        transport,
-        Default::default(),
-        |_| None,
-    ));
-    api::service(state).spec()
+    api::service().spec()
 }
 
 /// `seed-graph`: loads a seed file into the Neo4j graph at NEO4J_URI.

@@ -1,16 +1,14 @@
 //! The agents resource: listing them (clients) and registering or removing them (admin,
 //! `X-Admin-Key`).
 
-use std::sync::Arc;
-
-use poem_openapi::{param::Path, payload::Json, ApiResponse, OpenApi};
+use poem_openapi::{param::Path, payload::Json, OpenApi};
 
 use super::{
     auth::{AdminKey, ClientAuth},
     dto::*,
     errors::{ApiError, AuthError, ErrorBody, ErrorCode},
     validate::{validate_concept, validate_intent},
-    AppState, Tag,
+    AppState, State, Tag,
 };
 use crate::{
     agents::guard::{normalize_endpoint, redact_endpoint, EndpointError},
@@ -19,14 +17,13 @@ use crate::{
     resilience::Live,
 };
 
-#[derive(ApiResponse)]
-pub(super) enum AgentsError {
-    /// API keys are configured and the request has no valid one.
-    #[oai(status = 401)]
-    Unauthorized(Json<ErrorBody>),
-    /// The knowledge graph is unavailable.
-    #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+error_responses! {
+    pub(super) enum AgentsError {
+        /// API keys are configured and the request has no valid one.
+        401 => Unauthorized,
+        /// The knowledge graph is unavailable.
+        503 => Unavailable,
+    }
 }
 
 pub(super) fn agent_view(record: &AgentRecord, live: &Live) -> AgentView {
@@ -48,34 +45,26 @@ pub(super) fn agent_view(record: &AgentRecord, live: &Live) -> AgentView {
     }
 }
 
-pub struct AgentsApi {
-    pub(super) state: Arc<AppState>,
-}
+pub struct AgentsApi;
 
-#[derive(ApiResponse, Debug)]
-pub(super) enum AdminError {
-    /// The registration is not valid.
-    #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
-    /// No admin key was sent. (Answered by the security scheme's extractor before the
-    /// operation runs; declared here so the spec lists it.)
-    #[oai(status = 401)]
-    Unauthorized(Json<ErrorBody>),
-    /// The admin key is wrong, or the admin API is disabled (`ADMIN_API_KEY` unset).
-    #[oai(status = 403)]
-    Forbidden(Json<ErrorBody>),
-    /// No agent of that name.
-    #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
-    /// The body is larger than allowed.
-    #[oai(status = 413)]
-    PayloadTooLarge(Json<ErrorBody>),
-    /// The body is not `application/json`.
-    #[oai(status = 415)]
-    UnsupportedMediaType(Json<ErrorBody>),
-    /// The knowledge graph is unavailable.
-    #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+error_responses! {
+    pub(super) enum AdminError {
+        /// The registration is not valid.
+        400 => BadRequest,
+        /// No admin key was sent. (Answered by the security scheme's extractor before the
+        /// operation runs; declared here so the spec lists it.)
+        401 => Unauthorized,
+        /// The admin key is wrong, or the admin API is disabled (`ADMIN_API_KEY` unset).
+        403 => Forbidden,
+        /// No agent of that name.
+        404 => NotFound,
+        /// The body is larger than allowed.
+        413 => PayloadTooLarge,
+        /// The body is not `application/json`.
+        415 => UnsupportedMediaType,
+        /// The knowledge graph is unavailable.
+        503 => Unavailable,
+    }
 }
 
 /// A graph failure during an admin change: logged, answered 503 without the detail.
@@ -178,12 +167,16 @@ impl AppState {
 impl AgentsApi {
     /// Every agent with its intents, concepts (with learned weights) and breaker state.
     #[oai(path = "/agents", method = "get", tag = "Tag::Routing")]
-    async fn agents(&self, auth: ClientAuth) -> Result<Json<AgentList>, AgentsError> {
-        self.state.authenticate(&auth).map_err(|e| {
+    async fn agents(
+        &self,
+        state: State<'_>,
+        auth: ClientAuth,
+    ) -> Result<Json<AgentList>, AgentsError> {
+        state.authenticate(&auth).map_err(|e| {
             let AuthError::Unauthorized(b) = e;
             AgentsError::Unauthorized(b)
         })?;
-        let records = self.state.pipeline.graph.agents().await.map_err(|e| {
+        let records = state.pipeline.graph.agents().await.map_err(|e| {
             tracing::warn!(error = %e, "listing agents failed");
             AgentsError::Unavailable(Json(ErrorBody::new(
                 ErrorCode::GraphUnavailable,
@@ -192,7 +185,7 @@ impl AgentsApi {
         })?;
         let agents: Vec<AgentView> = records
             .iter()
-            .map(|r| agent_view(r, &self.state.live(&r.agent.name)))
+            .map(|r| agent_view(r, &state.live(&r.agent.name)))
             .collect();
         Ok(Json(AgentList {
             count: agents.len() as u32,
@@ -205,18 +198,19 @@ impl AgentsApi {
     #[oai(path = "/agents", method = "post", tag = "Tag::Admin")]
     async fn register_agent(
         &self,
+        state: State<'_>,
         key: AdminKey,
         body: Json<AgentRegistration>,
     ) -> Result<Json<Registered>, AdminError> {
-        self.state.check_admin(&key)?;
-        let (agent, concepts) = self.state.registration(body.0)?;
-        let graph = &self.state.pipeline.graph;
+        state.check_admin(&key)?;
+        let (agent, concepts) = state.registration(body.0)?;
+        let graph = &state.pipeline.graph;
         let existed = graph
             .upsert_agent(agent.clone(), &concepts)
             .await
             .map_err(|e| graph_unavailable(e, "registering an agent failed"))?;
         tracing::info!(agent = %agent.name, existed, "agent registered");
-        self.state
+        state
             .pipeline
             .stack
             .caches
@@ -236,7 +230,7 @@ impl AgentsApi {
             });
         Ok(Json(Registered {
             status: if existed { "updated" } else { "registered" }.into(),
-            agent: agent_view(&record, &self.state.live(&record.agent.name)),
+            agent: agent_view(&record, &state.live(&record.agent.name)),
         }))
     }
 
@@ -244,12 +238,12 @@ impl AgentsApi {
     #[oai(path = "/agents/:name", method = "delete", tag = "Tag::Admin")]
     async fn remove_agent(
         &self,
+        state: State<'_>,
         key: AdminKey,
         name: Path<String>,
     ) -> Result<Json<Removed>, AdminError> {
-        self.state.check_admin(&key)?;
-        let removed = self
-            .state
+        state.check_admin(&key)?;
+        let removed = state
             .pipeline
             .graph
             .remove_agent(&name)
@@ -262,7 +256,7 @@ impl AgentsApi {
             ))));
         };
         tracing::info!(agent = %name.0, "agent removed");
-        self.state
+        state
             .pipeline
             .stack
             .caches

@@ -234,6 +234,26 @@ impl ErrorBody {
     }
 }
 
+/// An `ApiResponse` enum whose every variant answers an [`ErrorBody`] with its own status:
+/// `/// doc` then `401 => Unauthorized`, one line a status.
+macro_rules! error_responses {
+    (
+        $(#[$m:meta])* $vis:vis enum $name:ident {
+            $( $(#[doc = $doc:literal])* $status:literal => $variant:ident ),+ $(,)?
+        }
+    ) => {
+        $(#[$m])*
+        #[derive(poem_openapi::ApiResponse, Debug)]
+        $vis enum $name {
+            $(
+                $(#[doc = $doc])*
+                #[oai(status = $status)]
+                $variant(poem_openapi::payload::Json<$crate::api::errors::ErrorBody>),
+            )+
+        }
+    };
+}
+
 /// Errors a client-facing operation can answer with.
 #[derive(ApiResponse, Debug)]
 pub enum ApiError {
@@ -274,12 +294,12 @@ pub enum ApiError {
     Unavailable(Json<ErrorBody>),
 }
 
-/// 401 for a client without a valid API key.
-#[derive(ApiResponse, Debug)]
-pub enum AuthError {
-    /// API keys are configured and the request has no valid one.
-    #[oai(status = 401)]
-    Unauthorized(Json<ErrorBody>),
+error_responses! {
+    /// 401 for a client without a valid API key.
+    pub enum AuthError {
+        /// API keys are configured and the request has no valid one.
+        401 => Unauthorized,
+    }
 }
 
 impl Default for AuthError {

@@ -8,11 +8,12 @@
 //! - [`edge`]: what every request goes through once (span, limits, error bodies, metrics).
 //! - [`dto`], [`errors`]: the wire types and the one error body.
 
+#[macro_use]
+pub mod errors;
 pub mod agents;
 pub mod auth;
 pub mod dto;
 pub mod edge;
-pub mod errors;
 pub mod ops;
 pub mod routing;
 pub mod validate;
@@ -87,18 +88,14 @@ pub(crate) enum Tag {
 /// Every operation group, composed into one service.
 pub type Api = (OpsApi, RoutingApi, AgentsApi);
 
+/// What a handler reads the application from (the state is the route's data, so the API
+/// types, and the spec, need none).
+pub(super) type State<'a> = poem::web::Data<&'a Arc<AppState>>;
+
 /// The OpenAPI service (also used by `myriad-orchestrator openapi`).
-pub fn service(state: Arc<AppState>) -> OpenApiService<Api, ()> {
+pub fn service() -> OpenApiService<Api, ()> {
     OpenApiService::new(
-        (
-            OpsApi {
-                state: state.clone(),
-            },
-            RoutingApi {
-                state: state.clone(),
-            },
-            AgentsApi { state },
-        ),
+        (OpsApi, RoutingApi, AgentsApi),
         "Myriad Orchestrator",
         VERSION,
     )
@@ -111,13 +108,14 @@ pub fn service(state: Arc<AppState>) -> OpenApiService<Api, ()> {
 /// The whole HTTP application: API, `/openapi.json`, Swagger UI at `/docs`, and the edge
 /// middleware (server span, body limit, error normalization, request metrics).
 pub fn app(state: Arc<AppState>) -> impl Endpoint {
-    let api = service(state.clone());
+    let api = service();
     let ui = api.swagger_ui();
     let spec = api.spec_endpoint();
     Route::new()
         .nest("/docs", ui)
         .at("/openapi.json", spec)
         .nest("/", api)
+        .data(state.clone())
         .into_endpoint()
         .around(move |ep, req| {
             let state = state.clone();

@@ -1,6 +1,6 @@
 //! Operations: liveness, readiness, status and metrics.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use poem::Request;
 use poem_openapi::{
@@ -13,15 +13,13 @@ use super::{
     auth::ClientAuth,
     dto::*,
     errors::{AuthError, ErrorCode},
-    AppState, Tag,
+    AppState, State, Tag,
 };
 use crate::{
     config::kinds::Named, metrics::document::Live, resilience::breaker::BreakerState, VERSION,
 };
 
-pub struct OpsApi {
-    pub(super) state: Arc<AppState>,
-}
+pub struct OpsApi;
 
 /// True when `Accept` names `text/plain` or OpenMetrics before (or without) JSON.
 pub(super) fn wants_prometheus(req: &Request) -> bool {
@@ -65,6 +63,9 @@ pub(super) enum ReadyResponse {
     #[oai(status = 503)]
     NotReady(Json<NotReady>),
 }
+
+/// The answer of an operation that may refuse a client without a valid key.
+type Authed<T> = Result<Json<T>, AuthError>;
 
 /// How long `/status` reuses its dependency probes.
 pub(super) const STATUS_CACHE: Duration = Duration::from_secs(1);
@@ -190,8 +191,8 @@ impl OpsApi {
 
     /// Readiness for a load balancer: 200 when tasks can be routed, 503 with reasons if not.
     #[oai(path = "/ready", method = "get", tag = "Tag::Operations")]
-    async fn ready(&self) -> ReadyResponse {
-        let graph = &self.state.pipeline.graph;
+    async fn ready(&self, state: State<'_>) -> ReadyResponse {
+        let graph = &state.pipeline.graph;
         let mut reasons = Vec::new();
         let agents = match tokio::time::timeout(PROBE_TIMEOUT, graph.agents()).await {
             Ok(Ok(a)) => a,
@@ -203,8 +204,7 @@ impl OpsApi {
         let routable = agents
             .iter()
             .filter(|a| {
-                a.agent.status == "active"
-                    && self.state.breaker(&a.agent.name) != BreakerState::Open
+                a.agent.status == "active" && state.breaker(&a.agent.name) != BreakerState::Open
             })
             .count();
         if reasons.is_empty() && routable == 0 {
@@ -226,9 +226,9 @@ impl OpsApi {
 
     /// Service status with dependency health (probes bounded to 1 s and cached for 1 s).
     #[oai(path = "/status", method = "get", tag = "Tag::Operations")]
-    async fn status(&self, auth: ClientAuth) -> Result<Json<StatusBody>, AuthError> {
-        self.state.authenticate_ops(&auth)?;
-        let (dependencies, degraded) = self.state.dependencies().await;
+    async fn status(&self, state: State<'_>, auth: ClientAuth) -> Authed<StatusBody> {
+        state.authenticate_ops(&auth)?;
+        let (dependencies, degraded) = state.dependencies().await;
         Ok(Json(StatusBody {
             service: "orchestrator".into(),
             status: if degraded {
@@ -237,30 +237,33 @@ impl OpsApi {
                 ServiceStatus::Running
             },
             version: VERSION.into(),
-            uptime_s: self.state.metrics.uptime().as_secs_f64(),
+            uptime_s: state.metrics.uptime().as_secs_f64(),
             dependencies,
-            environment: self.state.config.public_view(),
+            environment: state.config.public_view(),
         }))
     }
 
     /// Counters and feature flags as JSON (the default, `Accept: */*`), or the Prometheus
     /// text exposition when the client asks for `text/plain` or OpenMetrics, as scrapers do.
     #[oai(path = "/metrics", method = "get", tag = "Tag::Operations")]
-    async fn metrics(&self, req: &Request, auth: ClientAuth) -> Result<MetricsResponse, AuthError> {
-        self.state.authenticate_ops(&auth)?;
+    async fn metrics(
+        &self,
+        state: State<'_>,
+        req: &Request,
+        auth: ClientAuth,
+    ) -> Result<MetricsResponse, AuthError> {
+        state.authenticate_ops(&auth)?;
         Ok(if wants_prometheus(req) {
-            MetricsResponse::Ok(MetricsContent::Text(PlainText(self.state.metrics.render())))
+            MetricsResponse::Ok(MetricsContent::Text(PlainText(state.metrics.render())))
         } else {
-            MetricsResponse::Ok(MetricsContent::Json(Json(Box::new(
-                self.state.metrics_body(),
-            ))))
+            MetricsResponse::Ok(MetricsContent::Json(Json(Box::new(state.metrics_body()))))
         })
     }
 
     /// Alias of `GET /metrics` (JSON), kept for existing clients.
     #[oai(path = "/metrics/json", method = "get", tag = "Tag::Operations")]
-    async fn metrics_json(&self, auth: ClientAuth) -> Result<Json<MetricsBody>, AuthError> {
-        self.state.authenticate_ops(&auth)?;
-        Ok(Json(self.state.metrics_body()))
+    async fn metrics_json(&self, state: State<'_>, auth: ClientAuth) -> Authed<MetricsBody> {
+        state.authenticate_ops(&auth)?;
+        Ok(Json(state.metrics_body()))
     }
 }

@@ -1,6 +1,6 @@
 //! Routing: `/process` (and its alias), `/discover`, and the agent list.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::collections::BTreeMap;
 
 use poem::Request;
 use poem_openapi::{payload::Json, ApiResponse, OpenApi};
@@ -14,7 +14,7 @@ use super::{
     validate::{
         validate_concept, validate_intent, validate_new_concept, MAX_ID_CHARS, MAX_QUERY_CHARS,
     },
-    AppState, Tag,
+    AppState, State, Tag,
 };
 use crate::{
     agents::guard::redact_endpoint,
@@ -24,9 +24,7 @@ use crate::{
     routing::{Admission, PolicyKind},
 };
 
-pub struct RoutingApi {
-    pub(super) state: Arc<AppState>,
-}
+pub struct RoutingApi;
 
 #[derive(ApiResponse)]
 pub(super) enum DiscoverResponse {
@@ -126,16 +124,13 @@ impl AppState {
                         format!("user_id must be at most {MAX_ID_CHARS} characters"),
                     ));
                 }
-                let transport = self.pipeline.stack.transport().as_ref();
+                let procs = processors::Processors {
+                    transport: self.pipeline.stack.transport().as_ref(),
+                    input: config.input_processor_url.as_deref(),
+                    output: config.output_processor_url.as_deref(),
+                };
                 let step = config.agent_timeout.min(ctx.remaining());
-                let parsed = processors::parse_query(
-                    transport,
-                    config.input_processor_url.as_deref(),
-                    &query,
-                    user_id,
-                    step,
-                )
-                .await;
+                let parsed = procs.parse_query(&query, user_id, step).await;
                 let mut specs = match parsed {
                     Ok(specs) => specs,
                     // Not a client error: the question was fine, it just names nothing we
@@ -166,15 +161,7 @@ impl AppState {
                 }
                 let results = self.pipeline.run_batch(&specs, &ctx).await;
                 let step = config.agent_timeout.min(ctx.remaining());
-                let answer = processors::synthesize(
-                    transport,
-                    config.output_processor_url.as_deref(),
-                    &query,
-                    user_id,
-                    &results,
-                    step,
-                )
-                .await;
+                let answer = procs.synthesize(&query, user_id, &results, step).await;
                 let tasks = specs
                     .iter()
                     .map(|s| ParsedTaskView {
@@ -205,12 +192,13 @@ impl RoutingApi {
     #[oai(path = "/discover", method = "post", tag = "Tag::Routing")]
     async fn discover(
         &self,
+        state: State<'_>,
         req: &Request,
         auth: ClientAuth,
         body: Json<DiscoverRequest>,
     ) -> Result<DiscoverResponse, ApiError> {
-        self.state.authenticate(&auth)?;
-        self.state.admit(req).await?;
+        state.authenticate(&auth)?;
+        state.admit(req).await?;
         let concept = validate_concept(&body.concept)?;
         let intent = validate_intent(
             body.intent
@@ -218,8 +206,7 @@ impl RoutingApi {
                 .and_then(|i| i.0.as_deref())
                 .unwrap_or("define"),
         )?;
-        let candidates: Vec<Candidate> = self
-            .state
+        let candidates: Vec<Candidate> = state
             .pipeline
             .discover(&concept, &intent, use_cache(req))
             .await
@@ -231,7 +218,7 @@ impl RoutingApi {
                     "the knowledge graph is unavailable",
                 )
             })?;
-        let pipeline = &self.state.pipeline;
+        let pipeline = &state.pipeline;
         let assessed = pipeline.assess(&candidates);
         // Best first: by score under the score policy (refused breakers last), in the
         // graph's order under the weight policy; the best is the first a call would pass.
@@ -297,23 +284,25 @@ impl RoutingApi {
     #[oai(path = "/process", method = "post", tag = "Tag::Routing")]
     async fn process(
         &self,
+        state: State<'_>,
         req: &Request,
         auth: ClientAuth,
         body: Json<ProcessBody>,
     ) -> Result<Json<ProcessResponse>, ApiError> {
-        self.state.authenticate(&auth)?;
-        self.state.admit(req).await?;
-        self.state.process_impl(body.0 .0, use_cache(req)).await
+        state.authenticate(&auth)?;
+        state.admit(req).await?;
+        state.process_impl(body.0 .0, use_cache(req)).await
     }
 
     /// Alias of `POST /process`, kept for existing clients.
     #[oai(path = "/process_query", method = "post", tag = "Tag::Routing")]
     async fn process_query(
         &self,
+        state: State<'_>,
         req: &Request,
         auth: ClientAuth,
         body: Json<ProcessBody>,
     ) -> Result<Json<ProcessResponse>, ApiError> {
-        self.process(req, auth, body).await
+        self.process(state, req, auth, body).await
     }
 }

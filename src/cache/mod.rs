@@ -86,10 +86,9 @@ pub fn discovery_key(concept: &str, intent: &str) -> String {
 
 /// What a graph change makes stale. Sent to every replica as JSON.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Invalidation {
-    #[serde(default)]
     pub agents: Vec<String>,
-    #[serde(default)]
     pub concepts: Vec<String>,
 }
 
@@ -477,14 +476,13 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
     fn cache() -> TwoTier {
-        TwoTier::new(
-            "test",
-            100,
-            Duration::from_secs(60),
-            Duration::from_secs(60),
-            None,
-            Default::default(),
-        )
+        cache_with(Duration::from_secs(60))
+    }
+
+    /// An L1-only cache whose entries stay fresh `ttl`, then stale for a minute.
+    fn cache_with(ttl: Duration) -> TwoTier {
+        let minute = Duration::from_secs(60);
+        TwoTier::new("test", 100, ttl, minute, None, Default::default())
     }
 
     const SUBJECT: Subject<'static> = Subject {
@@ -540,14 +538,7 @@ mod tests {
 
     #[tokio::test]
     async fn errors_are_not_cached_and_stale_values_are_served_on_error() {
-        let c = TwoTier::new(
-            "test",
-            100,
-            Duration::from_millis(10),
-            Duration::from_secs(60),
-            None,
-            Default::default(),
-        );
+        let c = cache_with(Duration::from_millis(10));
         let r = c
             .get_or_fetch("k", SUBJECT, |_| async { Err::<Fetched, _>("down") })
             .await;

@@ -8,8 +8,8 @@ use std::sync::RwLock;
 use super::{
     hebbian, rank,
     seed::{demo_placeholder, Seed},
-    AgentInfo, AgentRecord, Candidate, Deltas, EdgeStats, GraphError, KnowledgeGraph, Outcome,
-    WeightChange,
+    AgentInfo, AgentRecord, Candidate, Deltas, EdgeStats, GraphError, KnowledgeGraph, Learned,
+    Outcome, WeightChange,
 };
 
 #[derive(Default)]
@@ -128,11 +128,7 @@ impl KnowledgeGraph for MemoryGraph {
             .collect())
     }
 
-    async fn learn(
-        &self,
-        outcomes: &[Outcome],
-        deltas: Deltas,
-    ) -> Result<Vec<WeightChange>, GraphError> {
+    async fn learn(&self, outcomes: &[Outcome], deltas: Deltas) -> Learned {
         let mut state = self.write();
         let mut changes = Vec::with_capacity(outcomes.len());
         for o in outcomes {

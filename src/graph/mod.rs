@@ -127,11 +127,7 @@ pub trait KnowledgeGraph: Send + Sync + 'static {
     /// Every agent with its concepts, ordered by name.
     async fn agents(&self) -> Result<Vec<AgentRecord>, GraphError>;
     /// Applies a batch of outcomes (Hebbian update), keyed by the agent's real name.
-    async fn learn(
-        &self,
-        outcomes: &[Outcome],
-        deltas: Deltas,
-    ) -> Result<Vec<WeightChange>, GraphError>;
+    async fn learn(&self, outcomes: &[Outcome], deltas: Deltas) -> Learned;
     /// Registers `agent` (or replaces the agent of that name) handling `concepts` with the
     /// given initial weights; unknown concepts are created. True when it already existed.
     async fn upsert_agent(
@@ -179,6 +175,9 @@ pub fn hebbian(stats: &mut EdgeStats, success: bool, deltas: Deltas) {
     stats.success_rate = stats.success_count as f64 / stats.usage_count as f64;
 }
 
+/// What a learning batch changed: one entry per edge moved.
+pub type Learned = Result<Vec<WeightChange>, GraphError>;
+
 /// Times every call of a graph backend into the `graph_query_duration_seconds` histogram.
 pub struct TimedGraph<G>(pub G, pub std::sync::Arc<crate::metrics::Metrics>);
 
@@ -201,11 +200,7 @@ impl<G: KnowledgeGraph> KnowledgeGraph for TimedGraph<G> {
     async fn agents(&self) -> Result<Vec<AgentRecord>, GraphError> {
         timed!(self, "agents", self.0.agents().await)
     }
-    async fn learn(
-        &self,
-        outcomes: &[Outcome],
-        deltas: Deltas,
-    ) -> Result<Vec<WeightChange>, GraphError> {
+    async fn learn(&self, outcomes: &[Outcome], deltas: Deltas) -> Learned {
         timed!(self, "learn", self.0.learn(outcomes, deltas).await)
     }
     async fn upsert_agent(

@@ -12,8 +12,8 @@ use neo4rs::{query, BoltType, ConfigBuilder, Query, Row};
 use super::{
     rank,
     seed::{demo_placeholder, Seed},
-    AgentInfo, AgentRecord, Candidate, Deltas, EdgeStats, GraphError, KnowledgeGraph, Outcome,
-    WeightChange,
+    AgentInfo, AgentRecord, Candidate, Deltas, EdgeStats, GraphError, KnowledgeGraph, Learned,
+    Outcome, WeightChange,
 };
 
 /// Resolves `{demo:<id>}` endpoints to the demo agents running in this process.
@@ -91,6 +91,15 @@ impl Neo4jGraph {
             .map_err(|_| GraphError::Timeout)?
     }
 
+    /// `(node)-[:BELONGS_TO]->(region)`; `label` is `Concept` or `Agent`.
+    async fn link_region(&self, label: &str, name: &str, region: &str) -> Result<(), GraphError> {
+        let cypher = format!(
+            "MATCH (n:{label} {{name: $name}}), (r:Region {{name: $region}}) MERGE (n)-[:BELONGS_TO]->(r)"
+        );
+        self.exec(query(&cypher).param("name", name).param("region", region))
+            .await
+    }
+
     async fn exec(&self, q: Query) -> Result<(), GraphError> {
         tokio::time::timeout(self.timeout, self.graph.run(q))
             .await
@@ -130,12 +139,7 @@ impl Neo4jGraph {
             )
             .await?;
             if let Some(region) = &c.region {
-                self.exec(
-                    query("MATCH (c:Concept {name: $name}), (r:Region {name: $region}) MERGE (c)-[:BELONGS_TO]->(r)")
-                        .param("name", c.name.as_str())
-                        .param("region", region.as_str()),
-                )
-                .await?;
+                self.link_region("Concept", &c.name, region).await?;
             }
         }
         for a in &seed.agents {
@@ -152,12 +156,7 @@ impl Neo4jGraph {
             )
             .await?;
             if let Some(region) = &a.region {
-                self.exec(
-                    query("MATCH (a:Agent {name: $name}), (r:Region {name: $region}) MERGE (a)-[:BELONGS_TO]->(r)")
-                        .param("name", a.name.as_str())
-                        .param("region", region.as_str()),
-                )
-                .await?;
+                self.link_region("Agent", &a.name, region).await?;
             }
         }
         for h in &seed.handles {
@@ -260,11 +259,7 @@ impl KnowledgeGraph for Neo4jGraph {
             .collect())
     }
 
-    async fn learn(
-        &self,
-        outcomes: &[Outcome],
-        deltas: Deltas,
-    ) -> Result<Vec<WeightChange>, GraphError> {
+    async fn learn(&self, outcomes: &[Outcome], deltas: Deltas) -> Learned {
         // One write per batch: outcomes aggregated per edge.
         let mut per_edge: HashMap<(&str, &str), (i64, i64)> = HashMap::new();
         for o in outcomes {

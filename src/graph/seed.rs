@@ -19,16 +19,12 @@ use super::normalize_concept;
 /// The seed shipped with the service, used when `GRAPH_SEED` is unset.
 pub const DEFAULT_SEED: &str = include_str!("../../seed/default.json");
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Seed {
-    #[serde(default)]
     pub regions: Vec<SeedRegion>,
-    #[serde(default)]
     pub concepts: Vec<SeedConcept>,
-    #[serde(default)]
     pub agents: Vec<SeedAgent>,
-    #[serde(default)]
     pub handles: Vec<SeedHandle>,
 }
 

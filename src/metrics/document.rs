@@ -7,6 +7,7 @@ use super::Metrics;
 
 /// Counters and latency figures since start.
 #[derive(Object, Debug)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Performance {
     pub uptime_s: f64,
     pub requests_total: u64,
@@ -21,10 +22,8 @@ pub struct Performance {
     pub learning: LearningCounts,
     pub rejections: RejectionCounts,
     pub cache: CacheCounts,
-    #[oai(skip_serializing_if_is_none)]
     pub neurogenesis: Option<NeurogenesisCounts>,
     pub rate_limit_fallbacks_total: u64,
-    #[oai(skip_serializing_if_is_none)]
     pub rate_limited_clients_tracked: Option<u64>,
     pub connections: ConnectionCounts,
 }

@@ -122,16 +122,15 @@ pub fn parse(query: &str) -> Vec<ParsedTask> {
             return vec![task(c, "function", json!({}))];
         }
     }
-    for (phrase, intent) in [
-        (&["turn", "on"][..], "turn_on"),
-        (&["switch", "on"][..], "turn_on"),
-        (&["turn", "off"][..], "turn_off"),
-        (&["switch", "off"][..], "turn_off"),
-    ] {
-        if position(&w, phrase) == Some(0) {
-            if let Some(c) = concept(&w[2..]) {
-                return vec![task(c, intent, json!({}))];
-            }
+    // "turn on X", "switch off X"
+    if matches!(first, "turn" | "switch") && w.len() > 2 {
+        let intent = match w[1].as_str() {
+            "on" => Some("turn_on"),
+            "off" => Some("turn_off"),
+            _ => None,
+        };
+        if let (Some(intent), Some(c)) = (intent, concept(&w[2..])) {
+            return vec![task(c, intent, json!({}))];
         }
     }
     if first == "dim" {

@@ -23,72 +23,122 @@ pub enum InputError {
     BadAnswer,
 }
 
-/// Turns a query into tasks, locally or through the remote input processor.
-pub async fn parse_query(
-    transport: &dyn AgentTransport,
-    remote: Option<&str>,
-    query: &str,
-    user_id: Option<&str>,
-    timeout: Duration,
-) -> Result<Vec<TaskSpec>, InputError> {
-    let span = tracing::info_span!(
-        "parse_input",
-        processor = if remote.is_some() {
-            "remote"
-        } else {
-            "builtin"
-        },
-        tasks = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
-    let parsed = parse_inner(transport, remote, query, user_id, timeout)
-        .instrument(span.clone())
-        .await;
-    match &parsed {
-        Ok(t) => {
-            span.record("tasks", t.len());
-        }
-        Err(_) => {
-            span.record("otel.status_code", "ERROR");
-        }
-    }
-    parsed
+/// The input and output processors: built in, or the remote services the configuration
+/// names, reached through the agent transport.
+#[derive(Clone, Copy)]
+pub struct Processors<'a> {
+    pub transport: &'a dyn AgentTransport,
+    pub input: Option<&'a str>,
+    pub output: Option<&'a str>,
 }
 
-async fn parse_inner(
-    transport: &dyn AgentTransport,
-    remote: Option<&str>,
-    query: &str,
-    user_id: Option<&str>,
-    timeout: Duration,
-) -> Result<Vec<TaskSpec>, InputError> {
-    let tasks: Vec<TaskSpec> = match remote {
-        None => parser::parse(query)
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| TaskSpec {
-                task_id: json!(i + 1),
-                concept: t.concept,
-                intent: t.intent,
-                args: t.args,
-            })
-            .collect(),
-        Some(base) => {
-            let body = json!({"query": query, "user_id": user_id});
-            let answer = transport
-                .post_json(&format!("{base}/process/basic"), &body, timeout)
-                .await
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "input processor call failed");
-                    InputError::Unavailable
-                })?;
-            remote_tasks(&answer).ok_or(InputError::BadAnswer)?
-        }
-    };
-    if tasks.is_empty() {
-        return Err(InputError::NothingToDo);
+/// The span attribute naming which processor ran.
+fn kind(remote: Option<&str>) -> &'static str {
+    if remote.is_some() {
+        "remote"
+    } else {
+        "builtin"
     }
-    Ok(tasks)
+}
+
+impl Processors<'_> {
+    /// Turns a query into tasks, locally or through the remote input processor.
+    pub async fn parse_query(
+        &self,
+        query: &str,
+        user_id: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Vec<TaskSpec>, InputError> {
+        let (transport, remote) = (self.transport, self.input);
+        let span = tracing::info_span!(
+            "parse_input",
+            processor = kind(remote),
+            tasks = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let parsed = async move {
+            let tasks: Vec<TaskSpec> = match remote {
+                None => parser::parse(query)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, t)| TaskSpec {
+                        task_id: json!(i + 1),
+                        concept: t.concept,
+                        intent: t.intent,
+                        args: t.args,
+                    })
+                    .collect(),
+                Some(base) => {
+                    let body = json!({"query": query, "user_id": user_id});
+                    let answer = transport
+                        .post_json(&format!("{base}/process/basic"), &body, timeout)
+                        .await
+                        .map_err(|e| {
+                            tracing::warn!(error = %e, "input processor call failed");
+                            InputError::Unavailable
+                        })?;
+                    remote_tasks(&answer).ok_or(InputError::BadAnswer)?
+                }
+            };
+            if tasks.is_empty() {
+                return Err(InputError::NothingToDo);
+            }
+            Ok(tasks)
+        }
+        .instrument(span.clone())
+        .await;
+        match &parsed {
+            Ok(t) => span.record("tasks", t.len()),
+            Err(_) => span.record("otel.status_code", "ERROR"),
+        };
+        parsed
+    }
+
+    /// The answer text: built in (the successful tasks' data, in order) or from the remote
+    /// output processor, falling back to the built-in one when that fails.
+    pub async fn synthesize(
+        &self,
+        query: &str,
+        user_id: Option<&str>,
+        results: &[TaskResult],
+        timeout: Duration,
+    ) -> Value {
+        let (transport, remote) = (self.transport, self.output);
+        let span = tracing::info_span!("synthesize", processor = kind(remote));
+        async move {
+            if let Some(base) = remote {
+                let by_id: serde_json::Map<String, Value> = results
+                    .iter()
+                    .map(|r| {
+                        (
+                            super::task_key(&r.task_id),
+                            serde_json::to_value(r).unwrap_or(Value::Null),
+                        )
+                    })
+                    .collect();
+                let body = json!({"query": query, "user_id": user_id, "results": by_id});
+                match transport
+                    .post_json(&format!("{base}/synthesize/basic"), &body, timeout)
+                    .await
+                {
+                    Ok(answer) => {
+                        if let Some(a) = answer.get("final_answer") {
+                            return a.clone();
+                        }
+                        tracing::warn!(
+                            "output processor answered without final_answer; using built-in synthesis"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "output processor call failed; built-in synthesis used")
+                    }
+                }
+            }
+            Value::String(builtin_answer(results))
+        }
+        .instrument(span)
+        .await
+    }
 }
 
 fn remote_tasks(answer: &Value) -> Option<Vec<TaskSpec>> {
@@ -107,68 +157,6 @@ fn remote_tasks(answer: &Value) -> Option<Vec<TaskSpec>> {
             })
         })
         .collect()
-}
-
-/// The answer text: built in (the successful tasks' data, in order) or from the remote
-/// output processor, falling back to the built-in one when that fails.
-pub async fn synthesize(
-    transport: &dyn AgentTransport,
-    remote: Option<&str>,
-    query: &str,
-    user_id: Option<&str>,
-    results: &[TaskResult],
-    timeout: Duration,
-) -> Value {
-    let span = tracing::info_span!(
-        "synthesize",
-        processor = if remote.is_some() {
-            "remote"
-        } else {
-            "builtin"
-        }
-    );
-    synthesize_inner(transport, remote, query, user_id, results, timeout)
-        .instrument(span)
-        .await
-}
-
-async fn synthesize_inner(
-    transport: &dyn AgentTransport,
-    remote: Option<&str>,
-    query: &str,
-    user_id: Option<&str>,
-    results: &[TaskResult],
-    timeout: Duration,
-) -> Value {
-    if let Some(base) = remote {
-        let by_id: serde_json::Map<String, Value> = results
-            .iter()
-            .map(|r| {
-                (
-                    super::task_key(&r.task_id),
-                    serde_json::to_value(r).unwrap_or(Value::Null),
-                )
-            })
-            .collect();
-        let body = json!({"query": query, "user_id": user_id, "results": by_id});
-        match transport
-            .post_json(&format!("{base}/synthesize/basic"), &body, timeout)
-            .await
-        {
-            Ok(answer) => {
-                if let Some(a) = answer.get("final_answer") {
-                    return a.clone();
-                }
-                tracing::warn!(
-                    "output processor answered without final_answer; using built-in synthesis"
-                );
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "output processor call failed; using built-in synthesis")
-            }
-        }
-    }
-    Value::String(builtin_answer(results))
 }
 
 fn builtin_answer(results: &[TaskResult]) -> String {

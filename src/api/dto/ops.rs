@@ -109,28 +109,24 @@ pub struct GraphDependency {
 /// The shared store: `not_configured`, `up`, or `degraded` (then the service runs on L1
 /// and local limits).
 #[derive(Object, Debug, Clone)]
+#[oai(skip_serializing_if_is_none)]
 pub struct RedisDependency {
     /// `not_configured`, `up` or `degraded`.
     pub status: String,
-    #[oai(skip_serializing_if_is_none)]
     pub breaker: Option<Breaker>,
-    #[oai(skip_serializing_if_is_none)]
     pub errors_total: Option<u64>,
-    #[oai(skip_serializing_if_is_none)]
     pub short_circuited_total: Option<u64>,
     /// Times the background probe saw Redis answer again and closed the breaker.
-    #[oai(skip_serializing_if_is_none)]
     pub recoveries_total: Option<u64>,
 }
 
 /// Trace export: `exporting` (with protocol and service name) or `disabled`.
 #[derive(Object, Debug, Clone)]
+#[oai(skip_serializing_if_is_none)]
 pub struct TelemetryDependency {
     /// `exporting` or `disabled`.
     pub status: String,
-    #[oai(skip_serializing_if_is_none)]
     pub protocol: Option<String>,
-    #[oai(skip_serializing_if_is_none)]
     pub service_name: Option<String>,
 }
 
