@@ -10,12 +10,14 @@ pub mod learning;
 pub mod neurogenesis;
 pub mod parser;
 pub mod processors;
+mod task;
+
+pub use task::*;
 
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -28,156 +30,6 @@ use crate::{
     resilience::{Failure, Live, Stack},
     routing::{Inputs, Plan, PolicyKind, Reason, Router},
 };
-
-/// One unit of work: ask the agent for `concept` to perform `intent`.
-#[derive(Debug, Clone, Serialize)]
-pub struct TaskSpec {
-    /// As the client sent it: an integer or a string.
-    pub task_id: Value,
-    pub concept: String,
-    pub intent: String,
-    pub args: Value,
-}
-
-impl TaskSpec {
-    /// The task id as a key of `results`.
-    pub fn key(&self) -> String {
-        task_key(&self.task_id)
-    }
-}
-
-pub fn task_key(id: &Value) -> String {
-    match id {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskStatus {
-    Success,
-    Error,
-}
-
-/// What one task produced. Agent fields outside the protocol pass through in `extra`.
-#[derive(Debug, Clone, Serialize)]
-pub struct TaskResult {
-    pub task_id: Value,
-    pub status: TaskStatus,
-    pub agent_name: Option<String>,
-    pub data: Value,
-    pub concept: String,
-    pub intent: String,
-    /// Cache tier that answered ("l1", "l2") or null.
-    pub cached: Option<&'static str>,
-    pub stale: bool,
-    pub attempts: u32,
-    pub latency_ms: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-/// Fields the gateway owns; an agent cannot overwrite them.
-const RESERVED: [&str; 13] = [
-    "task_id",
-    "status",
-    "agent_name",
-    "data",
-    "concept",
-    "intent",
-    "cached",
-    "stale",
-    "attempts",
-    "latency_ms",
-    "code",
-    "error",
-    "candidates",
-];
-
-impl TaskResult {
-    fn new(task: &TaskSpec, status: TaskStatus) -> Self {
-        TaskResult {
-            task_id: task.task_id.clone(),
-            status,
-            agent_name: None,
-            data: Value::Null,
-            concept: task.concept.clone(),
-            intent: task.intent.clone(),
-            cached: None,
-            stale: false,
-            attempts: 0,
-            latency_ms: 0.0,
-            code: None,
-            error: None,
-            extra: Map::new(),
-        }
-    }
-
-    pub fn failed(task: &TaskSpec, code: &'static str, message: impl Into<String>) -> Self {
-        let mut r = TaskResult::new(task, TaskStatus::Error);
-        r.code = Some(code);
-        r.error = Some(message.into());
-        r
-    }
-
-    pub fn succeeded(&self) -> bool {
-        self.status == TaskStatus::Success
-    }
-
-    /// Copies an agent's answer in: `data`, then every non-reserved field.
-    fn absorb(&mut self, mut body: Map<String, Value>) {
-        self.data = body.remove("data").unwrap_or(Value::Null);
-        if let Some(Value::String(name)) = body.remove("agent_name") {
-            self.extra
-                .insert("agent_reported_name".into(), Value::String(name));
-        }
-        for (k, v) in body {
-            if !RESERVED.contains(&k.as_str()) {
-                self.extra.insert(k, v);
-            }
-        }
-        // The agent's own name field only matters when it disagrees with the graph.
-        if self
-            .extra
-            .get("agent_reported_name")
-            .and_then(Value::as_str)
-            == self.agent_name.as_deref()
-        {
-            self.extra.remove("agent_reported_name");
-        }
-    }
-}
-
-/// How a whole request went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overall {
-    /// Every task succeeded.
-    Success,
-    /// Some did.
-    Partial,
-    /// None did (or there was none).
-    Failed,
-}
-
-/// `Success` when every task succeeded, `Failed` when none did, else `Partial`.
-pub fn overall_status<'a>(results: impl IntoIterator<Item = &'a TaskResult>) -> Overall {
-    let (mut ok, mut total) = (0usize, 0usize);
-    for r in results {
-        total += 1;
-        ok += usize::from(r.succeeded());
-    }
-    match (ok, total) {
-        (_, 0) => Overall::Failed,
-        (ok, total) if ok == total => Overall::Success,
-        (0, _) => Overall::Failed,
-        _ => Overall::Partial,
-    }
-}
 
 pub struct Pipeline {
     pub graph: Arc<dyn KnowledgeGraph>,

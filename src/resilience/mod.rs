@@ -6,8 +6,15 @@
 
 pub mod breaker;
 pub mod bulkhead;
+mod guard;
 pub mod limit;
+mod outcome;
 pub mod retry;
+
+use guard::{AgentGuard, RECENT};
+pub use guard::{AgentLoad, Live};
+use outcome::attempt_outcome;
+pub use outcome::{CallOutcome, Failure};
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -22,7 +29,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::routing::{Admission, Signals};
+use crate::routing::Signals;
 use crate::{
     agents::{AgentReply, AgentRequest, AgentTransport, CallError},
     cache::{response_key, Caches, Lookup, Subject, Tier},
@@ -36,164 +43,7 @@ use limit::{AgentLimiter, Global};
 
 use crate::metrics::Metrics;
 
-/// What one attempt ended with, for spans: `http_503`, `timeout`, `connect`, …
-fn attempt_outcome(err: &CallError) -> &'static str {
-    match err {
-        CallError::Connect => "connect_error",
-        CallError::Timeout => "timeout",
-        CallError::Transport => "connection_broken",
-        CallError::InvalidBody => "invalid_body",
-        CallError::Blocked => "blocked",
-        CallError::Status { status, .. } => match status {
-            400 => "http_400",
-            404 => "http_404",
-            429 => "http_429",
-            500 => "http_500",
-            502 => "http_502",
-            503 => "http_503",
-            504 => "http_504",
-            s if *s < 500 => "http_4xx",
-            _ => "http_5xx",
-        },
-    }
-}
 use retry::{fits, RetryBudget, RetryPolicy};
-
-/// Why a call through the stack produced no reply.
-#[derive(Debug, Clone)]
-pub enum Failure {
-    /// The agent was called and failed (after any retries).
-    Call(CallError),
-    /// The agent's breaker is open (or half-open with its probes taken).
-    BreakerOpen,
-    /// The agent's outbound rate limit is exhausted.
-    RateLimited,
-    /// Too many calls to the agent are already in flight.
-    BulkheadFull,
-    /// The request deadline left no time for a call.
-    Deadline,
-}
-
-impl Failure {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Failure::Call(e) => e.code(),
-            Failure::BreakerOpen => "breaker_open",
-            Failure::RateLimited => "rate_limited",
-            Failure::BulkheadFull => "bulkhead_full",
-            Failure::Deadline => "timeout",
-        }
-    }
-
-    pub fn message(&self, agent: &str) -> String {
-        match self {
-            Failure::Call(e) => format!("agent {agent}: {e}"),
-            Failure::BreakerOpen => {
-                format!("agent {agent} is failing; its circuit breaker is open")
-            }
-            Failure::RateLimited => format!("agent {agent} is over its rate limit"),
-            Failure::BulkheadFull => format!("agent {agent} has too many calls in flight"),
-            Failure::Deadline => "the request deadline passed before an agent answered".to_string(),
-        }
-    }
-
-    /// True when the agent itself was called (so the outcome says something about it).
-    pub fn reached_agent(&self) -> bool {
-        matches!(self, Failure::Call(_))
-    }
-}
-
-/// The result of one trip through the stack, how many HTTP attempts it took, and which
-/// cache tier answered.
-#[derive(Debug)]
-pub struct CallOutcome {
-    pub result: Result<AgentReply, Failure>,
-    pub attempts: u32,
-    pub cached: Option<Tier>,
-    pub stale: bool,
-}
-
-impl CallOutcome {
-    fn upstream(result: Result<AgentReply, Failure>, attempts: u32) -> Self {
-        CallOutcome {
-            result,
-            attempts,
-            cached: None,
-            stale: false,
-        }
-    }
-}
-
-/// An agent's breaker and load as `/status` shows them.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AgentLoad {
-    pub breaker: breaker::BreakerState,
-    pub in_flight: u32,
-    /// Share of upstream faults among the last 100 calls.
-    pub recent_failure_rate: f64,
-    pub calls_total: u64,
-    pub breaker_opened_total: u64,
-}
-
-/// Outcomes kept for an agent's recent failure rate.
-const RECENT: usize = 100;
-
-/// Every stage's state for one agent.
-pub struct AgentGuard {
-    limiter: Option<AgentLimiter>,
-    bulkhead: Bulkhead,
-    breaker: Breaker,
-    budget: RetryBudget,
-    calls: AtomicU64,
-    recent: Mutex<VecDeque<bool>>,
-    /// Health, latency and share for the routing policy.
-    signals: Mutex<Signals>,
-    /// Breaker closings already turned into a slow-start restart.
-    closes_seen: AtomicU64,
-}
-
-/// What the routing policy reads of one agent at decision time.
-#[derive(Debug, Clone, Copy)]
-pub struct Live {
-    pub health: f64,
-    pub latency_ms: Option<f64>,
-    pub in_flight: u32,
-    pub admission: Admission,
-    pub breaker: breaker::BreakerState,
-    /// Slow-start factor (0.1..=1).
-    pub ramp: f64,
-    /// Share of recent routing decisions where it came first.
-    pub share: Option<f64>,
-}
-
-impl AgentGuard {
-    fn signals(&self) -> std::sync::MutexGuard<'_, Signals> {
-        self.signals.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn observe(&self, fault: bool, took: Duration) {
-        self.signals().observe(Instant::now(), fault, took);
-    }
-
-    fn record(&self, fault: bool) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let mut r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if r.len() == RECENT {
-            r.pop_front();
-        }
-        r.push_back(fault);
-    }
-
-    /// Share of upstream faults among the last 100 calls.
-    pub fn recent_failure_rate(&self) -> f64 {
-        let r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if r.is_empty() {
-            0.0
-        } else {
-            r.iter().filter(|f| **f).count() as f64 / r.len() as f64
-        }
-    }
-}
 
 /// Settings of every stage.
 #[derive(Debug, Clone)]
