@@ -4,6 +4,8 @@
 #   nginx      nginx as a reverse proxy in front of it
 #   uncached   the orchestrator in front of it, cache off (two candidates: routing policy at work)
 #   uncached-weight   the same with ROUTING_POLICY=weight (the graph's order, no live signals)
+#   traced     uncached, every request traced (always_on) and exported over OTLP/HTTP to a
+#              sink that accepts and discards (nginx)
 #   cached     the orchestrator, every answer from L1
 #   batch5     a 5-task batch against agents that take 20 ms each
 #   health     GET /health
@@ -24,8 +26,9 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; nginx -p "$WORK" -c "$WORK/ng
 trap cleanup EXIT
 
 P_AGENT=18081 P_PROXY=18082 P_UNCACHED=18083 P_CACHED=18084 P_BATCH=18085 P_SLOW=18086 P_WEIGHT=18087
+P_TRACED=18088 P_SINK=18089 P_IDLE=18090
 cat > "$WORK/nginx.conf" <<NGX
-worker_processes 1;
+worker_processes auto;
 pid $WORK/nginx.pid;
 error_log $WORK/error.log crit;
 events { worker_connections 4096; }
@@ -38,6 +41,8 @@ http {
     location / { default_type application/json; return 200 '{"agent_name":"Bench_AI","status":"success","data":"ok"}'; } }
   server { listen 127.0.0.1:$P_PROXY;
     location / { proxy_pass http://agent; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:$P_SINK; client_max_body_size 64m;
+    location / { default_type application/x-protobuf; return 200 ''; } }
 }
 NGX
 nginx -p "$WORK" -c "$WORK/nginx.conf"
@@ -61,7 +66,10 @@ start $P_UNCACHED CACHE_ENABLED=false
 start $P_CACHED CACHE_ENABLED=true
 start $P_BATCH CACHE_ENABLED=false
 start $P_WEIGHT CACHE_ENABLED=false ROUTING_POLICY=weight
-for p in $P_AGENT $P_PROXY $P_UNCACHED $P_CACHED $P_BATCH $P_WEIGHT; do
+start $P_IDLE; IDLE_PID=${pids[-1]}
+start $P_TRACED CACHE_ENABLED=false OTEL_TRACES_SAMPLER=always_on \
+  OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$P_SINK OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+for p in $P_AGENT $P_PROXY $P_UNCACHED $P_CACHED $P_BATCH $P_WEIGHT $P_TRACED; do
   for _ in $(seq 100); do curl -sf -o /dev/null -X POST "http://127.0.0.1:$p/health" -d '' 2>/dev/null && break
     curl -sf -o /dev/null "http://127.0.0.1:$p/health" 2>/dev/null && break; sleep 0.05; done
 done
@@ -98,6 +106,7 @@ results+=("$(run direct   "http://127.0.0.1:$P_AGENT/query"      agent "$CONNS")
 results+=("$(run nginx    "http://127.0.0.1:$P_PROXY/query"      agent "$CONNS")")
 results+=("$(run uncached "http://127.0.0.1:$P_UNCACHED/process" one   "$CONNS")")
 results+=("$(run uncached-weight "http://127.0.0.1:$P_WEIGHT/process" one "$CONNS")")
+results+=("$(run traced   "http://127.0.0.1:$P_TRACED/process"   one   "$CONNS")")
 results+=("$(run cached   "http://127.0.0.1:$P_CACHED/process"   one   "$CONNS")")
 results+=("$(run batch5   "http://127.0.0.1:$P_BATCH/process"    five  8)")
 results+=("$(run health   "http://127.0.0.1:$P_CACHED/health"    ""    "$CONNS")")
@@ -116,3 +125,14 @@ done
 d50=$(printf '%s\n' "${results[@]}" | awk '$1=="direct-c1" {print $3}'); d99=$(printf '%s\n' "${results[@]}" | awk '$1=="direct-c1" {print $4}')
 g50=$(printf '%s\n' "${results[@]}" | awk '$1=="uncached-c1" {print $3}'); g99=$(printf '%s\n' "${results[@]}" | awk '$1=="uncached-c1" {print $4}')
 python3 -c "print(f'\ngateway overhead per task (1 connection): p50 {($g50-$d50):.3f} ms, p99 {($g99-$d99):.3f} ms')"
+
+rps() { printf '%s\n' "${results[@]}" | awk -v n="$1" '$1==n {print $2}'; }
+python3 - "$(rps traced)" "$(rps uncached)" "$(rps nginx)" "$(rps cached)" <<'PY'
+import sys
+traced, uncached, nginx, cached = map(float, sys.argv[1:])
+print("\nratios (this run):")
+print(f"  tracing on (always_on, OTLP) / off, uncached: {traced/uncached:.2f}")
+print(f"  uncached / nginx proxy:                       {uncached/nginx:.2f}")
+print(f"  cached / nginx proxy:                         {cached/nginx:.2f}")
+PY
+echo "  idle RSS (an instance that served nothing): $(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$IDLE_PID/status)"

@@ -1,25 +1,31 @@
 //! The per-request context: what every stage of one request's path needs to know, passed
 //! as one value instead of one parameter at a time (pingora's `CTX`).
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::time::Instant;
 
 /// What the client's request decided for every task it holds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RequestCtx {
     /// No task of the request runs past this.
     pub deadline: Instant,
     /// False when the client sent `Cache-Control: no-cache` (or `no-store`): the caches are
     /// bypassed.
     pub use_cache: bool,
+    /// Time spent waiting on agents, for `Server-Timing` and the overhead histogram.
+    pub agent_time: Arc<AgentTime>,
 }
 
 impl RequestCtx {
-    pub fn new(timeout: Duration, use_cache: bool) -> Self {
+    pub fn new(timeout: Duration, use_cache: bool, agent_time: Arc<AgentTime>) -> Self {
         RequestCtx {
             deadline: Instant::now() + timeout,
             use_cache,
+            agent_time,
         }
     }
 
@@ -32,4 +38,79 @@ impl RequestCtx {
 /// Time left before `deadline`, never negative.
 pub fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
+}
+
+/// The wall-clock time during which at least one agent call of a request was in flight:
+/// concurrent calls of a batch count once, so `total − agent time` is what the gateway
+/// itself spent.
+#[derive(Debug, Default)]
+pub struct AgentTime(Mutex<Waiting>);
+
+#[derive(Debug, Default)]
+struct Waiting {
+    in_flight: u32,
+    since: Option<Instant>,
+    done: Duration,
+    calls: u32,
+}
+
+impl AgentTime {
+    /// Marks one agent call as started; the call ends when the guard drops.
+    pub fn start(self: &Arc<Self>) -> AgentCall {
+        let mut w = self.lock();
+        if w.in_flight == 0 {
+            w.since = Some(Instant::now());
+        }
+        w.in_flight += 1;
+        w.calls += 1;
+        AgentCall(self.clone())
+    }
+
+    /// Time with at least one call in flight so far, and how many calls were made.
+    pub fn total(&self) -> (Duration, u32) {
+        let w = self.lock();
+        let open = match (w.in_flight, w.since) {
+            (0, _) | (_, None) => Duration::ZERO,
+            (_, Some(since)) => since.elapsed(),
+        };
+        (w.done + open, w.calls)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One agent call in flight (see [`AgentTime::start`]).
+pub struct AgentCall(Arc<AgentTime>);
+
+impl Drop for AgentCall {
+    fn drop(&mut self) {
+        let mut w = self.0.lock();
+        w.in_flight = w.in_flight.saturating_sub(1);
+        if w.in_flight == 0 {
+            if let Some(since) = w.since.take() {
+                w.done += since.elapsed();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn overlapping_calls_count_once() {
+        let t = Arc::new(AgentTime::default());
+        let a = t.start();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let b = t.start();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        drop(a);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        drop(b);
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(t.total(), (Duration::from_millis(30), 2));
+    }
 }

@@ -1,16 +1,22 @@
 //! The edge: what every request goes through once — the server span, the header and body
 //! limits, error normalization, the trace id on errors, and request metrics.
 
+use std::{sync::Arc, time::Duration};
+
 use poem::{Endpoint, Request};
 
 use super::{
     errors::{self, ErrorCode},
     AppState,
 };
-use crate::metrics::routes;
+use crate::{context::AgentTime, metrics::routes};
 
 /// Everything every request goes through, once.
-pub(super) async fn edge<E: Endpoint>(ep: &E, req: Request, state: &AppState) -> poem::Response {
+pub(super) async fn edge<E: Endpoint>(
+    ep: &E,
+    mut req: Request,
+    state: &AppState,
+) -> poem::Response {
     use tracing::Instrument;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -27,6 +33,8 @@ pub(super) async fn edge<E: Endpoint>(ep: &E, req: Request, state: &AppState) ->
         otel.status_code = tracing::field::Empty,
     );
     span.set_parent(crate::telemetry::extract(req.headers()));
+    let agent_time = Arc::new(AgentTime::default());
+    req.extensions_mut().insert(agent_time.clone());
     let max_body = state.config.max_body_bytes;
     let header_bytes: usize = req
         .headers()
@@ -71,6 +79,11 @@ pub(super) async fn edge<E: Endpoint>(ep: &E, req: Request, state: &AppState) ->
         }
     }
     let elapsed = started.elapsed();
+    let (waited, agent_calls) = agent_time.total();
+    let overhead = elapsed.saturating_sub(waited);
+    if let Ok(v) = server_timing(overhead, (agent_calls > 0).then_some(waited)).parse() {
+        resp.headers_mut().insert("server-timing", v);
+    }
     span.in_scope(|| {
         tracing::info!(
             route,
@@ -87,5 +100,18 @@ pub(super) async fn edge<E: Endpoint>(ep: &E, req: Request, state: &AppState) ->
     p.http_duration
         .with_label_values(&[route, method.as_str()])
         .observe(elapsed.as_secs_f64());
+    p.gateway_overhead
+        .with_label_values(&[route])
+        .observe(overhead.as_secs_f64());
     resp
+}
+
+/// `Server-Timing` (the header browsers' devtools show): `gateway` is the time the request
+/// spent outside agent calls, `agent` the time at least one agent call was in flight, in ms.
+fn server_timing(gateway: Duration, agent: Option<Duration>) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    match agent {
+        Some(a) => format!("gateway;dur={:.3}, agent;dur={:.3}", ms(gateway), ms(a)),
+        None => format!("gateway;dur={:.3}", ms(gateway)),
+    }
 }

@@ -87,10 +87,9 @@ impl AppState {
     pub(super) async fn process_impl(
         &self,
         req: ProcessRequest,
-        use_cache: bool,
+        ctx: RequestCtx,
     ) -> Result<Json<ProcessResponse>, ApiError> {
         let config = &self.config;
-        let ctx = RequestCtx::new(config.request_timeout, use_cache);
         match req {
             ProcessRequest::Batch(BatchRequest { tasks, .. }) => {
                 let specs = self.task_specs(tasks)?;
@@ -291,7 +290,12 @@ impl RoutingApi {
     ) -> Result<Json<ProcessResponse>, ApiError> {
         state.authenticate(&auth)?;
         state.admit(req).await?;
-        state.process_impl(body.0 .0, use_cache(req)).await
+        let ctx = RequestCtx::new(
+            state.config.request_timeout,
+            use_cache(req),
+            req.extensions().get().cloned().unwrap_or_default(),
+        );
+        state.process_impl(body.0 .0, ctx).await
     }
 
     /// Alias of `POST /process`, kept for existing clients.

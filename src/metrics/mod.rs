@@ -31,6 +31,8 @@ pub struct Metrics {
     started: Instant,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    /// Time a request spent outside agent calls.
+    pub gateway_overhead: HistogramVec,
     pub tasks: IntCounterVec,
     pub task_duration: Histogram,
     pub agent_calls: IntCounterVec,
@@ -112,6 +114,11 @@ impl Metrics {
                 "http_request_duration_seconds",
                 "HTTP request latency by route template and method.",
                 &["route", "method"],
+            ),
+            gateway_overhead: r.histograms(
+                "gateway_overhead_seconds",
+                "Time a request spent in the gateway itself (outside agent calls), by route.",
+                &["route"],
             ),
             tasks: r.counter(
                 "tasks_total",

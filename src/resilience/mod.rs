@@ -159,6 +159,8 @@ impl Stack {
         req: &AgentRequest,
         ctx: &RequestCtx,
     ) -> CallOutcome {
+        // The stages decide in an instant: their verdicts are attributes of this span, not
+        // spans of their own (a span costs more than the decision it would record).
         let span = tracing::info_span!(
             "agent_call",
             agent = %agent.name,
@@ -166,11 +168,17 @@ impl Stack {
             attempts = tracing::field::Empty,
             cached = tracing::field::Empty,
             stale = tracing::field::Empty,
+            rate_limit = tracing::field::Empty,
+            cache.tier = tracing::field::Empty,
+            cache.result = tracing::field::Empty,
+            bulkhead = tracing::field::Empty,
+            breaker.state = tracing::field::Empty,
+            breaker.admitted = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
         let outcome = self
-            .call_stages(agent, req, ctx.deadline, ctx.use_cache)
+            .call_stages(agent, req, ctx)
             .instrument(span.clone())
             .await;
         let label = match &outcome.result {
@@ -202,21 +210,16 @@ impl Stack {
         &self,
         agent: &AgentInfo,
         req: &AgentRequest,
-        deadline: Instant,
-        use_cache: bool,
+        ctx: &RequestCtx,
     ) -> CallOutcome {
-        if remaining(deadline).is_zero() {
+        if ctx.remaining().is_zero() {
             return self.refuse(Some("deadline"), Failure::Deadline);
         }
         let guard = self.guard(&agent.name);
         if let Some(limiter) = &guard.limiter {
             let allowed = limiter.allow().await;
-            tracing::info_span!(
-                "rate_limit",
-                scope = "agent",
-                verdict = if allowed { "allowed" } else { "limited" }
-            )
-            .in_scope(|| {});
+            let verdict = if allowed { "allowed" } else { "limited" };
+            tracing::Span::current().record("rate_limit", verdict);
             if !allowed {
                 self.metrics
                     .rate_limited
@@ -226,18 +229,12 @@ impl Stack {
             }
         }
         if !self.caches.cacheable(&req.intent) {
-            return self.upstream(&guard, agent, req, deadline).await;
+            return self.upstream(&guard, agent, req, ctx).await;
         }
-        if !use_cache {
+        if !ctx.use_cache {
             self.caches.responses.count("none", "bypass");
-            tracing::info_span!(
-                "cache_lookup",
-                cache = "responses",
-                tier = "none",
-                result = "bypass"
-            )
-            .in_scope(|| {});
-            return self.upstream(&guard, agent, req, deadline).await;
+            tracing::Span::current().record("cache.result", "bypass");
+            return self.upstream(&guard, agent, req, ctx).await;
         }
         let key = response_key(&agent.name, &req.concept, &req.intent, &req.args);
         let subject = Subject {
@@ -246,18 +243,13 @@ impl Stack {
         };
         let attempts = AtomicU32::new(0);
         let ttl = self.caches.settings.ttl;
-        let lookup_span = tracing::info_span!(
-            "cache_lookup",
-            cache = "responses",
-            tier = tracing::field::Empty,
-            result = tracing::field::Empty,
-        );
+        let call_span = tracing::Span::current();
         let lookup = self
             .caches
             .responses
             .get_or_fetch(&key, subject, |_| {
                 async {
-                    let out = self.upstream(&guard, agent, req, deadline).await;
+                    let out = self.upstream(&guard, agent, req, ctx).await;
                     attempts.store(out.attempts, Ordering::Relaxed);
                     out.result.map(|reply| {
                         let keep = reply.succeeded().then_some(ttl);
@@ -266,7 +258,6 @@ impl Stack {
                 }
                 .instrument(tracing::Span::current())
             })
-            .instrument(lookup_span.clone())
             .await;
         let attempts = attempts.load(Ordering::Relaxed);
         let reply = |value: Value| AgentReply {
@@ -277,8 +268,8 @@ impl Stack {
         };
         match lookup {
             Lookup::Fresh { value, tier } => {
-                lookup_span.record("tier", tier.map_or("upstream", Tier::as_str));
-                lookup_span.record("result", if tier.is_some() { "hit" } else { "miss" });
+                call_span.record("cache.tier", tier.map_or("upstream", Tier::as_str));
+                call_span.record("cache.result", if tier.is_some() { "hit" } else { "miss" });
                 CallOutcome {
                     result: Ok(reply(value)),
                     attempts,
@@ -287,8 +278,8 @@ impl Stack {
                 }
             }
             Lookup::Stale { value, tier, error } => {
-                lookup_span.record("tier", tier.as_str());
-                lookup_span.record("result", "stale");
+                call_span.record("cache.tier", tier.as_str());
+                call_span.record("cache.result", "stale");
                 tracing::info!(agent = %agent.name, code = error.code(), tier = tier.as_str(), "serving a stale answer");
                 CallOutcome {
                     result: Ok(reply(value)),
@@ -298,8 +289,8 @@ impl Stack {
                 }
             }
             Lookup::Failed(failure) => {
-                lookup_span.record("tier", "upstream");
-                lookup_span.record("result", "miss");
+                call_span.record("cache.tier", "upstream");
+                call_span.record("cache.result", "miss");
                 CallOutcome {
                     result: Err(failure),
                     attempts,
@@ -316,19 +307,17 @@ impl Stack {
         guard: &AgentGuard,
         agent: &AgentInfo,
         req: &AgentRequest,
-        deadline: Instant,
+        ctx: &RequestCtx,
     ) -> CallOutcome {
+        let deadline = ctx.deadline;
         let Some(_slot) = guard.bulkhead.try_enter() else {
-            tracing::info_span!("bulkhead", verdict = "full").in_scope(|| {});
+            tracing::Span::current().record("bulkhead", "full");
             return self.refuse(Some("bulkhead_full"), Failure::BulkheadFull);
         };
         let permit = guard.breaker.try_acquire();
-        tracing::info_span!(
-            "breaker",
-            state = guard.breaker.state().as_str(),
-            admitted = permit.is_some(),
-        )
-        .in_scope(|| {});
+        let call_span = tracing::Span::current();
+        call_span.record("breaker.state", guard.breaker.state().as_str());
+        call_span.record("breaker.admitted", permit.is_some());
         let Some(permit) = permit else {
             return self.refuse(Some("breaker_open"), Failure::BreakerOpen);
         };
@@ -349,6 +338,7 @@ impl Stack {
             let result = if budget.is_zero() {
                 Err(CallError::Timeout)
             } else {
+                let _waiting = ctx.agent_time.start();
                 self.transport
                     .call(&agent.endpoint, req, budget)
                     .instrument(span.clone())

@@ -135,3 +135,57 @@ async fn swagger_ui_is_served_at_docs() {
     let html = resp.text().await.unwrap();
     assert!(html.contains("swagger"), "not a Swagger UI page");
 }
+
+/// `Server-Timing: gateway;dur=…, agent;dur=…` as a map of name → milliseconds.
+fn server_timing(resp: &reqwest::Response) -> std::collections::HashMap<String, f64> {
+    let header = resp.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    header
+        .split(',')
+        .map(|entry| {
+            let (name, dur) = entry.trim().split_once(";dur=").expect("name;dur=ms");
+            (name.to_string(), dur.parse().expect("a number of ms"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_response_says_how_long_the_gateway_and_the_agents_took() {
+    use crate::agents::{spawn_agent, Behaviour};
+    use std::time::Duration;
+    let slow = spawn_agent("Slow_AI", Behaviour::Slow(Duration::from_millis(80)));
+    let seed = crate::helpers::seed_with("lamp", &[("Slow_AI", &slow.url(), &["define"], 0.5)]);
+    let app = crate::helpers::spawn_with(crate::helpers::uncached(), Some(seed)).await;
+    // Two tasks to the same 80 ms agent run at once: their waits overlap and count once.
+    let batch = serde_json::json!({"tasks": [
+        {"task_id": 1, "concept": "lamp", "intent": "define"},
+        {"task_id": 2, "concept": "lamp", "intent": "define", "args": {"n": 2}}
+    ]});
+    let resp = app
+        .client
+        .post(app.url("/process"))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let timing = server_timing(&resp);
+    assert_eq!(slow.calls(), 2);
+    let (gateway, agent) = (timing["gateway"], timing["agent"]);
+    assert!((80.0..160.0).contains(&agent), "{timing:?}");
+    assert!(gateway >= 0.0 && gateway < agent, "{timing:?}");
+
+    // No agent called: the gateway's time only.
+    let resp = app.client.get(app.url("/health")).send().await.unwrap();
+    let timing = server_timing(&resp);
+    assert!(
+        timing.contains_key("gateway") && !timing.contains_key("agent"),
+        "{timing:?}"
+    );
+
+    // The same figure, as a histogram by route.
+    let count = "myriad_gateway_overhead_seconds_count{route=\"/process\"}";
+    assert_eq!(app.series(count).await, 1.0);
+}
