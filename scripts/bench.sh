@@ -127,11 +127,21 @@ g50=$(printf '%s\n' "${results[@]}" | awk '$1=="uncached-c1" {print $3}'); g99=$
 python3 -c "print(f'\ngateway overhead per task (1 connection): p50 {($g50-$d50):.3f} ms, p99 {($g99-$d99):.3f} ms')"
 
 rps() { printf '%s\n' "${results[@]}" | awk -v n="$1" '$1==n {print $2}'; }
-python3 - "$(rps traced)" "$(rps uncached)" "$(rps nginx)" "$(rps cached)" <<'PY'
-import sys
-traced, uncached, nginx, cached = map(float, sys.argv[1:])
+# Tracing's price, measured apart: the load drifts over a run, so traced and untraced
+# alternate in short rounds and the median of the round ratios counts.
+trace_ratios=()
+for _ in 1 2 3; do
+  off=$(DUR=5 run off "http://127.0.0.1:$P_UNCACHED/process" one "$CONNS" | awk '{print $2}')
+  on=$(DUR=5 run on "http://127.0.0.1:$P_TRACED/process" one "$CONNS" | awk '{print $2}')
+  trace_ratios+=("$(python3 -c "print($on/$off)")")
+done
+python3 - "$(rps traced)" "$(rps uncached)" "$(rps nginx)" "$(rps cached)" "${trace_ratios[@]}" <<'PY'
+import sys, statistics
+traced, uncached, nginx, cached = map(float, sys.argv[1:5])
+rounds = [float(r) for r in sys.argv[5:]]
 print("\nratios (this run):")
-print(f"  tracing on (always_on, OTLP) / off, uncached: {traced/uncached:.2f}")
+print(f"  tracing on (always_on, OTLP) / off, uncached: {statistics.median(rounds):.2f}"
+      f" (median of {len(rounds)} alternating 5 s rounds: {', '.join(f'{r:.2f}' for r in rounds)})")
 print(f"  uncached / nginx proxy:                       {uncached/nginx:.2f}")
 print(f"  cached / nginx proxy:                         {cached/nginx:.2f}")
 PY

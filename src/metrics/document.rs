@@ -26,6 +26,17 @@ pub struct Performance {
     pub rate_limit_fallbacks_total: u64,
     pub rate_limited_clients_tracked: Option<u64>,
     pub connections: ConnectionCounts,
+    pub traces: TraceCounts,
+}
+
+/// Spans handed to the trace exporter (all zero when traces are not exported).
+#[derive(Object, Debug)]
+pub struct TraceCounts {
+    pub spans_exported_total: u64,
+    /// The backend refused them or could not be reached.
+    pub spans_failed_total: u64,
+    /// The export queue was full.
+    pub spans_dropped_total: u64,
 }
 
 /// Hebbian learning, applied off the request path.
@@ -194,6 +205,18 @@ impl Metrics {
                 evicted_total: conns("evicted"),
                 idle_closed_total: conns("idle_closed"),
                 accept_errors_total: conns("accept_error"),
+            },
+            traces: {
+                let spans = |r: &str| {
+                    crate::telemetry::export::SPANS
+                        .with_label_values(&[r])
+                        .get()
+                };
+                TraceCounts {
+                    spans_exported_total: spans("exported"),
+                    spans_failed_total: spans("failed"),
+                    spans_dropped_total: spans("dropped"),
+                }
             },
         }
     }

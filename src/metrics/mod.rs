@@ -104,6 +104,8 @@ impl Metrics {
             .expect("valid metric"),
         );
         build.with_label_values(&[crate::VERSION]).set(1);
+        // The trace pipeline is the process's, shared by every application in it.
+        r.add(crate::telemetry::export::SPANS.clone());
         Metrics {
             http_requests: r.counters(
                 "http_requests_total",

@@ -6,6 +6,7 @@
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set, sampled per `OTEL_TRACES_SAMPLER`.
 //! - Propagation: W3C `traceparent` is read from clients and written to agents.
 
+pub mod export;
 mod json;
 
 use opentelemetry::{
@@ -17,11 +18,12 @@ use opentelemetry::{
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::{
     propagation::TraceContextPropagator,
-    trace::{span_processor_with_async_runtime, Sampler, SdkTracerProvider},
+    trace::{Sampler, SdkTracerProvider},
     Resource,
 };
+use tracing::Level;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{filter::LevelFilter, fmt, prelude::*, EnvFilter, Layer};
+use tracing_subscriber::{filter, fmt, prelude::*, EnvFilter, Layer};
 
 use crate::config::{self, LogFormat, OtlpProtocol, TraceSettings};
 
@@ -86,16 +88,8 @@ fn provider(t: &TraceSettings) -> Option<SdkTracerProvider> {
         .with_attribute(KeyValue::new("service.version", crate::VERSION))
         .build();
     Some(
-        // The batch processor runs on the tokio runtime: the exporters' HTTP/gRPC clients
-        // need its reactor (the SDK's default processor thread has none).
         SdkTracerProvider::builder()
-            .with_span_processor(
-                span_processor_with_async_runtime::BatchSpanProcessor::builder(
-                    exporter,
-                    opentelemetry_sdk::runtime::Tokio,
-                )
-                .build(),
-            )
+            .with_span_processor(export::processor(exporter))
             .with_sampler(sampler(t))
             .with_resource(resource)
             .build(),
@@ -120,10 +114,19 @@ pub fn init(format: LogFormat, traces: &TraceSettings) -> Telemetry {
     };
     // Each layer filters for itself: RUST_LOG governs log lines only, so quiet logs do
     // not silence the spans that traces are made of.
+    // A span carries what it was opened with and what its stages recorded. Not per span:
+    // source locations, thread ids, busy/idle timers (two clock reads per poll), and events
+    // below WARN (they go to the log): each costs more than the decision it would record.
     let otel_layer = otel.map(|t| {
         tracing_opentelemetry::layer()
             .with_tracer(t)
-            .with_filter(LevelFilter::INFO)
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_filter(filter::filter_fn(|meta| {
+                meta.is_span() && *meta.level() <= Level::INFO
+                    || meta.is_event() && *meta.level() <= Level::WARN
+            }))
     });
     let fmt_layer = match format {
         LogFormat::Json => fmt::layer()

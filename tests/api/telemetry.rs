@@ -170,6 +170,21 @@ async fn one_batch_is_one_trace_of_every_stage_under_the_clients_span_in_a_real_
     assert_eq!(attr(flaky_attempts[1], "outcome"), "success");
     assert_ne!(flaky_attempts[1]["status_code"], "ERROR");
 
+    // Every span that left is counted: the ones the backend holds were exported.
+    let exported = app
+        .series("myriad_trace_spans_total{result=\"exported\"}")
+        .await;
+    assert!(
+        exported >= spans.len() as f64,
+        "{exported} < {}",
+        spans.len()
+    );
+    assert_eq!(
+        app.series("myriad_trace_spans_total{result=\"dropped\"}")
+            .await,
+        0.0
+    );
+
     // HTTP/protobuf export reaches the same backend; error bodies carry the trace id.
     let app2 = spawn_process(
         &[
@@ -326,4 +341,46 @@ async fn json_log_lines_of_a_request_carry_its_trace_id() {
     assert_eq!(line["span_id"].as_str().map(str::len), Some(16));
     assert_eq!(line["route"], "/process");
     assert_eq!(line["level"], "INFO");
+}
+
+#[tokio::test]
+async fn spans_that_cannot_leave_are_counted_not_lost_silently() {
+    // A backend that is not there and a queue of 4: most spans are dropped, the rest fail.
+    let app = spawn_process(
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", crate::agents::dead_url()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+            ("OTEL_TRACES_SAMPLER", "always_on".into()),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "4".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50".into()),
+        ],
+        None,
+    );
+    for _ in 0..50 {
+        assert_eq!(app.get("/health").await.0, 200);
+    }
+    let mut counted = 0.0;
+    for _ in 0..100 {
+        let dropped = app
+            .series("myriad_trace_spans_total{result=\"dropped\"}")
+            .await;
+        let failed = app
+            .series("myriad_trace_spans_total{result=\"failed\"}")
+            .await;
+        counted = dropped + failed;
+        if dropped > 0.0 && failed > 0.0 && counted >= 50.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 50 requests, one span each (and the scrapes' own): all accounted for.
+    assert!(counted >= 50.0, "only {counted} spans counted");
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(
+        metrics["performance"]["traces"]["spans_dropped_total"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(metrics["performance"]["traces"]["spans_exported_total"], 0);
 }
