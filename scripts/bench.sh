@@ -11,7 +11,8 @@
 #   health     GET /health
 # and prints throughput, p50, p99 and ratios to the nginx proxy.
 # Usage: scripts/bench.sh [seconds per scenario (default 10)] [connections (default 32)]
-# Needs: wrk, nginx (apt-get install -y wrk nginx), a release build.
+# Needs: wrk, nginx (apt-get install -y wrk nginx), a release build (built if missing; BIN=… to
+# measure another binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
