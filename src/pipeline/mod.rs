@@ -97,15 +97,16 @@ impl Pipeline {
         intent: &str,
         use_cache: bool,
     ) -> Result<(Vec<Candidate>, Option<Tier>), GraphError> {
-        let span = tracing::info_span!(
+        let span = crate::later_span!(
             "discover",
-            concept,
-            intent,
-            cache_tier = tracing::field::Empty,
-            stale_reason = tracing::field::Empty,
-            candidates = tracing::field::Empty,
-            chosen = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
+            [concept, intent],
+            [
+                cache_tier,
+                stale_reason,
+                candidates,
+                chosen,
+                otel.status_code
+            ]
         );
         let found = self
             .discover_inner(concept, intent, use_cache)
@@ -232,19 +233,10 @@ impl Pipeline {
 
     /// One task, never longer than `deadline`, never an error: failures are in the result.
     pub async fn run_task(&self, task: &TaskSpec, ctx: &RequestCtx) -> TaskResult {
-        let span = tracing::info_span!(
+        let span = crate::later_span!(
             "task",
-            task_id = %task.key(),
-            concept = %task.concept,
-            intent = %task.intent,
-            status = tracing::field::Empty,
-            code = tracing::field::Empty,
-            agent = tracing::field::Empty,
-            chosen_reason = tracing::field::Empty,
-            attempts = tracing::field::Empty,
-            cached = tracing::field::Empty,
-            neurogenesis = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
+            [task_id = %task.key(), concept = %task.concept, intent = %task.intent],
+            [status, code, agent, chosen_reason, attempts, cached, neurogenesis, otel.status_code]
         );
         let started = Instant::now();
         let mut result = match tokio::time::timeout_at(ctx.deadline, self.serve(task, ctx))

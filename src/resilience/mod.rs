@@ -161,20 +161,13 @@ impl Stack {
     ) -> CallOutcome {
         // The stages decide in an instant: their verdicts are attributes of this span, not
         // spans of their own (a span costs more than the decision it would record).
-        let span = tracing::info_span!(
+        let span = crate::later_span!(
             "agent_call",
-            agent = %agent.name,
-            outcome = tracing::field::Empty,
-            attempts = tracing::field::Empty,
-            cached = tracing::field::Empty,
-            stale = tracing::field::Empty,
-            rate_limit = tracing::field::Empty,
-            cache.tier = tracing::field::Empty,
-            cache.result = tracing::field::Empty,
-            bulkhead = tracing::field::Empty,
-            breaker.state = tracing::field::Empty,
-            breaker.admitted = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
+            [agent = %agent.name],
+            [
+                outcome, attempts, cached, stale, rate_limit, cache.tier, cache.result, bulkhead,
+                breaker.state, breaker.admitted, otel.status_code
+            ]
         );
         let started = std::time::Instant::now();
         let outcome = self
@@ -326,13 +319,10 @@ impl Stack {
         loop {
             attempts += 1;
             let budget = remaining(deadline).min(self.settings.agent_timeout);
-            let span = tracing::info_span!(
+            let span = crate::later_span!(
                 "agent_attempt",
-                agent = %agent.name,
-                attempt = attempts,
-                outcome = tracing::field::Empty,
-                retry_reason = tracing::field::Empty,
-                otel.status_code = tracing::field::Empty,
+                [agent = %agent.name, attempt = attempts],
+                [outcome, retry_reason, otel.status_code]
             );
             let sent = Instant::now();
             let result = if budget.is_zero() {

@@ -9,6 +9,18 @@
 pub mod export;
 mod json;
 
+/// An INFO span opened with some fields and declaring the ones its stages record later:
+/// `later_span!("task", [task_id = %id], [status, otel.status_code])`.
+#[macro_export]
+macro_rules! later_span {
+    ($name:literal, [], [$($($later:ident).+),+ $(,)?]) => {
+        tracing::info_span!($name, $($($later).+ = tracing::field::Empty),+)
+    };
+    ($name:literal, [$($given:tt)+], [$($($later:ident).+),+ $(,)?]) => {
+        tracing::info_span!($name, $($given)+, $($($later).+ = tracing::field::Empty),+)
+    };
+}
+
 use opentelemetry::{
     global,
     propagation::{Extractor, Injector},
