@@ -141,6 +141,8 @@ settings! {
         otel_exporter_otlp_endpoint => endpoint: Url("unset") => "tracing" as Option::is_some;
         /// `grpc` or `http/protobuf` (then `/v1/traces` is appended).
         otel_exporter_otlp_protocol => protocol: Choice<OtlpProtocol>(OtlpProtocol::Grpc) => "otel_protocol";
+        /// Milliseconds one export request may take before its spans count as failed.
+        otel_exporter_otlp_timeout => export_timeout: Ms(10_000, 1, 600_000);
         /// Service name on every span.
         otel_service_name => service_name: TextOr("orchestrator") => "otel_service_name";
         /// `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`,

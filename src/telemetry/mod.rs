@@ -81,10 +81,19 @@ fn provider(t: &TraceSettings) -> Option<SdkTracerProvider> {
         OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)
+            .with_timeout(t.export_timeout)
             .build(),
         OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(reqwest::Client::new())
+            .with_http_client(
+                // The exporter's own timeout does not reach a client it is handed: a backend
+                // that takes connections and never answers would hold the queue forever.
+                reqwest::Client::builder()
+                    .timeout(t.export_timeout)
+                    .build()
+                    .unwrap_or_default(),
+            )
+            .with_timeout(t.export_timeout)
             .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
             .build(),
     };

@@ -345,26 +345,32 @@ async fn json_log_lines_of_a_request_carry_its_trace_id() {
 
 #[tokio::test]
 async fn spans_that_cannot_leave_are_counted_not_lost_silently() {
-    // A backend that is not there and a queue of 4: most spans are dropped, the rest fail.
+    // A backend that takes connections and never answers, an export timeout of 300 ms and a
+    // queue of 4: while a batch waits for its timeout, the burst's spans are dropped; the
+    // batch itself fails.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
     let app = spawn_process(
         &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", crate::agents::dead_url()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "300".into()),
             ("OTEL_TRACES_SAMPLER", "always_on".into()),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "4".into()),
             ("OTEL_BSP_SCHEDULE_DELAY", "50".into()),
         ],
         None,
     );
-    for _ in 0..50 {
-        assert_eq!(app.get("/health").await.0, 200);
+    let burst = (0..50).map(|_| app.get("/health"));
+    for (status, _) in futures::future::join_all(burst).await {
+        assert_eq!(status, 200);
     }
-    let mut counted = 0.0;
+    let (mut counted, mut failed) = (0.0, 0.0);
     for _ in 0..100 {
         let dropped = app
             .series("myriad_trace_spans_total{result=\"dropped\"}")
             .await;
-        let failed = app
+        failed = app
             .series("myriad_trace_spans_total{result=\"failed\"}")
             .await;
         counted = dropped + failed;
@@ -375,6 +381,11 @@ async fn spans_that_cannot_leave_are_counted_not_lost_silently() {
     }
     // 50 requests, one span each (and the scrapes' own): all accounted for.
     assert!(counted >= 50.0, "only {counted} spans counted");
+    // The batch that waited on the silent backend gave up at the export timeout.
+    assert!(
+        failed > 0.0,
+        "no export failed: the silent backend holds the queue"
+    );
     let (_, metrics) = app.get("/metrics").await;
     assert!(
         metrics["performance"]["traces"]["spans_dropped_total"]
@@ -383,4 +394,5 @@ async fn spans_that_cannot_leave_are_counted_not_lost_silently() {
             > 0
     );
     assert_eq!(metrics["performance"]["traces"]["spans_exported_total"], 0);
+    drop(silent);
 }
