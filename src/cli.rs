@@ -243,7 +243,7 @@ async fn serve(settings: RawSettings) -> ExitCode {
         }
     };
     let result = app.run_until(shutdown_signal()).await;
-    telemetry.shutdown();
+    telemetry.shutdown(std::time::Duration::from_secs(5)).await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
