@@ -243,7 +243,7 @@ async fn serve(settings: RawSettings) -> ExitCode {
         }
     };
     let result = app.run_until(shutdown_signal()).await;
-    telemetry.shutdown(std::time::Duration::from_secs(5)).await;
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

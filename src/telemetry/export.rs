@@ -1,16 +1,14 @@
-//! The way out for spans: a batch exporter sized for load, whose every span is counted —
+//! The way out for spans: a batch processor sized for load, whose every span is counted —
 //! exported, failed, or dropped because the queue was full — in `myriad_trace_spans_total`.
 //!
-//! The SDK's batch processors hand each ending span to their worker over a channel, which
-//! wakes the worker once per span: at full sampling that is several cross-thread wake-ups per
-//! request. Here a span ending is a push onto a bounded queue under a lock; the exporter task
-//! wakes when a batch is full or the delay has passed, never per span. What does not fit is
-//! dropped and counted, never silently.
+//! The SDK's batch processor drops silently when its queue is full (it logs once). A gate in
+//! front of it keeps count of the spans handed over and not yet exported, and drops — counted
+//! — what would not fit, so the processor's own queue never overflows.
 
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, LazyLock, Mutex,
+        atomic::{AtomicUsize, Ordering},
+        Arc, LazyLock,
     },
     time::Duration,
 };
@@ -18,11 +16,13 @@ use std::{
 use opentelemetry::Context;
 use opentelemetry_sdk::{
     error::OTelSdkResult,
-    trace::{Span, SpanData, SpanExporter, SpanProcessor},
+    trace::{
+        span_processor_with_async_runtime::BatchSpanProcessor, BatchConfigBuilder, Span, SpanData,
+        SpanExporter, SpanProcessor,
+    },
     Resource,
 };
 use prometheus::IntCounterVec;
-use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Spans by how they left: `exported`, `failed` (the backend refused or was unreachable),
 /// `dropped` (the queue was full). Process-wide: one trace pipeline per process.
@@ -45,162 +45,104 @@ pub static SPANS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 const QUEUE: usize = 16_384;
 /// Spans per export request (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE` overrides).
 const BATCH: usize = 2_048;
-/// Longest wait before a partial batch goes out (`OTEL_BSP_SCHEDULE_DELAY` overrides, in ms).
+/// Longest wait before a partial batch goes out (`OTEL_BSP_SCHEDULE_DELAY` overrides).
 const DELAY: Duration = Duration::from_millis(500);
 
-fn env_number(var: &str) -> Option<usize> {
-    std::env::var(var)
+fn unset(var: &str) -> bool {
+    std::env::var_os(var).is_none()
+}
+
+/// The batch processor for `exporter`, on the tokio runtime (the exporters' clients need its
+/// reactor), behind the counting gate.
+pub fn processor<E: SpanExporter + 'static>(exporter: E) -> impl SpanProcessor {
+    let capacity = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .filter(|&n: &usize| n > 0)
-}
-
-/// What the span processor (any thread) and the exporter task share.
-#[derive(Debug)]
-struct Shared {
-    queue: Mutex<Vec<SpanData>>,
-    /// Spans queued or being exported.
-    pending: AtomicUsize,
-    capacity: usize,
-    batch: usize,
-    /// A batch is full, or the processor stops.
-    wake: Notify,
-    stopping: AtomicBool,
-}
-
-impl Shared {
-    /// Up to one batch from the queue, leaving room for the next.
-    fn take(&self) -> Vec<SpanData> {
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if queue.len() <= self.batch {
-            std::mem::replace(&mut *queue, Vec::with_capacity(self.batch))
-        } else {
-            queue.drain(..self.batch).collect()
-        }
+        .unwrap_or(QUEUE);
+    let mut config = BatchConfigBuilder::default().with_max_queue_size(capacity);
+    if unset("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+        config = config.with_max_export_batch_size(BATCH);
     }
-}
-
-/// Waits, from async code, until every span ended so far has left (or `timeout` passes).
-#[derive(Clone, Debug)]
-pub struct Flush(mpsc::Sender<oneshot::Sender<()>>);
-
-impl Flush {
-    pub async fn flush(&self, timeout: Duration) -> bool {
-        let (done, wait) = oneshot::channel();
-        if self.0.send(done).await.is_err() {
-            return false;
-        }
-        matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(())))
+    if unset("OTEL_BSP_SCHEDULE_DELAY") {
+        config = config.with_scheduled_delay(DELAY);
     }
-}
-
-/// The span processor for `exporter` (whose resource is set here), with its exporter task on
-/// the current tokio runtime (the exporters' clients need its reactor).
-pub fn processor<E: SpanExporter + 'static>(
-    mut exporter: E,
-    resource: &Resource,
-) -> (impl SpanProcessor, Flush) {
-    exporter.set_resource(resource);
-    let capacity = env_number("OTEL_BSP_MAX_QUEUE_SIZE").unwrap_or(QUEUE);
-    let batch = env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
-        .unwrap_or(BATCH)
-        .min(capacity);
-    let delay = env_number("OTEL_BSP_SCHEDULE_DELAY")
-        .map_or(DELAY, |ms| Duration::from_millis(ms as u64));
-    let shared = Arc::new(Shared {
-        queue: Mutex::new(Vec::with_capacity(batch)),
-        pending: AtomicUsize::new(0),
+    let config = config.build();
+    let pending = Arc::new(AtomicUsize::new(0));
+    let exporter = Counted {
+        inner: exporter,
+        pending: pending.clone(),
+    };
+    Gate {
+        inner: BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio)
+            .with_batch_config(config)
+            .build(),
+        pending,
         capacity,
-        batch,
-        wake: Notify::new(),
-        stopping: AtomicBool::new(false),
-    });
-    let (flush, flushes) = mpsc::channel(4);
-    tokio::spawn(run(exporter, shared.clone(), delay, flushes));
-    (Batcher { shared }, Flush(flush))
-}
-
-/// The exporter task: a batch when one is full, when `delay` has passed, on a flush, and
-/// whatever is left when the processor stops.
-async fn run<E: SpanExporter>(
-    mut exporter: E,
-    shared: Arc<Shared>,
-    delay: Duration,
-    mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
-) {
-    let mut open = true;
-    loop {
-        let flush = tokio::select! {
-            () = shared.wake.notified() => None,
-            () = tokio::time::sleep(delay) => None,
-            f = flushes.recv(), if open => {
-                open = f.is_some();
-                f
-            }
-        };
-        loop {
-            let batch = shared.take();
-            if batch.is_empty() {
-                break;
-            }
-            let n = batch.len();
-            let label = if exporter.export(batch).await.is_ok() {
-                "exported"
-            } else {
-                "failed"
-            };
-            SPANS.with_label_values(&[label]).inc_by(n as u64);
-            shared.pending.fetch_sub(n, Ordering::AcqRel);
-        }
-        if let Some(done) = flush {
-            let _ = done.send(());
-        }
-        if shared.stopping.load(Ordering::Acquire) {
-            let _ = exporter.shutdown();
-            return;
-        }
     }
 }
 
-/// Queues ended, sampled spans while fewer than the capacity wait; counts the rest as dropped.
+/// Counts what the exporter sent and what it could not.
 #[derive(Debug)]
-struct Batcher {
-    shared: Arc<Shared>,
+struct Counted<E> {
+    inner: E,
+    pending: Arc<AtomicUsize>,
 }
 
-impl SpanProcessor for Batcher {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len();
+        let result = self.inner.export(batch).await;
+        let label = if result.is_ok() { "exported" } else { "failed" };
+        SPANS.with_label_values(&[label]).inc_by(n as u64);
+        self.pending.fetch_sub(n, Ordering::AcqRel);
+        result
+    }
+
+    fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&mut self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Hands a span to the processor only while fewer than `capacity` wait to be exported.
+#[derive(Debug)]
+struct Gate<P> {
+    inner: P,
+    pending: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl<P: SpanProcessor> SpanProcessor for Gate<P> {
+    fn on_start(&self, span: &mut Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
 
     fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() {
-            return;
-        }
-        let shared = &self.shared;
-        if shared.pending.fetch_add(1, Ordering::AcqRel) >= shared.capacity {
-            shared.pending.fetch_sub(1, Ordering::AcqRel);
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
             SPANS.with_label_values(&["dropped"]).inc();
             return;
         }
-        let queued = {
-            let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-            queue.push(span);
-            queue.len()
-        };
-        if queued == shared.batch {
-            shared.wake.notify_one();
-        }
+        self.inner.on_end(span);
     }
 
-    /// Asks for an export now; [`Flush::flush`] is the way to wait for it.
     fn force_flush(&self) -> OTelSdkResult {
-        self.shared.wake.notify_one();
-        Ok(())
+        self.inner.force_flush()
     }
 
-    /// Exports what is queued and stops the task (without waiting: flush first to wait).
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        self.shared.stopping.store(true, Ordering::Release);
-        self.shared.wake.notify_one();
-        Ok(())
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }

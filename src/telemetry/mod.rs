@@ -42,7 +42,7 @@ use crate::config::{self, LogFormat, OtlpProtocol, TraceSettings};
 /// Keeps the trace pipeline alive; `shutdown` flushes spans still buffered.
 #[derive(Default)]
 pub struct Telemetry {
-    provider: Option<(SdkTracerProvider, export::Flush)>,
+    provider: Option<SdkTracerProvider>,
 }
 
 impl Telemetry {
@@ -50,14 +50,13 @@ impl Telemetry {
         self.provider.is_some()
     }
 
-    /// Exports the spans still queued (waiting at most `timeout`), then stops the exporter.
-    /// Call once, at shutdown.
-    pub async fn shutdown(&self, timeout: std::time::Duration) {
-        if let Some((provider, flush)) = &self.provider {
-            if !flush.flush(timeout).await {
-                eprintln!("some traces were not exported before shutdown");
+    /// Flushes and stops the exporter (call once, at shutdown).
+    pub fn shutdown(&self) {
+        if let Some(p) = &self.provider {
+            if let Err(e) = p.force_flush() {
+                eprintln!("flushing traces failed: {e}");
             }
-            let _ = provider.shutdown();
+            let _ = p.shutdown();
         }
     }
 }
@@ -76,7 +75,7 @@ fn sampler(t: &TraceSettings) -> Sampler {
     }
 }
 
-fn provider(t: &TraceSettings) -> Option<(SdkTracerProvider, export::Flush)> {
+fn provider(t: &TraceSettings) -> Option<SdkTracerProvider> {
     let endpoint = t.endpoint.as_deref()?;
     let exporter = match t.protocol {
         OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
@@ -109,13 +108,13 @@ fn provider(t: &TraceSettings) -> Option<(SdkTracerProvider, export::Flush)> {
         .with_service_name(t.service_name.clone())
         .with_attribute(KeyValue::new("service.version", crate::VERSION))
         .build();
-    let (processor, flush) = export::processor(exporter, &resource);
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(processor)
-        .with_sampler(sampler(t))
-        .with_resource(resource)
-        .build();
-    Some((provider, flush))
+    Some(
+        SdkTracerProvider::builder()
+            .with_span_processor(export::processor(exporter))
+            .with_sampler(sampler(t))
+            .with_resource(resource)
+            .build(),
+    )
 }
 
 /// Installs logging and, when configured, trace export. Call once, inside the runtime.
@@ -125,7 +124,7 @@ pub fn init(format: LogFormat, traces: &TraceSettings) -> Telemetry {
     let provider = provider(traces);
     // With JSON logs, spans carry trace ids even when nothing is exported.
     let otel = match (&provider, format) {
-        (Some((p, _)), _) => Some(p.tracer("myriad-orchestrator")),
+        (Some(p), _) => Some(p.tracer("myriad-orchestrator")),
         (None, LogFormat::Json) => Some(
             SdkTracerProvider::builder()
                 .with_sampler(Sampler::AlwaysOff)
@@ -161,7 +160,7 @@ pub fn init(format: LogFormat, traces: &TraceSettings) -> Telemetry {
         .with(otel_layer)
         .with(fmt_layer)
         .try_init();
-    if let Some((p, _)) = &provider {
+    if let Some(p) = &provider {
         global::set_tracer_provider(p.clone());
     }
     Telemetry { provider }
