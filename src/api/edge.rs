@@ -25,9 +25,9 @@ pub(super) async fn edge<E: Endpoint>(
     let route = routes::route_template(req.uri().path());
     let span = tracing::info_span!(
         "request",
-        otel.name = %format!("{method} {route}"),
+        otel.name = format!("{method} {route}").as_str(),
         otel.kind = "server",
-        http.request.method = %method,
+        http.request.method = method.as_str(),
         http.route = route,
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,

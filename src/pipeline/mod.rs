@@ -97,21 +97,31 @@ impl Pipeline {
         intent: &str,
         use_cache: bool,
     ) -> Result<(Vec<Candidate>, Option<Tier>), GraphError> {
-        let span = crate::later_span!(
-            "discover",
-            [concept, intent],
-            [
-                cache_tier,
-                stale_reason,
-                candidates,
-                chosen,
-                otel.status_code
-            ]
-        );
-        let found = self
-            .discover_inner(concept, intent, use_cache)
-            .instrument(span.clone())
-            .await;
+        // The in-process graph answers in an instant: its answer is attributes of the task
+        // that asked. A remote graph (and the caches in front of it) gets a span of its own.
+        let here = tracing::Span::current();
+        let own = self.graph.is_remote() || here.field("chosen").is_none();
+        let span = if own {
+            crate::later_span!(
+                "discover",
+                [concept, intent],
+                [
+                    cache_tier,
+                    stale_reason,
+                    candidates,
+                    chosen,
+                    otel.status_code
+                ]
+            )
+        } else {
+            here
+        };
+        let lookup = self.discover_inner(concept, intent, use_cache);
+        let found = if own {
+            lookup.instrument(span.clone()).await
+        } else {
+            lookup.await
+        };
         match &found {
             Ok((candidates, tier)) => {
                 let cached = self.stack.caches.discovery_enabled && use_cache;
@@ -235,8 +245,25 @@ impl Pipeline {
     pub async fn run_task(&self, task: &TaskSpec, ctx: &RequestCtx) -> TaskResult {
         let span = crate::later_span!(
             "task",
-            [task_id = %task.key(), concept = %task.concept, intent = %task.intent],
-            [status, code, agent, chosen_reason, attempts, cached, neurogenesis, otel.status_code]
+            [
+                task_id = task.key().as_str(),
+                concept = task.concept.as_str(),
+                intent = task.intent.as_str()
+            ],
+            [
+                status,
+                code,
+                agent,
+                chosen_reason,
+                attempts,
+                cached,
+                neurogenesis,
+                // What the in-process graph answered (a remote one has a `discover` span).
+                cache_tier,
+                candidates,
+                chosen,
+                otel.status_code
+            ]
         );
         let started = Instant::now();
         let mut result = match tokio::time::timeout_at(ctx.deadline, self.serve(task, ctx))

@@ -163,10 +163,19 @@ impl Stack {
         // spans of their own (a span costs more than the decision it would record).
         let span = crate::later_span!(
             "agent_call",
-            [agent = %agent.name],
+            [agent = agent.name.as_str()],
             [
-                outcome, attempts, cached, stale, rate_limit, cache.tier, cache.result, bulkhead,
-                breaker.state, breaker.admitted, otel.status_code
+                outcome,
+                attempts,
+                cached,
+                stale,
+                rate_limit,
+                cache.tier,
+                cache.result,
+                bulkhead,
+                breaker.state,
+                breaker.admitted,
+                otel.status_code
             ]
         );
         let started = std::time::Instant::now();
@@ -321,7 +330,7 @@ impl Stack {
             let budget = remaining(deadline).min(self.settings.agent_timeout);
             let span = crate::later_span!(
                 "agent_attempt",
-                [agent = %agent.name, attempt = attempts],
+                [agent = agent.name.as_str(), attempt = attempts],
                 [outcome, retry_reason, otel.status_code]
             );
             let sent = Instant::now();
