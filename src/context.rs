@@ -2,7 +2,10 @@
 //! as one value instead of one parameter at a time (pingora's `CTX`).
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -18,6 +21,9 @@ pub struct RequestCtx {
     pub use_cache: bool,
     /// Time spent waiting on agents, for `Server-Timing` and the overhead histogram.
     pub agent_time: Arc<AgentTime>,
+    /// Raised when the client went away: work dropped from here on is a cancel, not a
+    /// failure.
+    pub cancelled: Arc<AtomicBool>,
 }
 
 impl RequestCtx {
@@ -26,7 +32,13 @@ impl RequestCtx {
             deadline: Instant::now() + timeout,
             use_cache,
             agent_time,
+            cancelled: Arc::default(),
         }
+    }
+
+    /// The client went away: what is dropped from now on was cancelled.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
     }
 
     /// Time left before the deadline, never negative.

@@ -16,6 +16,7 @@ pub mod dto;
 pub mod edge;
 pub mod ops;
 pub mod routing;
+pub mod stream;
 pub mod validate;
 
 use std::sync::{Arc, Mutex};

@@ -11,6 +11,7 @@ use super::{
     auth::ClientAuth,
     dto::*,
     errors::{ApiError, ErrorCode},
+    stream::{self, ProcessReply},
     validate::{
         validate_concept, validate_intent, validate_new_concept, MAX_ID_CHARS, MAX_QUERY_CHARS,
     },
@@ -83,25 +84,44 @@ pub(super) fn by_id(results: Vec<crate::pipeline::TaskResult>) -> BTreeMap<Strin
         .collect()
 }
 
+/// A `/process` request, validated: an answer already, or tasks to run.
+pub(super) enum Prepared {
+    /// Answered without running anything (a question that names no concept).
+    Answered(Box<ProcessResponse>),
+    /// Tasks to run; `query` (with its user) when they came from a question.
+    Run {
+        specs: Vec<TaskSpec>,
+        query: Option<(String, Option<String>)>,
+    },
+}
+
 impl AppState {
     pub(super) async fn process_impl(
         &self,
         req: ProcessRequest,
         ctx: RequestCtx,
     ) -> Result<Json<ProcessResponse>, ApiError> {
+        match self.prepare(req, &ctx).await? {
+            Prepared::Answered(body) => Ok(Json(*body)),
+            Prepared::Run { specs, query } => {
+                let results = self.pipeline.run_batch(&specs, &ctx).await;
+                Ok(Json(self.finish(&specs, query, results, &ctx).await))
+            }
+        }
+    }
+
+    /// Validates the body and, for a question, turns it into tasks.
+    pub(super) async fn prepare(
+        &self,
+        req: ProcessRequest,
+        ctx: &RequestCtx,
+    ) -> Result<Prepared, ApiError> {
         let config = &self.config;
         match req {
-            ProcessRequest::Batch(BatchRequest { tasks, .. }) => {
-                let specs = self.task_specs(tasks)?;
-                let results = self.pipeline.run_batch(&specs, &ctx).await;
-                Ok(Json(ProcessResponse {
-                    status: overall_status(&results).into(),
-                    result: None,
-                    answer: None,
-                    tasks: None,
-                    results: by_id(results),
-                }))
-            }
+            ProcessRequest::Batch(BatchRequest { tasks, .. }) => Ok(Prepared::Run {
+                specs: self.task_specs(tasks)?,
+                query: None,
+            }),
             ProcessRequest::Query(QueryRequest { query, user_id }) => {
                 let query = query.trim().to_string();
                 let user_id = user_id
@@ -123,19 +143,14 @@ impl AppState {
                         format!("user_id must be at most {MAX_ID_CHARS} characters"),
                     ));
                 }
-                let procs = processors::Processors {
-                    transport: self.pipeline.stack.transport().as_ref(),
-                    input: config.input_processor_url.as_deref(),
-                    output: config.output_processor_url.as_deref(),
-                };
                 let step = config.agent_timeout.min(ctx.remaining());
-                let parsed = procs.parse_query(&query, user_id, step).await;
+                let parsed = self.processors().parse_query(&query, user_id, step).await;
                 let mut specs = match parsed {
                     Ok(specs) => specs,
                     // Not a client error: the question was fine, it just names nothing we
                     // can route. The answer says so, like any task that finds no agent.
                     Err(processors::InputError::NothingToDo) => {
-                        return Ok(Json(unparseable()));
+                        return Ok(Prepared::Answered(Box::new(unparseable())));
                     }
                     Err(processors::InputError::Unavailable) => {
                         return Err(ApiError::new(
@@ -158,29 +173,63 @@ impl AppState {
                     }
                     s.intent = validate_intent(&s.intent)?;
                 }
-                let results = self.pipeline.run_batch(&specs, &ctx).await;
-                let step = config.agent_timeout.min(ctx.remaining());
-                let answer = procs.synthesize(&query, user_id, &results, step).await;
-                let tasks = specs
-                    .iter()
-                    .map(|s| ParsedTaskView {
-                        task_id: match &s.task_id {
-                            Value::String(t) => TaskId::Text(Text(t.clone())),
-                            v => TaskId::Int(v.as_i64().unwrap_or_default()),
-                        },
-                        concept: s.concept.clone(),
-                        intent: s.intent.clone(),
-                        args: s.args.clone(),
-                    })
-                    .collect();
-                Ok(Json(ProcessResponse {
-                    status: overall_status(&results).into(),
-                    result: results.first().cloned().map(TaskResultBody),
-                    answer: Some(answer),
-                    tasks: Some(tasks),
-                    results: by_id(results),
-                }))
+                Ok(Prepared::Run {
+                    specs,
+                    query: Some((query, user_id.map(str::to_string))),
+                })
             }
+        }
+    }
+
+    /// The body for `results` (in the order of `specs`): for a question, with the
+    /// synthesized answer and the tasks it became.
+    pub(super) async fn finish(
+        &self,
+        specs: &[TaskSpec],
+        query: Option<(String, Option<String>)>,
+        results: Vec<crate::pipeline::TaskResult>,
+        ctx: &RequestCtx,
+    ) -> ProcessResponse {
+        let Some((query, user_id)) = query else {
+            return ProcessResponse {
+                status: overall_status(&results).into(),
+                result: None,
+                answer: None,
+                tasks: None,
+                results: by_id(results),
+            };
+        };
+        let step = self.config.agent_timeout.min(ctx.remaining());
+        let answer = self
+            .processors()
+            .synthesize(&query, user_id.as_deref(), &results, step)
+            .await;
+        let tasks = specs
+            .iter()
+            .map(|s| ParsedTaskView {
+                task_id: match &s.task_id {
+                    Value::String(t) => TaskId::Text(Text(t.clone())),
+                    v => TaskId::Int(v.as_i64().unwrap_or_default()),
+                },
+                concept: s.concept.clone(),
+                intent: s.intent.clone(),
+                args: s.args.clone(),
+            })
+            .collect();
+        ProcessResponse {
+            status: overall_status(&results).into(),
+            result: results.first().cloned().map(TaskResultBody),
+            answer: Some(answer),
+            tasks: Some(tasks),
+            results: by_id(results),
+        }
+    }
+
+    fn processors(&self) -> processors::Processors<'_> {
+        processors::Processors {
+            transport: self.pipeline.stack.transport().as_ref(),
+            input: self.config.input_processor_url.as_deref(),
+            output: self.config.output_processor_url.as_deref(),
         }
     }
 }
@@ -287,7 +336,7 @@ impl RoutingApi {
         req: &Request,
         auth: ClientAuth,
         body: Json<ProcessBody>,
-    ) -> Result<Json<ProcessResponse>, ApiError> {
+    ) -> Result<ProcessReply, ApiError> {
         state.authenticate(&auth)?;
         state.admit(req).await?;
         let ctx = RequestCtx::new(
@@ -295,7 +344,14 @@ impl RoutingApi {
             use_cache(req),
             req.extensions().get().cloned().unwrap_or_default(),
         );
-        state.process_impl(body.0 .0, ctx).await
+        if stream::wants_events(req) {
+            let prepared = state.prepare(body.0 .0, &ctx).await?;
+            return Ok(stream::events(state.0.clone(), prepared, ctx));
+        }
+        state
+            .process_impl(body.0 .0, ctx)
+            .await
+            .map(|body| ProcessReply::Body(Box::new(body)))
     }
 
     /// Alias of `POST /process`, kept for existing clients.
@@ -306,7 +362,7 @@ impl RoutingApi {
         req: &Request,
         auth: ClientAuth,
         body: Json<ProcessBody>,
-    ) -> Result<Json<ProcessResponse>, ApiError> {
+    ) -> Result<ProcessReply, ApiError> {
         self.process(state, req, auth, body).await
     }
 }

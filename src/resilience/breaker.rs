@@ -10,7 +10,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering},
         Arc,
     },
     time::Duration,
@@ -258,19 +258,26 @@ impl Breaker {
             breaker: self,
             probe,
             recorded: false,
+            cancelled: None,
         })
     }
 }
 
 /// One admitted call. Record its outcome with `success`/`failure`; dropping it unrecorded
-/// (the caller gave up, e.g. at the request deadline) counts as a failure.
+/// (the caller gave up, e.g. at the request deadline) counts as a failure — unless the
+/// client went away (`cancelled_by`), which says nothing about the agent.
 pub struct Permit<'a> {
     breaker: &'a Breaker,
     probe: bool,
     recorded: bool,
+    cancelled: Option<Arc<AtomicBool>>,
 }
 
 impl Permit<'_> {
+    /// Dropped unrecorded while `flag` is raised, the call counts neither way.
+    pub fn cancelled_by(&mut self, flag: Arc<AtomicBool>) {
+        self.cancelled = Some(flag);
+    }
     pub fn success(mut self) {
         self.recorded = true;
         self.breaker.machine.on_success();
@@ -283,7 +290,11 @@ impl Permit<'_> {
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        if !self.recorded {
+        let cancelled = self
+            .cancelled
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Acquire));
+        if !self.recorded && !cancelled {
             self.breaker.machine.on_error();
         }
         if self.probe {

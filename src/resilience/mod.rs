@@ -320,9 +320,10 @@ impl Stack {
         let call_span = tracing::Span::current();
         call_span.record("breaker.state", guard.breaker.state().as_str());
         call_span.record("breaker.admitted", permit.is_some());
-        let Some(permit) = permit else {
+        let Some(mut permit) = permit else {
             return self.refuse(Some("breaker_open"), Failure::BreakerOpen);
         };
+        permit.cancelled_by(ctx.cancelled.clone());
         guard.budget.deposit();
         let mut attempts = 0;
         loop {

@@ -17,4 +17,5 @@ mod resilience;
 mod routing;
 mod servers;
 mod ship;
+mod stream;
 mod telemetry;

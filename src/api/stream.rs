@@ -1,0 +1,213 @@
+//! Live progress of a batch over Server-Sent Events: `POST /process` with
+//! `Accept: text/event-stream` answers with one `task` event per result the moment it
+//! completes, then one `done` event with the body the JSON form returns.
+//!
+//! The work runs inside the response stream, not beside it: when the client goes away the
+//! stream is dropped, tasks not yet started never start, and agent calls in flight are
+//! dropped — counted as `myriad_tasks_total{status="cancelled"}`, and never a failure for
+//! the breaker or for learning.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{stream::BoxStream, StreamExt};
+use poem::{web::sse::Event, IntoResponse, Request, Response};
+use poem_openapi::{
+    registry::{MetaMediaType, MetaResponses, MetaSchema, MetaSchemaRef, Registry},
+    types::{ToJSON, Type},
+    ApiResponse,
+};
+use tracing::Instrument;
+
+use super::{
+    dto::{ProcessResponse, TaskResultBody},
+    routing::Prepared,
+    AppState,
+};
+use crate::{
+    context::RequestCtx,
+    pipeline::{TaskResult, TaskSpec},
+};
+
+/// A comment line goes out after this long without an event, so that proxies and clients
+/// see a slow batch is alive.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// The reconnection delay suggested to clients (`retry:`), in ms.
+const RETRY_MS: u64 = 2_000;
+
+/// True when the client asked for an event stream (`Accept: text/event-stream`).
+pub(super) fn wants_events(req: &Request) -> bool {
+    req.headers()
+        .get_all(poem::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            range
+                .split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+/// The answer of `/process`: the JSON body, or the event stream.
+pub(super) enum ProcessReply {
+    Body(Box<poem_openapi::payload::Json<ProcessResponse>>),
+    Events(poem::web::sse::SSE),
+}
+
+impl IntoResponse for ProcessReply {
+    fn into_response(self) -> Response {
+        match self {
+            ProcessReply::Body(body) => (*body).into_response(),
+            ProcessReply::Events(events) => events.into_response(),
+        }
+    }
+}
+
+impl ApiResponse for ProcessReply {
+    fn meta() -> MetaResponses {
+        let mut meta = <poem_openapi::payload::Json<ProcessResponse> as ApiResponse>::meta();
+        for response in meta.responses.iter_mut().filter(|r| r.status == Some(200)) {
+            response.description = "Every task's result. With `Accept: text/event-stream`: \
+                one `task` event per result (a `TaskResult`) as it completes, then one `done` \
+                event with this same body; event ids count from 1.";
+            response.content.push(MetaMediaType {
+                content_type: "text/event-stream",
+                schema: MetaSchemaRef::Inline(Box::new(MetaSchema {
+                    description: Some(
+                        "`event: task` with a TaskResult, then `event: done` with a \
+                         ProcessResponse; a `:` comment line while tasks are slow.",
+                    ),
+                    ..MetaSchema::new_with_format("string", "event-stream")
+                })),
+            });
+        }
+        meta
+    }
+
+    fn register(registry: &mut Registry) {
+        ProcessResponse::register(registry);
+        TaskResultBody::register(registry);
+    }
+}
+
+/// The event stream of a prepared request. Its tasks run as the client reads, under the
+/// request's span and deadline.
+pub(super) fn events(app: Arc<AppState>, prepared: Prepared, ctx: RequestCtx) -> ProcessReply {
+    let span = tracing::Span::current();
+    let progress = match prepared {
+        Prepared::Answered(body) => Progress::answered(app, *body, ctx),
+        Prepared::Run { specs, query } => {
+            let specs: Arc<[TaskSpec]> = specs.into();
+            let concurrency = app.pipeline.task_concurrency;
+            let runs = futures::stream::iter(0..specs.len())
+                .map({
+                    let (app, specs, ctx) = (app.clone(), specs.clone(), ctx.clone());
+                    move |i| {
+                        let (app, specs, ctx) = (app.clone(), specs.clone(), ctx.clone());
+                        async move { (i, app.pipeline.run_task(&specs[i], &ctx).await) }
+                            .instrument(span.clone())
+                    }
+                })
+                .buffer_unordered(concurrency)
+                .boxed();
+            Progress {
+                results: vec![None; specs.len()],
+                left: specs.len(),
+                runs: Some(runs),
+                specs,
+                query,
+                answered: None,
+                app,
+                ctx,
+                sent: 0,
+            }
+        }
+    };
+    let events = futures::stream::once(async { Event::retry(RETRY_MS) }).chain(
+        futures::stream::unfold(Some(progress), |progress| async move {
+            let mut progress = progress?;
+            let event = progress.next().await;
+            Some((event.0, event.1.then_some(progress)))
+        }),
+    );
+    ProcessReply::Events(poem::web::sse::SSE::new(events).keep_alive(HEARTBEAT))
+}
+
+/// One stream's batch: results as they come, what is left, and how to finish.
+struct Progress {
+    runs: Option<BoxStream<'static, (usize, TaskResult)>>,
+    results: Vec<Option<TaskResult>>,
+    /// Tasks not yet completed.
+    left: usize,
+    specs: Arc<[TaskSpec]>,
+    query: Option<(String, Option<String>)>,
+    /// The body, when no task had to run.
+    answered: Option<ProcessResponse>,
+    app: Arc<AppState>,
+    ctx: RequestCtx,
+    /// Events sent so far (the id of the next is one more).
+    sent: u64,
+}
+
+impl Progress {
+    fn answered(app: Arc<AppState>, body: ProcessResponse, ctx: RequestCtx) -> Self {
+        Progress {
+            runs: None,
+            results: Vec::new(),
+            left: 0,
+            specs: Arc::from(Vec::new()),
+            query: None,
+            answered: Some(body),
+            app,
+            ctx,
+            sent: 0,
+        }
+    }
+
+    /// The next event, and whether another follows.
+    async fn next(&mut self) -> (Event, bool) {
+        self.sent += 1;
+        let id = self.sent.to_string();
+        if let Some(runs) = &mut self.runs {
+            if let Some((i, result)) = runs.next().await {
+                self.left -= 1;
+                let json = TaskResultBody(result.clone()).to_json_string();
+                self.results[i] = Some(result);
+                return (Event::message(json).event_type("task").id(id), true);
+            }
+            self.runs = None;
+        }
+        let body = match self.answered.take() {
+            Some(body) => body,
+            None => {
+                let results = std::mem::take(&mut self.results)
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let query = self.query.take();
+                self.app
+                    .finish(&self.specs, query, results, &self.ctx)
+                    .await
+            }
+        };
+        let json = body.to_json_string();
+        (Event::message(json).event_type("done").id(id), false)
+    }
+}
+
+impl Drop for Progress {
+    /// The client went away with tasks left: they are cancelled, not failed. The flag is
+    /// raised before the runs (a field) are dropped, so their breaker permits see it.
+    fn drop(&mut self) {
+        if self.left > 0 && self.runs.is_some() {
+            self.ctx.cancel();
+            self.app
+                .metrics
+                .tasks
+                .with_label_values(&["cancelled"])
+                .inc_by(self.left as u64);
+            tracing::info!(tasks = self.left, "client went away; tasks cancelled");
+        }
+    }
+}
