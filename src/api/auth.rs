@@ -49,10 +49,10 @@ impl ClientAuth {
 #[oai(ty = "api_key", key_name = "X-Admin-Key", key_in = "header")]
 pub(super) struct AdminKey(ApiKey);
 
-/// Who a request counts against: its API key when it has one, else its IP.
-pub(super) fn client_key(req: &Request) -> String {
+/// The client key a request carries (`X-API-Key`, or `Authorization: Bearer`).
+pub(super) fn presented_key(req: &Request) -> Option<&str> {
     let headers = req.headers();
-    let key = headers
+    headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .or_else(|| {
@@ -60,8 +60,12 @@ pub(super) fn client_key(req: &Request) -> String {
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
-        });
-    match key {
+        })
+}
+
+/// Who a request counts against: its API key when it has one, else its IP.
+pub(super) fn client_key(req: &Request) -> String {
+    match presented_key(req) {
         Some(k) => format!("key:{k}"),
         None => match req.remote_addr().as_socket_addr() {
             Some(addr) => format!("ip:{}", addr.ip()),
@@ -82,11 +86,16 @@ pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl AppState {
     /// With API keys configured, the request must carry one of them.
     pub(super) fn authenticate(&self, auth: &ClientAuth) -> Result<(), AuthError> {
+        self.authenticate_key(auth.key())
+    }
+
+    /// With API keys configured, `presented` must be one of them.
+    pub(super) fn authenticate_key(&self, presented: Option<&str>) -> Result<(), AuthError> {
         let keys = &self.config.api_keys;
         if keys.is_empty() {
             return Ok(());
         }
-        let presented = auth.key().unwrap_or("");
+        let presented = presented.unwrap_or("");
         // Compare against every key, so timing does not tell which one (or none) matched.
         let ok = keys.iter().fold(false, |ok, k| {
             constant_time_eq(presented.as_bytes(), k.expose().as_bytes()) | ok
@@ -126,10 +135,15 @@ impl AppState {
 
     /// The inbound rate limit; `Err` is the 429 to answer with.
     pub(super) async fn admit(&self, req: &Request) -> Result<(), ApiError> {
+        self.admit_client(&client_key(req)).await
+    }
+
+    /// The inbound rate limit for `client` (see [`client_key`]).
+    pub(super) async fn admit_client(&self, client: &str) -> Result<(), ApiError> {
         let Some(limiter) = &self.client_limiter else {
             return Ok(());
         };
-        match limiter.check(&client_key(req)).await {
+        match limiter.check(client).await {
             Verdict::Allowed { .. } => Ok(()),
             Verdict::Limited { limit, retry_after } => {
                 self.metrics

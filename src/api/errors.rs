@@ -96,6 +96,12 @@ pub enum ErrorCode {
     NotReady,
     /// `/discover`: no agent handles the concept and intent.
     NoAgentFound,
+    /// `/ws`: a message whose `type` is not `auth`, `process` or `cancel`.
+    UnknownMessage,
+    /// `/ws`: a batch `id` already running on this socket.
+    DuplicateBatchId,
+    /// `/ws`: more batches in flight on one socket than it allows.
+    TooManyBatches,
 }
 
 impl ErrorCode {
@@ -163,6 +169,8 @@ impl ErrorCode {
             InputProcessorUnavailable | InputProcessorInvalid => StatusCode::BAD_GATEWAY,
             GraphUnavailable | NotReady => StatusCode::SERVICE_UNAVAILABLE,
             NoAgentFound => StatusCode::NOT_FOUND,
+            UnknownMessage | DuplicateBatchId => StatusCode::BAD_REQUEST,
+            TooManyBatches => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -207,6 +215,9 @@ impl ErrorCode {
             GraphUnavailable => "graph_unavailable",
             NotReady => "not_ready",
             NoAgentFound => "no_agent_found",
+            UnknownMessage => "unknown_message",
+            DuplicateBatchId => "duplicate_batch_id",
+            TooManyBatches => "too_many_batches",
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod ops;
 pub mod routing;
 pub mod stream;
 pub mod validate;
+pub mod ws;
 
 use std::sync::{Arc, Mutex};
 
@@ -115,6 +116,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
     Route::new()
         .nest("/docs", ui)
         .at("/openapi.json", spec)
+        .at("/ws", poem::get(ws::ws))
         .nest("/", api)
         .data(state.clone())
         .into_endpoint()

@@ -94,48 +94,31 @@ impl ApiResponse for ProcessReply {
 /// The event stream of a prepared request. Its tasks run as the client reads, under the
 /// request's span and deadline.
 pub(super) fn events(app: Arc<AppState>, prepared: Prepared, ctx: RequestCtx) -> ProcessReply {
-    let span = tracing::Span::current();
-    let progress = match prepared {
-        Prepared::Answered(body) => Progress::answered(app, *body, ctx),
-        Prepared::Run { specs, query } => {
-            let specs: Arc<[TaskSpec]> = specs.into();
-            let concurrency = app.pipeline.task_concurrency;
-            let runs = futures::stream::iter(0..specs.len())
-                .map({
-                    let (app, specs, ctx) = (app.clone(), specs.clone(), ctx.clone());
-                    move |i| {
-                        let (app, specs, ctx) = (app.clone(), specs.clone(), ctx.clone());
-                        async move { (i, app.pipeline.run_task(&specs[i], &ctx).await) }
-                            .instrument(span.clone())
-                    }
-                })
-                .buffer_unordered(concurrency)
-                .boxed();
-            Progress {
-                results: vec![None; specs.len()],
-                left: specs.len(),
-                runs: Some(runs),
-                specs,
-                query,
-                answered: None,
-                app,
-                ctx,
-                sent: 0,
-            }
-        }
-    };
+    let progress = Progress::new(app, prepared, ctx);
     let events = futures::stream::once(async { Event::retry(RETRY_MS) }).chain(
         futures::stream::unfold(Some(progress), |progress| async move {
             let mut progress = progress?;
-            let event = progress.next().await;
-            Some((event.0, event.1.then_some(progress)))
+            let (update, more) = progress.next().await;
+            let id = progress.sent.to_string();
+            let event = match update {
+                Update::Task(json) => Event::message(json).event_type("task"),
+                Update::Done(json) => Event::message(json).event_type("done"),
+            };
+            Some((event.id(id), more.then_some(progress)))
         }),
     );
     ProcessReply::Events(poem::web::sse::SSE::new(events).keep_alive(HEARTBEAT))
 }
 
-/// One stream's batch: results as they come, what is left, and how to finish.
-struct Progress {
+/// What a batch in progress has to say next: one task's result, or the whole body (last).
+pub(super) enum Update {
+    Task(String),
+    Done(String),
+}
+
+/// One batch in progress: results as they come, what is left, and how to finish. Dropped
+/// with tasks left, it cancels them.
+pub(super) struct Progress {
     runs: Option<BoxStream<'static, (usize, TaskResult)>>,
     results: Vec<Option<TaskResult>>,
     /// Tasks not yet completed.
@@ -151,30 +134,47 @@ struct Progress {
 }
 
 impl Progress {
-    fn answered(app: Arc<AppState>, body: ProcessResponse, ctx: RequestCtx) -> Self {
+    /// The batch of `prepared`, run under the current span (the request's) and `ctx`.
+    pub(super) fn new(app: Arc<AppState>, prepared: Prepared, ctx: RequestCtx) -> Self {
+        let (specs, query, answered) = match prepared {
+            Prepared::Answered(body) => (Vec::new(), None, Some(*body)),
+            Prepared::Run { specs, query } => (specs, query, None),
+        };
+        let specs: Arc<[TaskSpec]> = specs.into();
+        let span = tracing::Span::current();
+        let runs = futures::stream::iter(0..specs.len())
+            .map({
+                let (app, specs, ctx) = (app.clone(), specs.clone(), ctx.clone());
+                move |i| {
+                    let (app, specs, ctx) = (app.clone(), specs.clone(), ctx.clone());
+                    async move { (i, app.pipeline.run_task(&specs[i], &ctx).await) }
+                        .instrument(span.clone())
+                }
+            })
+            .buffer_unordered(app.pipeline.task_concurrency)
+            .boxed();
         Progress {
-            runs: None,
-            results: Vec::new(),
-            left: 0,
-            specs: Arc::from(Vec::new()),
-            query: None,
-            answered: Some(body),
+            results: vec![None; specs.len()],
+            left: specs.len(),
+            runs: Some(runs),
+            specs,
+            query,
+            answered,
             app,
             ctx,
             sent: 0,
         }
     }
 
-    /// The next event, and whether another follows.
-    async fn next(&mut self) -> (Event, bool) {
+    /// The next update, and whether another follows.
+    pub(super) async fn next(&mut self) -> (Update, bool) {
         self.sent += 1;
-        let id = self.sent.to_string();
         if let Some(runs) = &mut self.runs {
             if let Some((i, result)) = runs.next().await {
                 self.left -= 1;
                 let json = TaskResultBody(result.clone()).to_json_string();
                 self.results[i] = Some(result);
-                return (Event::message(json).event_type("task").id(id), true);
+                return (Update::Task(json), true);
             }
             self.runs = None;
         }
@@ -191,8 +191,7 @@ impl Progress {
                     .await
             }
         };
-        let json = body.to_json_string();
-        (Event::message(json).event_type("done").id(id), false)
+        (Update::Done(body.to_json_string()), false)
     }
 }
 

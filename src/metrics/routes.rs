@@ -13,6 +13,7 @@ pub fn route_template(path: &str) -> &'static str {
         "/process" => "/process",
         "/process_query" => "/process_query",
         "/openapi.json" => "/openapi.json",
+        "/ws" => "/ws",
         p if p == "/docs" || p.starts_with("/docs/") => "/docs",
         p if p.starts_with("/agents/") => "/agents/{name}",
         _ => "unmatched",

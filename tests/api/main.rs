@@ -19,3 +19,4 @@ mod servers;
 mod ship;
 mod stream;
 mod telemetry;
+mod ws;

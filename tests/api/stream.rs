@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// Agents answering after 10, 200 and 600 ms, one intent each, all for concept `lamp`.
-fn three_speeds() -> (TestAgent, TestAgent, TestAgent, Value) {
+pub fn three_speeds() -> (TestAgent, TestAgent, TestAgent, Value) {
     let slow = |ms| Behaviour::Slow(Duration::from_millis(ms));
     let (fast, mid, late) = (
         spawn_agent("Fast_AI", slow(10)),
