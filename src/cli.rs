@@ -30,6 +30,8 @@ pub enum Command {
     },
     /// Print the OpenAPI document (JSON) and exit.
     Openapi,
+    /// Print the GraphQL schema (SDL) and exit.
+    GraphqlSchema,
     /// Run one built-in demo agent.
     DemoAgent(DemoAgentArgs),
     /// Load a seed file into the Neo4j graph at NEO4J_URI (idempotent: twice changes nothing).
@@ -132,6 +134,10 @@ pub async fn run() -> ExitCode {
         None => serve(cli.settings).await,
         Some(Command::Serve { settings }) => serve(settings).await,
         Some(Command::Openapi) => openapi(),
+        Some(Command::GraphqlSchema) => {
+            print!("{}", crate::api::graphql::sdl());
+            ExitCode::SUCCESS
+        }
         Some(Command::SeedGraph { file, settings }) => seed_graph(&file, &settings).await,
         Some(Command::Healthcheck { url, timeout_ms }) => healthcheck(&url, timeout_ms).await,
         Some(Command::CheckConfig { settings }) => check_config(&settings),

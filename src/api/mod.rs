@@ -14,6 +14,7 @@ pub mod agents;
 pub mod auth;
 pub mod dto;
 pub mod edge;
+pub mod graphql;
 pub mod ops;
 pub mod routing;
 pub mod stream;
@@ -117,8 +118,11 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
         .nest("/docs", ui)
         .at("/openapi.json", spec)
         .at("/ws", poem::get(ws::ws))
+        .at("/graphql", poem::get(graphql::page).post(graphql::endpoint))
+        .at("/graphql/schema", poem::get(graphql::schema_text))
         .nest("/", api)
         .data(state.clone())
+        .data(graphql::schema())
         .into_endpoint()
         .around(move |ep, req| {
             let state = state.clone();

@@ -14,6 +14,8 @@ pub fn route_template(path: &str) -> &'static str {
         "/process_query" => "/process_query",
         "/openapi.json" => "/openapi.json",
         "/ws" => "/ws",
+        "/graphql" => "/graphql",
+        "/graphql/schema" => "/graphql/schema",
         p if p == "/docs" || p.starts_with("/docs/") => "/docs",
         p if p.starts_with("/agents/") => "/agents/{name}",
         _ => "unmatched",
@@ -26,6 +28,7 @@ pub fn allowed_methods(route: &str) -> &'static str {
         "/agents" => "GET, POST",
         "/agents/{name}" => "DELETE",
         "/discover" | "/process" | "/process_query" => "POST",
+        "/graphql" => "GET, POST",
         "unmatched" => "",
         _ => "GET",
     }

@@ -8,6 +8,7 @@ mod connections;
 mod discover;
 mod errors;
 mod graph;
+mod graphql;
 mod hardening;
 mod helpers;
 mod learning;

@@ -271,7 +271,11 @@ async fn with_api_keys_a_socket_needs_one_in_a_header_or_the_first_message() {
     for header in [Some("client-key-0123456789"), None] {
         let mut socket = connect(&app, header).await;
         if header.is_none() {
-            send(&mut socket, json!({"type": "auth", "key": "client-key-0123456789"})).await;
+            send(
+                &mut socket,
+                json!({"type": "auth", "key": "client-key-0123456789"}),
+            )
+            .await;
         }
         send(&mut socket, query.clone()).await;
         loop {

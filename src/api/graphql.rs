@@ -1,0 +1,437 @@
+//! GraphQL at `/graphql`: the knowledge graph and the routing state to read (agents,
+//! concepts, `candidates` with the routing score and its parts, status), and `process` —
+//! the same pipeline, limits and auth as `POST /process`. Depth and complexity are limited
+//! on the schema; its SDL is committed (`openapi/schema.graphql`) and checked by a test.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use async_graphql::{
+    Context, EmptySubscription, Enum, ErrorExtensions, InputObject, Json, Object, Schema,
+    SimpleObject,
+};
+use poem::{handler, web::Data, IntoResponse, Request, Response};
+use poem_openapi::types::ParseFromJSON;
+use serde_json::{json, Value};
+
+use super::{
+    auth::{client_key, presented_key},
+    dto::{ProcessBody, PROCESS_SHAPE},
+    errors::{error_response, ApiError, ErrorCode},
+    routing::Prepared,
+    AppState,
+};
+use crate::{context::RequestCtx, pipeline::TaskResult, routing::Admission};
+
+/// Nesting a query may reach.
+pub const MAX_DEPTH: usize = 8;
+/// Fields a query may select, counted over every list item's selection once.
+pub const MAX_COMPLEXITY: usize = 500;
+
+pub type MyriadSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+
+/// The schema, with its limits; the application's state is added per request.
+pub fn schema() -> MyriadSchema {
+    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .finish()
+}
+
+/// The schema in SDL (`myriad-orchestrator graphql-schema`; committed as
+/// `openapi/schema.graphql`).
+pub fn sdl() -> String {
+    schema().sdl()
+}
+
+/// `POST /graphql`: a client key as on `/process`, the inbound rate limit, then the query.
+#[handler]
+pub(super) async fn endpoint(
+    req: &Request,
+    gql: async_graphql_poem::GraphQLRequest,
+    app: Data<&Arc<AppState>>,
+    schema: Data<&MyriadSchema>,
+) -> Response {
+    let app = app.0.clone();
+    if let Err(e) = app.authenticate_key(presented_key(req)) {
+        return ApiError::from(e).into_response();
+    }
+    if let Err(e) = app.admit_client(&client_key(req)).await {
+        return e.into_response();
+    }
+    let agent_time: Arc<crate::context::AgentTime> =
+        req.extensions().get().cloned().unwrap_or_default();
+    let request = gql.0.data(app).data(agent_time);
+    async_graphql_poem::GraphQLResponse::from(schema.0.execute(request).await).into_response()
+}
+
+/// `GET /graphql`: where to send queries.
+#[handler]
+pub(super) fn page() -> Response {
+    error_response(
+        ErrorCode::MethodNotAllowed,
+        "POST GraphQL queries to /graphql ({\"query\": \"{ agents { name } }\"}); the schema is at /graphql/schema",
+    )
+}
+
+/// `GET /graphql/schema`: the SDL.
+#[handler]
+pub(super) fn schema_text() -> String {
+    sdl()
+}
+
+fn app<'a>(ctx: &Context<'a>) -> &'a Arc<AppState> {
+    ctx.data_unchecked::<Arc<AppState>>()
+}
+
+fn unavailable() -> async_graphql::Error {
+    async_graphql::Error::new("the knowledge graph is unavailable")
+        .extend_with(|_, e| e.set("code", "graph_unavailable"))
+}
+
+fn api_error(e: ApiError) -> async_graphql::Error {
+    let body = e.into_body().0;
+    async_graphql::Error::new(body.error).extend_with(|_, e| e.set("code", body.code.as_str()))
+}
+
+/// A circuit breaker's state.
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl From<crate::resilience::breaker::BreakerState> for BreakerState {
+    fn from(s: crate::resilience::breaker::BreakerState) -> Self {
+        use crate::resilience::breaker::BreakerState as B;
+        match s {
+            B::Closed => BreakerState::Closed,
+            B::Open => BreakerState::Open,
+            B::HalfOpen => BreakerState::HalfOpen,
+        }
+    }
+}
+
+/// A concept an agent handles, with the learned edge.
+#[derive(SimpleObject)]
+pub struct Handles {
+    pub concept: String,
+    pub weight: f64,
+    pub success_rate: f64,
+    pub usage_count: u64,
+}
+
+/// An agent service.
+#[derive(SimpleObject)]
+pub struct Agent {
+    pub name: String,
+    pub intents: Vec<String>,
+    pub capabilities: Vec<String>,
+    pub concepts: Vec<Handles>,
+    pub breaker: BreakerState,
+}
+
+/// A concept and the agents that handle it.
+#[derive(SimpleObject)]
+pub struct Concept {
+    pub name: String,
+    pub agents: Vec<String>,
+}
+
+/// One candidate for a concept and intent: the routing score and every part of it.
+#[derive(SimpleObject)]
+pub struct Candidate {
+    pub agent: String,
+    /// weight × health² ÷ (1 + latency_ms × (1 + in_flight) ÷ 100), before slow start.
+    pub score: f64,
+    pub weight: f64,
+    /// Success share of recent calls (1 = healthy).
+    pub health: f64,
+    pub latency_ms: Option<f64>,
+    pub in_flight: u32,
+    /// Slow-start factor (0.1 just after registration or recovery, 1 at full share).
+    pub slow_start: f64,
+    /// False while the breaker refuses calls.
+    pub admitted: bool,
+    pub breaker: BreakerState,
+}
+
+/// The service at a glance.
+#[derive(SimpleObject)]
+pub struct Status {
+    pub service: String,
+    pub version: String,
+    pub graph_backend: String,
+    pub tracing: bool,
+    pub agents: usize,
+}
+
+/// One task of a batch.
+#[derive(InputObject)]
+pub struct TaskInput {
+    /// An integer or a string of at most 128 characters, unique in the batch.
+    pub task_id: Json<Value>,
+    pub concept: String,
+    pub intent: String,
+    /// A JSON object passed to the agent.
+    pub args: Option<Json<Value>>,
+}
+
+/// How a batch or a question ended.
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+pub enum OverallStatus {
+    Success,
+    Partial,
+    Failed,
+}
+
+/// One task's result, as in `POST /process`.
+#[derive(SimpleObject)]
+pub struct TaskOutcome {
+    pub task_id: Json<Value>,
+    /// `success` or `error`.
+    pub status: String,
+    pub agent_name: Option<String>,
+    pub data: Json<Value>,
+    pub concept: String,
+    pub intent: String,
+    pub cached: Option<String>,
+    pub stale: bool,
+    pub attempts: u32,
+    pub latency_ms: f64,
+    pub code: Option<String>,
+    pub error: Option<String>,
+}
+
+impl From<TaskResult> for TaskOutcome {
+    fn from(r: TaskResult) -> Self {
+        let status = if r.succeeded() { "success" } else { "error" };
+        TaskOutcome {
+            task_id: Json(r.task_id),
+            status: status.into(),
+            agent_name: r.agent_name,
+            data: Json(r.data),
+            concept: r.concept,
+            intent: r.intent,
+            cached: r.cached.map(str::to_string),
+            stale: r.stale,
+            attempts: r.attempts,
+            latency_ms: r.latency_ms,
+            code: r.code.map(str::to_string),
+            error: r.error,
+        }
+    }
+}
+
+/// The answer to `process`.
+#[derive(SimpleObject)]
+pub struct Processed {
+    pub status: OverallStatus,
+    /// For a question: the synthesized answer.
+    pub answer: Option<Json<Value>>,
+    /// Every task's result, in the order of the batch (or of the question's tasks).
+    pub results: Vec<TaskOutcome>,
+}
+
+pub struct QueryRoot;
+
+#[Object]
+impl QueryRoot {
+    /// Every agent, with the concepts it handles and its breaker.
+    async fn agents(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Agent>> {
+        let app = app(ctx);
+        let records = app
+            .pipeline
+            .graph
+            .agents()
+            .await
+            .map_err(|_| unavailable())?;
+        Ok(records
+            .into_iter()
+            .map(|r| Agent {
+                breaker: app.pipeline.stack.breaker_state(&r.agent.name).into(),
+                name: r.agent.name,
+                intents: r.agent.intents,
+                capabilities: r.agent.capabilities,
+                concepts: r
+                    .concepts
+                    .into_iter()
+                    .map(|(concept, s)| Handles {
+                        concept,
+                        weight: s.weight,
+                        success_rate: s.success_rate,
+                        usage_count: s.usage_count,
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// Every concept some agent handles, with those agents.
+    async fn concepts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Concept>> {
+        let records = app(ctx)
+            .pipeline
+            .graph
+            .agents()
+            .await
+            .map_err(|_| unavailable())?;
+        let mut by_concept: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in records {
+            for (concept, _) in r.concepts {
+                by_concept
+                    .entry(concept)
+                    .or_default()
+                    .push(r.agent.name.clone());
+            }
+        }
+        Ok(by_concept
+            .into_iter()
+            .map(|(name, agents)| Concept { name, agents })
+            .collect())
+    }
+
+    /// The candidates for a concept and intent, as the routing policy sees them now.
+    async fn candidates(
+        &self,
+        ctx: &Context<'_>,
+        concept: String,
+        #[graphql(default = "define")] intent: String,
+    ) -> async_graphql::Result<Vec<Candidate>> {
+        let app = app(ctx);
+        let concept = super::validate::validate_concept(&concept).map_err(api_error)?;
+        let intent = super::validate::validate_intent(&intent).map_err(api_error)?;
+        let (found, _) = app
+            .pipeline
+            .discover(&concept, &intent, true)
+            .await
+            .map_err(|_| unavailable())?;
+        let assessed = app.pipeline.assess(&found);
+        let mut out: Vec<Candidate> = found
+            .into_iter()
+            .zip(assessed)
+            .map(|(c, (inputs, live))| Candidate {
+                agent: c.agent.name,
+                score: inputs.score(),
+                weight: inputs.weight,
+                health: inputs.health,
+                latency_ms: inputs.latency_ms,
+                in_flight: inputs.in_flight,
+                slow_start: inputs.ramp,
+                admitted: inputs.admission != Admission::Refused,
+                breaker: live.breaker.into(),
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.admitted
+                .cmp(&a.admitted)
+                .then(b.score.total_cmp(&a.score))
+        });
+        Ok(out)
+    }
+
+    /// The service, its graph backend and whether traces are exported.
+    async fn status(&self, ctx: &Context<'_>) -> async_graphql::Result<Status> {
+        let app = app(ctx);
+        let agents = app
+            .pipeline
+            .graph
+            .agents()
+            .await
+            .map_err(|_| unavailable())?
+            .len();
+        Ok(Status {
+            service: "orchestrator".into(),
+            version: crate::VERSION.into(),
+            graph_backend: app.pipeline.graph.backend().into(),
+            tracing: app.tracing_enabled,
+            agents,
+        })
+    }
+}
+
+pub struct MutationRoot;
+
+#[Object]
+impl MutationRoot {
+    /// Runs a batch of `tasks`, or a `query` (exactly one), like `POST /process`.
+    async fn process(
+        &self,
+        ctx: &Context<'_>,
+        tasks: Option<Vec<TaskInput>>,
+        query: Option<String>,
+        user_id: Option<String>,
+    ) -> async_graphql::Result<Processed> {
+        let app = app(ctx);
+        let mut body = serde_json::Map::new();
+        if let Some(tasks) = tasks {
+            let tasks: Vec<Value> = tasks
+                .into_iter()
+                .map(|t| {
+                    let mut task =
+                        json!({"task_id": t.task_id.0, "concept": t.concept, "intent": t.intent});
+                    if let Some(args) = t.args {
+                        task["args"] = args.0;
+                    }
+                    task
+                })
+                .collect();
+            body.insert("tasks".into(), Value::Array(tasks));
+        }
+        if let Some(query) = query {
+            body.insert("query".into(), Value::String(query));
+        }
+        if let Some(user) = user_id {
+            body.insert("user_id".into(), Value::String(user));
+        }
+        let request = ProcessBody::parse_from_json(Some(Value::Object(body)))
+            .map_err(|_| {
+                async_graphql::Error::new(PROCESS_SHAPE)
+                    .extend_with(|_, e| e.set("code", ErrorCode::InvalidBody.as_str()))
+            })?
+            .0;
+        let agent_time = ctx
+            .data_opt::<Arc<crate::context::AgentTime>>()
+            .cloned()
+            .unwrap_or_default();
+        let rctx = RequestCtx::new(app.config.request_timeout, true, agent_time);
+        let (body, outcomes) = match app.prepare(request, &rctx).await.map_err(api_error)? {
+            Prepared::Answered(body) => {
+                let outcomes = body
+                    .results
+                    .values()
+                    .map(|r| TaskOutcome::from(r.0.clone()))
+                    .collect();
+                (*body, outcomes)
+            }
+            Prepared::Run { specs, query } => {
+                // In the order of the batch, which a GraphQL list promises.
+                let results = app.pipeline.run_batch(&specs, &rctx).await;
+                let outcomes = results.iter().cloned().map(TaskOutcome::from).collect();
+                (app.finish(&specs, query, results, &rctx).await, outcomes)
+            }
+        };
+        let status = match body.status {
+            super::dto::OverallStatus::Success => OverallStatus::Success,
+            super::dto::OverallStatus::Partial => OverallStatus::Partial,
+            super::dto::OverallStatus::Failed => OverallStatus::Failed,
+        };
+        Ok(Processed {
+            status,
+            answer: body.answer.map(Json),
+            results: outcomes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_committed_sdl_is_the_schema() {
+        let committed = include_str!("../../openapi/schema.graphql");
+        assert!(
+            committed == super::sdl(),
+            "openapi/schema.graphql is out of date: \
+             cargo run -q -- graphql-schema > openapi/schema.graphql"
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! GraphQL at `/graphql` through a standard client (Python `gql`): the graph and routing
+//! state to read, `process` like `POST /process`, limits refused as GraphQL errors, auth.
+
+use std::process::Command;
+
+use myriad::config::RawSettings;
+use serde_json::{json, Value};
+
+use crate::{
+    agents::{spawn_agent, Behaviour},
+    helpers::{seed_with, settings, spawn_with, uncached},
+};
+
+/// Runs `document` (with `variables`) through gql's requests transport; the result, or the
+/// error gql raised as `{"error": {"message", "code"}}`.
+async fn gql(url: &str, key: Option<&str>, document: &str, variables: Value) -> Value {
+    const SCRIPT: &str = r#"
+import json, sys
+from gql import Client, gql
+from gql.transport.requests import RequestsHTTPTransport
+from gql.transport.exceptions import TransportQueryError
+url, key, document, variables = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+headers = {"X-API-Key": key} if key else {}
+client = Client(transport=RequestsHTTPTransport(url=url, headers=headers, timeout=20))
+try:
+    print(json.dumps(client.execute(gql(document), variable_values=variables)))
+except TransportQueryError as e:
+    err = e.errors[0]
+    print(json.dumps({"error": {"message": err.get("message"),
+                                "code": (err.get("extensions") or {}).get("code")}}))
+except Exception as e:
+    print(json.dumps({"error": {"message": str(e), "code": type(e).__name__}}))
+"#;
+    let args = [
+        "-c".to_string(),
+        SCRIPT.to_string(),
+        url.to_string(),
+        key.unwrap_or("").to_string(),
+        document.to_string(),
+        variables.to_string(),
+    ];
+    // Off the test's runtime thread: the server under test runs on it.
+    let out = tokio::task::spawn_blocking(move || Command::new("python3").args(args).output())
+        .await
+        .unwrap()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+}
+
+#[tokio::test]
+async fn a_standard_client_reads_the_graph_and_processes_a_batch() {
+    let good = spawn_agent(
+        "Good_AI",
+        Behaviour::Answer {
+            data: json!("a lamp gives light"),
+            extra: json!({}),
+        },
+    );
+    let other = spawn_agent("Other_AI", Behaviour::Status(500));
+    let seed = seed_with(
+        "lamp",
+        &[
+            ("Good_AI", &good.url(), &["define"], 0.9),
+            ("Other_AI", &other.url(), &["define"], 0.4),
+        ],
+    );
+    let app = spawn_with(uncached(), Some(seed)).await;
+    let url = app.url("/graphql");
+    let url = url.as_str();
+
+    let read = gql(
+        url,
+        None,
+        "query($c: String!) {
+           status { service graphBackend agents }
+           agents { name intents breaker concepts { concept weight } }
+           concepts { name agents }
+           candidates(concept: $c) { agent score weight health admitted breaker }
+         }",
+        json!({"c": "lamp"}),
+    )
+    .await;
+    assert_eq!(read["status"]["graphBackend"], "memory", "{read}");
+    assert_eq!(read["status"]["agents"], 2);
+    let lamp = read["concepts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "lamp")
+        .unwrap();
+    assert_eq!(lamp["agents"], json!(["Good_AI", "Other_AI"]));
+    let candidates = read["candidates"].as_array().unwrap();
+    assert_eq!(candidates[0]["agent"], "Good_AI");
+    assert_eq!(candidates[0]["weight"], 0.9);
+    assert_eq!(candidates[0]["score"], 0.9);
+    assert_eq!(candidates[0]["breaker"], "CLOSED");
+
+    let done = gql(
+        url,
+        None,
+        "mutation($tasks: [TaskInput!]) {
+           process(tasks: $tasks) { status results { taskId status agentName data attempts } }
+         }",
+        json!({"tasks": [
+            {"taskId": "b", "concept": "lamp", "intent": "define"},
+            {"taskId": 1, "concept": "nothing", "intent": "define"}
+        ]}),
+    )
+    .await;
+    let results = &done["process"]["results"];
+    assert_eq!(done["process"]["status"], "PARTIAL", "{done}");
+    // In the batch's order.
+    assert_eq!(results[0]["taskId"], "b");
+    assert_eq!(results[0]["agentName"], "Good_AI");
+    assert_eq!(results[0]["data"], "a lamp gives light");
+    assert_eq!(results[1]["taskId"], 1);
+    assert_eq!(results[1]["status"], "error");
+    assert_eq!(good.calls(), 1);
+    assert_eq!(other.calls(), 0);
+
+    // The same validation as /process, as GraphQL errors with the same codes.
+    let bad = gql(
+        url,
+        None,
+        "mutation { process(query: \"hi\", tasks: []) { status } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(bad["error"]["code"], "invalid_body", "{bad}");
+    let bad = gql(
+        url,
+        None,
+        "{ candidates(concept: \"bad\\u0001name\") { agent } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(bad["error"]["code"], "invalid_concept", "{bad}");
+}
+
+#[tokio::test]
+async fn queries_over_the_limits_are_graphql_errors_not_failures() {
+    let app = spawn_with(settings(), None).await;
+    let url = app.url("/graphql");
+    // Deeper than the limit: refused with a GraphQL error, the service unharmed.
+    let deep = gql(
+        &url,
+        None,
+        "{ __schema { types { fields { type { ofType { ofType { ofType { ofType { name } } } } } } } } }",
+        json!({}),
+    ).await;
+    assert!(
+        deep["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too deep")),
+        "{deep}"
+    );
+    let aliases: String = (0..600)
+        .map(|i| format!("a{i}: status {{ version }} "))
+        .collect();
+    let wide = gql(&url, None, &format!("{{ {aliases} }}"), json!({})).await;
+    assert!(
+        wide["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("complex")),
+        "{wide}"
+    );
+    // Introspection is on: the schema is public, like /openapi.json.
+    let types = gql(&url, None, "{ __schema { queryType { name } } }", json!({})).await;
+    assert_eq!(types["__schema"]["queryType"]["name"], "QueryRoot");
+    assert_eq!(app.get("/health").await.0, 200);
+    // The committed SDL is what the service serves.
+    let served = app
+        .client
+        .get(app.url("/graphql/schema"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(served, include_str!("../../openapi/schema.graphql"));
+}
+
+#[tokio::test]
+async fn with_api_keys_graphql_needs_one_too() {
+    let raw = RawSettings {
+        api_keys: Some("client-key-0123456789".into()),
+        ..settings()
+    };
+    let app = spawn_with(raw, None).await;
+    let url = app.url("/graphql");
+    let refused = gql(&url, None, "{ status { version } }", json!({})).await;
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("401")),
+        "{refused}"
+    );
+    let ok = gql(
+        &url,
+        Some("client-key-0123456789"),
+        "{ status { version } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(ok["status"]["version"], env!("CARGO_PKG_VERSION"));
+}
