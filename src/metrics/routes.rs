@@ -16,6 +16,7 @@ pub fn route_template(path: &str) -> &'static str {
         "/ws" => "/ws",
         "/graphql" => "/graphql",
         "/graphql/schema" => "/graphql/schema",
+        "/graphql/ws" => "/graphql/ws",
         p if p == "/docs" || p.starts_with("/docs/") => "/docs",
         p if p.starts_with("/agents/") => "/agents/{name}",
         _ => "unmatched",

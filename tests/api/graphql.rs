@@ -210,3 +210,80 @@ async fn with_api_keys_graphql_needs_one_too() {
     .await;
     assert_eq!(ok["status"]["version"], env!("CARGO_PKG_VERSION"));
 }
+
+/// Subscribes to `document` over graphql-ws (gql's websockets transport); every event, or
+/// `{"error": …}`.
+async fn subscribe(url: &str, init: Value, document: &str) -> Vec<Value> {
+    const SCRIPT: &str = r#"
+import asyncio, json, sys, time
+from gql import Client, gql
+from gql.transport.websockets import WebsocketsTransport
+url, init, document = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+async def main():
+    transport = WebsocketsTransport(url=url, init_payload=init,
+        subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL])
+    start = time.monotonic()
+    try:
+        async with Client(transport=transport) as session:
+            async for event in session.subscribe(gql(document)):
+                event["at_ms"] = (time.monotonic() - start) * 1000
+                print(json.dumps(event), flush=True)
+    except Exception as e:
+        print(json.dumps({"error": str(e)}))
+asyncio.run(main())
+"#;
+    let args = [
+        "-c".to_string(),
+        SCRIPT.to_string(),
+        url.replace("http://", "ws://"),
+        init.to_string(),
+        document.to_string(),
+    ];
+    let out = tokio::task::spawn_blocking(move || Command::new("python3").args(args).output())
+        .await
+        .unwrap()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_subscription_over_graphql_ws_yields_results_as_they_complete() {
+    let (_fast, _mid, _late, seed) = crate::stream::three_speeds();
+    let raw = RawSettings {
+        api_keys: Some("client-key-0123456789".into()),
+        ..uncached()
+    };
+    let app = spawn_with(raw, Some(seed)).await;
+    let url = app.url("/graphql/ws");
+    let document = "subscription {
+        process(tasks: [
+          {taskId: 1, concept: \"lamp\", intent: \"compare\"},
+          {taskId: 2, concept: \"lamp\", intent: \"define\"}
+        ]) {
+          __typename
+          ... on TaskOutcome { taskId status agentName }
+          ... on BatchDone { status }
+        }
+      }";
+    let events = subscribe(&url, json!({"apiKey": "client-key-0123456789"}), document).await;
+    let kinds: Vec<&Value> = events.iter().map(|e| &e["process"]["__typename"]).collect();
+    assert_eq!(kinds, ["TaskOutcome", "TaskOutcome", "BatchDone"], "{events:?}");
+    // Completion order: the 10 ms agent's result first, long before the 600 ms one.
+    assert_eq!(events[0]["process"]["taskId"], 2);
+    assert_eq!(events[0]["process"]["agentName"], "Fast_AI");
+    assert_eq!(events[1]["process"]["taskId"], 1);
+    assert_eq!(events[2]["process"]["status"], "SUCCESS");
+    assert!(events[0]["at_ms"].as_f64().unwrap() + 300.0 < events[1]["at_ms"].as_f64().unwrap());
+    // Without the key in the connection_init payload: refused.
+    let refused = subscribe(&url, json!({}), document).await;
+    assert!(refused[0]["error"].is_string(), "{refused:?}");
+    assert_eq!(refused.len(), 1);
+}
