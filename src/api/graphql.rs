@@ -517,6 +517,7 @@ pub struct BatchDone {
 
 /// What a running batch reports: each task's result as it completes, then the end.
 #[derive(Union)]
+#[allow(clippy::large_enum_variant)] // one at a time, moved once into the response
 pub enum BatchEvent {
     Task(TaskOutcome),
     Done(BatchDone),

@@ -112,6 +112,7 @@ pub(super) fn events(app: Arc<AppState>, prepared: Prepared, ctx: RequestCtx) ->
 }
 
 /// What a batch in progress has to say next: one task's result, or the whole body (last).
+#[allow(clippy::large_enum_variant)] // one at a time, moved once to its writer
 pub(super) enum Update {
     Task(TaskResult),
     Done(Box<ProcessResponse>),

@@ -275,7 +275,11 @@ async fn a_subscription_over_graphql_ws_yields_results_as_they_complete() {
       }";
     let events = subscribe(&url, json!({"apiKey": "client-key-0123456789"}), document).await;
     let kinds: Vec<&Value> = events.iter().map(|e| &e["process"]["__typename"]).collect();
-    assert_eq!(kinds, ["TaskOutcome", "TaskOutcome", "BatchDone"], "{events:?}");
+    assert_eq!(
+        kinds,
+        ["TaskOutcome", "TaskOutcome", "BatchDone"],
+        "{events:?}"
+    );
     // Completion order: the 10 ms agent's result first, long before the 600 ms one.
     assert_eq!(events[0]["process"]["taskId"], 2);
     assert_eq!(events[0]["process"]["agentName"], "Fast_AI");
