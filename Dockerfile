@@ -9,6 +9,7 @@ RUN mkdir -p src seed \
  && cargo build --release --locked \
  && rm -rf src
 COPY seed ./seed
+COPY assets ./assets
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked \

@@ -121,6 +121,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint {
         .at("/graphql", poem::get(graphql::page).post(graphql::endpoint))
         .at("/graphql/schema", poem::get(graphql::schema_text))
         .at("/graphql/ws", poem::get(graphql::subscriptions))
+        .at("/graphql/assets/:file", poem::get(graphql::asset))
         .nest("/", api)
         .data(state.clone())
         .data(graphql::schema())

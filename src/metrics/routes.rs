@@ -19,6 +19,7 @@ pub fn route_template(path: &str) -> &'static str {
         "/graphql/ws" => "/graphql/ws",
         p if p == "/docs" || p.starts_with("/docs/") => "/docs",
         p if p.starts_with("/agents/") => "/agents/{name}",
+        p if p.starts_with("/graphql/assets/") => "/graphql/assets/{file}",
         _ => "unmatched",
     }
 }

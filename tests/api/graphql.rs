@@ -291,3 +291,31 @@ async fn a_subscription_over_graphql_ws_yields_results_as_they_complete() {
     assert!(refused[0]["error"].is_string(), "{refused:?}");
     assert_eq!(refused.len(), 1);
 }
+
+#[tokio::test]
+async fn graphiql_loads_in_a_real_browser_from_the_service_alone() {
+    let app = spawn_with(settings(), None).await;
+    let base = app.url("");
+    let base = base.trim_end_matches('/').to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("tests/browser/graphiql.mjs")
+            .arg(&base)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("the script printed JSON");
+    // The default query ran against the service and showed its answer.
+    let result = seen["result"].as_str().unwrap();
+    assert!(result.contains("Lightbulb_Definition_AI"), "{result}");
+    // Nothing was fetched from anywhere else (no CDN).
+    assert_eq!(seen["foreign"], json!([]));
+}
