@@ -603,7 +603,13 @@ impl SubscriptionRoot {
         let request = process_request(tasks, query, user_id)?;
         let rctx = RequestCtx::new(app.config.request_timeout, true, Arc::default());
         let prepared = app.prepare(request, &rctx).await.map_err(api_error)?;
-        let progress = Progress::new(app, prepared, rctx);
+        // One server span per subscription, the task spans under it (as for `/ws`).
+        let span = tracing::info_span!(
+            "GraphQL /graphql/ws process",
+            otel.kind = "server",
+            http.route = "/graphql/ws",
+        );
+        let progress = span.in_scope(|| Progress::new(app, prepared, rctx));
         Ok(futures::stream::unfold(
             Some(progress),
             |progress| async move {
