@@ -185,6 +185,33 @@ async fn one_batch_is_one_trace_of_every_stage_under_the_clients_span_in_a_real_
         0.0
     );
 
+    // A batch streamed over SSE is the same one tree: its tasks run as the client reads,
+    // under the request's span.
+    let sse_trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = app
+        .client
+        .post(app.url("/process"))
+        .header("traceparent", traceparent(sse_trace, CLIENT_SPAN))
+        .header("accept", "text/event-stream")
+        .json(&json!({"tasks": [{"task_id": 9, "concept": "lamp", "intent": "define"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.text().await.unwrap().contains("event: done"));
+    let spans = phoenix.trace(sse_trace, 4).await;
+    let ids: HashMap<&str, &Value> = spans
+        .iter()
+        .map(|s| (s["context"]["span_id"].as_str().unwrap(), s))
+        .collect();
+    let task = spans
+        .iter()
+        .find(|s| s["name"] == "task")
+        .expect("a task span in the streamed request's trace");
+    assert_eq!(attr(task, "task_id"), "9");
+    let parent = ids[task["parent_id"].as_str().unwrap()];
+    assert_eq!(parent["name"], "POST /process");
+    assert!(spans.iter().any(|s| s["name"] == "agent_call"));
+
     // HTTP/protobuf export reaches the same backend; error bodies carry the trace id.
     let app2 = spawn_process(
         &[
