@@ -1,14 +1,12 @@
 //! GraphQL at `/graphql` through a standard client (Python `gql`): the graph and routing
 //! state to read, `process` like `POST /process`, limits refused as GraphQL errors, auth.
 
-use std::process::Command;
-
 use myriad::config::RawSettings;
 use serde_json::{json, Value};
 
 use crate::{
     agents::{spawn_agent, Behaviour},
-    helpers::{seed_with, settings, spawn_with, uncached},
+    helpers::{run_script, seed_with, settings, spawn_with, uncached},
 };
 
 /// Runs `document` (with `variables`) through gql's requests transport; the result, or the
@@ -31,7 +29,7 @@ except TransportQueryError as e:
 except Exception as e:
     print(json.dumps({"error": {"message": str(e), "code": type(e).__name__}}))
 "#;
-    let args = [
+    let args = vec![
         "-c".to_string(),
         SCRIPT.to_string(),
         url.to_string(),
@@ -39,17 +37,7 @@ except Exception as e:
         document.to_string(),
         variables.to_string(),
     ];
-    // Off the test's runtime thread: the server under test runs on it.
-    let out = tokio::task::spawn_blocking(move || Command::new("python3").args(args).output())
-        .await
-        .unwrap()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+    serde_json::from_str(&run_script("python3", args).await).expect("the script prints JSON")
 }
 
 #[tokio::test]
@@ -232,23 +220,15 @@ async def main():
         print(json.dumps({"error": str(e)}))
 asyncio.run(main())
 "#;
-    let args = [
+    let args = vec![
         "-c".to_string(),
         SCRIPT.to_string(),
         url.replace("http://", "ws://"),
         init.to_string(),
         document.to_string(),
     ];
-    let out = tokio::task::spawn_blocking(move || Command::new("python3").args(args).output())
+    run_script("python3", args)
         .await
-        .unwrap()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
@@ -297,22 +277,8 @@ async fn graphiql_loads_in_a_real_browser_from_the_service_alone() {
     let app = spawn_with(settings(), None).await;
     let base = app.url("");
     let base = base.trim_end_matches('/').to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg("tests/browser/graphiql.mjs")
-            .arg(&base)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&out.stdout).expect("the script printed JSON");
+    let out = run_script("node", vec!["tests/browser/graphiql.mjs".into(), base]).await;
+    let seen: Value = serde_json::from_str(&out).expect("the script printed JSON");
     // The default query ran against the service and showed its answer.
     let result = seen["result"].as_str().unwrap();
     assert!(result.contains("Lightbulb_Definition_AI"), "{result}");

@@ -211,3 +211,24 @@ pub fn seed_with(concept: &str, agents: &[(&str, &str, &[&str], f64)]) -> Value 
         })).collect::<Vec<_>>(),
     })
 }
+
+/// Runs a client script (`program args…`, from the crate root) off the test's runtime
+/// thread, where the server under test runs; asserts it succeeded and returns its stdout.
+pub async fn run_script(program: &str, args: Vec<String>) -> String {
+    let program = program.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&program)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap_or_else(|e| panic!("{program} runs: {e}"))
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

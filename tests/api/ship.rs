@@ -186,23 +186,10 @@ async fn a_generated_client_calls_every_endpoint() {
 async fn swagger_ui_in_a_real_browser_lists_every_operation_and_try_it_out_works() {
     let app = spawn_process(&[("RUST_LOG", "warn,myriad::startup=info".into())], None);
     let base = app.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg("tests/browser/swagger.mjs")
-            .arg(&base)
-            .current_dir(ROOT)
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        crate::helpers::run_script("node", vec!["tests/browser/swagger.mjs".into(), base]).await;
     let seen: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("the browser script printed JSON");
+        serde_json::from_str(&out).expect("the browser script printed JSON");
     let paths: Vec<&str> = seen["paths"]
         .as_array()
         .unwrap()
