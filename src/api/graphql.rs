@@ -246,6 +246,14 @@ pub struct Agent {
     pub breaker: BreakerState,
 }
 
+/// A region of the graph and what belongs to it.
+#[derive(SimpleObject)]
+pub struct Region {
+    pub name: String,
+    pub concepts: Vec<String>,
+    pub agents: Vec<String>,
+}
+
 /// A concept and the agents that handle it.
 #[derive(SimpleObject)]
 pub struct Concept {
@@ -279,6 +287,21 @@ pub struct Status {
     pub graph_backend: String,
     pub tracing: bool,
     pub agents: usize,
+}
+
+/// What the service has done since it started (the `/metrics` document, summarized).
+#[derive(SimpleObject)]
+pub struct MetricsSummary {
+    pub uptime_s: f64,
+    pub requests_total: u64,
+    pub tasks_total: u64,
+    pub tasks_succeeded_total: u64,
+    pub tasks_failed_total: u64,
+    pub tasks_cancelled_total: u64,
+    pub task_latency_avg_ms: f64,
+    /// Answers served from a cache (L1 or L2).
+    pub response_cache_hits_total: u64,
+    pub connections_open: u64,
 }
 
 /// One task of a batch.
@@ -428,6 +451,24 @@ impl QueryRoot {
             .collect())
     }
 
+    /// Every region, with the concepts and agents that belong to it.
+    async fn regions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Region>> {
+        let regions = app(ctx)
+            .pipeline
+            .graph
+            .regions()
+            .await
+            .map_err(|_| unavailable())?;
+        Ok(regions
+            .into_iter()
+            .map(|r| Region {
+                name: r.name,
+                concepts: r.concepts,
+                agents: r.agents,
+            })
+            .collect())
+    }
+
     /// Every concept some agent handles, with those agents.
     async fn concepts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Concept>> {
         let records = app(ctx)
@@ -488,6 +529,22 @@ impl QueryRoot {
                 .then(b.score.total_cmp(&a.score))
         });
         Ok(out)
+    }
+
+    /// What the service has done since it started.
+    async fn metrics(&self, ctx: &Context<'_>) -> MetricsSummary {
+        let p = app(ctx).metrics_body().performance;
+        MetricsSummary {
+            uptime_s: p.uptime_s,
+            requests_total: p.requests_total,
+            tasks_total: p.tasks_total,
+            tasks_succeeded_total: p.tasks_succeeded_total,
+            tasks_failed_total: p.tasks_failed_total,
+            tasks_cancelled_total: p.tasks_cancelled_total,
+            task_latency_avg_ms: p.task_latency_avg_ms,
+            response_cache_hits_total: p.cache.responses.l1_hits + p.cache.responses.l2_hits,
+            connections_open: p.connections.open,
+        }
     }
 
     /// The service, its graph backend and whether traces are exported.

@@ -9,7 +9,7 @@ use super::{
     hebbian, rank,
     seed::{demo_placeholder, Seed},
     AgentInfo, AgentRecord, Candidate, Deltas, EdgeStats, GraphError, KnowledgeGraph, Learned,
-    Outcome, WeightChange,
+    Outcome, RegionRecord, WeightChange,
 };
 
 #[derive(Default)]
@@ -19,6 +19,8 @@ struct State {
     agents: BTreeMap<String, AgentInfo>,
     /// (agent, concept) → edge statistics
     edges: HashMap<(String, String), EdgeStats>,
+    /// region name → what belongs to it
+    regions: BTreeMap<String, RegionRecord>,
 }
 
 pub struct MemoryGraph {
@@ -39,6 +41,32 @@ impl MemoryGraph {
         demo_url: impl Fn(&str) -> Option<String>,
     ) -> Result<MemoryGraph, UnresolvedDemo> {
         let mut state = State::default();
+        for r in &seed.regions {
+            state.regions.insert(
+                r.name.clone(),
+                RegionRecord {
+                    name: r.name.clone(),
+                    ..RegionRecord::default()
+                },
+            );
+        }
+        let mut member = |region: &Option<String>, name: &str, agent: bool| {
+            if let Some(r) = region.as_ref().and_then(|r| state.regions.get_mut(r)) {
+                let list = if agent {
+                    &mut r.agents
+                } else {
+                    &mut r.concepts
+                };
+                list.push(name.to_string());
+                list.sort();
+            }
+        };
+        for c in &seed.concepts {
+            member(&c.region, &c.name, false);
+        }
+        for a in &seed.agents {
+            member(&a.region, &a.name, true);
+        }
         for c in &seed.concepts {
             state
                 .concepts
@@ -105,6 +133,10 @@ impl KnowledgeGraph for MemoryGraph {
             .collect();
         rank(&mut found);
         Ok(found)
+    }
+
+    async fn regions(&self) -> Result<Vec<RegionRecord>, GraphError> {
+        Ok(self.read().regions.values().cloned().collect())
     }
 
     async fn agents(&self) -> Result<Vec<AgentRecord>, GraphError> {
@@ -182,6 +214,9 @@ impl KnowledgeGraph for MemoryGraph {
         let mut state = self.write();
         if state.agents.remove(name).is_none() {
             return Ok(None);
+        }
+        for region in state.regions.values_mut() {
+            region.agents.retain(|a| a != name);
         }
         let mut concepts = Vec::new();
         state.edges.retain(|(a, c), _| {

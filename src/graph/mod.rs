@@ -61,6 +61,14 @@ pub struct AgentRecord {
     pub concepts: Vec<(String, EdgeStats)>,
 }
 
+/// A region of the graph with the concepts and agents that belong to it, by name.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RegionRecord {
+    pub name: String,
+    pub concepts: Vec<String>,
+    pub agents: Vec<String>,
+}
+
 /// The outcome of one agent call, fed to Hebbian learning.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -126,6 +134,8 @@ pub trait KnowledgeGraph: Send + Sync + 'static {
     async fn discover(&self, concept: &str, intent: &str) -> Result<Vec<Candidate>, GraphError>;
     /// Every agent with its concepts, ordered by name.
     async fn agents(&self) -> Result<Vec<AgentRecord>, GraphError>;
+    /// Every region with what belongs to it (`BELONGS_TO`), all ordered by name.
+    async fn regions(&self) -> Result<Vec<RegionRecord>, GraphError>;
     /// Applies a batch of outcomes (Hebbian update), keyed by the agent's real name.
     async fn learn(&self, outcomes: &[Outcome], deltas: Deltas) -> Learned;
     /// Registers `agent` (or replaces the agent of that name) handling `concepts` with the
@@ -196,6 +206,9 @@ macro_rules! timed {
 impl<G: KnowledgeGraph> KnowledgeGraph for TimedGraph<G> {
     async fn discover(&self, concept: &str, intent: &str) -> Result<Vec<Candidate>, GraphError> {
         timed!(self, "discover", self.0.discover(concept, intent).await)
+    }
+    async fn regions(&self) -> Result<Vec<RegionRecord>, GraphError> {
+        timed!(self, "regions", self.0.regions().await)
     }
     async fn agents(&self) -> Result<Vec<AgentRecord>, GraphError> {
         timed!(self, "agents", self.0.agents().await)

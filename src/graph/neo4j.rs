@@ -4,7 +4,11 @@
 //! to a minute, which must never reach a request. User input is only ever a parameter.
 //! The Cypher here is the subset Neo4j 5 and ArcadeDB (the test server) both accept.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use neo4rs::{query, BoltType, ConfigBuilder, Query, Row};
@@ -13,7 +17,7 @@ use super::{
     rank,
     seed::{demo_placeholder, Seed},
     AgentInfo, AgentRecord, Candidate, Deltas, EdgeStats, GraphError, KnowledgeGraph, Learned,
-    Outcome, WeightChange,
+    Outcome, RegionRecord, WeightChange,
 };
 
 /// Resolves `{demo:<id>}` endpoints to the demo agents running in this process.
@@ -228,6 +232,45 @@ impl KnowledgeGraph for Neo4jGraph {
             .collect();
         rank(&mut found);
         Ok(found)
+    }
+
+    async fn regions(&self) -> Result<Vec<RegionRecord>, GraphError> {
+        let mut regions: BTreeMap<String, RegionRecord> = self
+            .rows(query("MATCH (r:Region) RETURN r.name AS name"))
+            .await?
+            .iter()
+            .filter_map(|r| r.get::<String>("name").ok())
+            .map(|name| {
+                let record = RegionRecord {
+                    name: name.clone(),
+                    ..RegionRecord::default()
+                };
+                (name, record)
+            })
+            .collect();
+        for label in ["Concept", "Agent"] {
+            let members = self
+                .rows(query(&format!(
+                    "MATCH (n:{label})-[:BELONGS_TO]->(r:Region) RETURN r.name AS region, n.name AS name"
+                )))
+                .await?;
+            for m in &members {
+                let (Ok(region), Ok(name)) = (m.get::<String>("region"), m.get::<String>("name"))
+                else {
+                    continue;
+                };
+                if let Some(r) = regions.get_mut(&region) {
+                    let list = if label == "Agent" {
+                        &mut r.agents
+                    } else {
+                        &mut r.concepts
+                    };
+                    list.push(name);
+                    list.sort();
+                }
+            }
+        }
+        Ok(regions.into_values().collect())
     }
 
     async fn agents(&self) -> Result<Vec<AgentRecord>, GraphError> {

@@ -18,6 +18,8 @@ pub struct Performance {
     pub tasks_total: u64,
     pub tasks_succeeded_total: u64,
     pub tasks_failed_total: u64,
+    /// Tasks dropped because their client went away (SSE, WebSocket, subscription).
+    pub tasks_cancelled_total: u64,
     pub task_latency_avg_ms: f64,
     pub learning: LearningCounts,
     pub rejections: RejectionCounts,
@@ -165,6 +167,7 @@ impl Metrics {
             tasks_total: tasks("success") + tasks("error"),
             tasks_succeeded_total: tasks("success"),
             tasks_failed_total: tasks("error"),
+            tasks_cancelled_total: tasks("cancelled"),
             task_latency_avg_ms: if task_count == 0 {
                 0.0
             } else {

@@ -108,13 +108,14 @@ async fn tasks_are_routed_through_the_graph_honouring_intents_and_weights_change
             extra: json!({}),
         },
     );
-    let seed = seed_with(
+    let mut seed = seed_with(
         "lamp",
         &[
             ("Definer_AI", &definer.url(), &["define"], 0.5),
             ("Explainer_AI", &explainer.url(), &["function"], 0.5),
         ],
     );
+    seed["agents"][0]["region"] = json!("Test");
     assert!(seed_graph(&db, &seed).status.success());
     let app = spawn_with(graph_settings(&db), None).await;
     assert_eq!(
@@ -149,6 +150,18 @@ async fn tasks_are_routed_through_the_graph_honouring_intents_and_weights_change
     assert_eq!(
         (row["u"].as_i64(), row["s"].as_i64(), row["r"].as_f64()),
         (Some(1), Some(1), Some(1.0))
+    );
+    // Regions read back from the database (`BELONGS_TO`).
+    let (status, regions) = app
+        .post(
+            "/graphql",
+            &json!({"query": "{ regions { name concepts agents } }"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        regions["data"]["regions"],
+        json!([{"name": "Test", "concepts": ["lamp"], "agents": ["Definer_AI"]}])
     );
     let (_, status) = app.get("/status").await;
     assert_eq!(status["dependencies"]["graph"]["backend"], "neo4j");

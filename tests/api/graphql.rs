@@ -50,13 +50,14 @@ async fn a_standard_client_reads_the_graph_and_processes_a_batch() {
         },
     );
     let other = spawn_agent("Other_AI", Behaviour::Status(500));
-    let seed = seed_with(
+    let mut seed = seed_with(
         "lamp",
         &[
             ("Good_AI", &good.url(), &["define"], 0.9),
             ("Other_AI", &other.url(), &["define"], 0.4),
         ],
     );
+    seed["agents"][1]["region"] = json!("Test");
     let app = spawn_with(uncached(), Some(seed)).await;
     let url = app.url("/graphql");
     let url = url.as_str();
@@ -68,6 +69,7 @@ async fn a_standard_client_reads_the_graph_and_processes_a_batch() {
            status { service graphBackend agents }
            agents { name intents breaker concepts { concept weight } }
            concepts { name agents }
+           regions { name concepts agents }
            candidates(concept: $c) { agent score weight health admitted breaker }
          }",
         json!({"c": "lamp"}),
@@ -82,6 +84,10 @@ async fn a_standard_client_reads_the_graph_and_processes_a_batch() {
         .find(|c| c["name"] == "lamp")
         .unwrap();
     assert_eq!(lamp["agents"], json!(["Good_AI", "Other_AI"]));
+    assert_eq!(
+        read["regions"],
+        json!([{"name": "Test", "concepts": ["lamp"], "agents": ["Other_AI"]}])
+    );
     let candidates = read["candidates"].as_array().unwrap();
     assert_eq!(candidates[0]["agent"], "Good_AI");
     assert_eq!(candidates[0]["weight"], 0.9);
@@ -110,6 +116,17 @@ async fn a_standard_client_reads_the_graph_and_processes_a_batch() {
     assert_eq!(results[1]["status"], "error");
     assert_eq!(good.calls(), 1);
     assert_eq!(other.calls(), 0);
+    let metrics = gql(
+        url,
+        None,
+        "{ metrics { tasksTotal tasksSucceededTotal tasksFailedTotal tasksCancelledTotal } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        metrics["metrics"],
+        json!({"tasksTotal": 2, "tasksSucceededTotal": 1, "tasksFailedTotal": 1, "tasksCancelledTotal": 0})
+    );
 
     // The same validation as /process, as GraphQL errors with the same codes.
     let bad = gql(
