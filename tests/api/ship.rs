@@ -217,3 +217,120 @@ async fn swagger_ui_in_a_real_browser_lists_every_operation_and_try_it_out_works
     assert_eq!(seen["status"], "200");
     assert!(seen["body"].as_str().unwrap().contains("\"healthy\""));
 }
+
+/// The manifests of `deploy/kubernetes`, in the order its kustomization lists them.
+fn kubernetes_manifests() -> Vec<String> {
+    let kustomization =
+        std::fs::read_to_string(format!("{ROOT}/deploy/kubernetes/kustomization.yaml")).unwrap();
+    let listed: Vec<String> = kustomization
+        .lines()
+        .skip_while(|l| !l.starts_with("resources:"))
+        .skip(1)
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .map(|f| format!("deploy/kubernetes/{f}"))
+        .collect();
+    let mut on_disk: Vec<String> = std::fs::read_dir(format!("{ROOT}/deploy/kubernetes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".yaml") && f != "kustomization.yaml")
+        .map(|f| format!("deploy/kubernetes/{f}"))
+        .collect();
+    on_disk.sort();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(sorted, on_disk, "the kustomization lists every manifest");
+    listed
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_against_the_api_schemas() {
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "-k", "1.31.0"])
+        .args(kubernetes_manifests())
+        .current_dir(ROOT)
+        .output()
+        .expect("kubernetes-validate is installed (scripts/install-test-deps.sh)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_kubernetes_deployment_keeps_the_rules_of_a_production_pod() {
+    // What the schemas cannot say: replicas, probes on the right endpoints, a grace period
+    // longer than the drain, a locked-down container, spread across zones.
+    const SCRIPT: &str = r#"
+import json, sys, yaml
+docs = {}
+for f in sys.argv[1:]:
+    for d in yaml.safe_load_all(open(f)):
+        docs[d["kind"]] = d
+dep, cm = docs["Deployment"], docs["ConfigMap"]
+pod = dep["spec"]["template"]["spec"]
+c = pod["containers"][0]
+print(json.dumps({
+  "replicas": dep["spec"]["replicas"],
+  "liveness": c["livenessProbe"]["httpGet"]["path"],
+  "readiness": c["readinessProbe"]["httpGet"]["path"],
+  "startup": c["startupProbe"]["httpGet"]["path"],
+  "grace": pod["terminationGracePeriodSeconds"],
+  "drain": int(cm["data"]["SHUTDOWN_DRAIN_S"]),
+  "pre_stop": c["lifecycle"]["preStop"]["sleep"]["seconds"],
+  "non_root": pod["securityContext"]["runAsNonRoot"],
+  "read_only": c["securityContext"]["readOnlyRootFilesystem"],
+  "escalation": c["securityContext"]["allowPrivilegeEscalation"],
+  "caps": c["securityContext"]["capabilities"]["drop"],
+  "limits": sorted(c["resources"]["limits"]), "requests": sorted(c["resources"]["requests"]),
+  "zones": [t["topologyKey"] for t in pod["topologySpreadConstraints"]],
+  "secret": [e["secretRef"]["name"] for e in c["envFrom"] if "secretRef" in e],
+  "hpa_min": docs["HorizontalPodAutoscaler"]["spec"]["minReplicas"],
+  "pdb": docs["PodDisruptionBudget"]["spec"]["minAvailable"],
+}))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .args(kubernetes_manifests())
+        .current_dir(ROOT)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(d["replicas"].as_u64().unwrap() >= 3);
+    assert_eq!(d["hpa_min"], d["replicas"]);
+    assert!(d["pdb"].as_u64().unwrap() < d["replicas"].as_u64().unwrap());
+    assert_eq!(
+        (&d["liveness"], &d["readiness"], &d["startup"]),
+        (
+            &serde_json::json!("/health"),
+            &serde_json::json!("/ready"),
+            &serde_json::json!("/health")
+        )
+    );
+    let (grace, drain, pre_stop) = (
+        d["grace"].as_u64().unwrap(),
+        d["drain"].as_u64().unwrap(),
+        d["pre_stop"].as_u64().unwrap(),
+    );
+    assert!(
+        grace > drain + pre_stop,
+        "grace {grace} s must exceed drain {drain} s + preStop {pre_stop} s"
+    );
+    assert_eq!(d["non_root"], true);
+    assert_eq!(d["read_only"], true);
+    assert_eq!(d["escalation"], false);
+    assert_eq!(d["caps"], serde_json::json!(["ALL"]));
+    assert_eq!(d["limits"], serde_json::json!(["cpu", "memory"]));
+    assert_eq!(d["requests"], serde_json::json!(["cpu", "memory"]));
+    assert!(d["zones"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("topology.kubernetes.io/zone")));
+    assert_eq!(d["secret"], serde_json::json!(["myriad-orchestrator"]));
+}
