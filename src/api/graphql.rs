@@ -27,7 +27,7 @@ use super::{
     stream::{Progress, Update},
     AppState,
 };
-use crate::{context::RequestCtx, pipeline::TaskResult, routing::Admission};
+use crate::{context::RequestCtx, graph::AgentRecord, pipeline::TaskResult, routing::Admission};
 
 /// Nesting a query may reach.
 pub const MAX_DEPTH: usize = 8;
@@ -196,6 +196,16 @@ pub(super) fn schema_text() -> String {
 
 fn app<'a>(ctx: &Context<'a>) -> &'a Arc<AppState> {
     ctx.data_unchecked::<Arc<AppState>>()
+}
+
+/// Every agent with its concepts, from the graph.
+async fn agent_records(ctx: &Context<'_>) -> async_graphql::Result<Vec<AgentRecord>> {
+    app(ctx)
+        .pipeline
+        .graph
+        .agents()
+        .await
+        .map_err(|_| unavailable())
 }
 
 fn unavailable() -> async_graphql::Error {
@@ -424,12 +434,7 @@ impl QueryRoot {
     /// Every agent, with the concepts it handles and its breaker.
     async fn agents(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Agent>> {
         let app = app(ctx);
-        let records = app
-            .pipeline
-            .graph
-            .agents()
-            .await
-            .map_err(|_| unavailable())?;
+        let records = agent_records(ctx).await?;
         Ok(records
             .into_iter()
             .map(|r| Agent {
@@ -471,12 +476,7 @@ impl QueryRoot {
 
     /// Every concept some agent handles, with those agents.
     async fn concepts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Concept>> {
-        let records = app(ctx)
-            .pipeline
-            .graph
-            .agents()
-            .await
-            .map_err(|_| unavailable())?;
+        let records = agent_records(ctx).await?;
         let mut by_concept: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for r in records {
             for (concept, _) in r.concepts {
@@ -550,13 +550,7 @@ impl QueryRoot {
     /// The service, its graph backend and whether traces are exported.
     async fn status(&self, ctx: &Context<'_>) -> async_graphql::Result<Status> {
         let app = app(ctx);
-        let agents = app
-            .pipeline
-            .graph
-            .agents()
-            .await
-            .map_err(|_| unavailable())?
-            .len();
+        let agents = agent_records(ctx).await?.len();
         Ok(Status {
             service: "orchestrator".into(),
             version: crate::VERSION.into(),
