@@ -25,6 +25,7 @@ use super::{
     errors::{error_response, ApiError, ErrorCode},
     routing::Prepared,
     stream::{Progress, Update},
+    ws::Upgrade,
     AppState,
 };
 use crate::{context::RequestCtx, graph::AgentRecord, pipeline::TaskResult, routing::Admission};
@@ -86,19 +87,14 @@ pub(super) async fn subscriptions(
     schema: Data<&MyriadSchema>,
 ) -> Response {
     let (app, schema) = (app.0.clone(), schema.0.clone());
-    let authed = match presented_key(req) {
-        Some(key) => {
-            if let Err(e) = app.authenticate_key(Some(key)) {
-                return ApiError::from(e).into_response();
-            }
-            true
-        }
-        None => app.config.api_keys.is_empty(),
+    let Upgrade {
+        authed,
+        client,
+        config,
+    } = match Upgrade::check(&app, req) {
+        Ok(start) => start,
+        Err(e) => return ApiError::from(e).into_response(),
     };
-    let client = client_key(req);
-    let mut config = poem::web::websocket::WebSocketConfig::default();
-    config.max_message_size = Some(app.config.max_body_bytes);
-    config.max_frame_size = Some(app.config.max_body_bytes);
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .config(config)

@@ -27,7 +27,7 @@ use tracing::Instrument;
 use super::{
     auth::{client_key, presented_key},
     dto::{ProcessBody, PROCESS_SHAPE},
-    errors::{error_response, ApiError, ErrorCode},
+    errors::{ApiError, AuthError, ErrorCode},
     stream::{Progress, Update},
     validate::MAX_ID_CHARS,
     AppState,
@@ -39,29 +39,49 @@ pub const MAX_BATCHES: usize = 16;
 /// Messages queued for a slow reader before the batches wait for it.
 const OUTBOX: usize = 64;
 
-/// `GET /ws`: upgrades to the batch protocol. A key in a header is checked before the
-/// upgrade; without one (and with keys configured) the first message must be `auth`.
+/// What every socket upgrade (`/ws`, `/graphql/ws`) settles first: a key in a header is
+/// checked before the upgrade (`Err`: answer 401); without one, and with keys
+/// configured, the socket must authenticate in its first message.
+pub(super) struct Upgrade {
+    /// Authenticated already (a valid key in a header, or no keys configured).
+    pub authed: bool,
+    /// Who the socket counts against for the inbound rate limit.
+    pub client: String,
+    /// Messages and frames bounded by MAX_BODY_BYTES.
+    pub config: WebSocketConfig,
+}
+
+impl Upgrade {
+    pub(super) fn check(app: &AppState, req: &Request) -> Result<Self, AuthError> {
+        let authed = match presented_key(req) {
+            Some(key) => {
+                app.authenticate_key(Some(key))?;
+                true
+            }
+            None => app.config.api_keys.is_empty(),
+        };
+        let mut config = WebSocketConfig::default();
+        config.max_message_size = Some(app.config.max_body_bytes);
+        config.max_frame_size = Some(app.config.max_body_bytes);
+        Ok(Upgrade {
+            authed,
+            client: client_key(req),
+            config,
+        })
+    }
+}
+
+/// `GET /ws`: upgrades to the batch protocol.
 #[handler]
 pub(super) async fn ws(req: &Request, upgrade: WebSocket, app: Data<&Arc<AppState>>) -> Response {
     let app = app.0.clone();
-    let presented = presented_key(req);
-    let authed = match presented {
-        Some(key) => {
-            if app.authenticate_key(Some(key)).is_err() {
-                return error_response(ErrorCode::Unauthorized, "the API key is not valid");
-            }
-            true
-        }
-        None => app.config.api_keys.is_empty(),
+    let start = match Upgrade::check(&app, req) {
+        Ok(start) => start,
+        Err(e) => return ApiError::from(e).into_response(),
     };
-    let client = client_key(req);
-    let max = app.config.max_body_bytes;
-    let mut config = WebSocketConfig::default();
-    config.max_message_size = Some(max);
-    config.max_frame_size = Some(max);
     upgrade
-        .config(config)
-        .on_upgrade(move |socket| Session::new(app, client, authed).run(socket))
+        .config(start.config)
+        .on_upgrade(move |socket| Session::new(app, start.client, start.authed).run(socket))
         .into_response()
 }
 
