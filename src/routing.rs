@@ -191,6 +191,12 @@ impl Signals {
         self.latency_ms
     }
 
+    /// Decayed (successes, attempts) of the health window at `now`.
+    pub fn counts(&self, now: Instant) -> (f64, f64) {
+        let keep = self.keep(now);
+        (self.ok * keep, self.total * keep)
+    }
+
     /// Slow start begins again (the breaker closed).
     pub fn restart_ramp(&mut self, now: Instant) {
         self.ready_since = Some(now);

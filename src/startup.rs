@@ -28,6 +28,7 @@ use crate::{
     pipeline::{learning::Learner, neurogenesis::Neurogenesis, Pipeline},
     resilience::{
         limit::{ClientLimiter, Global},
+        shared::{self, SharedHealth},
         Stack, StackSettings,
     },
 };
@@ -326,11 +327,31 @@ pub fn build_state(
             },
             move || {
                 if let Some(c) = on_reset.upgrade() {
+                    tracing::info!("dropping L1 entries that may have missed invalidations");
                     c.clear_local();
                 }
             },
         );
     }
+    let shared_health = store.as_ref().map(|store| {
+        let shared = SharedHealth::start(
+            store.clone(),
+            config.breaker.open,
+            metrics.shared_health.clone(),
+        );
+        let on_msg = Arc::downgrade(&shared);
+        let flag = store.spawn_subscriber(
+            shared::CHANNEL,
+            move |payload| {
+                if let Some(s) = on_msg.upgrade() {
+                    s.on_message(payload);
+                }
+            },
+            || {},
+        );
+        shared.listen_through(flag);
+        shared
+    });
     let global = shared.map(|store| Global {
         store,
         fallbacks: metrics.rate_limit_fallbacks.clone(),
@@ -340,13 +361,18 @@ pub fn build_state(
     } else {
         Learner::disabled()
     };
-    let stack = Arc::new(Stack::new(
+    let mut stack = Stack::new(
         transport,
         StackSettings::from_config(&config),
         caches,
         global.clone(),
         metrics.clone(),
-    ));
+    );
+    if let Some(shared) = shared_health {
+        stack = stack.share_health(shared);
+    }
+    let stack = Arc::new(stack);
+    stack.spawn_summaries();
     let neurogenesis = config.enable_dynamic_agents.then(|| {
         let template = config
             .dynamic_agent_template_url

@@ -132,6 +132,7 @@ impl AppState {
                 errors_total: None,
                 short_circuited_total: None,
                 recoveries_total: None,
+                shared_health: None,
             },
             Some(store) => {
                 let answered = matches!(
@@ -145,6 +146,11 @@ impl AppState {
                     errors_total: Some(h.errors_total),
                     short_circuited_total: Some(h.short_circuited_total),
                     recoveries_total: Some(h.recoveries_total),
+                    shared_health: self
+                        .pipeline
+                        .stack
+                        .shared_health()
+                        .map(|s| s.mode().to_string()),
                 }
             }
         };

@@ -320,6 +320,7 @@ impl RoutingApi {
                         in_flight: live.in_flight,
                         slow_start: live.ramp,
                         share: Nullable(live.share),
+                        held_by_peer: live.held_by_peer,
                     }
                 })
                 .collect(),

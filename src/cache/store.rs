@@ -6,7 +6,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::Duration,
@@ -210,14 +210,16 @@ impl RedisStore {
 
     /// Listens on `channel` for as long as the process runs, reconnecting after failures.
     /// `on_message` gets every payload; `on_resubscribe` runs after a reconnection, when
-    /// messages may have been missed.
+    /// messages may have been missed. The flag returned is raised while subscribed.
     pub fn spawn_subscriber(
         self: &Arc<Self>,
         channel: &'static str,
         on_message: impl Fn(&str) + Send + Sync + 'static,
         on_resubscribe: impl Fn() + Send + Sync + 'static,
-    ) {
+    ) -> Arc<AtomicBool> {
         let store = Arc::downgrade(self);
+        let listening = Arc::new(AtomicBool::new(false));
+        let flag = listening.clone();
         tokio::spawn(async move {
             let mut first = true;
             loop {
@@ -233,8 +235,9 @@ impl RedisStore {
                 .await;
                 match connected {
                     Ok(Ok(mut ps)) => {
+                        flag.store(true, Ordering::Release);
                         if !first {
-                            tracing::info!("redis subscription restored; dropping L1 entries that may have missed invalidations");
+                            tracing::info!(channel, "redis subscription restored");
                             on_resubscribe();
                         }
                         let mut messages = ps.on_message();
@@ -243,13 +246,15 @@ impl RedisStore {
                                 on_message(&payload);
                             }
                         }
-                        tracing::warn!("redis subscription lost");
+                        flag.store(false, Ordering::Release);
+                        tracing::warn!(channel, "redis subscription lost");
                     }
                     _ => tokio::time::sleep(Duration::from_millis(500)).await,
                 }
                 first = false;
             }
         });
+        listening
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub rate_limit_fallbacks: IntCounter,
+    /// Agent-health messages between replicas, by event.
+    pub shared_health: IntCounterVec,
     pub cache_lookups: IntCounterVec,
     pub cache_events: IntCounterVec,
     pub learning: IntCounterVec,
@@ -159,7 +161,7 @@ impl Metrics {
                 "calls_refused_total",
                 "Agent calls refused before any attempt, by the stage that refused them.",
                 "reason",
-                &["breaker_open", "bulkhead_full", "deadline"],
+                &["breaker_open", "held_by_peer", "bulkhead_full", "deadline"],
             ),
             retries: r.counter(
                 "retries_total",
@@ -179,6 +181,12 @@ impl Metrics {
                     "Rate-limit checks decided locally because the shared store was unavailable.",
                 )
                 .expect("valid metric"),
+            ),
+            shared_health: r.counter(
+                "shared_health_messages_total",
+                "Agent-health messages between replicas: published, publish_failed, dropped (over a bound), received, ignored (own, malformed or over a bound).",
+                "event",
+                &["published", "publish_failed", "dropped", "received", "ignored"],
             ),
             cache_lookups: r.counters(
                 "cache_lookups_total",

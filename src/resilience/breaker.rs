@@ -107,7 +107,12 @@ pub struct Instrument {
     pub observed: Arc<Observed>,
     /// Where the state is published as `myriad_agent_breaker_state{agent}` (agents only).
     pub report: Option<Arc<Metrics>>,
+    /// Told of every transition to open or closed (shared agent health).
+    pub on_change: Option<OnChange>,
 }
+
+/// A hook told of a breaker's transitions to open and to closed.
+pub type OnChange = Arc<dyn Fn(&str, BreakerState) + Send + Sync>;
 
 impl Instrument {
     fn gauge(&self, value: i64) {
@@ -128,6 +133,9 @@ impl failsafe::Instrument for Instrument {
         self.observed.opened.fetch_add(1, Ordering::Relaxed);
         self.gauge(1);
         tracing::warn!(agent = %self.agent, "circuit breaker opened");
+        if let Some(f) = &self.on_change {
+            f(&self.agent, BreakerState::Open);
+        }
     }
     fn on_half_open(&self) {
         self.observed.state.store(2, Ordering::Release);
@@ -139,6 +147,9 @@ impl failsafe::Instrument for Instrument {
             self.observed.closed.fetch_add(1, Ordering::Relaxed);
             self.gauge(0);
             tracing::info!(agent = %self.agent, "circuit breaker closed");
+            if let Some(f) = &self.on_change {
+                f(&self.agent, BreakerState::Closed);
+            }
         }
     }
 }
@@ -160,18 +171,28 @@ pub struct Breaker {
 
 impl Breaker {
     /// A breaker for an agent, published in the metrics.
-    pub fn new(agent: &str, s: &BreakerSettings, metrics: Arc<Metrics>) -> Self {
-        let b = Self::build(agent, s, Some(metrics));
+    pub fn new(
+        agent: &str,
+        s: &BreakerSettings,
+        metrics: Arc<Metrics>,
+        on_change: Option<OnChange>,
+    ) -> Self {
+        let b = Self::build(agent, s, Some(metrics), on_change);
         b.instrument.gauge(0);
         b
     }
 
     /// A breaker around an internal dependency (not an agent; not in the agent metrics).
     pub fn internal(name: &str, s: &BreakerSettings) -> Self {
-        Self::build(name, s, None)
+        Self::build(name, s, None, None)
     }
 
-    fn build(agent: &str, s: &BreakerSettings, report: Option<Arc<Metrics>>) -> Self {
+    fn build(
+        agent: &str,
+        s: &BreakerSettings,
+        report: Option<Arc<Metrics>>,
+        on_change: Option<OnChange>,
+    ) -> Self {
         let backoff = OpenBackoff::new(s.open);
         let policy = consecutive_failures(s.consecutive_failures, backoff.clone()).or_else(
             success_rate_over_time_window(
@@ -185,6 +206,7 @@ impl Breaker {
             agent: Arc::from(agent),
             observed: Arc::new(Observed::default()),
             report,
+            on_change,
         };
         Breaker {
             machine: Config::new()
@@ -319,7 +341,7 @@ mod tests {
 
     #[test]
     fn opens_after_consecutive_failures_and_sub_second_delays_do_not_panic() {
-        let b = Breaker::new("a", &settings(50), Default::default());
+        let b = Breaker::new("a", &settings(50), Default::default(), None);
         for _ in 0..3 {
             b.try_acquire().unwrap().failure();
         }
@@ -329,7 +351,7 @@ mod tests {
 
     #[test]
     fn half_open_admits_only_the_configured_probes_then_closes_on_success() {
-        let b = Breaker::new("a", &settings(20), Default::default());
+        let b = Breaker::new("a", &settings(20), Default::default(), None);
         for _ in 0..3 {
             b.try_acquire().unwrap().failure();
         }
@@ -344,7 +366,7 @@ mod tests {
 
     #[test]
     fn admission_offers_the_probe_once_the_open_interval_ended() {
-        let b = Breaker::new("a", &settings(20), Default::default());
+        let b = Breaker::new("a", &settings(20), Default::default(), None);
         assert_eq!(b.admission(), Admission::Open);
         for _ in 0..3 {
             b.try_acquire().unwrap().failure();
@@ -362,7 +384,7 @@ mod tests {
 
     #[test]
     fn a_dropped_call_counts_as_a_failure() {
-        let b = Breaker::new("a", &settings(1_000), Default::default());
+        let b = Breaker::new("a", &settings(1_000), Default::default(), None);
         for _ in 0..3 {
             drop(b.try_acquire().unwrap());
         }
@@ -371,7 +393,7 @@ mod tests {
 
     #[test]
     fn success_resets_the_consecutive_count() {
-        let b = Breaker::new("a", &settings(1_000), Default::default());
+        let b = Breaker::new("a", &settings(1_000), Default::default(), None);
         for _ in 0..10 {
             b.try_acquire().unwrap().failure();
             b.try_acquire().unwrap().failure();

@@ -28,6 +28,8 @@ pub struct AgentLoad {
     pub recent_failure_rate: f64,
     pub calls_total: u64,
     pub breaker_opened_total: u64,
+    /// Another replica's breaker for it is open: calls are held back.
+    pub held_by_peer: bool,
 }
 
 /// Outcomes kept for an agent's recent failure rate.
@@ -45,12 +47,17 @@ pub struct AgentGuard {
     pub(super) signals: Mutex<Signals>,
     /// Breaker closings already turned into a slow-start restart.
     pub(super) closes_seen: AtomicU64,
+    /// `calls` when the last summary was published for the peers.
+    pub(super) summarized: AtomicU64,
 }
 
 /// What the routing policy reads of one agent at decision time.
 #[derive(Debug, Clone, Copy)]
 pub struct Live {
+    /// Success share of the health window, local counts first, the peers' folded in.
     pub health: f64,
+    /// A peer's breaker is open and this replica's is closed: held back (refused).
+    pub held_by_peer: bool,
     pub latency_ms: Option<f64>,
     pub in_flight: u32,
     pub admission: Admission,

@@ -10,6 +10,7 @@ mod guard;
 pub mod limit;
 mod outcome;
 pub mod retry;
+pub mod shared;
 
 use guard::{AgentGuard, RECENT};
 pub use guard::{AgentLoad, Live};
@@ -29,7 +30,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::routing::Signals;
+use crate::routing::{Admission, Signals};
 use crate::{
     agents::{AgentReply, AgentRequest, AgentTransport, CallError},
     cache::{response_key, Caches, Lookup, Subject, Tier},
@@ -44,6 +45,7 @@ use limit::{AgentLimiter, Global};
 use crate::metrics::Metrics;
 
 use retry::{fits, RetryBudget, RetryPolicy};
+use shared::{folded_health, Report, SharedHealth};
 
 /// Settings of every stage.
 #[derive(Debug, Clone)]
@@ -81,6 +83,8 @@ pub struct Stack {
     guards: RwLock<HashMap<String, Arc<AgentGuard>>>,
     metrics: Arc<Metrics>,
     started: Instant,
+    /// What the other replicas say about agents (with Redis).
+    shared: Option<Arc<SharedHealth>>,
 }
 
 impl Stack {
@@ -99,7 +103,68 @@ impl Stack {
             guards: RwLock::new(HashMap::new()),
             metrics,
             started: Instant::now(),
+            shared: None,
         }
+    }
+
+    /// Shares agent health with the other replicas through `shared`.
+    pub fn share_health(mut self, shared: Arc<SharedHealth>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    pub fn shared_health(&self) -> Option<&Arc<SharedHealth>> {
+        self.shared.as_ref()
+    }
+
+    /// Every [`shared::SUMMARY_EVERY`], publishes a summary of each agent called since the
+    /// last one (at most [`shared::MAX_SUMMARIES`]).
+    pub fn spawn_summaries(self: &Arc<Self>) {
+        if self.shared.is_none() {
+            return;
+        }
+        let stack = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(shared::SUMMARY_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let Some(stack) = stack.upgrade() else { break };
+                let Some(shared) = &stack.shared else { break };
+                let guards: Vec<(String, Arc<AgentGuard>)> = stack
+                    .guards
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let now = Instant::now();
+                let mut sent = 0;
+                for (agent, guard) in guards {
+                    let calls = guard.calls.load(Ordering::Relaxed);
+                    if guard.summarized.swap(calls, Ordering::Relaxed) == calls {
+                        continue;
+                    }
+                    let (ok, total, latency_ms) = {
+                        let s = guard.signals();
+                        let (ok, total) = s.counts(now);
+                        (ok, total, s.latency_ms())
+                    };
+                    shared.publish(
+                        &agent,
+                        Report::Summary {
+                            ok,
+                            total,
+                            latency_ms,
+                        },
+                    );
+                    sent += 1;
+                    if sent >= shared::MAX_SUMMARIES {
+                        break;
+                    }
+                }
+            }
+        });
     }
 
     pub fn transport(&self) -> &Arc<dyn AgentTransport> {
@@ -126,7 +191,20 @@ impl Stack {
                         self.global.clone(),
                     ),
                     bulkhead: Bulkhead::new(self.settings.agent_max_inflight),
-                    breaker: Breaker::new(agent, &self.settings.breaker, self.metrics.clone()),
+                    breaker: Breaker::new(
+                        agent,
+                        &self.settings.breaker,
+                        self.metrics.clone(),
+                        self.shared.clone().map(|shared| -> breaker::OnChange {
+                            Arc::new(move |agent, state| {
+                                let report = match state {
+                                    breaker::BreakerState::Open => Report::Opened,
+                                    _ => Report::Closed,
+                                };
+                                shared.publish(agent, report);
+                            })
+                        }),
+                    ),
                     budget: RetryBudget::new(self.settings.retry_budget_percent),
                     calls: AtomicU64::new(0),
                     recent: Mutex::new(VecDeque::with_capacity(RECENT)),
@@ -136,6 +214,7 @@ impl Stack {
                         self.started.elapsed() >= self.settings.slow_start,
                     )),
                     closes_seen: AtomicU64::new(0),
+                    summarized: AtomicU64::new(0),
                 })
             })
             .clone()
@@ -316,8 +395,17 @@ impl Stack {
             tracing::Span::current().record("bulkhead", "full");
             return self.refuse(Some("bulkhead_full"), Failure::BulkheadFull);
         };
-        let permit = guard.breaker.try_acquire();
         let call_span = tracing::Span::current();
+        // A peer's open breaker holds calls back while this replica's own is closed (an
+        // open or half-open local breaker decides by itself: local wins).
+        if guard.breaker.state() == breaker::BreakerState::Closed
+            && self.shared.as_ref().is_some_and(|s| s.held(&agent.name))
+        {
+            call_span.record("breaker.state", "held_by_peer");
+            call_span.record("breaker.admitted", false);
+            return self.refuse(Some("held_by_peer"), Failure::BreakerOpen);
+        }
+        let permit = guard.breaker.try_acquire();
         call_span.record("breaker.state", guard.breaker.state().as_str());
         call_span.record("breaker.admitted", permit.is_some());
         let Some(mut permit) = permit else {
@@ -360,6 +448,9 @@ impl Stack {
                     );
                     permit.success();
                     guard.record(false);
+                    if let Some(shared) = &self.shared {
+                        shared.local_success(&agent.name);
+                    }
                     return CallOutcome::upstream(Ok(reply), attempts);
                 }
                 Err(e) => e,
@@ -402,14 +493,22 @@ impl Stack {
         let now = Instant::now();
         let mut signals = guard.signals();
         let closes = guard.breaker.observed().closed.load(Ordering::Relaxed);
-        if guard.closes_seen.swap(closes, Ordering::Relaxed) != closes {
+        let peers = self
+            .shared
+            .as_ref()
+            .map(|s| s.view(agent))
+            .unwrap_or_default();
+        if guard.closes_seen.swap(closes, Ordering::Relaxed) != closes || peers.recovered {
             signals.restart_ramp(now);
         }
+        let (ok, total) = signals.counts(now);
+        let held = peers.held && admission == Admission::Open;
         Live {
-            health: signals.health(now),
+            health: folded_health(ok, total, &peers),
+            held_by_peer: held,
             latency_ms: signals.latency_ms(),
             in_flight: guard.bulkhead.in_flight(),
-            admission,
+            admission: if held { Admission::Refused } else { admission },
             breaker: guard.breaker.state(),
             ramp: signals.ramp(now, self.settings.slow_start),
             share: signals.share(now),
@@ -450,6 +549,7 @@ impl Stack {
                 recent_failure_rate: g.recent_failure_rate(),
                 calls_total: g.calls.load(Ordering::Relaxed),
                 breaker_opened_total: g.breaker.observed().opened.load(Ordering::Relaxed),
+                held_by_peer: self.shared.as_ref().is_some_and(|s| s.held(agent)),
             },
         }
     }

@@ -135,6 +135,9 @@ pub struct CandidateView {
     pub slow_start: f64,
     /// Share of recent routing decisions (10–20 s) where it came first (null: none yet).
     pub share: Nullable<f64>,
+    /// Another replica's breaker for this agent is open: calls are held back here too
+    /// (it is tried last), until that replica sees it recover or the hold runs out.
+    pub held_by_peer: bool,
 }
 
 #[derive(Object, Debug)]

@@ -118,6 +118,9 @@ pub struct RedisDependency {
     pub short_circuited_total: Option<u64>,
     /// Times the background probe saw Redis answer again and closed the breaker.
     pub recoveries_total: Option<u64>,
+    /// Agent health between replicas: `shared` (publishing and subscribed) or `alone`
+    /// (Redis away: this replica routes on what it sees itself).
+    pub shared_health: Option<String>,
 }
 
 /// Trace export: `exporting` (with protocol and service name) or `disabled`.
@@ -139,6 +142,8 @@ pub struct AgentState {
     pub recent_failure_rate: f64,
     pub calls_total: u64,
     pub breaker_opened_total: u64,
+    /// Another replica's breaker for this agent is open, so this one holds calls back.
+    pub held_by_peer: bool,
 }
 
 impl From<crate::resilience::AgentLoad> for AgentState {
@@ -149,6 +154,7 @@ impl From<crate::resilience::AgentLoad> for AgentState {
             recent_failure_rate: l.recent_failure_rate,
             calls_total: l.calls_total,
             breaker_opened_total: l.breaker_opened_total,
+            held_by_peer: l.held_by_peer,
         }
     }
 }

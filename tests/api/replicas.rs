@@ -1,0 +1,206 @@
+//! Replicas that share what they learn: three orchestrator processes, one real redis-server,
+//! real agents counting their calls.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::{
+    agents::{spawn_agent, Behaviour, TestAgent},
+    helpers::{seed_with, spawn_process, TestApp},
+    servers::RedisServer,
+};
+
+fn answering(name: &str) -> TestAgent {
+    spawn_agent(
+        name,
+        Behaviour::Answer {
+            data: json!(format!("{name} answered")),
+            extra: json!({}),
+        },
+    )
+}
+
+/// One single-task request for `lamp`/`define`; the task's result.
+async fn ask(app: &TestApp, id: u64) -> Value {
+    let body = json!({"tasks": [{"task_id": id, "concept": "lamp", "intent": "define"}]});
+    let (status, body) = app.post("/process", &body).await;
+    assert_eq!(status, 200, "{body}");
+    body["results"][id.to_string()].clone()
+}
+
+/// `n` requests to `app`, one every `every`, all at once in flight; their results.
+async fn burst(app: &TestApp, n: u64, every: Duration, first_id: u64) -> Vec<Value> {
+    let mut runs = Vec::new();
+    for i in 0..n {
+        let (client, url) = (app.client.clone(), app.url("/process"));
+        let id = first_id + i;
+        runs.push(tokio::spawn(async move {
+            let body = json!({"tasks": [{"task_id": id, "concept": "lamp", "intent": "define"}]});
+            let r: Value = client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["results"][id.to_string()].clone()
+        }));
+        tokio::time::sleep(every).await;
+    }
+    let mut out = Vec::new();
+    for r in runs {
+        out.push(r.await.unwrap());
+    }
+    out
+}
+
+/// What `/discover` shows of `agent` as a candidate for `lamp` now (live, not cached).
+async fn agent_status(app: &TestApp, agent: &str) -> Value {
+    let (_, found) = app.post("/discover", &json!({"concept": "lamp"})).await;
+    found["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == agent)
+        .cloned()
+        .unwrap()
+}
+
+fn replica(redis: &RedisServer, seed: &Value, extra: &[(&'static str, String)]) -> TestApp {
+    let mut env = vec![
+        ("REDIS_URL", redis.url()),
+        ("CACHE_ENABLED", "false".into()),
+        ("DEMO_AGENTS", "off".into()),
+        ("HTTP_RETRIES", "0".into()),
+        ("BREAKER_CONSECUTIVE_FAILURES", "3".into()),
+        ("BREAKER_OPEN_MS", "1500".into()),
+        ("ROUTING_SLOW_START_S", "0.5".into()),
+    ];
+    env.extend_from_slice(extra);
+    spawn_process(&env, Some(seed.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_one_replica_finds_sick_is_avoided_by_all_and_its_recovery_reaches_all() {
+    let mut redis = RedisServer::start();
+    let sick = answering("Sick_AI");
+    let good = answering("Good_AI");
+    let seed = seed_with(
+        "lamp",
+        &[
+            (&sick.name, &sick.url(), &["define"], 1.0),
+            (&good.name, &good.url(), &["define"], 0.5),
+        ],
+    );
+    let a = replica(&redis, &seed, &[]);
+    let b = replica(&redis, &seed, &[]);
+    let c = replica(&redis, &seed, &[]);
+    // Every replica knows both agents, healthy, and is subscribed.
+    for (i, app) in [&a, &b, &c].into_iter().enumerate() {
+        for n in 0..10 {
+            assert_eq!(ask(app, i as u64 * 100 + n).await["status"], "success");
+        }
+        let (_, status) = app.get("/status").await;
+        assert_eq!(status["dependencies"]["redis"]["shared_health"], "shared");
+    }
+    assert!(
+        sick.calls() > 15,
+        "the better-weighted agent took most calls"
+    );
+
+    // It turns sick: traffic to A alone, until A's breaker opens.
+    sick.set(Behaviour::Status(503));
+    let mut id = 1_000;
+    while agent_status(&a, "Sick_AI").await["breaker"] != "open" {
+        id += 1;
+        let r = ask(&a, id).await;
+        assert_eq!(r["status"], "success", "failover covers every failure: {r}");
+        assert!(
+            id < 1_200,
+            "A's breaker never opened: {} calls, {}",
+            sick.calls(),
+            agent_status(&a, "Sick_AI").await,
+        );
+    }
+    assert_eq!(agent_status(&a, "Sick_AI").await["held_by_peer"], false);
+
+    // In the next second B and C send it at most one call each.
+    let before = sick.calls();
+    let started = Instant::now();
+    let (rb, rc) = tokio::join!(
+        burst(&b, 20, Duration::from_millis(45), 2_000),
+        burst(&c, 20, Duration::from_millis(45), 3_000),
+    );
+    let spent = sick.calls() - before;
+    assert!(started.elapsed() < Duration::from_millis(1_500));
+    let peer_lines = |app: &TestApp| {
+        app.logs()
+            .into_iter()
+            .filter(|l| l.contains("peer") || l.contains("breaker"))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        spent <= 2,
+        "B and C called the sick agent {spent} times; B: {:?} C: {:?}",
+        peer_lines(&b),
+        peer_lines(&c)
+    );
+    for r in rb.iter().chain(&rc) {
+        assert_eq!(r["status"], "success", "{r}");
+        assert_eq!(r["agent_name"], "Good_AI", "{r}");
+    }
+    for app in [&b, &c] {
+        let s = agent_status(app, "Sick_AI").await;
+        assert_eq!(s["held_by_peer"], true, "{s}");
+        assert_eq!(
+            s["breaker"], "closed",
+            "its own breaker never had to open: {s}"
+        );
+        assert!(
+            app.series("myriad_shared_health_messages_total{event=\"received\"}")
+                .await
+                >= 1.0
+        );
+    }
+
+    // It recovers: A's probe sees it, and all three route to it again.
+    sick.set(Behaviour::Answer {
+        data: json!("Sick_AI answered"),
+        extra: json!({}),
+    });
+    while agent_status(&a, "Sick_AI").await["breaker"] != "closed" {
+        id += 1;
+        ask(&a, id).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(id < 1_300, "A's breaker never closed");
+    }
+    let (rb, rc) = tokio::join!(
+        burst(&b, 40, Duration::from_millis(50), 4_000),
+        burst(&c, 40, Duration::from_millis(50), 5_000),
+    );
+    for (name, results) in [("B", &rb), ("C", &rc)] {
+        let back = results
+            .iter()
+            .filter(|r| r["agent_name"] == "Sick_AI")
+            .count();
+        assert!(back >= 5, "{name} sent the recovered agent {back} of 40");
+        assert!(results.iter().all(|r| r["status"] == "success"));
+    }
+    assert_eq!(agent_status(&b, "Sick_AI").await["held_by_peer"], false);
+
+    // Redis away: each replica routes alone, and says so.
+    redis.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = b.get("/status").await;
+        if status["dependencies"]["redis"]["shared_health"] == "alone" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never said it was alone");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ask(&b, 9_000).await["status"], "success");
+}
