@@ -49,6 +49,17 @@ pub trait SharedStore: Send + Sync + 'static {
         interval: Duration,
         burst: u32,
     ) -> Result<GcraVerdict, StoreError>;
+    /// One withdrawal from a cluster-wide retry budget on `key`: adds `deposits` (first
+    /// attempts by unix second), then grants a retry when the retries of the last `window`
+    /// seconds are below `floor` + `percent`% of its calls — all in one atomic step.
+    async fn retry_budget(
+        &self,
+        key: &str,
+        window: Duration,
+        floor: u64,
+        percent: u64,
+        deposits: &[(u64, u64)],
+    ) -> Result<bool, StoreError>;
     /// Round trip to the store (for `/status`).
     async fn ping(&self) -> Result<(), StoreError>;
     /// `up`, `degraded` (breaker open or recent errors).
@@ -85,12 +96,50 @@ redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(ahead / 1000) + 1)
 return {1, math.floor((tolerance - ahead) / interval)}
 "#;
 
+/// The cluster-wide retry budget: a hash of per-second counts, `c<sec>` calls and `r<sec>`
+/// retries, with the server's clock deciding the window.
+/// KEYS[1] key; ARGV window (s), floor, percent, then (second, calls) pairs.
+/// Returns 1 when a retry is granted (and counted), else 0.
+const RETRY_BUDGET: &str = r#"
+local now = tonumber(redis.call('TIME')[1])
+local window = tonumber(ARGV[1])
+local floor = tonumber(ARGV[2])
+local percent = tonumber(ARGV[3])
+for i = 4, #ARGV - 1, 2 do
+  local sec = tonumber(ARGV[i])
+  if sec > now - window and sec <= now + 1 then
+    redis.call('HINCRBY', KEYS[1], 'c' .. sec, tonumber(ARGV[i + 1]))
+  end
+end
+local calls, retries = 0, 0
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local f = fields[i]
+  local sec = tonumber(string.sub(f, 2)) or 0
+  if sec <= now - window then
+    redis.call('HDEL', KEYS[1], f)
+  elseif string.sub(f, 1, 1) == 'c' then
+    calls = calls + tonumber(fields[i + 1])
+  else
+    retries = retries + tonumber(fields[i + 1])
+  end
+end
+local granted = 0
+if retries < floor + math.floor(calls * percent / 100) then
+  redis.call('HINCRBY', KEYS[1], 'r' .. now, 1)
+  granted = 1
+end
+redis.call('EXPIRE', KEYS[1], window * 2)
+return granted
+"#;
+
 pub struct RedisStore {
     client: redis::Client,
     conn: redis::aio::ConnectionManager,
     timeout: Duration,
     breaker: Breaker,
     script: redis::Script,
+    budget_script: redis::Script,
     errors: AtomicU64,
     short_circuited: AtomicU64,
     recoveries: AtomicU64,
@@ -126,6 +175,7 @@ impl RedisStore {
             timeout,
             breaker: Breaker::internal("redis", &breaker_settings()),
             script: redis::Script::new(GCRA),
+            budget_script: redis::Script::new(RETRY_BUDGET),
             errors: AtomicU64::new(0),
             short_circuited: AtomicU64::new(0),
             recoveries: AtomicU64::new(0),
@@ -352,6 +402,31 @@ impl SharedStore for RedisStore {
                 retry_after: Duration::from_micros(value.max(0) as u64),
             }
         })
+    }
+
+    async fn retry_budget(
+        &self,
+        key: &str,
+        window: Duration,
+        floor: u64,
+        percent: u64,
+        deposits: &[(u64, u64)],
+    ) -> Result<bool, StoreError> {
+        let script = &self.budget_script;
+        let granted: i64 = self
+            .guarded(|mut c| async move {
+                let mut invocation = script.key(key);
+                invocation
+                    .arg(window.as_secs().max(1))
+                    .arg(floor)
+                    .arg(percent);
+                for (sec, calls) in deposits {
+                    invocation.arg(*sec).arg(*calls);
+                }
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(granted == 1)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -184,6 +184,32 @@ impl Kind for Text {
     }
 }
 
+/// A name: 1–128 characters, not blank, no control characters; `Name("what unset means")`.
+pub struct Name(pub &'static str);
+
+impl Kind for Name {
+    type Out = Option<String>;
+    fn parse(&self, env: &str, raw: Option<&str>, p: &mut Problems) -> Option<String> {
+        let text = raw?;
+        let fits = !text.trim().is_empty()
+            && text.chars().count() <= 128
+            && !text.chars().any(char::is_control);
+        if !fits {
+            p.errors.push(format!(
+                "{env}: a name of 1–128 characters, not blank, without control characters"
+            ));
+            return None;
+        }
+        Some(text.to_string())
+    }
+    fn default_text(&self) -> String {
+        self.0.to_string()
+    }
+    fn show(&self, value: &Option<String>) -> Value {
+        json!(value)
+    }
+}
+
 /// Free text with a default value: `TextOr("default")`.
 pub struct TextOr(pub &'static str);
 

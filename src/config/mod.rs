@@ -112,8 +112,14 @@ settings! {
         agent_rate_limit => agent_rate_limit: Num<u32>(0, 0, 1_000_000) => "agent_rate_limit";
         /// Calls in flight per agent before new ones fail fast.
         agent_max_inflight => agent_max_inflight: Num<u32>(64, 1, 100_000) => "agent_max_inflight";
-        /// Retries allowed as a percentage of calls over the last 10 s, per agent.
+        /// Retries allowed as a percentage of calls over the last 10 s, per agent (plus 3).
         retry_budget_percent => retry_budget_percent: Num<u32>(20, 0, 1_000);
+        /// `cluster`: with `REDIS_URL`, one retry budget per agent for all replicas, so N
+        /// replicas do not multiply an outage's retries by N; `replica`: each its own.
+        retry_budget_scope => retry_budget_scope: Choice<BudgetScope>(BudgetScope::Cluster) => "retry_budget_scope";
+        /// This replica's region (a Region of the graph): its agents come first at equal
+        /// health, the others are the failover; unset = regions play no part in routing.
+        region => region: Name("unset") => "region";
     }
 
     /// Response and discovery caching (moka L1, Redis L2).
@@ -269,6 +275,11 @@ named!(
         "parentbased_always_off" => ParentBasedAlwaysOff,
         "parentbased_traceidratio" => ParentBasedTraceIdRatio,
     }
+);
+
+named!(
+    /// Where the retry budget is kept.
+    BudgetScope { "cluster" => Cluster, "replica" => Replica }
 );
 
 impl Named for PolicyKind {
@@ -461,7 +472,9 @@ mod tests {
         assert_eq!(view["otel_protocol"], "grpc");
         assert_eq!(view["input_processor"], "built-in");
         assert_eq!(view["demo_agents"], true);
-        assert_eq!(view.as_object().unwrap().len(), 47, "{view}");
+        assert_eq!(view["retry_budget_scope"], "cluster");
+        assert_eq!(view["region"], serde_json::Value::Null);
+        assert_eq!(view.as_object().unwrap().len(), 49, "{view}");
     }
 
     #[test]

@@ -165,9 +165,9 @@ impl Metrics {
             ),
             retries: r.counter(
                 "retries_total",
-                "Retries of agent calls: sent, or denied by the retry budget.",
+                "Retries of agent calls: sent, or denied by the retry budget; budget_fallback counts withdrawals the local budget decided because the shared store was away.",
                 "result",
-                &["sent", "denied_by_budget"],
+                &["sent", "denied_by_budget", "budget_fallback"],
             ),
             rate_limited: r.counter(
                 "rate_limit_rejections_total",

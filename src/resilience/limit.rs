@@ -37,7 +37,7 @@ impl Global {
     }
 }
 
-fn hashed(s: &str) -> u64 {
+pub(crate) fn hashed(s: &str) -> u64 {
     let mut h = DefaultHasher::new();
     s.hash(&mut h);
     h.finish()

@@ -53,6 +53,8 @@ pub struct StackSettings {
     pub agent_timeout: Duration,
     pub retry: RetryPolicy,
     pub retry_budget_percent: u32,
+    /// One budget for all replicas (with a shared store).
+    pub retry_budget_cluster: bool,
     pub breaker: BreakerSettings,
     pub agent_rate_limit: u32,
     pub agent_max_inflight: u32,
@@ -66,6 +68,7 @@ impl StackSettings {
             agent_timeout: c.agent_timeout,
             retry: RetryPolicy::new(c.http_retries, c.http_backoff),
             retry_budget_percent: c.retry_budget_percent,
+            retry_budget_cluster: c.retry_budget_scope == crate::config::BudgetScope::Cluster,
             breaker: c.breaker.clone(),
             agent_rate_limit: c.agent_rate_limit,
             agent_max_inflight: c.agent_max_inflight,
@@ -205,7 +208,7 @@ impl Stack {
                             })
                         }),
                     ),
-                    budget: RetryBudget::new(self.settings.retry_budget_percent),
+                    budget: self.retry_budget(agent),
                     calls: AtomicU64::new(0),
                     recent: Mutex::new(VecDeque::with_capacity(RECENT)),
                     // Agents first seen in the start-up window are not new: no slow start.
@@ -218,6 +221,19 @@ impl Stack {
                 })
             })
             .clone()
+    }
+
+    /// An agent's retry budget: cluster-wide when a shared store is in use and the scope
+    /// says so.
+    fn retry_budget(&self, agent: &str) -> RetryBudget {
+        let budget = RetryBudget::new(self.settings.retry_budget_percent);
+        match &self.global {
+            Some(g) if self.settings.retry_budget_cluster => budget.shared(
+                g.store.clone(),
+                format!("myriad:v1:rb:agent:{:016x}", limit::hashed(agent)),
+            ),
+            _ => budget,
+        }
     }
 
     /// Refuses a call before any attempt; `reason` labels `myriad_calls_refused_total`
@@ -460,7 +476,14 @@ impl Stack {
             if attempts <= self.settings.retry.max_retries && err.is_retryable() {
                 let wait = self.settings.retry.backoff(attempts);
                 if fits(deadline, wait) {
-                    if guard.budget.try_withdraw() {
+                    let (granted, decided) = guard.budget.withdraw().await;
+                    if decided == retry::Decided::Fallback {
+                        self.metrics
+                            .retries
+                            .with_label_values(&["budget_fallback"])
+                            .inc();
+                    }
+                    if granted {
                         self.metrics.retries.with_label_values(&["sent"]).inc();
                         span.record("retry_reason", attempt_outcome(&err));
                         tracing::debug!(agent = %agent.name, attempt = attempts, code = err.code(), ?wait, "retrying");

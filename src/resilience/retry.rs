@@ -1,10 +1,22 @@
 //! Retries: only when safe, with exponential backoff and full jitter, never past the
 //! deadline, and within a per-agent budget so an outage does not multiply load.
+//!
+//! With Redis (and `RETRY_BUDGET_SCOPE=cluster`, the default) the budget is one for all
+//! replicas: each withdrawal is an atomic script over per-second counts in Redis, carrying
+//! the first attempts this replica made since its last withdrawal. First attempts stay a
+//! local counter bump (no Redis call on the hot path); calls a replica never reported only
+//! make the shared budget stricter, never looser. Redis away = the local budget decides.
 
-use std::{collections::VecDeque, sync::Mutex, time::Duration};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
 
 use rand::Rng;
 use tokio::time::Instant;
+
+use crate::cache::store::SharedStore;
 
 /// Window of the retry budget.
 pub const BUDGET_WINDOW: Duration = Duration::from_secs(10);
@@ -40,12 +52,38 @@ impl RetryPolicy {
     }
 }
 
+/// Who decided a withdrawal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decided {
+    /// This replica's own budget (no shared store, or `RETRY_BUDGET_SCOPE=replica`).
+    Locally,
+    /// The cluster-wide budget in the shared store.
+    Cluster,
+    /// The shared store did not answer: this replica's own budget decided.
+    Fallback,
+}
+
+/// The cluster-wide side of a budget.
+struct Shared {
+    store: Arc<dyn SharedStore>,
+    key: String,
+    /// First attempts not yet reported, by unix second.
+    unreported: Mutex<VecDeque<(u64, u64)>>,
+}
+
 /// Retries ≤ `BUDGET_FLOOR` + `percent`% of the calls over the last `BUDGET_WINDOW`.
 pub struct RetryBudget {
     percent: u64,
     /// One-second buckets: (second, calls, retries).
     buckets: Mutex<VecDeque<(u64, u64, u64)>>,
     origin: Instant,
+    shared: Option<Shared>,
+}
+
+fn unix_second() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl RetryBudget {
@@ -54,7 +92,18 @@ impl RetryBudget {
             percent: u64::from(percent),
             buckets: Mutex::new(VecDeque::with_capacity(11)),
             origin: Instant::now(),
+            shared: None,
         }
+    }
+
+    /// The budget is kept cluster-wide in `store`, under `key`.
+    pub fn shared(mut self, store: Arc<dyn SharedStore>, key: String) -> Self {
+        self.shared = Some(Shared {
+            store,
+            key,
+            unreported: Mutex::new(VecDeque::with_capacity(11)),
+        });
+        self
     }
 
     fn with_bucket<R>(&self, f: impl FnOnce(&mut VecDeque<(u64, u64, u64)>) -> R) -> R {
@@ -75,6 +124,61 @@ impl RetryBudget {
     /// Counts a first attempt.
     pub fn deposit(&self) {
         self.with_bucket(|b| b.back_mut().unwrap().1 += 1);
+        if let Some(shared) = &self.shared {
+            let now = unix_second();
+            let mut u = shared.unreported.lock().unwrap_or_else(|e| e.into_inner());
+            while u
+                .front()
+                .is_some_and(|(s, _)| now.saturating_sub(*s) >= BUDGET_WINDOW.as_secs())
+            {
+                u.pop_front();
+            }
+            match u.back_mut() {
+                Some((s, calls)) if *s == now => *calls += 1,
+                _ => u.push_back((now, 1)),
+            }
+        }
+    }
+
+    /// Takes one retry from the budget (the cluster's when shared): whether it was
+    /// granted, and who decided.
+    pub async fn withdraw(&self) -> (bool, Decided) {
+        let Some(shared) = &self.shared else {
+            return (self.try_withdraw(), Decided::Locally);
+        };
+        let deposits: Vec<(u64, u64)> = shared
+            .unreported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        match shared
+            .store
+            .retry_budget(
+                &shared.key,
+                BUDGET_WINDOW,
+                BUDGET_FLOOR,
+                self.percent,
+                &deposits,
+            )
+            .await
+        {
+            Ok(granted) => {
+                if granted {
+                    // The local window keeps counting, for a fallback that stays in step.
+                    self.with_bucket(|b| b.back_mut().unwrap().2 += 1);
+                }
+                (granted, Decided::Cluster)
+            }
+            Err(_) => {
+                let mut u = shared.unreported.lock().unwrap_or_else(|e| e.into_inner());
+                for d in deposits.into_iter().rev() {
+                    u.push_front(d);
+                }
+                drop(u);
+                (self.try_withdraw(), Decided::Fallback)
+            }
+        }
     }
 
     /// Takes one retry from the budget; false when it is spent.

@@ -204,3 +204,49 @@ async fn an_agent_one_replica_finds_sick_is_avoided_by_all_and_its_recovery_reac
     }
     assert_eq!(ask(&b, 9_000).await["status"], "success");
 }
+
+/// Three replicas in front of one agent that fails every call, retries on; the calls the
+/// agent received beyond the first attempts (the retries) across all three replicas.
+async fn outage_retries(redis: &RedisServer, scope: &str, name: &str) -> (usize, usize) {
+    let down = spawn_agent(name, Behaviour::Status(503));
+    let seed = seed_with("lamp", &[(&down.name, &down.url(), &["define"], 1.0)]);
+    let env = [
+        ("HTTP_RETRIES", "3".to_string()),
+        ("HTTP_BACKOFF", "0".into()),
+        ("RETRY_BUDGET_PERCENT", "5".into()),
+        ("RETRY_BUDGET_SCOPE", scope.into()),
+        // Breakers stay closed: the budget alone bounds the retries.
+        ("BREAKER_CONSECUTIVE_FAILURES", "1000".into()),
+        ("BREAKER_MIN_CALLS", "100000".into()),
+    ];
+    let replicas: Vec<TestApp> = (0..3).map(|_| replica(redis, &seed, &env)).collect();
+    let per_replica = 40;
+    let runs = replicas.iter().enumerate().map(|(r, app)| async move {
+        for n in 0..per_replica {
+            let result = ask(app, (r * 1_000 + n) as u64).await;
+            assert_eq!(result["status"], "error", "{result}");
+        }
+    });
+    futures::future::join_all(runs).await;
+    let first = 3 * per_replica;
+    (down.calls() - first, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_seen_by_three_replicas_spends_one_retry_budget() {
+    let redis = RedisServer::start();
+    // One budget: at most 3 + 5 % of the 120 first attempts = 9 retries in all.
+    let (retries, first) = outage_retries(&redis, "cluster", "Down_AI").await;
+    assert!(
+        (3..=3 + first * 5 / 100).contains(&retries),
+        "{retries} retries for {first} first attempts across three replicas"
+    );
+    println!("cluster budget: {retries} retries for {first} first attempts");
+    // Each replica its own budget: 3 × (3 + 5 % of 40) = 15, the multiplication avoided above.
+    let (alone, _) = outage_retries(&redis, "replica", "Down_Too_AI").await;
+    assert!(
+        alone > 3 + first * 5 / 100,
+        "three separate budgets allowed only {alone} retries"
+    );
+    println!("replica budgets: {alone} retries for {first} first attempts");
+}
