@@ -53,6 +53,9 @@ pub const LATENCY_REF_MS: f64 = 100.0;
 pub const PICK_EXPONENT: i32 = 4;
 /// Pick weight an agent starts its slow start with.
 pub const RAMP_FLOOR: f64 = 0.1;
+/// How far below the healthiest admitted candidate one of this replica's region may be and
+/// still count as equal (and so come first).
+pub const REGION_HEALTH_SLACK: f64 = 0.1;
 /// Length of each of the two buckets `share` is measured over.
 pub const SHARE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -83,10 +86,14 @@ pub enum Reason {
     Failover,
     /// `ROUTING_POLICY=weight`: the graph's best-ranked candidate.
     BestRanked,
+    /// In this replica's region (`REGION`), and about as healthy as the best elsewhere.
+    LocalRegion,
+    /// In another region: none of this replica's region could take the task.
+    RegionFailover,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 9] = [
         Reason::BestScore,
         Reason::ScoreShare,
         Reason::Explore,
@@ -94,6 +101,8 @@ impl Reason {
         Reason::Probe,
         Reason::Failover,
         Reason::BestRanked,
+        Reason::LocalRegion,
+        Reason::RegionFailover,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -105,6 +114,8 @@ impl Reason {
             Reason::Probe => "probe",
             Reason::Failover => "failover",
             Reason::BestRanked => "best_ranked",
+            Reason::LocalRegion => "local_region",
+            Reason::RegionFailover => "region_failover",
         }
     }
 }
@@ -278,6 +289,8 @@ pub struct Inputs {
     pub admission: Admission,
     /// Slow-start factor (0.1..=1).
     pub ramp: f64,
+    /// In this replica's region; `None` when `REGION` is unset.
+    pub local: Option<bool>,
 }
 
 impl Inputs {
@@ -331,17 +344,64 @@ impl Draws {
     }
 }
 
+/// The admitted candidates of this replica's region within [`REGION_HEALTH_SLACK`] of the
+/// healthiest admitted one — `None` unless there are some and some admitted one is elsewhere
+/// (then the pick happens among them, and the others are the failover).
+pub fn local_tier(candidates: &[Inputs], admitted: &[usize]) -> Option<Vec<usize>> {
+    let healthiest = admitted
+        .iter()
+        .map(|&i| candidates[i].health)
+        .fold(0.0, f64::max);
+    let (local, elsewhere): (Vec<usize>, Vec<usize>) = admitted
+        .iter()
+        .partition(|&&i| candidates[i].local == Some(true));
+    let tier: Vec<usize> = local
+        .into_iter()
+        .filter(|&i| candidates[i].health >= healthiest - REGION_HEALTH_SLACK)
+        .collect();
+    (!tier.is_empty() && !elsewhere.is_empty()).then_some(tier)
+}
+
+/// Best first, as `/discover` lists them: admitted before refused, this replica's region's
+/// equals (see [`local_tier`]) before the rest, then by score.
+pub fn rank(candidates: &[Inputs]) -> Vec<usize> {
+    let admitted: Vec<usize> = (0..candidates.len())
+        .filter(|&i| candidates[i].admission != Admission::Refused)
+        .collect();
+    let tier = local_tier(candidates, &admitted).unwrap_or_default();
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| {
+        let refused = |i: usize| candidates[i].admission == Admission::Refused;
+        refused(a)
+            .cmp(&refused(b))
+            .then(tier.contains(&b).cmp(&tier.contains(&a)))
+            .then(candidates[b].score().total_cmp(&candidates[a].score()))
+    });
+    order
+}
+
 /// The score policy on plain data: pure, so it can be tested with synthetic signals.
 pub fn plan(candidates: &[Inputs], explore: f64, draws: Draws) -> Plan {
-    let admitted: Vec<usize> = (0..candidates.len())
+    let all_admitted: Vec<usize> = (0..candidates.len())
         .filter(|&i| candidates[i].admission != Admission::Refused)
         .collect();
     let by_score = |ids: &mut Vec<usize>| {
         ids.sort_by(|&a, &b| candidates[b].score().total_cmp(&candidates[a].score()));
     };
+    // With a local tier, the pick happens there; the rest of the admitted are the failover.
+    let tier = local_tier(candidates, &all_admitted);
+    let admitted = tier.clone().unwrap_or_else(|| all_admitted.clone());
     let mut ranked = admitted.clone();
     by_score(&mut ranked);
+    let mut elsewhere: Vec<usize> = all_admitted
+        .iter()
+        .copied()
+        .filter(|i| !admitted.contains(i))
+        .collect();
+    by_score(&mut elsewhere);
     let refused = (0..candidates.len()).filter(|&i| candidates[i].admission == Admission::Refused);
+    let mut probes = all_admitted.clone();
+    by_score(&mut probes);
     let Some(&best) = ranked.first() else {
         // Every breaker refuses: keep the graph's order; the calls fail fast.
         return Plan {
@@ -349,7 +409,7 @@ pub fn plan(candidates: &[Inputs], explore: f64, draws: Draws) -> Plan {
             reason: Reason::BestScore,
         };
     };
-    let (first, reason) = if let Some(&probe) = ranked
+    let (first, reason) = if let Some(&probe) = probes
         .iter()
         .find(|&&i| candidates[i].admission == Admission::Probe)
     {
@@ -377,7 +437,12 @@ pub fn plan(candidates: &[Inputs], explore: f64, draws: Draws) -> Plan {
         } else {
             best
         };
-        let reason = if candidates[chosen].ramp < 1.0 && admitted.len() > 1 {
+        let in_region = candidates.iter().any(|c| c.local == Some(true));
+        let reason = if tier.is_some() {
+            Reason::LocalRegion
+        } else if in_region && candidates[chosen].local == Some(false) {
+            Reason::RegionFailover
+        } else if candidates[chosen].ramp < 1.0 && admitted.len() > 1 {
             Reason::SlowStart
         } else if candidates[chosen].score() >= candidates[best].score() {
             Reason::BestScore
@@ -389,6 +454,7 @@ pub fn plan(candidates: &[Inputs], explore: f64, draws: Draws) -> Plan {
     let mut order = Vec::with_capacity(candidates.len());
     order.push(first);
     order.extend(ranked.into_iter().filter(|&i| i != first));
+    order.extend(elsewhere.into_iter().filter(|&i| i != first));
     order.extend(refused);
     Plan { order, reason }
 }
@@ -449,6 +515,7 @@ mod tests {
             in_flight: 0,
             admission: Admission::Open,
             ramp: 1.0,
+            local: None,
         }
     }
 
@@ -708,6 +775,58 @@ mod tests {
         };
         let p = r.plan(&[open, healthy(0.1)], None);
         assert_eq!((p.order, p.reason), (vec![0, 1], Reason::BestRanked));
+    }
+
+    #[test]
+    fn this_regions_agents_come_first_at_equal_health_and_the_others_are_the_failover() {
+        let here = |health: f64, weight: f64| Inputs {
+            health,
+            local: Some(true),
+            ..healthy(weight)
+        };
+        let there = |health: f64, weight: f64| Inputs {
+            health,
+            local: Some(false),
+            ..healthy(weight)
+        };
+        let draws = Draws {
+            explore: 0.5,
+            pick: 0.5,
+        };
+        // Local and a little less healthy, lighter, still first on every draw.
+        for pick in [0.0, 0.5, 0.99] {
+            let p = plan(
+                &[there(1.0, 1.0), here(0.95, 0.5)],
+                0.0,
+                Draws { explore: 0.5, pick },
+            );
+            assert_eq!((p.order, p.reason), (vec![1, 0], Reason::LocalRegion));
+        }
+        // Local but clearly sicker: the other region serves.
+        let p = plan(&[there(1.0, 1.0), here(0.6, 1.0)], 0.0, draws);
+        assert_eq!((p.order[0], p.reason), (0, Reason::RegionFailover));
+        // Local breaker open: the other region serves; the local one is tried last.
+        let open = Inputs {
+            admission: Admission::Refused,
+            ..here(1.0, 1.0)
+        };
+        let p = plan(&[open, there(1.0, 0.2)], 0.0, draws);
+        assert_eq!((p.order, p.reason), (vec![1, 0], Reason::RegionFailover));
+        // Exploration stays inside the region.
+        let p = plan(
+            &[there(1.0, 1.0), here(1.0, 1.0), here(1.0, 1.0)],
+            1.0,
+            Draws {
+                explore: 0.0,
+                pick: 0.0,
+            },
+        );
+        assert_eq!((p.order[0], p.reason), (1, Reason::Explore));
+        assert_eq!(p.order[2], 0, "elsewhere comes after the region");
+        // Without REGION nothing changes.
+        let p = plan(&[healthy(1.0), healthy(0.5)], 0.0, draws);
+        assert_eq!((p.order, p.reason), (vec![0, 1], Reason::BestScore));
+        assert_eq!(rank(&[there(1.0, 1.0), here(0.95, 0.5)]), vec![1, 0]);
     }
 
     #[test]

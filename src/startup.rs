@@ -25,7 +25,7 @@ use crate::{
         KnowledgeGraph, TimedGraph,
     },
     metrics::Metrics,
-    pipeline::{learning::Learner, neurogenesis::Neurogenesis, Pipeline},
+    pipeline::{learning::Learner, neurogenesis::Neurogenesis, Pipeline, Regions, REGIONS_REFRESH},
     resilience::{
         limit::{ClientLimiter, Global},
         shared::{self, SharedHealth},
@@ -152,6 +152,9 @@ impl Application {
             metrics,
             |id| demos.url(id),
         ));
+        if let Some(regions) = &state.pipeline.regions {
+            regions.refresh(state.pipeline.graph.as_ref()).await;
+        }
 
         let addr = SocketAddr::new(config.host, config.port);
         let listener = bind(addr).map_err(|source| StartupError::Bind { addr, source })?;
@@ -398,7 +401,22 @@ pub fn build_state(
         task_concurrency: config.task_concurrency,
         graph_health: Default::default(),
         graph_retry_after: config.graph_timeout,
+        regions: config.region.clone().map(Regions::new),
     });
+    if pipeline.regions.is_some() && in_runtime {
+        let weak = Arc::downgrade(&pipeline);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REGIONS_REFRESH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let Some(p) = weak.upgrade() else { break };
+                if let Some(r) = &p.regions {
+                    r.refresh(p.graph.as_ref()).await;
+                }
+            }
+        });
+    }
     let client_limiter = ClientLimiter::new(
         config.rate_limit_per_client,
         config.rate_limit_burst(),

@@ -268,17 +268,15 @@ impl RoutingApi {
             })?;
         let pipeline = &state.pipeline;
         let assessed = pipeline.assess(&candidates);
-        // Best first: by score under the score policy (refused breakers last), in the
-        // graph's order under the weight policy; the best is the first a call would pass.
-        let mut order: Vec<usize> = (0..candidates.len()).collect();
-        if pipeline.router.policy() == PolicyKind::Score {
-            order.sort_by(|&a, &b| {
-                let refused = |i: usize| assessed[i].0.admission == Admission::Refused;
-                refused(a)
-                    .cmp(&refused(b))
-                    .then(assessed[b].0.score().total_cmp(&assessed[a].0.score()))
-            });
-        }
+        // Best first: by score under the score policy (refused breakers last, this
+        // replica's region first at equal health), in the graph's order under the weight
+        // policy; the best is the first a call would pass.
+        let order: Vec<usize> = if pipeline.router.policy() == PolicyKind::Score {
+            let inputs: Vec<_> = assessed.iter().map(|(i, _)| *i).collect();
+            crate::routing::rank(&inputs)
+        } else {
+            (0..candidates.len()).collect()
+        };
         let Some(&best) = order
             .iter()
             .find(|&&i| assessed[i].0.admission != Admission::Refused)
@@ -321,6 +319,10 @@ impl RoutingApi {
                         slow_start: live.ramp,
                         share: Nullable(live.share),
                         held_by_peer: live.held_by_peer,
+                        region: Nullable(
+                            pipeline.regions.as_ref().and_then(|r| r.of(&c.agent.name)),
+                        ),
+                        local: Nullable(inputs.local),
                     }
                 })
                 .collect(),

@@ -45,6 +45,61 @@ pub struct Pipeline {
     /// After a graph failure, discovery serves what it knows for this long before asking
     /// the graph again (GRAPH_TIMEOUT_MS).
     pub graph_retry_after: Duration,
+    /// This replica's region and each agent's, from the graph (`REGION` set).
+    pub regions: Option<Regions>,
+}
+
+/// Which region this replica is in, and the region of each agent the graph places in one.
+pub struct Regions {
+    pub here: String,
+    agents: std::sync::RwLock<std::collections::HashMap<String, String>>,
+}
+
+/// How often the agents' regions are read again from the graph.
+pub const REGIONS_REFRESH: Duration = Duration::from_secs(10);
+
+impl Regions {
+    pub fn new(here: String) -> Self {
+        Regions {
+            here,
+            agents: Default::default(),
+        }
+    }
+
+    /// The region of `agent`, if the graph places it in one.
+    pub fn of(&self, agent: &str) -> Option<String> {
+        self.agents
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(agent)
+            .cloned()
+    }
+
+    /// Whether `agent` is in this replica's region.
+    pub fn is_local(&self, agent: &str) -> bool {
+        self.agents
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(agent)
+            .is_some_and(|r| *r == self.here)
+    }
+
+    /// Reads every agent's region from the graph (kept as it was when the graph fails).
+    pub async fn refresh(&self, graph: &dyn KnowledgeGraph) {
+        match graph.regions().await {
+            Ok(regions) => {
+                let map = regions
+                    .into_iter()
+                    .flat_map(|r| {
+                        let name = r.name;
+                        r.agents.into_iter().map(move |a| (a, name.clone()))
+                    })
+                    .collect();
+                *self.agents.write().unwrap_or_else(|e| e.into_inner()) = map;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the agents' regions"),
+        }
+    }
 }
 
 /// How long the graph must have answered before an empty answer is cached as "no agent".
@@ -365,6 +420,7 @@ impl Pipeline {
                     in_flight: live.in_flight,
                     admission: live.admission,
                     ramp: live.ramp,
+                    local: self.regions.as_ref().map(|r| r.is_local(&c.agent.name)),
                 };
                 (inputs, live)
             })
@@ -431,10 +487,15 @@ impl Pipeline {
                     r.cached = outcome.cached.map(Tier::as_str);
                     r.stale = outcome.stale;
                     if success {
-                        let reason = if position == 0 {
-                            plan.reason
-                        } else {
-                            Reason::Failover
+                        let reason = match &self.regions {
+                            _ if position == 0 => plan.reason,
+                            Some(r)
+                                if !r.is_local(&candidate.agent.name)
+                                    && r.is_local(&candidates[plan.order[0]].agent.name) =>
+                            {
+                                Reason::RegionFailover
+                            }
+                            _ => Reason::Failover,
                         };
                         tracing::Span::current().record("chosen_reason", reason.as_str());
                         self.metrics

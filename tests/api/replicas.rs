@@ -250,3 +250,96 @@ async fn an_outage_seen_by_three_replicas_spends_one_retry_budget() {
     );
     println!("replica budgets: {alone} retries for {first} first attempts");
 }
+
+/// A seed where `lamp` is served by an agent in `eu` and a better-weighted one in `us`.
+fn two_regions(eu: &TestAgent, us: &TestAgent) -> Value {
+    json!({
+        "regions": [{"name": "eu"}, {"name": "us"}],
+        "concepts": [{"name": "lamp", "primary_definition": "test concept"}],
+        "agents": [
+            {"name": eu.name, "type": "static", "endpoint": eu.url(), "intents": ["define"],
+             "capabilities": [], "region": "eu"},
+            {"name": us.name, "type": "static", "endpoint": us.url(), "intents": ["define"],
+             "capabilities": [], "region": "us"},
+        ],
+        "handles": [
+            {"agent": eu.name, "concept": "lamp", "weight": 0.6},
+            {"agent": us.name, "concept": "lamp", "weight": 1.0},
+        ],
+    })
+}
+
+fn answered_by(results: &[Value], agent: &str) -> usize {
+    results.iter().filter(|r| r["agent_name"] == agent).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_prefers_its_regions_agent_and_fails_over_to_another_region_visibly() {
+    let eu = answering("EU_AI");
+    let us = answering("US_AI");
+    let seed = two_regions(&eu, &us);
+    let env = |region: Option<&str>| {
+        let mut env = vec![
+            ("CACHE_ENABLED", "false".to_string()),
+            ("DEMO_AGENTS", "off".into()),
+            ("HTTP_RETRIES", "0".into()),
+            ("BREAKER_CONSECUTIVE_FAILURES", "2".into()),
+            ("LEARNING_FLUSH_MS", "60000".into()),
+        ];
+        if let Some(r) = region {
+            env.push(("REGION", r.into()));
+        }
+        env
+    };
+    // Without REGION the better-weighted agent takes most of the traffic.
+    let anywhere = spawn_process(&env(None), Some(seed.clone()));
+    let results = burst(&anywhere, 30, Duration::from_millis(5), 0).await;
+    assert!(answered_by(&results, "US_AI") >= 20, "{results:?}");
+    let (_, found) = anywhere
+        .post("/discover", &json!({"concept": "lamp"}))
+        .await;
+    assert_eq!(found["candidates"][0]["local"], Value::Null);
+
+    // In eu: the eu agent, though lighter, takes every task, and says why.
+    let app = spawn_process(&env(Some("eu")), Some(seed));
+    let results = burst(&app, 30, Duration::from_millis(5), 100).await;
+    assert_eq!(answered_by(&results, "EU_AI"), 30, "{results:?}");
+    assert_eq!(
+        app.series("myriad_routing_decisions_total{reason=\"local_region\"}")
+            .await,
+        30.0
+    );
+    let (_, found) = app.post("/discover", &json!({"concept": "lamp"})).await;
+    let first = &found["candidates"][0];
+    assert_eq!(
+        (&first["name"], &first["region"], &first["local"]),
+        (&json!("EU_AI"), &json!("eu"), &json!(true)),
+        "{found}"
+    );
+    assert_eq!(found["candidates"][1]["local"], false);
+    assert_eq!(found["agent"]["name"], "EU_AI");
+
+    // The eu agent goes down: the us agent serves every task, as the region's failover.
+    eu.set(Behaviour::Status(503));
+    let before = eu.calls();
+    let results = burst(&app, 20, Duration::from_millis(20), 200).await;
+    assert!(
+        results
+            .iter()
+            .all(|r| r["status"] == "success" && r["agent_name"] == "US_AI"),
+        "{results:?}"
+    );
+    assert_eq!(
+        app.series("myriad_routing_decisions_total{reason=\"region_failover\"}")
+            .await,
+        20.0
+    );
+    let spent = eu.calls() - before;
+    assert!(
+        spent <= 3,
+        "the eu breaker opens after two failures: {spent} calls"
+    );
+    let (_, found) = app.post("/discover", &json!({"concept": "lamp"})).await;
+    assert_eq!(found["agent"]["name"], "US_AI", "{found}");
+    assert_eq!(found["candidates"][1]["breaker"], "open", "{found}");
+}

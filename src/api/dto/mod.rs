@@ -138,6 +138,11 @@ pub struct CandidateView {
     /// Another replica's breaker for this agent is open: calls are held back here too
     /// (it is tried last), until that replica sees it recover or the hold runs out.
     pub held_by_peer: bool,
+    /// The agent's region in the graph (null: none, or `REGION` unset on this replica).
+    pub region: Nullable<String>,
+    /// In this replica's region (`REGION`): such candidates come first at equal health;
+    /// null when `REGION` is unset.
+    pub local: Nullable<bool>,
 }
 
 #[derive(Object, Debug)]
