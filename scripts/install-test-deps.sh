@@ -8,6 +8,7 @@ command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs npm)
+command -v nginx >/dev/null || need_apt+=(nginx)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

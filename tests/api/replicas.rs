@@ -343,3 +343,226 @@ async fn a_replica_prefers_its_regions_agent_and_fails_over_to_another_region_vi
     assert_eq!(found["agent"]["name"], "US_AI", "{found}");
     assert_eq!(found["candidates"][1]["breaker"], "open", "{found}");
 }
+
+/// nginx on loopback in front of `ports`, logging per request its end time, duration,
+/// status and the upstream(s) tried; stopped on drop.
+struct Balancer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Balancer {
+    fn start(ports: &[u16]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = crate::servers::free_port();
+        let d = dir.path().display();
+        let servers: String = ports
+            .iter()
+            .map(|p| format!("server 127.0.0.1:{p};"))
+            .collect();
+        // No upstream keep-alive: a drained replica's closed listener is a refused connect,
+        // which nginx retries on the next replica (the request was never sent). A request
+        // that was sent (a POST) is never retried: an agent call may not be idempotent.
+        let conf = format!(
+            r#"worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  log_format lb '$msec $request_time $status "$upstream_addr" "$upstream_status"';
+  access_log {d}/access.log lb;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  upstream replicas {{ {servers} }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://replicas;
+      proxy_next_upstream error timeout;
+      proxy_connect_timeout 1s;
+    }}
+  }}
+}}
+"#
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = std::process::Command::new("nginx")
+            .args(["-p", &d.to_string(), "-c"])
+            .arg(dir.path().join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx is installed (scripts/install-test-deps.sh)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Balancer { port, dir, child }
+    }
+
+    /// (end time as unix seconds, duration s, status, upstreams tried) per request.
+    fn log(&self) -> Vec<(f64, f64, u16, Vec<u16>)> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut f = l.splitn(4, ' ');
+                let end: f64 = f.next().unwrap().parse().unwrap();
+                let took: f64 = f.next().unwrap().parse().unwrap();
+                let status: u16 = f.next().unwrap().parse().unwrap();
+                let upstreams = f
+                    .next()
+                    .unwrap()
+                    .split('"')
+                    .nth(1)
+                    .unwrap()
+                    .split(", ")
+                    .filter_map(|u| u.rsplit(':').next()?.parse().ok())
+                    .collect();
+                (end, took, status, upstreams)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Balancer {
+    /// SIGTERM: the master stops its workers (SIGKILL would leave them running).
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn signal(app: &mut TestApp, sig: &str) -> f64 {
+    let pid = app.child().pid().to_string();
+    let at = unix_now();
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    at
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_steady_load_a_drained_replica_loses_nothing_and_a_killed_one_only_its_in_flight() {
+    let redis = RedisServer::start();
+    let agent = spawn_agent("Steady_AI", Behaviour::Slow(Duration::from_millis(50)));
+    let seed = seed_with("lamp", &[(&agent.name, &agent.url(), &["define"], 1.0)]);
+    let mut replicas: Vec<TestApp> = (0..3)
+        .map(|_| replica(&redis, &seed, &[("SHUTDOWN_DRAIN_S", "10".into())]))
+        .collect();
+    let ports: Vec<u16> = replicas
+        .iter()
+        .map(|r| r.base.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    let lb = Balancer::start(&ports);
+    let (rate, seconds) = (200, 8);
+    let summary = tempfile::NamedTempFile::new().unwrap();
+    let k6 = {
+        let (url, out) = (
+            format!("http://127.0.0.1:{}/process", lb.port),
+            summary.path().display().to_string(),
+        );
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("k6")
+                .args([
+                    "run",
+                    "--quiet",
+                    "--no-usage-report",
+                    "--summary-export",
+                    &out,
+                ])
+                .args(["-e", &format!("URL={url}")])
+                .args(["-e", &format!("RATE={rate}")])
+                .args(["-e", &format!("DURATION_S={seconds}")])
+                .arg("loadtests/replica_failure.js")
+                .output()
+                .expect("k6 is installed (scripts/install-test-deps.sh)")
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let termed = signal(&mut replicas[0], "-TERM");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let killed = signal(&mut replicas[1], "-KILL");
+    let out = k6.await.unwrap();
+    assert!(
+        out.status.success(),
+        "k6: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exit = replicas[0].child().wait_exit(Duration::from_secs(5));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "the drained replica exits cleanly: {exit:?}"
+    );
+
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(summary.path()).unwrap())
+        .expect("k6 wrote its summary");
+    let sent = summary["metrics"]["http_reqs"]["count"].as_f64().unwrap();
+    let client_failed = summary["metrics"]["failed_requests"]["count"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let log = lb.log();
+    let failures: Vec<_> = log.iter().filter(|(_, _, s, _)| *s != 200).collect();
+    let on = |port: u16| {
+        log.iter()
+            .filter(move |(_, _, _, u)| u.last() == Some(&port))
+    };
+    let (drained_port, killed_port) = (ports[0], ports[1]);
+    let served_after = |port: u16, at: f64| {
+        on(port)
+            .filter(|(end, took, _, _)| end - took > at + 0.05)
+            .count()
+    };
+    println!(
+        "replica failure: {sent} requests at {rate}/s, {} failed (client saw {client_failed}); \
+         drained replica served {} ({} started after SIGTERM), killed replica {} ({} failed), survivor {}",
+        failures.len(),
+        on(drained_port).count(),
+        served_after(drained_port, termed),
+        on(killed_port).count(),
+        on(killed_port).filter(|(_, _, s, _)| *s != 200).count(),
+        on(ports[2]).count(),
+    );
+    assert!(
+        sent >= f64::from(rate * seconds) * 0.95,
+        "k6 held the rate: {sent}"
+    );
+    assert_eq!(
+        log.len() as f64,
+        sent,
+        "every request went through the balancer"
+    );
+    assert_eq!(client_failed, failures.len() as f64);
+    // Nothing lost to the drained replica, and it took nothing new after its SIGTERM.
+    assert_eq!(on(drained_port).filter(|(_, _, s, _)| *s != 200).count(), 0);
+    assert_eq!(served_after(drained_port, termed), 0);
+    // Every failure was a request the killed replica held when it was killed.
+    for (end, took, status, upstreams) in &failures {
+        assert_eq!(
+            upstreams.last(),
+            Some(&killed_port),
+            "{status} on {upstreams:?}"
+        );
+        assert!(
+            end - took <= killed + 0.05 && *end >= killed - 0.05,
+            "a failure not in flight at the kill: started {:.3}, ended {end:.3}, killed {killed:.3}",
+            end - took
+        );
+    }
+    // In flight on one replica: about a third of rate × 50 ms, with room for scheduling.
+    assert!(failures.len() <= 20, "{} failures", failures.len());
+}
