@@ -529,7 +529,7 @@ impl Stack {
         Live {
             health: folded_health(ok, total, &peers),
             held_by_peer: held,
-            latency_ms: signals.latency_ms(),
+            latency_ms: signals.latency_ms().or(peers.latency_ms),
             in_flight: guard.bulkhead.in_flight(),
             admission: if held { Admission::Refused } else { admission },
             breaker: guard.breaker.state(),

@@ -12,7 +12,8 @@
 //! - **`closed`**: the hold ends and the agent's slow start begins again: a recovery seen by
 //!   one replica is probed by all, with a ramp rather than a stampede.
 //! - **summaries**: remote counts join the local ones in the health score, weighted down as
-//!   local evidence grows ([`LOCAL_ENOUGH`]): local observations win.
+//!   local evidence grows ([`LOCAL_ENOUGH`]): local observations win. The peers' latency
+//!   stands in only while this replica has measured none of its own.
 //!
 //! Local always wins: a hold never overrides a local breaker that is open or half-open, and
 //! a success this replica sees itself ends the hold. Without Redis, or while Redis is away,
@@ -90,6 +91,7 @@ struct PeerSummary {
     peer: u64,
     ok: f64,
     total: f64,
+    latency_ms: Option<f64>,
     at: Instant,
 }
 
@@ -113,6 +115,9 @@ pub struct PeerView {
     /// Decayed (successes, attempts) the peers reported, summed.
     pub ok: f64,
     pub total: f64,
+    /// The peers' latency averages, weighted by their attempts (for an agent this replica
+    /// has no latency of its own for).
+    pub latency_ms: Option<f64>,
 }
 
 /// Health of an agent from local counts and the peers', local first: the peers' counts
@@ -232,11 +237,16 @@ impl SharedHealth {
                 }
                 view.recovered = true;
             }
-            Report::Summary { ok, total, .. } => {
+            Report::Summary {
+                ok,
+                total,
+                latency_ms,
+            } => {
                 let (ok, total) = (ok.max(0.0), total.max(0.0));
                 if !(ok.is_finite() && total.is_finite()) || ok > total {
                     return;
                 }
+                let latency_ms = latency_ms.filter(|l| l.is_finite() && *l >= 0.0);
                 view.summaries.retain(|s| s.peer != msg.from);
                 if view.summaries.len() >= MAX_PEERS {
                     view.summaries.remove(0);
@@ -245,6 +255,7 @@ impl SharedHealth {
                     peer: msg.from,
                     ok,
                     total,
+                    latency_ms,
                     at: now,
                 });
             }
@@ -262,18 +273,23 @@ impl SharedHealth {
         if !held {
             view.held_until = None;
         }
-        let (mut ok, mut total) = (0.0, 0.0);
+        let (mut ok, mut total, mut latency, mut latency_weight) = (0.0, 0.0, 0.0, 0.0);
         for s in &view.summaries {
             let dt = now.saturating_duration_since(s.at).as_secs_f64();
             let keep = (-dt / HEALTH_TAU.as_secs_f64()).exp();
             ok += s.ok * keep;
             total += s.total * keep;
+            if let Some(l) = s.latency_ms {
+                latency += l * s.ok * keep;
+                latency_weight += s.ok * keep;
+            }
         }
         PeerView {
             held,
             recovered: std::mem::take(&mut view.recovered),
             ok,
             total,
+            latency_ms: (latency_weight > 0.0).then(|| latency / latency_weight),
         }
     }
 

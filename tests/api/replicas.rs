@@ -57,6 +57,24 @@ async fn burst(app: &TestApp, n: u64, every: Duration, first_id: u64) -> Vec<Val
     out
 }
 
+/// Seconds of the day at which a replica first logged `message`.
+fn log_time(app: &TestApp, message: &str) -> f64 {
+    let line = app
+        .logs()
+        .into_iter()
+        .find(|l| l.contains(message))
+        .unwrap_or_else(|| panic!("no {message:?} in the logs"));
+    let v: Value = serde_json::from_str(&line).unwrap();
+    let time = v["timestamp"].as_str().unwrap().split('T').nth(1).unwrap();
+    let mut parts = time.trim_end_matches('Z').split(':');
+    let (h, m, s): (f64, f64, f64) = (
+        parts.next().unwrap().parse().unwrap(),
+        parts.next().unwrap().parse().unwrap(),
+        parts.next().unwrap().parse().unwrap(),
+    );
+    h * 3600.0 + m * 60.0 + s
+}
+
 /// What `/discover` shows of `agent` as a candidate for `lamp` now (live, not cached).
 async fn agent_status(app: &TestApp, agent: &str) -> Value {
     let (_, found) = app.post("/discover", &json!({"concept": "lamp"})).await;
@@ -152,6 +170,17 @@ async fn an_agent_one_replica_finds_sick_is_avoided_by_all_and_its_recovery_reac
         assert_eq!(r["status"], "success", "{r}");
         assert_eq!(r["agent_name"], "Good_AI", "{r}");
     }
+    let opened = log_time(&a, "circuit breaker opened");
+    let heard = [
+        log_time(&b, "a peer's breaker opened"),
+        log_time(&c, "a peer's breaker opened"),
+    ];
+    println!(
+        "shared health: B and C called the sick agent {spent} times in the second after A's \
+         breaker opened; the news took {:.2} ms and {:.2} ms",
+        (heard[0] - opened) * 1000.0,
+        (heard[1] - opened) * 1000.0
+    );
     for app in [&b, &c] {
         let s = agent_status(app, "Sick_AI").await;
         assert_eq!(s["held_by_peer"], true, "{s}");
@@ -565,4 +594,60 @@ async fn under_steady_load_a_drained_replica_loses_nothing_and_a_killed_one_only
     }
     // In flight on one replica: about a third of rate × 50 ms, with room for scheduling.
     assert!(failures.len() <= 20, "{} failures", failures.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_replica_measured_of_an_agent_reaches_a_replica_that_never_called_it() {
+    let redis = RedisServer::start();
+    // Fails one call in two; breakers stay closed, so only the health shows it.
+    let flaky = spawn_agent(
+        "Flaky_AI",
+        Behaviour::FailSome {
+            fails: 1,
+            every: 2,
+            status: 503,
+        },
+    );
+    let other = answering("Other_AI");
+    let seed = seed_with(
+        "lamp",
+        &[
+            (&flaky.name, &flaky.url(), &["define"], 1.0),
+            (&other.name, &other.url(), &["define"], 0.2),
+        ],
+    );
+    let env = [
+        ("BREAKER_CONSECUTIVE_FAILURES", "1000".to_string()),
+        ("BREAKER_MIN_CALLS", "100000".into()),
+        ("ROUTING_EXPLORE_PERCENT", "100".into()),
+    ];
+    let a = replica(&redis, &seed, &env);
+    let b = replica(&redis, &seed, &env);
+    let fresh = agent_status(&b, "Flaky_AI").await;
+    assert_eq!(
+        (&fresh["health"], &fresh["latency_ms"]),
+        (&json!(1.0), &Value::Null)
+    );
+    for n in 0..40 {
+        ask(&a, n).await;
+    }
+    assert!(flaky.calls() >= 10, "A measured the flaky agent");
+    let measured = agent_status(&a, "Flaky_AI").await;
+    // The next summary tick carries it to B, which has not called it once.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let seen = loop {
+        let seen = agent_status(&b, "Flaky_AI").await;
+        if seen["health"].as_f64().unwrap() < 0.8 {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "B never learned: {seen}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(seen["latency_ms"].as_f64().is_some(), "{seen}");
+    let (ha, hb) = (
+        measured["health"].as_f64().unwrap(),
+        seen["health"].as_f64().unwrap(),
+    );
+    assert!((ha - hb).abs() < 0.15, "A sees {ha}, B {hb}");
+    assert_eq!(seen["breaker"], "closed");
 }
