@@ -200,10 +200,21 @@ impl OpsApi {
     async fn ready(&self, state: State<'_>) -> ReadyResponse {
         let graph = &state.pipeline.graph;
         let mut reasons = Vec::new();
+        let mut warnings = Vec::new();
         let agents = match tokio::time::timeout(PROBE_TIMEOUT, graph.agents()).await {
             Ok(Ok(a)) => a,
             Ok(Err(_)) | Err(_) => {
-                reasons.push("the knowledge graph is unavailable".to_string());
+                // Routes discovery remembers keep being served while the graph is away: a
+                // replica that can still route stays in its load balancer (a graph outage
+                // would otherwise take every replica out of it at once).
+                let known = state.pipeline.stack.caches.discovery.entries_now();
+                if known > 0 {
+                    warnings.push(format!(
+                        "the knowledge graph is unavailable; routing from {known} remembered discovery answers"
+                    ));
+                } else {
+                    reasons.push("the knowledge graph is unavailable".to_string());
+                }
                 Vec::new()
             }
         };
@@ -213,13 +224,14 @@ impl OpsApi {
                 a.agent.status == "active" && state.breaker(&a.agent.name) != BreakerState::Open
             })
             .count();
-        if reasons.is_empty() && routable == 0 {
+        if reasons.is_empty() && warnings.is_empty() && routable == 0 {
             reasons.push("no agent can currently be routed to".to_string());
         }
         if reasons.is_empty() {
             ReadyResponse::Ready(Json(Ready {
                 status: Readiness::Ready,
                 routable_agents: routable as u32,
+                warnings,
             }))
         } else {
             ReadyResponse::NotReady(Json(NotReady {

@@ -290,6 +290,15 @@ async fn the_graph_server_going_away_degrades_and_its_return_recovers_without_a_
     let r = one(&app, "lamp", "define", json!({"n": 1})).await;
     assert_eq!(r["status"], "success", "{r}");
     assert_eq!(agent.calls(), 2);
+    // So the replica stays in its load balancer, saying why it is degraded.
+    let (code, ready) = app.get("/ready").await;
+    assert_eq!(code, 200, "{ready}");
+    assert!(
+        ready["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("remembered discovery answers")),
+        "{ready}"
+    );
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let (code, status) = app.get("/status").await;
     assert_eq!(code, 200);

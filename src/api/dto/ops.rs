@@ -33,8 +33,12 @@ pub struct Health {
 #[derive(Object, Debug)]
 pub struct Ready {
     pub status: Readiness,
-    /// Agents that can currently be routed to.
+    /// Agents that can currently be routed to (0 while the graph is away: unknown).
     pub routable_agents: u32,
+    /// Ready, but degraded: e.g. the graph is away and routes come from what discovery
+    /// remembers.
+    #[oai(skip_serializing_if_is_empty)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Object, Debug)]
