@@ -51,6 +51,8 @@ use tokio::{
 
 /// File descriptors kept free of connections (logs, the agent pool, Redis, the graph).
 pub const FD_RESERVE: u64 = 256;
+/// At shutdown, how long a connection that has not begun a request gets for its first.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(250);
 /// A connection must have been quiet this long to be closed for a newcomer at the cap.
 pub const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
 
@@ -110,6 +112,8 @@ struct Conn {
     /// Whether any byte was read (hyper's header timer starts only after the first one,
     /// which tells HTTP/1 from HTTP/2).
     spoke: std::sync::atomic::AtomicBool,
+    /// Requests begun on it.
+    requests: AtomicU64,
     close: Notify,
 }
 
@@ -134,6 +138,7 @@ impl Registry {
         let conn = Arc::new(Conn {
             last_activity: AtomicU64::new(self.now_ms()),
             spoke: std::sync::atomic::AtomicBool::new(false),
+            requests: AtomicU64::new(0),
             close: Notify::new(),
         });
         self.conns
@@ -259,34 +264,47 @@ where
         emptied: Notify::new(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    let take = |socket: TcpStream, remote: SocketAddr| {
+        if registry.len() >= limits.max_connections {
+            if registry.evict_idlest() {
+                stats.evicted.inc();
+            } else {
+                stats.refused.inc();
+                drop(socket);
+                return;
+            }
+        }
+        let _ = socket.set_nodelay(true);
+        stats.accepted.inc();
+        let (id, conn) = registry.add();
+        let (ep, registry, stats, limits, stop) = (
+            ep.clone(),
+            registry.clone(),
+            stats.clone(),
+            limits.clone(),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            stats.open.inc();
+            let io = Tracked {
+                inner: socket,
+                conn: conn.clone(),
+                registry: registry.clone(),
+            };
+            serve_connection(
+                io, ep, local, remote, &limits, &conn, &registry, &stats, stop,
+            )
+            .await;
+            stats.open.dec();
+            registry.remove(id);
+        });
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((socket, remote)) => {
-                    if registry.len() >= limits.max_connections {
-                        if registry.evict_idlest() {
-                            stats.evicted.inc();
-                        } else {
-                            stats.refused.inc();
-                            drop(socket);
-                            continue;
-                        }
-                    }
-                    let _ = socket.set_nodelay(true);
-                    stats.accepted.inc();
-                    let (id, conn) = registry.add();
-                    let (ep, registry, stats, limits, stop) =
-                        (ep.clone(), registry.clone(), stats.clone(), limits.clone(), stop_rx.clone());
-                    tokio::spawn(async move {
-                        stats.open.inc();
-                        let io = Tracked { inner: socket, conn: conn.clone(), registry: registry.clone() };
-                        serve_connection(io, ep, local, remote, &limits, &conn, &registry, &stats, stop).await;
-                        stats.open.dec();
-                        registry.remove(id);
-                    });
-                }
+                Ok((socket, remote)) => take(socket, remote),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning on the error.
                     stats.accept_errors.inc();
@@ -296,6 +314,17 @@ where
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+        }
+    }
+    // Connections the kernel has already completed wait in the accept queue, their clients
+    // possibly done sending a request: closing the listener would reset them. Take them
+    // first (a direct non-blocking accept, not the reactor's possibly stale readiness).
+    let listener = listener.into_std()?;
+    listener.set_nonblocking(true)?;
+    while let Ok((socket, remote)) = listener.accept() {
+        match TcpStream::from_std(socket) {
+            Ok(socket) => take(socket, remote),
+            Err(_) => stats.accept_errors.inc(),
         }
     }
     drop(listener);
@@ -324,8 +353,10 @@ async fn serve_connection<E>(
 ) where
     E: Endpoint<Output = Response> + 'static,
 {
+    let begun = io.conn.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let ep = ep.clone();
+        begun.requests.fetch_add(1, Ordering::Relaxed);
         async move {
             let req: poem::Request = (
                 req,
@@ -377,7 +408,15 @@ async fn serve_connection<E>(
         _ = conn.close.notified() => return,
         _ = stop.wait_for(|s| *s) => {}
     }
-    // Shutting down: finish the request in flight, take no new one.
+    // Shutting down. A connection that has not begun a request yet may be carrying one
+    // its client already sent: give it a moment to be read before closing.
+    if conn.requests.load(Ordering::Relaxed) == 0 {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+        }
+    }
+    // Finish the request in flight, take no new one.
     connection.as_mut().graceful_shutdown();
     let _ = connection.await;
 }
