@@ -37,7 +37,7 @@ pub struct Ready {
     pub routable_agents: u32,
     /// Ready, but degraded: e.g. the graph is away and routes come from what discovery
     /// remembers.
-    #[oai(skip_serializing_if_is_empty)]
+    #[oai(default, skip_serializing_if_is_empty)]
     pub warnings: Vec<String>,
 }
 
