@@ -131,6 +131,17 @@ async fn query(req: &poem::Request, Data(s): Data<&Shared>, Json(body): Json<Val
     }
 }
 
+/// A test agent answering every call with success (`"<name> answered"`).
+pub fn answering(name: &str) -> TestAgent {
+    spawn_agent(
+        name,
+        Behaviour::Answer {
+            data: json!(format!("{name} answered")),
+            extra: json!({}),
+        },
+    )
+}
+
 /// Starts a test agent on a free loopback port.
 pub fn spawn_agent(name: &str, behaviour: Behaviour) -> TestAgent {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

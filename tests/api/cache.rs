@@ -5,20 +5,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::{
-    agents::{spawn_agent, Behaviour, TestAgent},
+    agents::{answering, spawn_agent, Behaviour},
     helpers::{seed_with, settings, spawn_process, spawn_with, TestApp},
     servers::RedisServer,
 };
-
-fn answering(name: &str) -> TestAgent {
-    spawn_agent(
-        name,
-        Behaviour::Answer {
-            data: json!(format!("{name} says hi")),
-            extra: json!({}),
-        },
-    )
-}
 
 async fn ask(app: &TestApp, args: Value) -> Value {
     let body =

@@ -6,20 +6,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::{
-    agents::{spawn_agent, Behaviour, TestAgent},
+    agents::{answering, spawn_agent, Behaviour, TestAgent},
     helpers::{seed_with, spawn_process, TestApp},
     servers::RedisServer,
 };
-
-fn answering(name: &str) -> TestAgent {
-    spawn_agent(
-        name,
-        Behaviour::Answer {
-            data: json!(format!("{name} answered")),
-            extra: json!({}),
-        },
-    )
-}
 
 /// One single-task request for `lamp`/`define`; the task's result.
 async fn ask(app: &TestApp, id: u64) -> Value {

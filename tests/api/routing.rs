@@ -9,7 +9,7 @@ use std::{
 use serde_json::{json, Value};
 
 use crate::{
-    agents::{spawn_agent, Behaviour, TestAgent},
+    agents::{answering, spawn_agent, Behaviour, TestAgent},
     helpers::{seed_with, spawn_process, TestApp},
 };
 
@@ -90,16 +90,6 @@ fn assert_all_succeeded(log: &Log) {
         log.len(),
         failed[0]
     );
-}
-
-fn answering(name: &str) -> TestAgent {
-    spawn_agent(
-        name,
-        Behaviour::Answer {
-            data: json!(format!("{name} answered")),
-            extra: json!({}),
-        },
-    )
 }
 
 /// The orchestrator binary in front of two agents for `lamp`/`define`, cache off,
