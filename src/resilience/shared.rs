@@ -213,8 +213,14 @@ impl SharedHealth {
         let msg = (payload.len() <= MAX_MESSAGE)
             .then(|| serde_json::from_str::<Message>(payload).ok())
             .flatten()
-            .filter(|m| m.agent.len() <= 256);
-        let Some(msg) = msg.filter(|m| m.from != self.replica) else {
+            .filter(|m| m.agent.len() <= 256 && m.from != self.replica)
+            .filter(|m| match m.report {
+                Report::Summary { ok, total, .. } => {
+                    ok.is_finite() && total.is_finite() && 0.0 <= ok && ok <= total
+                }
+                _ => true,
+            });
+        let Some(msg) = msg else {
             self.events.with_label_values(&["ignored"]).inc();
             return;
         };
@@ -242,10 +248,6 @@ impl SharedHealth {
                 total,
                 latency_ms,
             } => {
-                let (ok, total) = (ok.max(0.0), total.max(0.0));
-                if !(ok.is_finite() && total.is_finite()) || ok > total {
-                    return;
-                }
                 let latency_ms = latency_ms.filter(|l| l.is_finite() && *l >= 0.0);
                 view.summaries.retain(|s| s.peer != msg.from);
                 if view.summaries.len() >= MAX_PEERS {
@@ -317,6 +319,119 @@ impl SharedHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::store::{GcraVerdict, StoreError, StoreHealth};
+
+    /// A store that accepts everything (the unit under test is the folding, not Redis).
+    struct Accepting;
+
+    #[async_trait::async_trait]
+    impl SharedStore for Accepting {
+        async fn get(&self, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(None)
+        }
+        async fn set(&self, _: &str, _: Vec<u8>, _: Duration) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn delete_prefix(&self, _: &str) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        async fn publish(&self, _: &str, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn gcra(&self, _: &str, _: Duration, _: u32) -> Result<GcraVerdict, StoreError> {
+            Ok(GcraVerdict::Allowed { remaining: 1 })
+        }
+        async fn retry_budget(
+            &self,
+            _: &str,
+            _: Duration,
+            _: u64,
+            _: u64,
+            _: &[(u64, u64)],
+        ) -> Result<bool, StoreError> {
+            Ok(true)
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn health(&self) -> StoreHealth {
+            StoreHealth {
+                status: "up",
+                breaker: Default::default(),
+                errors_total: 0,
+                short_circuited_total: 0,
+                recoveries_total: 0,
+            }
+        }
+    }
+
+    fn shared() -> (Arc<SharedHealth>, IntCounterVec) {
+        let events =
+            IntCounterVec::new(prometheus::Opts::new("e", "e"), &["event"]).expect("valid");
+        let s = SharedHealth::start(Arc::new(Accepting), Duration::from_secs(5), events.clone());
+        (s, events)
+    }
+
+    fn from(peer: u64, agent: &str, kind: &str) -> String {
+        format!(r#"{{"from":{peer},"agent":"{agent}","kind":"{kind}"}}"#)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peers_open_breaker_holds_calls_until_it_closes_a_local_success_or_the_interval_ends()
+    {
+        let (s, _) = shared();
+        s.on_message(&from(1, "a", "opened"));
+        assert!(s.held("a") && s.view("a").held);
+        s.on_message(&from(1, "a", "closed"));
+        let v = s.view("a");
+        assert!(!v.held && v.recovered, "{v:?}");
+        assert!(!s.view("a").recovered, "a recovery is taken in once");
+
+        s.on_message(&from(2, "a", "opened"));
+        s.local_success("a");
+        assert!(!s.held("a"), "this replica's own success wins");
+
+        s.on_message(&from(2, "a", "opened"));
+        tokio::time::advance(Duration::from_millis(5_001)).await;
+        assert!(!s.held("a"), "a hold nobody renews runs out");
+    }
+
+    #[tokio::test]
+    async fn its_own_malformed_and_oversized_messages_change_nothing() {
+        let (s, events) = shared();
+        s.on_message(&from(s.replica, "a", "opened"));
+        s.on_message("not json");
+        s.on_message(&from(1, &"x".repeat(300), "opened"));
+        s.on_message(&format!(
+            r#"{{"from":1,"agent":"a","kind":"opened","pad":"{}"}}"#,
+            "x".repeat(MAX_MESSAGE)
+        ));
+        s.on_message(r#"{"from":1,"agent":"a","kind":"summary","ok":5,"total":2}"#);
+        s.on_message(r#"{"from":1,"agent":"a","kind":"summary","ok":-1,"total":1e999}"#);
+        assert!(!s.held("a"));
+        assert_eq!(s.view("a"), PeerView::default());
+        assert_eq!(events.with_label_values(&["ignored"]).get(), 6);
+        assert_eq!(events.with_label_values(&["received"]).get(), 0);
+    }
+
+    #[tokio::test]
+    async fn remote_views_are_bounded() {
+        let (s, events) = shared();
+        for i in 0..MAX_AGENTS + 10 {
+            s.on_message(&from(1, &format!("agent-{i}"), "opened"));
+        }
+        assert_eq!(s.tracked(), MAX_AGENTS);
+        assert_eq!(events.with_label_values(&["ignored"]).get(), 10);
+        for peer in 0..MAX_PEERS as u64 + 5 {
+            s.on_message(&format!(
+                r#"{{"from":{},"agent":"agent-0","kind":"summary","ok":1,"total":1,"latency_ms":4}}"#,
+                peer + 100
+            ));
+        }
+        let v = s.view("agent-0");
+        assert!((v.total - MAX_PEERS as f64).abs() < 0.01, "{v:?}");
+        assert_eq!(v.latency_ms, Some(4.0));
+    }
 
     #[test]
     fn local_evidence_outweighs_the_peers() {
