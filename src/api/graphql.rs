@@ -280,9 +280,15 @@ pub struct Candidate {
     pub in_flight: u32,
     /// Slow-start factor (0.1 just after registration or recovery, 1 at full share).
     pub slow_start: f64,
-    /// False while the breaker refuses calls.
+    /// False while the breaker refuses calls (or a peer's open breaker holds them back).
     pub admitted: bool,
     pub breaker: BreakerState,
+    /// Another replica's breaker for this agent is open: calls are held back here too.
+    pub held_by_peer: bool,
+    /// The agent's region in the graph (null: none, or `REGION` unset here).
+    pub region: Option<String>,
+    /// In this replica's region; null when `REGION` is unset.
+    pub local: Option<bool>,
 }
 
 /// The service at a glance.
@@ -504,26 +510,29 @@ impl QueryRoot {
             .await
             .map_err(|_| unavailable())?;
         let assessed = app.pipeline.assess(&found);
-        let mut out: Vec<Candidate> = found
+        // The order `/discover` lists them in.
+        let inputs: Vec<_> = assessed.iter().map(|(i, _)| *i).collect();
+        let regions = app.pipeline.regions.as_ref();
+        let out: Vec<Candidate> = crate::routing::rank(&inputs)
             .into_iter()
-            .zip(assessed)
-            .map(|(c, (inputs, live))| Candidate {
-                agent: c.agent.name,
-                score: inputs.score(),
-                weight: inputs.weight,
-                health: inputs.health,
-                latency_ms: inputs.latency_ms,
-                in_flight: inputs.in_flight,
-                slow_start: inputs.ramp,
-                admitted: inputs.admission != Admission::Refused,
-                breaker: live.breaker.into(),
+            .map(|i| {
+                let (c, (inputs, live)) = (&found[i], &assessed[i]);
+                Candidate {
+                    agent: c.agent.name.clone(),
+                    score: inputs.score(),
+                    weight: inputs.weight,
+                    health: inputs.health,
+                    latency_ms: inputs.latency_ms,
+                    in_flight: inputs.in_flight,
+                    slow_start: inputs.ramp,
+                    admitted: inputs.admission != Admission::Refused,
+                    breaker: live.breaker.into(),
+                    held_by_peer: live.held_by_peer,
+                    region: regions.and_then(|r| r.of(&c.agent.name)),
+                    local: inputs.local,
+                }
             })
             .collect();
-        out.sort_by(|a, b| {
-            b.admitted
-                .cmp(&a.admitted)
-                .then(b.score.total_cmp(&a.score))
-        });
         Ok(out)
     }
 
