@@ -340,6 +340,17 @@ async fn a_replica_prefers_its_regions_agent_and_fails_over_to_another_region_vi
     );
     assert_eq!(found["candidates"][1]["local"], false);
     assert_eq!(found["agent"]["name"], "EU_AI");
+    let (_, gql) = app
+        .post(
+            "/graphql",
+            &json!({"query": "{ candidates(concept: \"lamp\") { agent region local } }"}),
+        )
+        .await;
+    assert_eq!(
+        gql["data"]["candidates"][0],
+        json!({"agent": "EU_AI", "region": "eu", "local": true}),
+        "{gql}"
+    );
 
     // The eu agent goes down: the us agent serves every task, as the region's failover.
     eu.set(Behaviour::Status(503));
