@@ -10,6 +10,7 @@ import http from 'k6/http';
 import exec from 'k6/execution';
 import { check } from 'k6';
 import { Rate } from 'k6/metrics';
+import { steady } from './rate.js';
 
 const TARGETS = (__ENV.TARGETS || 'http://127.0.0.1:5000').split(',');
 const RATE = parseInt(__ENV.RATE || '200');
@@ -22,14 +23,7 @@ const taskFailed = new Rate('task_failed');
 
 export const options = {
   scenarios: {
-    steady: {
-      executor: 'constant-arrival-rate',
-      rate: RATE,
-      timeUnit: '1s',
-      duration: `${DURATION_S}s`,
-      preAllocatedVUs: 100,
-      maxVUs: 400,
-    },
+    steady: steady(RATE, DURATION_S, 100, 400),
   },
   // Per-phase sub-metrics exist only when a threshold names them (these always hold).
   thresholds: Object.fromEntries(PHASES.flatMap((p) => [

@@ -13,6 +13,7 @@ import http from 'k6/http';
 import exec from 'k6/execution';
 import { check } from 'k6';
 import { Counter } from 'k6/metrics';
+import { steady } from './rate.js';
 
 const BASE_URL = __ENV.BASE_URL || 'http://localhost:5000';
 const RATE = parseInt(__ENV.RATE || '200');
@@ -29,14 +30,7 @@ const INTENT = __ENV.INTENT || 'define';
 
 export const options = {
   scenarios: {
-    steady: {
-      executor: 'constant-arrival-rate',
-      rate: RATE,
-      timeUnit: '1s',
-      duration: `${DURATION_S}s`,
-      preAllocatedVUs: 50,
-      maxVUs: 200,
-    },
+    steady: steady(RATE, DURATION_S, 50, 200),
   },
   thresholds: {
     // No 5xx, no failed task, in every phase: failover must absorb the fault.

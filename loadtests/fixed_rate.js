@@ -10,6 +10,7 @@
 // k6 run --summary-trend-stats 'p(50),p(99),p(99.9)' --summary-export out.json fixed_rate.js
 import http from 'k6/http';
 import { check } from 'k6';
+import { steady } from './rate.js';
 
 const URL = __ENV.URL || 'http://127.0.0.1:5000/process';
 const BODY = __ENV.BODY || '{"tasks":[{"task_id":1,"concept":"bench","intent":"define"}]}';
@@ -20,14 +21,7 @@ const PARAMS = { headers: { 'Content-Type': 'application/json' }, responseType: 
 
 export const options = {
   scenarios: {
-    fixed: {
-      executor: 'constant-arrival-rate',
-      rate: RATE,
-      timeUnit: '1s',
-      duration: `${DURATION_S}s`,
-      preAllocatedVUs: Math.max(20, Math.ceil(RATE / 20)),
-      maxVUs: Math.max(100, RATE / 2),
-    },
+    fixed: steady(RATE, DURATION_S, Math.max(20, Math.ceil(RATE / 20)), Math.max(100, RATE / 2)),
   },
   thresholds: {
     // The rate is the point: a run that could not hold it measured something else.

@@ -10,6 +10,7 @@
 import http from 'k6/http';
 import { check } from 'k6';
 import { Counter } from 'k6/metrics';
+import { steady } from './rate.js';
 
 const URL = __ENV.URL || 'http://127.0.0.1:8080/process';
 const RATE = parseInt(__ENV.RATE || '200');
@@ -19,14 +20,7 @@ const failed = new Counter('failed_requests');
 
 export const options = {
   scenarios: {
-    steady: {
-      executor: 'constant-arrival-rate',
-      rate: RATE,
-      timeUnit: '1s',
-      duration: `${DURATION_S}s`,
-      preAllocatedVUs: Math.max(20, Math.ceil(RATE / 10)),
-      maxVUs: Math.max(100, RATE),
-    },
+    steady: steady(RATE, DURATION_S, Math.max(20, Math.ceil(RATE / 10)), Math.max(100, RATE)),
   },
 };
 
