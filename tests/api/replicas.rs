@@ -660,3 +660,30 @@ async fn what_one_replica_measured_of_an_agent_reaches_a_replica_that_never_call
     assert!((ha - hb).abs() < 0.15, "A sees {ha}, B {hb}");
     assert_eq!(seen["breaker"], "closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_away_the_retry_budget_falls_back_to_the_replicas_own() {
+    let mut redis = RedisServer::start();
+    let down = spawn_agent("Alone_AI", Behaviour::Status(503));
+    let seed = seed_with("lamp", &[(&down.name, &down.url(), &["define"], 1.0)]);
+    let env = [
+        ("HTTP_RETRIES", "3".to_string()),
+        ("HTTP_BACKOFF", "0".into()),
+        ("RETRY_BUDGET_PERCENT", "5".into()),
+        ("BREAKER_CONSECUTIVE_FAILURES", "1000".into()),
+        ("BREAKER_MIN_CALLS", "100000".into()),
+    ];
+    let app = replica(&redis, &seed, &env);
+    redis.kill();
+    for n in 0..40 {
+        assert_eq!(ask(&app, n).await["status"], "error");
+    }
+    // The local budget decided every withdrawal, and still bounded the retries.
+    let retries = down.calls() - 40;
+    assert!((3..=3 + 2).contains(&retries), "{retries} retries");
+    assert!(
+        app.series("myriad_retries_total{result=\"budget_fallback\"}")
+            .await
+            >= retries as f64
+    );
+}
