@@ -192,10 +192,11 @@ impl Signals {
         }
     }
 
-    /// Success share over the health window, with one imagined success as a prior.
+    /// Success share over the health window, with one imagined success as a prior (this
+    /// replica's counts alone; the stack folds the peers' in the same way).
     pub fn health(&self, now: Instant) -> f64 {
-        let keep = self.keep(now);
-        (self.ok * keep + 1.0) / (self.total * keep + 1.0)
+        let (ok, total) = self.counts(now);
+        crate::resilience::shared::folded_health(ok, total, &Default::default())
     }
 
     pub fn latency_ms(&self) -> Option<f64> {
