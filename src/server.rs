@@ -302,6 +302,8 @@ where
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
+            // Once the stop is signalled, nothing more is taken through the reactor.
+            biased;
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((socket, remote)) => take(socket, remote),
@@ -322,7 +324,12 @@ where
     let listener = listener.into_std()?;
     listener.set_nonblocking(true)?;
     while let Ok((socket, remote)) = listener.accept() {
-        match TcpStream::from_std(socket) {
+        // An accepted socket does not inherit the listener's non-blocking mode, and tokio
+        // refuses (panics on) a blocking one.
+        match socket
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(socket))
+        {
             Ok(socket) => take(socket, remote),
             Err(_) => stats.accept_errors.inc(),
         }
@@ -431,6 +438,50 @@ mod tests {
         assert_eq!(effective_cap(500, Some(1_024)), 500);
         assert_eq!(effective_cap(500, None), 500);
         assert_eq!(effective_cap(500, Some(10)), 16);
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_in_the_accept_queue_at_the_stop_are_served() {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Complete connections, requests sent, none accepted yet.
+        let clients: Vec<std::net::TcpStream> = (0..3)
+            .map(|_| {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                c
+            })
+            .collect();
+        let ep = poem::EndpointExt::map_to_response(poem::endpoint::make_sync(|_| "served"));
+        let limits = crate::config::ConnectionLimits::default();
+        let stats = ConnectionStats::new(&Metrics::default());
+        // Stopped before anything was accepted: the queue is taken by the drain.
+        let server = tokio::spawn(serve(
+            listener,
+            ep,
+            limits,
+            stats,
+            std::future::ready(()),
+            Duration::from_secs(5),
+        ));
+        let read = tokio::task::spawn_blocking(move || {
+            clients
+                .into_iter()
+                .map(|mut c| {
+                    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut answer = String::new();
+                    let _ = c.read_to_string(&mut answer);
+                    answer
+                })
+                .collect::<Vec<_>>()
+        });
+        server.await.expect("the drain does not panic").unwrap();
+        for answer in read.await.unwrap() {
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+            assert!(answer.ends_with("served"), "{answer:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,6 +19,7 @@ use crate::{
     },
     config::Config,
     graph::{
+        gate::GatedGraph,
         memory::MemoryGraph,
         neo4j::{Neo4jGraph, Neo4jSettings, Resolver},
         seed::{Seed, DEFAULT_SEED},
@@ -129,7 +130,11 @@ impl Application {
                 let g = Neo4jGraph::connect(&neo4j_settings(&config, uri), demos.resolver())
                     .await
                     .map_err(StartupError::Graph)?;
-                Arc::new(TimedGraph(g, metrics.clone()))
+                Arc::new(GatedGraph::new(
+                    TimedGraph(g, metrics.clone()),
+                    config.graph_timeout,
+                    metrics.clone(),
+                ))
             }
             None => {
                 let seed = match &config.graph_seed {
@@ -400,7 +405,7 @@ pub fn build_state(
         metrics: metrics.clone(),
         task_concurrency: config.task_concurrency,
         graph_health: Default::default(),
-        graph_retry_after: config.graph_timeout,
+        discovery_warning: Default::default(),
         regions: config.region.clone().map(Regions::new),
     });
     if pipeline.regions.is_some() && in_runtime {

@@ -585,21 +585,19 @@ impl MutationRoot {
             .cloned()
             .unwrap_or_default();
         let rctx = RequestCtx::new(app.config.request_timeout, true, agent_time);
-        let (body, outcomes) = match app.prepare(request, &rctx).await.map_err(api_error)? {
-            Prepared::Answered(body) => {
-                let outcomes = body
-                    .results
-                    .values()
-                    .map(|r| TaskOutcome::from(r.0.clone()))
-                    .collect();
-                (*body, outcomes)
-            }
-            Prepared::Run { specs, query } => {
-                // In the order of the batch, which a GraphQL list promises.
-                let results = app.pipeline.run_batch(&specs, &rctx).await;
-                let outcomes = results.iter().cloned().map(TaskOutcome::from).collect();
-                (app.finish(&specs, query, results, &rctx).await, outcomes)
-            }
+        let prepared = app.prepare(request, &rctx).await.map_err(api_error)?;
+        let answered = matches!(prepared, Prepared::Answered(_));
+        // In the order of the batch, which a GraphQL list promises.
+        let (body, results) = Progress::new(app.clone(), prepared, rctx)
+            .complete_in_order()
+            .await;
+        let outcomes = if answered {
+            body.results
+                .values()
+                .map(|r| TaskOutcome::from(r.0.clone()))
+                .collect()
+        } else {
+            results.into_iter().map(TaskOutcome::from).collect()
         };
         let status = body.status.into();
         Ok(Processed {

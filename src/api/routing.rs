@@ -11,7 +11,7 @@ use super::{
     auth::ClientAuth,
     dto::*,
     errors::{ApiError, ErrorCode},
-    stream::{self, ProcessReply},
+    stream::{self, ProcessReply, Progress},
     validate::{
         validate_concept, validate_intent, validate_new_concept, MAX_ID_CHARS, MAX_QUERY_CHARS,
     },
@@ -96,20 +96,6 @@ pub(super) enum Prepared {
 }
 
 impl AppState {
-    pub(super) async fn process_impl(
-        &self,
-        req: ProcessRequest,
-        ctx: RequestCtx,
-    ) -> Result<Json<ProcessResponse>, ApiError> {
-        match self.prepare(req, &ctx).await? {
-            Prepared::Answered(body) => Ok(Json(*body)),
-            Prepared::Run { specs, query } => {
-                let results = self.pipeline.run_batch(&specs, &ctx).await;
-                Ok(Json(self.finish(&specs, query, results, &ctx).await))
-            }
-        }
-    }
-
     /// Validates the body and, for a question, turns it into tasks.
     pub(super) async fn prepare(
         &self,
@@ -260,7 +246,9 @@ impl RoutingApi {
             .await
             .map(|(candidates, _)| candidates)
             .map_err(|e| {
-                tracing::warn!(error = %e, "discovery failed");
+                if let Some(since) = state.pipeline.discovery_warning.ready() {
+                    tracing::warn!(error = %e, suppressed = since, "discovery failed");
+                }
                 ApiError::new(
                     ErrorCode::GraphUnavailable,
                     "the knowledge graph is unavailable",
@@ -347,14 +335,14 @@ impl RoutingApi {
             use_cache(req),
             req.extensions().get().cloned().unwrap_or_default(),
         );
+        let prepared = state.prepare(body.0 .0, &ctx).await?;
         if stream::wants_events(req) {
-            let prepared = state.prepare(body.0 .0, &ctx).await?;
             return Ok(stream::events(state.0.clone(), prepared, ctx));
         }
-        state
-            .process_impl(body.0 .0, ctx)
-            .await
-            .map(|body| ProcessReply::Body(Box::new(body)))
+        let body = Progress::new(state.0.clone(), prepared, ctx)
+            .complete()
+            .await;
+        Ok(ProcessReply::Body(Box::new(Json(body))))
     }
 
     /// Alias of `POST /process`, kept for existing clients.

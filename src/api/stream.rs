@@ -2,10 +2,16 @@
 //! `Accept: text/event-stream` answers with one `task` event per result the moment it
 //! completes, then one `done` event with the body the JSON form returns.
 //!
-//! The work runs inside the response stream, not beside it: when the client goes away the
-//! stream is dropped, tasks not yet started never start, and agent calls in flight are
-//! dropped — counted as `myriad_tasks_total{status="cancelled"}`, and never a failure for
-//! the breaker or for learning.
+//! [`Progress`] is how every transport runs a batch — JSON `/process`, SSE, `/ws` and
+//! GraphQL's mutation and subscription. The work runs inside it, not beside it: when the
+//! client goes away whatever holds it is dropped, tasks not yet started never start, and
+//! agent calls in flight are dropped — counted as `myriad_tasks_total{status="cancelled"}`,
+//! and never a failure for the breaker, a retry, a health sample or a learning outcome.
+//!
+//! Calls in flight are dropped rather than finished in the background: a client that leaves
+//! is often one that gave up on a slow agent, and finishing its calls would keep exactly the
+//! load that made it leave (bounded only by the agent timeout), for a cache entry or a
+//! learning outcome that the next request will produce anyway.
 
 use std::{sync::Arc, time::Duration};
 
@@ -189,20 +195,51 @@ impl Progress {
             }
             self.runs = None;
         }
-        let body = match self.answered.take() {
+        let results = std::mem::take(&mut self.results)
+            .into_iter()
+            .flatten()
+            .collect();
+        (Update::Done(Box::new(self.body(results).await)), false)
+    }
+
+    /// Runs every task, then answers with the body `/process` returns.
+    pub(super) async fn complete(mut self) -> ProcessResponse {
+        let results = self.run_all().await;
+        self.body(results).await
+    }
+
+    /// Runs every task, then answers with the body and the results in the batch's order.
+    pub(super) async fn complete_in_order(mut self) -> (ProcessResponse, Vec<TaskResult>) {
+        let results = self.run_all().await;
+        (self.body(results.clone()).await, results)
+    }
+
+    /// Every task's result, in the batch's order.
+    async fn run_all(&mut self) -> Vec<TaskResult> {
+        if let Some(runs) = &mut self.runs {
+            while let Some((i, result)) = runs.next().await {
+                self.left -= 1;
+                self.results[i] = Some(result);
+            }
+            self.runs = None;
+        }
+        std::mem::take(&mut self.results)
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The body `/process` answers with, from every task's result.
+    async fn body(&mut self, results: Vec<TaskResult>) -> ProcessResponse {
+        match self.answered.take() {
             Some(body) => body,
             None => {
-                let results = std::mem::take(&mut self.results)
-                    .into_iter()
-                    .flatten()
-                    .collect();
                 let query = self.query.take();
                 self.app
                     .finish(&self.specs, query, results, &self.ctx)
                     .await
             }
-        };
-        (Update::Done(Box::new(body)), false)
+        }
     }
 }
 

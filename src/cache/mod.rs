@@ -11,6 +11,7 @@
 //! covers agent + concept + intent + canonical args. A graph change removes the affected
 //! keys from L2 and tells every replica (Redis pub/sub) to drop them from its L1.
 
+pub mod routes;
 pub mod store;
 
 use std::{
@@ -379,6 +380,8 @@ pub struct Caches {
     /// Discovery is cached only in front of a remote graph; the in-memory graph answers
     /// faster than any cache round trip.
     pub discovery_enabled: bool,
+    /// The last route per (concept, intent), whatever the cache settings.
+    pub routes: routes::RouteMemory,
 }
 
 impl Caches {
@@ -408,6 +411,7 @@ impl Caches {
                 metrics,
             ),
             discovery_enabled: settings.enabled && remote_graph,
+            routes: routes::RouteMemory::default(),
             store,
             settings,
         }
@@ -440,6 +444,7 @@ impl Caches {
     pub fn apply(&self, inv: &Invalidation) {
         self.responses.invalidate_local(inv);
         self.discovery.invalidate_local(inv);
+        self.routes.forget(inv);
     }
 
     /// Handles a message from the invalidation channel.

@@ -8,8 +8,8 @@ use std::sync::RwLock;
 use super::{
     hebbian, rank,
     seed::{demo_placeholder, Seed},
-    AgentInfo, AgentRecord, Candidate, Deltas, EdgeStats, GraphError, KnowledgeGraph, Learned,
-    Outcome, RegionRecord, WeightChange,
+    AgentInfo, AgentRecord, Candidate, Deltas, EdgeOutcomes, EdgeStats, GraphError, KnowledgeGraph,
+    Learned, RegionRecord, WeightChange,
 };
 
 #[derive(Default)]
@@ -160,19 +160,21 @@ impl KnowledgeGraph for MemoryGraph {
             .collect())
     }
 
-    async fn learn(&self, outcomes: &[Outcome], deltas: Deltas) -> Learned {
+    async fn learn(&self, edges: &[EdgeOutcomes], deltas: Deltas) -> Learned {
         let mut state = self.write();
-        let mut changes = Vec::with_capacity(outcomes.len());
-        for o in outcomes {
+        let mut changes = Vec::with_capacity(edges.len());
+        for e in edges {
             // Only existing edges learn: an outcome never invents an agent→concept link.
-            let Some(stats) = state.edges.get_mut(&(o.agent.clone(), o.concept.clone())) else {
+            let Some(stats) = state.edges.get_mut(&(e.agent.clone(), e.concept.clone())) else {
                 continue;
             };
             let old = stats.weight;
-            hebbian(stats, o.success, deltas);
+            for &success in &e.successes {
+                hebbian(stats, success, deltas);
+            }
             changes.push(WeightChange {
-                agent: o.agent.clone(),
-                concept: o.concept.clone(),
+                agent: e.agent.clone(),
+                concept: e.concept.clone(),
                 old,
                 new: stats.weight,
             });
@@ -290,23 +292,30 @@ mod tests {
             success: 0.05,
             failure: 0.02,
         };
-        let outcome = Outcome {
-            agent: "B".into(),
+        let edge = |agent: &str, successes: &[bool]| EdgeOutcomes {
+            agent: agent.into(),
             concept: "lamp".into(),
-            success: true,
+            successes: successes.to_vec(),
         };
-        let changes = g.learn(&[outcome], deltas).await.unwrap();
+        let changes = g.learn(&[edge("B", &[true])], deltas).await.unwrap();
         assert_eq!(changes.len(), 1);
         assert!((changes[0].new - 0.55).abs() < 1e-9);
         // B now outranks A for "define".
         let first = &g.discover("lamp", "define").await.unwrap()[0];
         assert_eq!(first.agent.name, "B");
-        let unknown = Outcome {
-            agent: "Z".into(),
-            concept: "lamp".into(),
-            success: true,
-        };
-        assert!(g.learn(&[unknown], deltas).await.unwrap().is_empty());
+        assert!(g
+            .learn(&[edge("Z", &[true])], deltas)
+            .await
+            .unwrap()
+            .is_empty());
+        // A batch of many outcomes of one edge is one change, applied one at a time:
+        // ten successes from 0.55 stop at 1.0, and the failure after them counts from there.
+        let mut many = vec![true; 10];
+        many.push(false);
+        let changes = g.learn(&[edge("B", &many)], deltas).await.unwrap();
+        assert_eq!(changes.len(), 1);
+        assert!((changes[0].old - 0.55).abs() < 1e-9);
+        assert!((changes[0].new - 0.98).abs() < 1e-9, "{:?}", changes[0]);
     }
 
     #[tokio::test]

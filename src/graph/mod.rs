@@ -3,6 +3,7 @@
 //! The pipeline only sees [`KnowledgeGraph`]; `memory` is the embedded backend loaded from a
 //! seed file (see [`seed`] for the format, a public contract).
 
+pub mod gate;
 pub mod memory;
 pub mod neo4j;
 pub mod seed;
@@ -77,11 +78,42 @@ pub struct Outcome {
     pub success: bool,
 }
 
-/// A weight that learning moved, for logs and traces.
+/// The outcomes of one agent→concept edge in a learning batch, in the order they happened.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EdgeOutcomes {
+    pub agent: String,
+    pub concept: String,
+    /// `true` for a success, in arrival order (the Hebbian rule is applied one at a time).
+    pub successes: Vec<bool>,
+}
+
+/// Groups outcomes per edge, keeping each edge's order; edges in order of first appearance.
+/// Linear in the number of outcomes.
+pub fn per_edge(outcomes: impl IntoIterator<Item = Outcome>) -> Vec<EdgeOutcomes> {
+    let mut index: std::collections::HashMap<(String, String), usize> = Default::default();
+    let mut edges: Vec<EdgeOutcomes> = Vec::new();
+    for o in outcomes {
+        let i = *index
+            .entry((o.agent.clone(), o.concept.clone()))
+            .or_insert_with(|| {
+                edges.push(EdgeOutcomes {
+                    agent: o.agent,
+                    concept: o.concept,
+                    successes: Vec::new(),
+                });
+                edges.len() - 1
+            });
+        edges[i].successes.push(o.success);
+    }
+    edges
+}
+
+/// What learning did to one edge in a batch, for logs and traces.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightChange {
     pub agent: String,
     pub concept: String,
+    /// The weight before the batch and after it.
     pub old: f64,
     pub new: f64,
 }
@@ -136,8 +168,10 @@ pub trait KnowledgeGraph: Send + Sync + 'static {
     async fn agents(&self) -> Result<Vec<AgentRecord>, GraphError>;
     /// Every region with what belongs to it (`BELONGS_TO`), all ordered by name.
     async fn regions(&self) -> Result<Vec<RegionRecord>, GraphError>;
-    /// Applies a batch of outcomes (Hebbian update), keyed by the agent's real name.
-    async fn learn(&self, outcomes: &[Outcome], deltas: Deltas) -> Learned;
+    /// Applies a batch of outcomes (the Hebbian rule, one outcome at a time in each edge's
+    /// order), keyed by the agent's real name. One change per existing edge; outcomes of
+    /// edges that do not exist are ignored.
+    async fn learn(&self, edges: &[EdgeOutcomes], deltas: Deltas) -> Learned;
     /// Registers `agent` (or replaces the agent of that name) handling `concepts` with the
     /// given initial weights; unknown concepts are created. True when it already existed.
     async fn upsert_agent(
@@ -185,7 +219,7 @@ pub fn hebbian(stats: &mut EdgeStats, success: bool, deltas: Deltas) {
     stats.success_rate = stats.success_count as f64 / stats.usage_count as f64;
 }
 
-/// What a learning batch changed: one entry per edge moved.
+/// What a learning batch changed: one entry per edge it reached.
 pub type Learned = Result<Vec<WeightChange>, GraphError>;
 
 /// Times every call of a graph backend into the `graph_query_duration_seconds` histogram.
@@ -213,8 +247,8 @@ impl<G: KnowledgeGraph> KnowledgeGraph for TimedGraph<G> {
     async fn agents(&self) -> Result<Vec<AgentRecord>, GraphError> {
         timed!(self, "agents", self.0.agents().await)
     }
-    async fn learn(&self, outcomes: &[Outcome], deltas: Deltas) -> Learned {
-        timed!(self, "learn", self.0.learn(outcomes, deltas).await)
+    async fn learn(&self, edges: &[EdgeOutcomes], deltas: Deltas) -> Learned {
+        timed!(self, "learn", self.0.learn(edges, deltas).await)
     }
     async fn upsert_agent(
         &self,
@@ -269,6 +303,34 @@ mod tests {
         assert_eq!(s.weight, 0.0);
         assert_eq!((s.usage_count, s.failure_count), (1, 1));
         assert_eq!(s.success_rate, 0.0);
+    }
+
+    #[test]
+    fn outcomes_are_grouped_per_edge_in_order() {
+        let o = |a: &str, c: &str, success| Outcome {
+            agent: a.into(),
+            concept: c.into(),
+            success,
+        };
+        let edges = per_edge([
+            o("A", "x", true),
+            o("B", "x", false),
+            o("A", "x", false),
+            o("A", "y", true),
+            o("A", "x", true),
+        ]);
+        let got: Vec<(&str, &str, &[bool])> = edges
+            .iter()
+            .map(|e| (e.agent.as_str(), e.concept.as_str(), &e.successes[..]))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("A", "x", &[true, false, true][..]),
+                ("B", "x", &[false][..]),
+                ("A", "y", &[true][..]),
+            ]
+        );
     }
 
     #[test]

@@ -16,17 +16,38 @@ use neo4rs::{query, BoltType, ConfigBuilder, Query, Row};
 use super::{
     rank,
     seed::{demo_placeholder, Seed},
-    AgentInfo, AgentRecord, Candidate, Deltas, EdgeStats, GraphError, KnowledgeGraph, Learned,
-    Outcome, RegionRecord, WeightChange,
+    AgentInfo, AgentRecord, Candidate, Deltas, EdgeOutcomes, EdgeStats, GraphError, KnowledgeGraph,
+    Learned, RegionRecord, WeightChange,
 };
 
 /// Resolves `{demo:<id>}` endpoints to the demo agents running in this process.
 pub type Resolver = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 pub struct Neo4jGraph {
-    graph: neo4rs::Graph,
+    /// The connection pool; replaced by a fresh one after a query was cut off (see `pool`).
+    graph: std::sync::RwLock<neo4rs::Graph>,
+    /// A query was cut off (timed out, or its caller went away) since the pool was made.
+    cut_off: std::sync::atomic::AtomicBool,
+    config: neo4rs::Config,
     timeout: Duration,
     resolve: Resolver,
+}
+
+/// A query on its way; dropped before [`Running::ended`], it marks the pool as cut off.
+struct Running<'a>(Option<&'a std::sync::atomic::AtomicBool>);
+
+impl Running<'_> {
+    fn ended(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Some(cut_off) = self.0 {
+            cut_off.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
 }
 
 /// Settings of the Bolt connection.
@@ -70,29 +91,58 @@ impl Neo4jGraph {
         let config = config
             .build()
             .map_err(|_| GraphError::Unavailable("invalid Bolt configuration".into()))?;
-        let graph = tokio::time::timeout(s.timeout, neo4rs::Graph::connect(config))
+        let graph = tokio::time::timeout(s.timeout, neo4rs::Graph::connect(config.clone()))
             .await
             .map_err(|_| GraphError::Timeout)?
             .map_err(unavailable)?;
         Ok(Neo4jGraph {
-            graph,
+            graph: std::sync::RwLock::new(graph),
+            cut_off: Default::default(),
+            config,
             timeout: s.timeout,
             resolve,
         })
     }
 
+    /// The pool to run a query on, and a guard to drop when the query ended.
+    ///
+    /// A query cut off (by the timeout, or because its caller went away) leaves its answer
+    /// unread on its connection, and the driver would hand that connection, out of step, to
+    /// the next query, which would then read the old answer as its own. So after a cut-off
+    /// the pool is replaced by a fresh one (lazy: nothing opens until a query needs it); the
+    /// old one closes as its last users finish.
+    async fn pool(&self) -> (neo4rs::Graph, Running<'_>) {
+        use std::sync::atomic::Ordering;
+        if self.cut_off.swap(false, Ordering::AcqRel) {
+            if let Ok(Ok(fresh)) =
+                tokio::time::timeout(self.timeout, neo4rs::Graph::connect(self.config.clone()))
+                    .await
+            {
+                *self.graph.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                tracing::debug!("graph connection pool renewed after a query was cut off");
+            } else {
+                self.cut_off.store(true, Ordering::Release);
+            }
+        }
+        let graph = self.graph.read().unwrap_or_else(|e| e.into_inner()).clone();
+        (graph, Running(Some(&self.cut_off)))
+    }
+
     async fn rows(&self, q: Query) -> Result<Vec<Row>, GraphError> {
+        let (graph, running) = self.pool().await;
         let work = async {
-            let mut stream = self.graph.execute(q).await.map_err(unavailable)?;
+            let mut stream = graph.execute(q).await.map_err(unavailable)?;
             let mut rows = Vec::new();
             while let Some(row) = stream.next().await.map_err(unavailable)? {
                 rows.push(row);
             }
             Ok(rows)
         };
-        tokio::time::timeout(self.timeout, work)
+        let rows = tokio::time::timeout(self.timeout, work)
             .await
-            .map_err(|_| GraphError::Timeout)?
+            .map_err(|_| GraphError::Timeout)?;
+        running.ended();
+        rows
     }
 
     /// `(node)-[:BELONGS_TO]->(region)`; `label` is `Concept` or `Agent`.
@@ -105,10 +155,12 @@ impl Neo4jGraph {
     }
 
     async fn exec(&self, q: Query) -> Result<(), GraphError> {
-        tokio::time::timeout(self.timeout, self.graph.run(q))
+        let (graph, running) = self.pool().await;
+        let done = tokio::time::timeout(self.timeout, graph.run(q))
             .await
-            .map_err(|_| GraphError::Timeout)?
-            .map_err(unavailable)
+            .map_err(|_| GraphError::Timeout)?;
+        running.ended();
+        done.map_err(unavailable)
     }
 
     /// Uniqueness constraints on names, where the server supports them (idempotent).
@@ -302,27 +354,20 @@ impl KnowledgeGraph for Neo4jGraph {
             .collect())
     }
 
-    async fn learn(&self, outcomes: &[Outcome], deltas: Deltas) -> Learned {
-        // One write per batch: outcomes aggregated per edge.
-        let mut per_edge: HashMap<(&str, &str), (i64, i64)> = HashMap::new();
-        for o in outcomes {
-            let e = per_edge.entry((&o.agent, &o.concept)).or_default();
-            if o.success {
-                e.0 += 1;
-            } else {
-                e.1 += 1;
-            }
-        }
-        let updates: Vec<HashMap<String, BoltType>> = per_edge
-            .into_iter()
-            .map(|((agent, concept), (wins, losses))| {
-                let delta = wins as f64 * deltas.success - losses as f64 * deltas.failure;
+    async fn learn(&self, edges: &[EdgeOutcomes], deltas: Deltas) -> Learned {
+        // One write per batch: each edge's outcomes in order, the Hebbian rule applied one
+        // at a time (`reduce`), clamped at each step as the embedded graph does.
+        let updates: Vec<HashMap<String, BoltType>> = edges
+            .iter()
+            .map(|e| {
+                let wins = e.successes.iter().filter(|s| **s).count() as i64;
+                let losses = e.successes.len() as i64 - wins;
                 HashMap::from([
-                    ("agent".to_string(), BoltType::from(agent)),
-                    ("concept".to_string(), BoltType::from(concept)),
+                    ("agent".to_string(), BoltType::from(e.agent.as_str())),
+                    ("concept".to_string(), BoltType::from(e.concept.as_str())),
                     ("wins".to_string(), BoltType::from(wins)),
                     ("losses".to_string(), BoltType::from(losses)),
-                    ("delta".to_string(), BoltType::from(delta)),
+                    ("seq".to_string(), BoltType::from(e.successes.clone())),
                 ])
             })
             .collect();
@@ -335,12 +380,16 @@ impl KnowledgeGraph for Neo4jGraph {
                      SET h.usage_count = uses + u.wins + u.losses, \
                          h.success_count = wins + u.wins, \
                          h.failure_count = h.failure_count + u.losses, \
-                         h.weight = CASE WHEN old + u.delta > 1.0 THEN 1.0 WHEN old + u.delta < 0.0 THEN 0.0 ELSE old + u.delta END, \
+                         h.weight = reduce(w = old, s IN u.seq | CASE WHEN s \
+                             THEN (CASE WHEN w + $up > 1.0 THEN 1.0 ELSE w + $up END) \
+                             ELSE (CASE WHEN w - $down < 0.0 THEN 0.0 ELSE w - $down END) END), \
                          h.success_rate = toFloat(wins + u.wins) / (uses + u.wins + u.losses), \
                          h.last_used = timestamp(), h.last_updated = timestamp() \
                      RETURN u.agent AS agent, u.concept AS concept, old, h.weight AS new",
                 )
-                .param("updates", updates),
+                .param("updates", updates)
+                .param("up", deltas.success)
+                .param("down", deltas.failure),
             )
             .await?;
         Ok(rows

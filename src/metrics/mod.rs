@@ -52,6 +52,7 @@ pub struct Metrics {
     pub neurogenesis: IntCounterVec,
     pub routing_decisions: IntCounterVec,
     pub discovery_stale_served: IntCounterVec,
+    pub graph_gate: IntCounterVec,
     pub graph_queries: HistogramVec,
     pub connections_open: IntGauge,
     pub connections: IntCounterVec,
@@ -200,9 +201,9 @@ impl Metrics {
             ),
             learning: r.counter(
                 "learning_total",
-                "Hebbian learning: outcomes applied or dropped, batches, decay runs, errors.",
+                "Hebbian learning: outcomes applied or dropped, batches, decay runs, errors, writes deferred until the graph returns.",
                 "event",
-                &["applied", "dropped", "batch", "decay", "error"],
+                &["applied", "dropped", "batch", "decay", "error", "deferred"],
             ),
             neurogenesis: r.counter(
                 "neurogenesis_total",
@@ -221,6 +222,12 @@ impl Metrics {
                 "Routes served from a stale discovery entry, by why the graph's answer was not used.",
                 "reason",
                 &["graph_error", "graph_timeout", "recent_failure", "empty_answer"],
+            ),
+            graph_gate: r.counter(
+                "graph_gate_total",
+                "The gate in front of a remote graph: opened after a failure, calls refused while open, probes of its return, closed when a probe answered.",
+                "event",
+                &["opened", "refused", "probe", "closed"],
             ),
             graph_queries: r.histograms(
                 "graph_query_duration_seconds",

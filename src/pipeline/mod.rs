@@ -16,7 +16,6 @@ pub use task::*;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use serde_json::Value;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -42,9 +41,8 @@ pub struct Pipeline {
     pub neurogenesis: Option<Arc<neurogenesis::Neurogenesis>>,
     /// When the graph last failed and since when it has answered.
     pub graph_health: GraphHealth,
-    /// After a graph failure, discovery serves what it knows for this long before asking
-    /// the graph again (GRAPH_TIMEOUT_MS).
-    pub graph_retry_after: Duration,
+    /// "discovery failed", logged at most once a second with a count.
+    pub discovery_warning: crate::telemetry::Throttle,
     /// This replica's region and each agent's, from the graph (`REGION` set).
     pub regions: Option<Regions>,
 }
@@ -130,11 +128,6 @@ impl GraphHealth {
         h.1.get_or_insert_with(Instant::now);
     }
 
-    /// Whether the graph failed less than `window` ago.
-    pub fn failed_recently(&self, window: Duration) -> bool {
-        self.lock().0.is_some_and(|at| at.elapsed() < window)
-    }
-
     /// Whether the graph has answered for at least [`GRAPH_SETTLE`] since its last failure.
     pub fn settled(&self) -> bool {
         self.lock()
@@ -208,7 +201,57 @@ impl Pipeline {
         found
     }
 
+    /// The graph's answer (through the discovery cache when it is on); when the graph is
+    /// away, the last route it gave, whatever the cache settings.
     async fn discover_inner(
+        &self,
+        concept: &str,
+        intent: &str,
+        use_cache: bool,
+    ) -> Result<(Vec<Candidate>, Option<Tier>), GraphError> {
+        let found = self.discover_source(concept, intent, use_cache).await;
+        if !self.graph.is_remote() {
+            return found;
+        }
+        let routes = &self.stack.caches.routes;
+        let key = discovery_key(concept, intent);
+        let error = match found {
+            // A graph starting up answers empty for a moment: a known route is kept.
+            Ok((candidates, None)) if candidates.is_empty() && !self.graph_health.settled() => {
+                GraphError::EmptyAnswer
+            }
+            Ok((candidates, tier)) => {
+                if tier.is_none() {
+                    routes.remember(&key, concept, &candidates).await;
+                }
+                return Ok((candidates, tier));
+            }
+            Err(e) => e,
+        };
+        match routes.recall(&key).await {
+            Some(candidates) => {
+                self.stale_route(&error, "memory", concept, intent);
+                Ok((candidates, None))
+            }
+            None if matches!(error, GraphError::EmptyAnswer) => Ok((Vec::new(), None)),
+            None => Err(error),
+        }
+    }
+
+    /// Counts and shows a route served from what was known before (`from`: a cache tier or
+    /// the route memory) because the graph's answer could not be used.
+    fn stale_route(&self, error: &GraphError, from: &str, concept: &str, intent: &str) {
+        let reason = error.stale_reason();
+        self.metrics
+            .discovery_stale_served
+            .with_label_values(&[reason])
+            .inc();
+        tracing::Span::current().record("stale_reason", reason);
+        tracing::debug!(reason, from, concept, intent, "serving a stale route");
+    }
+
+    /// The graph's answer, through the discovery cache when it is on.
+    async fn discover_source(
         &self,
         concept: &str,
         intent: &str,
@@ -216,7 +259,18 @@ impl Pipeline {
     ) -> Result<(Vec<Candidate>, Option<Tier>), GraphError> {
         let caches = &self.stack.caches;
         if !(caches.discovery_enabled && use_cache) {
-            return Ok((self.graph.discover(concept, intent).await?, None));
+            return match self.graph.discover(concept, intent).await {
+                Ok(found) => {
+                    self.graph_health.succeeded();
+                    Ok((found, None))
+                }
+                Err(e) => {
+                    if !matches!(e, GraphError::RecentFailure) {
+                        self.graph_health.failed();
+                    }
+                    Err(e)
+                }
+            };
         }
         let key = discovery_key(concept, intent);
         let subject = Subject {
@@ -230,18 +284,15 @@ impl Pipeline {
                     .and_then(Value::as_array)
                     .is_some_and(|a| !a.is_empty());
                 async move {
-                    // A failure moments ago (seen by another waiter on this key, or another
-                    // key): do not wait for the graph again, serve what is known at once.
-                    if self.graph_health.failed_recently(self.graph_retry_after) {
-                        return Err(GraphError::RecentFailure);
-                    }
                     let found = match self.graph.discover(concept, intent).await {
                         Ok(found) => {
                             self.graph_health.succeeded();
                             found
                         }
                         Err(e) => {
-                            self.graph_health.failed();
+                            if !matches!(e, GraphError::RecentFailure) {
+                                self.graph_health.failed();
+                            }
                             return Err(e);
                         }
                     };
@@ -264,36 +315,11 @@ impl Pipeline {
         match lookup {
             Lookup::Fresh { value, tier } => Ok((decode(value), tier)),
             Lookup::Stale { value, tier, error } => {
-                let reason = error.stale_reason();
-                self.metrics
-                    .discovery_stale_served
-                    .with_label_values(&[reason])
-                    .inc();
-                tracing::Span::current().record("stale_reason", reason);
-                tracing::info!(
-                    reason,
-                    tier = tier.as_str(),
-                    concept,
-                    intent,
-                    "serving a stale route"
-                );
+                self.stale_route(&error, tier.as_str(), concept, intent);
                 Ok((decode(value), Some(tier)))
             }
             Lookup::Failed(e) => Err(e),
         }
-    }
-
-    /// Runs every task concurrently (bounded), each under the request `deadline`.
-    /// Results come back in the order of `tasks`. `use_cache` false bypasses the caches.
-    pub async fn run_batch(&self, tasks: &[TaskSpec], ctx: &RequestCtx) -> Vec<TaskResult> {
-        let mut runs = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            runs.push(self.run_task(task, ctx));
-        }
-        futures::stream::iter(runs)
-            .buffered(self.task_concurrency)
-            .collect()
-            .await
     }
 
     /// One task, never longer than `deadline`, never an error: failures are in the result.
@@ -366,7 +392,9 @@ impl Pipeline {
         {
             Ok((c, _)) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "discovery failed");
+                if let Some(since) = self.discovery_warning.ready() {
+                    tracing::warn!(error = %e, suppressed = since, "discovery failed");
+                }
                 return TaskResult::failed(
                     task,
                     "graph_unavailable",

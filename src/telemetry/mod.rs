@@ -166,6 +166,31 @@ pub fn init(format: LogFormat, traces: &TraceSettings) -> Telemetry {
     Telemetry { provider }
 }
 
+/// A repeated warning, let through at most once per [`Throttle::EVERY`]: `ready` says when
+/// to log, with how many were held back since the last one.
+#[derive(Debug, Default)]
+pub struct Throttle(std::sync::Mutex<(Option<std::time::Instant>, u64)>);
+
+impl Throttle {
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// `Some(held back since the last one)` when this occurrence should be logged.
+    pub fn ready(&self) -> Option<u64> {
+        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match t.0 {
+            Some(last) if now.duration_since(last) < Self::EVERY => {
+                t.1 += 1;
+                None
+            }
+            _ => {
+                t.0 = Some(now);
+                Some(std::mem::take(&mut t.1))
+            }
+        }
+    }
+}
+
 /// Logging only (for subcommands that serve nothing).
 pub fn init_logs(format: LogFormat) {
     let _ = init(
@@ -219,4 +244,17 @@ pub fn current_trace_id() -> Option<String> {
     let cx = tracing::Span::current().context();
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_throttled_warning_counts_what_it_held_back() {
+        let t = super::Throttle::default();
+        assert_eq!(t.ready(), Some(0));
+        assert_eq!(t.ready(), None);
+        assert_eq!(t.ready(), None);
+        t.0.lock().unwrap().0 = Some(std::time::Instant::now() - super::Throttle::EVERY);
+        assert_eq!(t.ready(), Some(2));
+    }
 }

@@ -540,7 +540,8 @@ async fn under_steady_load_a_drained_replica_loses_nothing_and_a_killed_one_only
     let exit = replicas[0].child().wait_exit(Duration::from_secs(5));
     assert!(
         exit.is_some_and(|s| s.success()),
-        "the drained replica exits cleanly: {exit:?}"
+        "the drained replica exits cleanly: {exit:?}\n{}",
+        replicas[0].child().report(40)
     );
 
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(summary.path()).unwrap())

@@ -47,8 +47,8 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log_file(self.dir.path()))
+            .stderr(log_file(self.dir.path()))
             .spawn()
             .expect("redis-server is installed (scripts/install-test-deps.sh)");
         self.child = Some(child);
@@ -92,15 +92,57 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        show_log("redis-server", self.dir.path());
     }
 }
 
-/// The orchestrator binary as a child process (a second replica), killed on drop.
+/// Where a server child writes its output: `child.log` in its directory (appended to, so a
+/// restart keeps what came before).
+fn log_file(dir: &std::path::Path) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("child.log"))
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
+}
+
+/// Prints the tail of a server child's output when the test that started it is failing.
+fn show_log(what: &str, dir: &std::path::Path) {
+    if std::thread::panicking() {
+        let log = std::fs::read_to_string(dir.join("child.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!(
+            "--- {what} output (last 40 lines):\n{}",
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        );
+    }
+}
+
+/// The orchestrator binary as a child process (a second replica), killed on drop. What it
+/// wrote to stderr (a panic's message) is kept, and printed with the tail of its logs when
+/// the test that started it fails.
 pub struct ChildApp {
     pub base: String,
     /// Every line the child wrote to stdout (its logs).
     pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Every line the child wrote to stderr.
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     child: Child,
+}
+
+/// Keeps every line of `from` in a shared list, on a thread of its own.
+fn collect_lines(
+    from: impl Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            keep.lock().unwrap().push(line);
+        }
+    });
+    lines
 }
 
 impl ChildApp {
@@ -115,11 +157,12 @@ impl ChildApp {
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
+        let stderr = collect_lines(child.stderr.take().unwrap());
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -140,10 +183,19 @@ impl ChildApp {
         });
         let port = rx
             .recv_timeout(Duration::from_secs(20))
-            .expect("the child orchestrator started");
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "the child orchestrator did not start; stderr:\n{}",
+                    stderr.lock().unwrap().join("\n")
+                )
+            });
         ChildApp {
             base: format!("http://127.0.0.1:{port}"),
             stdout: lines,
+            stderr,
             child,
         }
     }
@@ -159,11 +211,25 @@ impl ChildApp {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader threads take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Everything it wrote to stderr, and the last `tail` lines of its logs.
+    pub fn report(&self, tail: usize) -> String {
+        let logs = self.stdout.lock().unwrap();
+        format!(
+            "--- {} stderr:\n{}\n--- {} last {tail} log lines:\n{}",
+            self.base,
+            self.stderr.lock().unwrap().join("\n"),
+            self.base,
+            logs[logs.len().saturating_sub(tail)..].join("\n")
+        )
     }
 }
 
@@ -171,6 +237,10 @@ impl Drop for ChildApp {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            std::thread::sleep(Duration::from_millis(50));
+            eprintln!("{}", self.report(40));
+        }
     }
 }
 
@@ -250,7 +320,7 @@ impl ArcadeServer {
             .arg(format!("-Darcadedb.bolt.port={}", self.bolt))
             .arg("com.arcadedb.server.ArcadeDBServer")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_file(self.dir.path()))
             .spawn()
             .expect("the ArcadeDB JRE runs");
         self.child = Some(child);
@@ -328,6 +398,7 @@ impl ArcadeServer {
 impl Drop for ArcadeServer {
     fn drop(&mut self) {
         self.kill();
+        show_log("ArcadeDB", self.dir.path());
     }
 }
 
@@ -350,7 +421,7 @@ impl PhoenixServer {
             .env("PHOENIX_PORT", http.to_string())
             .env("PHOENIX_GRPC_PORT", grpc.to_string())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_file(dir.path()))
             .spawn()
             .expect("phoenix is installed (scripts/install-test-deps.sh)");
         let server = PhoenixServer {
@@ -378,8 +449,22 @@ impl PhoenixServer {
         )
     }
 
+    /// Spans named `name` in any trace, waiting until at least `min` have arrived.
+    pub async fn named(&self, name: &str, min: usize) -> Vec<serde_json::Value> {
+        self.find(|s| s["name"] == name, min).await
+    }
+
     /// Spans of one trace, waiting until at least `min` have arrived (export is batched).
     pub async fn trace(&self, trace_id: &str, min: usize) -> Vec<serde_json::Value> {
+        self.find(|s| s["context"]["trace_id"] == trace_id, min)
+            .await
+    }
+
+    async fn find(
+        &self,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+        min: usize,
+    ) -> Vec<serde_json::Value> {
         let client = reqwest::Client::new();
         let mut found = Vec::new();
         for _ in 0..120 {
@@ -390,7 +475,7 @@ impl PhoenixServer {
                     .cloned()
                     .unwrap_or_default()
                     .into_iter()
-                    .filter(|s| s["context"]["trace_id"] == trace_id)
+                    .filter(|s| wanted(s))
                     .collect();
                 if found.len() >= min {
                     break;
@@ -406,5 +491,6 @@ impl Drop for PhoenixServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        show_log("phoenix", self._dir.path());
     }
 }
