@@ -462,3 +462,103 @@ async fn hostile_concept_strings_are_stored_verbatim_or_rejected_and_never_alter
         1
     );
 }
+
+/// The same outcomes, in the same batches, through the embedded graph and through Neo4j on
+/// the real Bolt server: the same weights and counts (the Hebbian rule applied one outcome
+/// at a time in each edge's order, clamped at each step), and one change per edge.
+#[tokio::test]
+async fn both_graphs_learn_the_same_weights_from_the_same_outcomes() {
+    use myriad::graph::{
+        memory::MemoryGraph,
+        neo4j::{Neo4jGraph, Neo4jSettings},
+        seed::Seed,
+        Deltas, EdgeOutcomes, KnowledgeGraph,
+    };
+    let db = ArcadeServer::start().await;
+    let seed = seed_with(
+        "lamp",
+        &[
+            ("High_AI", "http://127.0.0.1:9/q", &["define"], 0.98),
+            ("Low_AI", "http://127.0.0.1:9/q", &["define"], 0.03),
+        ],
+    );
+    assert!(seed_graph(&db, &seed).status.success());
+    let memory = MemoryGraph::from_seed(&Seed::parse(&seed.to_string()).unwrap(), |_| None)
+        .expect("the seed loads");
+    let env: std::collections::HashMap<_, _> = db.env().into_iter().collect();
+    let neo4j = Neo4jGraph::connect(
+        &Neo4jSettings {
+            uri: env["NEO4J_URI"].clone(),
+            user: env["NEO4J_USER"].clone(),
+            password: env["NEO4J_PASSWORD"].clone(),
+            database: Some(env["NEO4J_DATABASE"].clone()),
+            timeout: Duration::from_secs(5),
+            pool: 2,
+        },
+        std::sync::Arc::new(|_: &str| None),
+    )
+    .await
+    .unwrap();
+    let deltas = Deltas {
+        success: 0.05,
+        failure: 0.02,
+    };
+    let edge = |agent: &str, successes: &[bool]| EdgeOutcomes {
+        agent: agent.into(),
+        concept: "lamp".into(),
+        successes: successes.to_vec(),
+    };
+    // Saturation in the middle of a batch (High: 0.98 → 1.0, the failure counts from 1.0),
+    // the floor (Low: failures past 0), an edge that does not exist, and a second batch.
+    let batches = vec![
+        vec![
+            edge("High_AI", &[true, true, false, true, false, false]),
+            edge("Low_AI", &[false, false, true, false, false, false]),
+            edge("Nobody_AI", &[true]),
+        ],
+        vec![edge("Low_AI", &[true; 7]), edge("High_AI", &[false, true])],
+    ];
+    for batch in &batches {
+        let from_memory = memory.learn(batch, deltas).await.unwrap();
+        let from_neo4j = neo4j.learn(batch, deltas).await.unwrap();
+        assert_eq!(from_memory.len(), 2, "one change per existing edge");
+        assert_eq!(from_neo4j.len(), 2, "one change per existing edge");
+        for m in &from_memory {
+            let n = from_neo4j.iter().find(|n| n.agent == m.agent).unwrap();
+            assert!((m.old - n.old).abs() < 1e-9, "{m:?} vs {n:?}");
+            assert!((m.new - n.new).abs() < 1e-9, "{m:?} vs {n:?}");
+        }
+    }
+    let stats = |records: Vec<myriad::graph::AgentRecord>| {
+        let mut v: Vec<(String, f64, u64, u64, u64)> = records
+            .into_iter()
+            .flat_map(|r| {
+                let name = r.agent.name;
+                r.concepts.into_iter().map(move |(_, s)| {
+                    (
+                        name.clone(),
+                        s.weight,
+                        s.usage_count,
+                        s.success_count,
+                        s.failure_count,
+                    )
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let (m, n) = (
+        stats(memory.agents().await.unwrap()),
+        stats(neo4j.agents().await.unwrap()),
+    );
+    assert_eq!(m.len(), 2);
+    for (a, b) in m.iter().zip(&n) {
+        assert_eq!((&a.0, a.2, a.3, a.4), (&b.0, b.2, b.3, b.4));
+        assert!((a.1 - b.1).abs() < 1e-9, "{a:?} vs {b:?}");
+    }
+    // Worked by hand: High 0.98 → 1.0, 1.0, 0.98, 1.0, 0.98, 0.96; then 0.94, 0.99.
+    assert!((m[0].1 - 0.99).abs() < 1e-9, "{m:?}");
+    // Low 0.03 → 0.01, 0.0, 0.05, 0.03, 0.01, 0.0; then seven successes: 0.35.
+    assert!((m[1].1 - 0.35).abs() < 1e-9, "{m:?}");
+}

@@ -201,3 +201,92 @@ async fn a_client_that_goes_away_stops_the_work_without_blaming_the_agent() {
         0.0
     );
 }
+
+/// JSON `/process`, `/process_query` and the GraphQL mutation, each left by a client whose
+/// timeout is shorter than the agent: the same cancel as a stream's, never the agent's fault.
+#[tokio::test]
+async fn clients_that_give_up_on_any_transport_never_open_a_healthy_agents_breaker() {
+    let slow = spawn_agent(
+        "Slow_AI",
+        Behaviour::Answer {
+            data: json!("lit"),
+            extra: json!({}),
+        },
+    );
+    slow.set(Behaviour::Slow(Duration::from_millis(400)));
+    let seed = seed_with("lamp", &[("Slow_AI", &slow.url(), &["define"], 0.5)]);
+    let raw = myriad::config::RawSettings {
+        // Three failures would open the breaker: eight cancels must not be one.
+        breaker_consecutive_failures: Some("3".into()),
+        ..uncached()
+    };
+    let app = spawn_with(raw, Some(seed)).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let task = json!({"tasks": [{"task_id": 1, "concept": "lamp", "intent": "define"}]});
+    let question = json!({"query": "What is a lamp?"});
+    let mutation = json!({"query":
+        "mutation { process(tasks: [{taskId: 1, concept: \"lamp\", intent: \"define\"}]) { status } }"});
+    let calls: [(&str, &Value); 8] = [
+        ("/process", &task),
+        ("/process_query", &question),
+        ("/graphql", &mutation),
+        ("/process", &task),
+        ("/process_query", &task),
+        ("/graphql", &mutation),
+        ("/process", &question),
+        ("/process", &task),
+    ];
+    for (path, body) in calls {
+        let sent = impatient.post(app.url(path)).json(body).send().await;
+        assert!(
+            sent.is_err_and(|e| e.is_timeout()),
+            "{path} answered in time"
+        );
+    }
+    // Every call reached the agent and was dropped when its client left.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(slow.calls(), 8);
+    assert_eq!(
+        app.series("myriad_tasks_total{status=\"cancelled\"}").await,
+        8.0
+    );
+    assert_eq!(
+        app.series("myriad_agent_breaker_state{agent=\"Slow_AI\"}")
+            .await,
+        0.0,
+        "a client's timeout opened the breaker"
+    );
+    assert_eq!(
+        app.weight("Slow_AI", "lamp").await,
+        0.5,
+        "cancels were learned"
+    );
+    // A patient client is served by the agent.
+    let (status, body) = app.post("/process", &task).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["results"]["1"]["status"], "success", "{body}");
+    assert_eq!(slow.calls(), 9);
+    // A request that hits its own deadline is still the agent's failure.
+    let short = myriad::config::RawSettings {
+        request_timeout_ms: Some("100".into()),
+        agent_timeout_ms: Some("100".into()),
+        breaker_consecutive_failures: Some("3".into()),
+        ..uncached()
+    };
+    let seed = seed_with("lamp", &[("Slow_AI", &slow.url(), &["define"], 0.5)]);
+    let strict = spawn_with(short, Some(seed)).await;
+    for _ in 0..3 {
+        let (_, body) = strict.post("/process", &task).await;
+        assert_eq!(body["results"]["1"]["code"], "timeout", "{body}");
+    }
+    assert_eq!(
+        strict
+            .series("myriad_agent_breaker_state{agent=\"Slow_AI\"}")
+            .await,
+        1.0,
+        "deadline failures must count against the agent"
+    );
+}
