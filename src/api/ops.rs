@@ -207,7 +207,8 @@ impl OpsApi {
                 // Routes discovery remembers keep being served while the graph is away: a
                 // replica that can still route stays in its load balancer (a graph outage
                 // would otherwise take every replica out of it at once).
-                let known = state.pipeline.stack.caches.discovery.entries_now();
+                let caches = &state.pipeline.stack.caches;
+                let known = (caches.discovery.entries_now() as u64).max(caches.routes.len());
                 if known > 0 {
                     warnings.push(format!(
                         "the knowledge graph is unavailable; routing from {known} remembered discovery answers"

@@ -562,3 +562,106 @@ async fn both_graphs_learn_the_same_weights_from_the_same_outcomes() {
     // Low 0.03 → 0.01, 0.0, 0.05, 0.03, 0.01, 0.0; then seven successes: 0.35.
     assert!((m[1].1 - 0.35).abs() < 1e-9, "{m:?}");
 }
+
+/// With the response cache off (no discovery cache either), a graph outage: tasks keep
+/// reaching the healthy agent through the routes remembered, without waiting for the graph
+/// (its calls fail at once while it is down), the warning is not repeated per task, and the
+/// outcomes learned meanwhile wait for the graph and are written when it returns.
+#[tokio::test]
+async fn with_the_cache_off_a_graph_outage_keeps_known_routes_and_learning_waits_for_its_return() {
+    let mut db = ArcadeServer::start().await;
+    let agent = spawn_agent(
+        "Lamp_AI",
+        Behaviour::Answer {
+            data: json!("lit"),
+            extra: json!({}),
+        },
+    );
+    let seed = seed_with("lamp", &[("Lamp_AI", &agent.url(), &["define"], 0.5)]);
+    assert!(seed_graph(&db, &seed).status.success());
+    let mut env = db.env();
+    env.extend([
+        ("CACHE_ENABLED", "false".to_string()),
+        ("GRAPH_TIMEOUT_MS", "1000".into()),
+        ("LEARNING_FLUSH_MS", "50".into()),
+        ("DEMO_AGENTS", "off".into()),
+    ]);
+    let app = crate::helpers::spawn_process(&env, None);
+    assert_eq!(
+        one(&app, "lamp", "define", json!({"n": 0})).await["status"],
+        "success"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = weight(&db, "Lamp_AI", "lamp").await;
+    assert!((before - 0.55).abs() < 1e-9, "{before}");
+
+    db.kill();
+    let started = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    for n in 1..=40 {
+        let asked = std::time::Instant::now();
+        let r = one(&app, "lamp", "define", json!({ "n": n })).await;
+        slowest = slowest.max(asked.elapsed());
+        assert_eq!(r["status"], "success", "task {n} during the outage: {r}");
+    }
+    println!(
+        "40 tasks during the outage in {:?}, slowest {slowest:?}",
+        started.elapsed()
+    );
+    assert_eq!(agent.calls(), 41);
+    // One task at most met the graph's failure; the rest were refused at once.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "tasks waited for the graph: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        app.series("myriad_graph_gate_total{event=\"refused\"}")
+            .await
+            >= 30.0
+    );
+    assert!(
+        app.series("myriad_discovery_stale_served_total{reason=\"recent_failure\"}")
+            .await
+            >= 30.0
+    );
+    let logs = app.logs();
+    let warned = logs
+        .iter()
+        .filter(|l| l.contains("discovery failed"))
+        .count();
+    assert!(warned <= 3, "{warned} discovery warnings for 40 tasks");
+    assert!(
+        app.series("myriad_learning_total{event=\"deferred\"}")
+            .await
+            >= 1.0
+    );
+    assert_eq!(
+        app.series("myriad_learning_total{event=\"dropped\"}").await,
+        0.0
+    );
+
+    // The graph returns with its data, and the 40 outcomes learned during the outage are
+    // written.
+    db.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let w = weight(&db, "Lamp_AI", "lamp").await;
+        if (w - 1.0).abs() < 1e-9 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outcomes of the outage were not written: weight {w}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let uses = db
+        .cypher(
+            "MATCH (:Agent {name: 'Lamp_AI'})-[h:HANDLES_CONCEPT]->(:Concept {name: 'lamp'}) RETURN h.usage_count AS n",
+            json!({}),
+        )
+        .await[0]["n"]
+        .as_i64();
+    assert_eq!(uses, Some(41), "every outcome of the outage, once");
+}
