@@ -14,6 +14,7 @@ mod helpers;
 mod learning;
 mod operations;
 mod process;
+mod production;
 mod replicas;
 mod resilience;
 mod routing;

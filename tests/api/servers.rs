@@ -494,3 +494,67 @@ impl Drop for PhoenixServer {
         show_log("phoenix", self._dir.path());
     }
 }
+
+/// A real OTLP/HTTP trace receiver (`tests/otlp_sink.py`: decodes every export, answers
+/// 200, counts spans by name and keeps the newest for inspection), killed on drop.
+pub struct OtlpSink {
+    pub port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl OtlpSink {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut child = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otlp_sink.py"))
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(log_file(dir.path()))
+            .spawn()
+            .expect("python3 runs");
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert!(
+            ready.starts_with("listening"),
+            "the OTLP sink did not start: {ready:?} {}",
+            std::fs::read_to_string(dir.path().join("child.log")).unwrap_or_default()
+        );
+        OtlpSink { port, child, dir }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `{"requests", "spans", "by_name": {…}}`.
+    pub async fn summary(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/summary", self.endpoint()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The kept spans named `name`.
+    pub async fn spans(&self, name: &str) -> Vec<serde_json::Value> {
+        reqwest::get(format!("{}/spans?name={name}", self.endpoint()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for OtlpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        show_log("OTLP sink", self.dir.path());
+    }
+}
