@@ -98,7 +98,10 @@ async fn one_batch_is_one_trace_of_every_stage_under_the_clients_span_in_a_real_
         assert_eq!(tp.split('-').nth(1), Some(CLIENT_TRACE));
     }
 
-    let spans = phoenix.trace(CLIENT_TRACE, 20).await;
+    phoenix.trace(CLIENT_TRACE, 8).await;
+    // Anything still on its way (export is batched every 500 ms) arrives meanwhile.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let spans = phoenix.trace(CLIENT_TRACE, 8).await;
     let by_id: HashMap<&str, &Value> = spans
         .iter()
         .map(|s| (s["context"]["span_id"].as_str().unwrap(), s))
@@ -119,6 +122,15 @@ async fn one_batch_is_one_trace_of_every_stage_under_the_clients_span_in_a_real_
             .filter(move |s| s["name"] == name)
             .collect::<Vec<_>>()
     };
+    // The span budget (README, "Span budget"): 3 + 3 per task + 3 per HTTP attempt. Here
+    // 2 tasks and 3 attempts: a server span, 2 tasks, 2 calls and 3 attempts.
+    assert_eq!(
+        spans.len(),
+        8,
+        "{:?}",
+        spans.iter().map(|s| &s["name"]).collect::<Vec<_>>()
+    );
+    assert!(spans.len() <= 3 + 3 * 2 + 3 * 3);
     // The in-process graph's answer is attributes of the task (a remote graph's is a
     // `discover` span of its own).
     assert!(named("discover").is_empty());
