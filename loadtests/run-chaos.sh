@@ -6,11 +6,14 @@
 #   t=30 s  the graph server hangs (SIGSTOP) after the discovery entries expired, then SIGCONT
 #   t=50 s  redis-server is killed, and started again 10 s later
 # Prints failed tasks and latency per phase, and when each dependency was back.
+# CACHE_ENABLED=false runs it with every cache off (known routes are then routing state, not
+# cache entries).
 # Usage: loadtests/run-chaos.sh [path/to/myriad-orchestrator]   (default: release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/myriad-orchestrator}
 RATE=${RATE:-200}
+CACHE_ENABLED=${CACHE_ENABLED:-true}
 [ -x "$BIN" ] || cargo build --release --locked
 PKG=$(python3 -c "import arcadedb_embedded, os; print(os.path.dirname(arcadedb_embedded.__file__))")
 WORK=$(mktemp -d)
@@ -49,7 +52,7 @@ sed -e "s/:5001/:$P_AG1/; s/:5003/:$P_AG2/" loadtests/seed-two-agents.json > "$W
 export NEO4J_URI=bolt://127.0.0.1:$P_BOLT NEO4J_USER=root NEO4J_PASSWORD=$PW NEO4J_DATABASE=myriad
 "$BIN" seed-graph --file "$WORK/seed.json" >/dev/null
 for port in $P_A $P_B; do
-  REDIS_URL=redis://127.0.0.1:$P_REDIS/ DEMO_AGENTS=off HOST=127.0.0.1 PORT=$port \
+  REDIS_URL=redis://127.0.0.1:$P_REDIS/ DEMO_AGENTS=off HOST=127.0.0.1 PORT=$port CACHE_ENABLED=$CACHE_ENABLED \
     DISCOVERY_CACHE_TTL_S=2 GRAPH_TIMEOUT_MS=1000 RATE_LIMIT_PER_CLIENT=100000 RUST_LOG=warn \
     "$BIN" serve >"$WORK/replica-$port.log" 2>&1 & pids+=($!)
 done
@@ -73,5 +76,5 @@ wait $k6_pid || true
 cat "$WORK/k6.txt"
 for port in $P_A $P_B; do
   echo "replica $port: $(curl -s http://127.0.0.1:$port/metrics | python3 -c 'import json,sys; m=json.load(sys.stdin)["performance"]; print("redis", m.get("cache",{}).get("store", "?"), "connections", m["connections"])' 2>/dev/null)"
-  curl -s -H 'accept: text/plain' http://127.0.0.1:$port/metrics | grep -E '^myriad_discovery_stale_served_total' | sed "s/^/  /"
+  curl -s -H 'accept: text/plain' http://127.0.0.1:$port/metrics | grep -E '^myriad_(discovery_stale_served|graph_gate|learning)_total' | sed "s/^/  /"
 done

@@ -42,6 +42,12 @@ command -v kubernetes-validate >/dev/null || python3 -m pip install -q kubernete
 # gql: a standard GraphQL client the suite queries /graphql through (HTTP and graphql-ws).
 python3 -c "import gql, requests, websockets" 2>/dev/null || python3 -m pip install -q "gql[requests,websockets]"
 
+# The OTLP/HTTP receiver of the tests and the production run (tests/otlp_sink.py) decodes
+# exports with the OpenTelemetry protobuf definitions; the production run's leaving clients
+# use httpx (SSE) and websockets.
+python3 -c "import opentelemetry.proto.collector.trace.v1.trace_service_pb2, httpx, websockets" 2>/dev/null \
+  || python3 -m pip install -q opentelemetry-proto httpx websockets
+
 # pyenv only sees new console scripts after a rehash.
 if command -v pyenv >/dev/null; then pyenv rehash || true; fi
 

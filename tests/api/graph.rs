@@ -570,13 +570,7 @@ async fn both_graphs_learn_the_same_weights_from_the_same_outcomes() {
 #[tokio::test]
 async fn with_the_cache_off_a_graph_outage_keeps_known_routes_and_learning_waits_for_its_return() {
     let mut db = ArcadeServer::start().await;
-    let agent = spawn_agent(
-        "Lamp_AI",
-        Behaviour::Answer {
-            data: json!("lit"),
-            extra: json!({}),
-        },
-    );
+    let agent = crate::agents::answering("Lamp_AI");
     let seed = seed_with("lamp", &[("Lamp_AI", &agent.url(), &["define"], 0.5)]);
     assert!(seed_graph(&db, &seed).status.success());
     let mut env = db.env();

@@ -59,14 +59,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn everything_on_a_burst_at_saturation_is_answered_and_the_service_returns_to_idle() {
     let sink = OtlpSink::start();
     // A healthy agent slower than the impatient clients' timeout, beside the demo agents.
-    let slow = spawn_agent(
-        "Slow_AI",
-        Behaviour::Answer {
-            data: json!("late but right"),
-            extra: json!({}),
-        },
-    );
-    slow.set(Behaviour::Slow(Duration::from_millis(300)));
+    let slow = spawn_agent("Slow_AI", Behaviour::Slow(Duration::from_millis(300)));
     let mut seed: Value = serde_json::from_str(include_str!("../../seed/default.json")).unwrap();
     seed["concepts"]
         .as_array_mut()

@@ -206,14 +206,7 @@ async fn a_client_that_goes_away_stops_the_work_without_blaming_the_agent() {
 /// timeout is shorter than the agent: the same cancel as a stream's, never the agent's fault.
 #[tokio::test]
 async fn clients_that_give_up_on_any_transport_never_open_a_healthy_agents_breaker() {
-    let slow = spawn_agent(
-        "Slow_AI",
-        Behaviour::Answer {
-            data: json!("lit"),
-            extra: json!({}),
-        },
-    );
-    slow.set(Behaviour::Slow(Duration::from_millis(400)));
+    let slow = spawn_agent("Slow_AI", Behaviour::Slow(Duration::from_millis(400)));
     let seed = seed_with("lamp", &[("Slow_AI", &slow.url(), &["define"], 0.5)]);
     let raw = myriad::config::RawSettings {
         // Three failures would open the breaker: eight cancels must not be one.
