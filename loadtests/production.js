@@ -80,11 +80,15 @@ export function main() {
   );
   if (res.status === 200) {
     answered.add(res.timings.duration);
-    taskFailed.add(res.json('status') !== 'success');
+    const failed = res.json('status') !== 'success';
+    taskFailed.add(failed);
+    if (failed) console.warn(`failed task: ${String(res.body).slice(0, 300)}`);
   } else {
     // Refused under overload (429/503 with a code) or a transport error (status 0).
     refused.add(1, { status: String(res.status) });
-    taskFailed.add(res.status !== 429 && res.status !== 503);
+    const failed = res.status !== 429 && res.status !== 503;
+    taskFailed.add(failed);
+    if (failed) console.warn(`failed request: ${res.status} ${res.error} ${String(res.body).slice(0, 200)}`);
   }
 }
 
@@ -110,7 +114,8 @@ const HOSTILE = [
 ];
 
 export function hostile() {
-  const [type, body] = HOSTILE[seq % HOSTILE.length];
+  const i = seq % HOSTILE.length;
+  const [type, body] = HOSTILE[i];
   const res = http.post(`${target()}/process`, body, {
     headers: { 'Content-Type': type },
     timeout: '10s',
@@ -121,7 +126,10 @@ export function hostile() {
   } catch (e) {
     code = null;
   }
-  if (res.status < 400 || res.status >= 500 || !code) hostileWrong.add(1);
+  if (res.status < 400 || res.status >= 500 || !code) {
+    hostileWrong.add(1);
+    console.warn(`hostile body ${i}: ${res.status} ${res.error} ${String(res.body).slice(0, 200)}`);
+  }
 }
 
 export function handleSummary(data) {

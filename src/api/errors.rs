@@ -464,6 +464,10 @@ pub async fn normalize<E: Endpoint>(next: &E, req: Request) -> Response {
     }
 }
 
+/// A body announced at most this many times over the limit is read and discarded before
+/// its 413; a larger one is refused without reading it.
+const DRAIN_FACTOR: u64 = 4;
+
 /// Reads the body of a request into memory, refusing more than `max` bytes (413).
 pub async fn limit_body(
     mut req: Request,
@@ -483,7 +487,21 @@ pub async fn limit_body(
         .and_then(|v| v.parse::<u64>().ok())
     {
         if len > max as u64 {
-            return Err(too_large());
+            // Read what the client is sending before answering (up to a bound, within the
+            // read timeout; nginx's lingering close): a connection closed with its body
+            // unread is reset, and the client sees a broken pipe instead of this 413.
+            if len <= (max as u64).saturating_mul(DRAIN_FACTOR) {
+                let mut rest = req.take_body().into_async_read();
+                let mut sink = tokio::io::sink();
+                let drained = tokio::io::copy(&mut rest, &mut sink);
+                let _ = tokio::time::timeout(read_timeout, drained).await;
+            }
+            let mut resp = too_large();
+            resp.headers_mut().insert(
+                poem::http::header::CONNECTION,
+                poem::http::HeaderValue::from_static("close"),
+            );
+            return Err(resp);
         }
     }
     let body = req.take_body();

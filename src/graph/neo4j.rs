@@ -26,25 +26,25 @@ pub type Resolver = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 pub struct Neo4jGraph {
     /// The connection pool; replaced by a fresh one after a query was cut off (see `pool`).
     graph: std::sync::RwLock<neo4rs::Graph>,
-    /// A query was cut off (timed out, or its caller went away) since the pool was made.
-    cut_off: std::sync::atomic::AtomicBool,
+    /// A query was cut off by its timeout since the pool was made.
+    cut_off: Arc<std::sync::atomic::AtomicBool>,
     config: neo4rs::Config,
     timeout: Duration,
     resolve: Resolver,
 }
 
 /// A query on its way; dropped before [`Running::ended`], it marks the pool as cut off.
-struct Running<'a>(Option<&'a std::sync::atomic::AtomicBool>);
+struct Running(Option<Arc<std::sync::atomic::AtomicBool>>);
 
-impl Running<'_> {
+impl Running {
     fn ended(mut self) {
         self.0 = None;
     }
 }
 
-impl Drop for Running<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(cut_off) = self.0 {
+        if let Some(cut_off) = &self.0 {
             cut_off.store(true, std::sync::atomic::Ordering::Release);
         }
     }
@@ -70,6 +70,20 @@ const AGENT_FIELDS: &str = "a.name AS name, a.type AS type, a.endpoint AS endpoi
      a.status AS status, a.intents AS intents, a.capabilities AS capabilities, a.facts AS facts";
 const EDGE_FIELDS: &str = "h.weight AS weight, h.usage_count AS usage_count, \
      h.success_count AS success_count, h.failure_count AS failure_count, h.success_rate AS success_rate";
+
+/// Runs a query (bounded by its own timeout) in a task of its own, so that a caller that
+/// goes away (a client that left mid-discovery) lets it finish instead of cutting its
+/// connection off mid-answer: under a load of leaving clients, cutting off renewed the whole
+/// pool dozens of times a minute.
+async fn detached<T: Send + 'static>(
+    query: impl std::future::Future<Output = Result<T, GraphError>> + Send + 'static,
+) -> Result<T, GraphError> {
+    tokio::spawn(query).await.unwrap_or_else(|_| {
+        Err(GraphError::Unavailable(
+            "the graph query was stopped".into(),
+        ))
+    })
+}
 
 impl Neo4jGraph {
     /// Builds the (lazy) connection pool; nothing touches the server yet.
@@ -106,12 +120,12 @@ impl Neo4jGraph {
 
     /// The pool to run a query on, and a guard to drop when the query ended.
     ///
-    /// A query cut off (by the timeout, or because its caller went away) leaves its answer
-    /// unread on its connection, and the driver would hand that connection, out of step, to
-    /// the next query, which would then read the old answer as its own. So after a cut-off
-    /// the pool is replaced by a fresh one (lazy: nothing opens until a query needs it); the
-    /// old one closes as its last users finish.
-    async fn pool(&self) -> (neo4rs::Graph, Running<'_>) {
+    /// A query cut off by its timeout leaves its answer unread on its connection, and the
+    /// driver would hand that connection, out of step, to the next query, which would then
+    /// read the old answer as its own. So after a cut-off the pool is replaced by a fresh
+    /// one (lazy: nothing opens until a query needs it); the old one closes as its last
+    /// users finish. (A caller that goes away does not cut a query off: see [`detached`].)
+    async fn pool(&self) -> (neo4rs::Graph, Running) {
         use std::sync::atomic::Ordering;
         if self.cut_off.swap(false, Ordering::AcqRel) {
             if let Ok(Ok(fresh)) =
@@ -125,24 +139,28 @@ impl Neo4jGraph {
             }
         }
         let graph = self.graph.read().unwrap_or_else(|e| e.into_inner()).clone();
-        (graph, Running(Some(&self.cut_off)))
+        (graph, Running(Some(self.cut_off.clone())))
     }
 
     async fn rows(&self, q: Query) -> Result<Vec<Row>, GraphError> {
         let (graph, running) = self.pool().await;
-        let work = async {
-            let mut stream = graph.execute(q).await.map_err(unavailable)?;
-            let mut rows = Vec::new();
-            while let Some(row) = stream.next().await.map_err(unavailable)? {
-                rows.push(row);
-            }
-            Ok(rows)
-        };
-        let rows = tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| GraphError::Timeout)?;
-        running.ended();
-        rows
+        let timeout = self.timeout;
+        detached(async move {
+            let work = async {
+                let mut stream = graph.execute(q).await.map_err(unavailable)?;
+                let mut rows = Vec::new();
+                while let Some(row) = stream.next().await.map_err(unavailable)? {
+                    rows.push(row);
+                }
+                Ok(rows)
+            };
+            let rows = tokio::time::timeout(timeout, work)
+                .await
+                .map_err(|_| GraphError::Timeout)?;
+            running.ended();
+            rows
+        })
+        .await
     }
 
     /// `(node)-[:BELONGS_TO]->(region)`; `label` is `Concept` or `Agent`.
@@ -156,11 +174,15 @@ impl Neo4jGraph {
 
     async fn exec(&self, q: Query) -> Result<(), GraphError> {
         let (graph, running) = self.pool().await;
-        let done = tokio::time::timeout(self.timeout, graph.run(q))
-            .await
-            .map_err(|_| GraphError::Timeout)?;
-        running.ended();
-        done.map_err(unavailable)
+        let timeout = self.timeout;
+        detached(async move {
+            let done = tokio::time::timeout(timeout, graph.run(q))
+                .await
+                .map_err(|_| GraphError::Timeout)?;
+            running.ended();
+            done.map_err(unavailable)
+        })
+        .await
     }
 
     /// Uniqueness constraints on names, where the server supports them (idempotent).

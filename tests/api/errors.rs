@@ -142,6 +142,43 @@ async fn a_body_over_the_limit_is_413_with_or_without_content_length() {
     assert_eq!(error_code(&body), "payload_too_large");
 }
 
+/// A client that sends its whole oversized body before reading (as most do) reads the 413:
+/// the body is read and discarded first, so the connection is not reset under it.
+#[tokio::test]
+async fn a_client_that_sends_a_whole_oversized_body_reads_its_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = settings();
+    raw.max_body_bytes = Some("65536".into());
+    let app = spawn_with(raw, None).await;
+    let body = json!({"query": "x".repeat(200 * 1024)}).to_string();
+    let addr = app.base.trim_start_matches("http://").to_string();
+    for round in 0..5 {
+        let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /process HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        // In pieces, as over a real network: the 413 is ready before the body has arrived.
+        let mut written = Ok(());
+        for piece in body.as_bytes().chunks(32 * 1024) {
+            written = socket.write_all(piece).await;
+            if written.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let mut answer = Vec::new();
+        let read = socket.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            written.is_ok() && read.is_ok() && answer.starts_with("HTTP/1.1 413"),
+            "round {round}: write {written:?}, read {read:?}, answer {answer:?}"
+        );
+        assert!(answer.contains("payload_too_large"), "{answer}");
+    }
+}
+
 #[tokio::test]
 async fn rejected_requests_change_nothing() {
     let app = spawn_app().await;
