@@ -15,11 +15,26 @@ use poem_openapi::{
     ApiResponse, Enum, Object,
 };
 
-/// Every stable machine-readable code an error body can carry — and the one place each
-/// maps to its HTTP status. The spec lists them, so clients can match on them.
-#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
-#[oai(rename_all = "snake_case")]
-pub enum ErrorCode {
+/// Declares [`ErrorCode`] and [`ErrorCode::ALL`] from one list, so the list cannot miss a
+/// variant.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $code:ident,)*) => {
+        /// Every stable machine-readable code an error body can carry — and the one place each
+        /// maps to its HTTP status. The spec lists them, so clients can match on them.
+        #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+        #[oai(rename_all = "snake_case")]
+        pub enum ErrorCode {
+            $($(#[$doc])* $code,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in declaration order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$code,)*];
+        }
+    };
+}
+
+error_codes! {
     /// The body is not one of the accepted shapes, or breaks a rule of its schema.
     InvalidBody,
     /// A path or query parameter is not valid.
@@ -105,47 +120,6 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 38] = [
-        ErrorCode::InvalidBody,
-        ErrorCode::InvalidParameter,
-        ErrorCode::InvalidConcept,
-        ErrorCode::InvalidIntent,
-        ErrorCode::InvalidQuery,
-        ErrorCode::InvalidUserId,
-        ErrorCode::InvalidTaskId,
-        ErrorCode::DuplicateTaskId,
-        ErrorCode::InvalidArgs,
-        ErrorCode::ArgsTooDeep,
-        ErrorCode::InvalidName,
-        ErrorCode::InvalidEndpoint,
-        ErrorCode::EndpointNotAllowed,
-        ErrorCode::InvalidIntents,
-        ErrorCode::InvalidConcepts,
-        ErrorCode::InvalidCapabilities,
-        ErrorCode::InvalidType,
-        ErrorCode::InvalidWeight,
-        ErrorCode::BadRequest,
-        ErrorCode::Unauthorized,
-        ErrorCode::Forbidden,
-        ErrorCode::AdminDisabled,
-        ErrorCode::NotFound,
-        ErrorCode::AgentNotFound,
-        ErrorCode::MethodNotAllowed,
-        ErrorCode::BodyTimeout,
-        ErrorCode::PayloadTooLarge,
-        ErrorCode::TooManyTasks,
-        ErrorCode::ArgsTooLarge,
-        ErrorCode::UnsupportedMediaType,
-        ErrorCode::RateLimited,
-        ErrorCode::HeadersTooLarge,
-        ErrorCode::InternalError,
-        ErrorCode::InputProcessorUnavailable,
-        ErrorCode::InputProcessorInvalid,
-        ErrorCode::GraphUnavailable,
-        ErrorCode::NotReady,
-        ErrorCode::NoAgentFound,
-    ];
-
     /// The status every answer with this code has.
     pub fn status(self) -> StatusCode {
         use ErrorCode::*;

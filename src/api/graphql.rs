@@ -509,11 +509,10 @@ impl QueryRoot {
             .discover(&concept, &intent, true)
             .await
             .map_err(|_| unavailable())?;
-        let assessed = app.pipeline.assess(&found);
         // The order `/discover` lists them in.
-        let inputs: Vec<_> = assessed.iter().map(|(i, _)| *i).collect();
+        let (order, assessed) = app.pipeline.listing(&found);
         let regions = app.pipeline.regions.as_ref();
-        let out: Vec<Candidate> = crate::routing::rank(&inputs)
+        let out: Vec<Candidate> = order
             .into_iter()
             .map(|i| {
                 let (c, (inputs, live)) = (&found[i], &assessed[i]);

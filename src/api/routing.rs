@@ -22,7 +22,7 @@ use crate::{
     context::RequestCtx,
     graph::{AgentRecord, Candidate},
     pipeline::{overall_status, processors, TaskSpec},
-    routing::{Admission, PolicyKind},
+    routing::Admission,
 };
 
 pub struct RoutingApi;
@@ -255,16 +255,8 @@ impl RoutingApi {
                 )
             })?;
         let pipeline = &state.pipeline;
-        let assessed = pipeline.assess(&candidates);
-        // Best first: by score under the score policy (refused breakers last, this
-        // replica's region first at equal health), in the graph's order under the weight
-        // policy; the best is the first a call would pass.
-        let order: Vec<usize> = if pipeline.router.policy() == PolicyKind::Score {
-            let inputs: Vec<_> = assessed.iter().map(|(i, _)| *i).collect();
-            crate::routing::rank(&inputs)
-        } else {
-            (0..candidates.len()).collect()
-        };
+        // Best first; the best is the first a call would pass.
+        let (order, assessed) = pipeline.listing(&candidates);
         let Some(&best) = order
             .iter()
             .find(|&&i| assessed[i].0.admission != Admission::Refused)

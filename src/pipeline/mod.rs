@@ -455,6 +455,23 @@ impl Pipeline {
             .collect()
     }
 
+    /// The order candidates are shown in (`/discover` and GraphQL `candidates` alike), with
+    /// what the policy knows of each: by score under the score policy (refused breakers
+    /// last, this replica's region first at equal health), in the graph's order under the
+    /// weight policy. A call's own order ([`Pipeline::plan`]) adds only what belongs to one
+    /// request (stickiness, exploration).
+    pub fn listing(&self, candidates: &[Candidate]) -> (Vec<usize>, Vec<(Inputs, Live)>) {
+        let assessed = self.assess(candidates);
+        let order = match self.router.policy() {
+            PolicyKind::Score => {
+                let inputs: Vec<Inputs> = assessed.iter().map(|(i, _)| *i).collect();
+                crate::routing::rank(&inputs)
+            }
+            PolicyKind::Weight => (0..candidates.len()).collect(),
+        };
+        (order, assessed)
+    }
+
     /// The routing policy's order for `candidates` (and why the first is first).
     pub fn plan(&self, task: &TaskSpec, candidates: &[Candidate], use_cache: bool) -> Plan {
         if self.router.policy() == PolicyKind::Weight {

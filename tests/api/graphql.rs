@@ -302,3 +302,67 @@ async fn graphiql_loads_in_a_real_browser_from_the_service_alone() {
     // Nothing was fetched from anywhere else (no CDN).
     assert_eq!(seen["foreign"], json!([]));
 }
+
+/// `/discover` and GraphQL `candidates` list the same agents in the same order under either
+/// routing policy — here once the heavier agent has failed enough to rank below the other by
+/// score, while the weight policy keeps the graph's order.
+#[tokio::test]
+async fn graphql_and_discover_list_the_candidates_in_the_same_order_under_either_policy() {
+    let failing = spawn_agent("Heavy_AI", Behaviour::Status(500));
+    let good = crate::agents::answering("Light_AI");
+    let seed = seed_with(
+        "lamp",
+        &[
+            ("Heavy_AI", &failing.url(), &["define"], 0.9),
+            ("Light_AI", &good.url(), &["define"], 0.5),
+        ],
+    );
+    for (policy, first) in [("weight", "Heavy_AI"), ("score", "Light_AI")] {
+        let raw = RawSettings {
+            routing_policy: Some(policy.into()),
+            ..uncached()
+        };
+        let app = spawn_with(raw, Some(seed.clone())).await;
+        for _ in 0..4 {
+            let (status, body) = app
+                .post(
+                    "/process",
+                    &json!({"tasks": [{"task_id": 1, "concept": "lamp", "intent": "define"}]}),
+                )
+                .await;
+            assert_eq!(
+                (status, &body["results"]["1"]["agent_name"]),
+                (200, &json!("Light_AI")),
+                "{body}"
+            );
+        }
+        let (status, discovered) = app
+            .post("/discover", &json!({"concept": "lamp", "intent": "define"}))
+            .await;
+        assert_eq!(status, 200, "{discovered}");
+        let listed: Vec<Value> = discovered["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].clone())
+            .collect();
+        let read = gql(
+            app.url("/graphql").as_str(),
+            None,
+            "{ candidates(concept: \"lamp\") { agent } }",
+            json!({}),
+        )
+        .await;
+        let ranked: Vec<Value> = read["candidates"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{read}"))
+            .iter()
+            .map(|c| c["agent"].clone())
+            .collect();
+        assert_eq!(listed, ranked, "under ROUTING_POLICY={policy}");
+        assert_eq!(
+            listed[0], first,
+            "under ROUTING_POLICY={policy}: {discovered}"
+        );
+    }
+}
