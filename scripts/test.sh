@@ -11,6 +11,8 @@ bash scripts/install-test-deps.sh
 PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 export PATH
 
+echo "== no import cycle between the files of src/"
+python3 scripts/import-cycles.py
 echo "== cargo test"
 started=$(date +%s)
 cargo test --locked --all-targets 2>&1 | tee /tmp/myriad-test.log

@@ -41,7 +41,18 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::time::Instant;
 
-pub use crate::config::RoutingSettings;
+pub use crate::config::{PolicyKind, RoutingSettings};
+
+/// Decayed local attempts at which the peers' counts stop counting in an agent's health.
+pub const LOCAL_ENOUGH: f64 = 10.0;
+
+/// Health of an agent from local counts and the peers' (decayed successes and attempts),
+/// local first: the peers' counts weigh `1 − local_total ÷ LOCAL_ENOUGH` (nothing once this
+/// replica has seen enough), with one imagined success as a prior.
+pub fn folded_health(local_ok: f64, local_total: f64, peers_ok: f64, peers_total: f64) -> f64 {
+    let w = (1.0 - local_total / LOCAL_ENOUGH).clamp(0.0, 1.0);
+    (local_ok + w * peers_ok + 1.0) / (local_total + w * peers_total + 1.0)
+}
 
 /// Time constant of the health window.
 pub const HEALTH_TAU: Duration = Duration::from_secs(5);
@@ -58,15 +69,6 @@ pub const RAMP_FLOOR: f64 = 0.1;
 pub const REGION_HEALTH_SLACK: f64 = 0.1;
 /// Length of each of the two buckets `share` is measured over.
 pub const SHARE_WINDOW: Duration = Duration::from_secs(10);
-
-/// Which policy orders candidates (`ROUTING_POLICY`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PolicyKind {
-    /// Learned weight, live health and latency, exploration, slow start (the default).
-    Score,
-    /// The graph's order: weight, then success rate, then name.
-    Weight,
-}
 
 /// Why the candidate that answered was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -196,7 +198,7 @@ impl Signals {
     /// replica's counts alone; the stack folds the peers' in the same way).
     pub fn health(&self, now: Instant) -> f64 {
         let (ok, total) = self.counts(now);
-        crate::resilience::shared::folded_health(ok, total, &Default::default())
+        folded_health(ok, total, 0.0, 0.0)
     }
 
     pub fn latency_ms(&self) -> Option<f64> {
@@ -536,6 +538,17 @@ mod tests {
 
     fn at(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn local_evidence_outweighs_the_peers() {
+        // Nothing seen here: the peers' verdict (0 of 20) stands.
+        assert!(folded_health(0.0, 0.0, 0.0, 20.0) < 0.1);
+        // Half the evidence needed: half the weight.
+        let h = folded_health(5.0, 5.0, 0.0, 20.0);
+        assert!((0.3..0.4).contains(&h), "{h}");
+        // Enough of its own: the local view alone.
+        assert_eq!(folded_health(10.0, 10.0, 0.0, 20.0), 1.0);
     }
 
     #[test]

@@ -8,7 +8,6 @@ use poem_openapi::{
 };
 
 use super::{
-    agents::AdminError,
     errors::{ApiError, AuthError, ErrorBody, ErrorCode},
     AppState,
 };
@@ -161,6 +160,42 @@ impl AppState {
                     0,
                 ))
             }
+        }
+    }
+}
+
+error_responses! {
+    pub(super) enum AdminError {
+        /// The registration is not valid.
+        400 => BadRequest,
+        /// No admin key was sent. (Answered by the security scheme's extractor before the
+        /// operation runs; declared here so the spec lists it.)
+        401 => Unauthorized,
+        /// The admin key is wrong, or the admin API is disabled (`ADMIN_API_KEY` unset).
+        403 => Forbidden,
+        /// No agent of that name.
+        404 => NotFound,
+        /// The body is larger than allowed.
+        413 => PayloadTooLarge,
+        /// The body is not `application/json`.
+        415 => UnsupportedMediaType,
+        /// The knowledge graph is unavailable.
+        503 => Unavailable,
+    }
+}
+
+impl From<ApiError> for AdminError {
+    /// By the status of the error's code: nothing changes status on the way.
+    fn from(e: ApiError) -> Self {
+        let body = e.into_body();
+        match body.code.status().as_u16() {
+            401 => AdminError::Unauthorized(body),
+            403 => AdminError::Forbidden(body),
+            404 => AdminError::NotFound(body),
+            413 => AdminError::PayloadTooLarge(body),
+            415 => AdminError::UnsupportedMediaType(body),
+            503 => AdminError::Unavailable(body),
+            _ => AdminError::BadRequest(body),
         }
     }
 }

@@ -21,9 +21,9 @@ use serde_json::{json, Value};
 
 use super::{
     auth::{client_key, presented_key},
+    batch::Prepared,
     dto::{ProcessBody, PROCESS_SHAPE},
     errors::{error_response, ApiError, ErrorCode},
-    routing::Prepared,
     stream::{Progress, Update},
     ws::Upgrade,
     AppState,

@@ -1,9 +1,12 @@
 //! The HTTP surface. Nothing here knows a backend type.
 //!
 //! - [`ops`]: `/health`, `/ready`, `/status`, `/metrics` (operations).
-//! - [`routing`]: `/process`, `/process_query`, `/discover`.
+//! - [`process`]: `/process`, `/process_query`, `/discover`.
+//! - [`batch`]: the batch use case every transport shares (prepare, run through
+//!   `stream::Progress`, finish); [`stream`] (SSE and `Progress`), [`ws`], [`graphql`]
+//!   are the other transports.
 //! - [`agents`]: `GET /agents` (clients); `POST /agents`, `DELETE /agents/{name}` (admin).
-//! - [`auth`]: client and admin keys, the inbound rate limit.
+//! - [`auth`]: client and admin keys, the inbound rate limit, the admin operations' errors.
 //! - [`validate`]: every limit on client input, and the DTO → domain step.
 //! - [`edge`]: what every request goes through once (span, limits, error bodies, metrics).
 //! - [`dto`], [`errors`]: the wire types and the one error body.
@@ -12,11 +15,12 @@
 pub mod errors;
 pub mod agents;
 pub mod auth;
+pub mod batch;
 pub mod dto;
 pub mod edge;
 pub mod graphql;
 pub mod ops;
-pub mod routing;
+pub mod process;
 pub mod stream;
 pub mod validate;
 pub mod ws;
@@ -36,7 +40,7 @@ use crate::{
 };
 use agents::AgentsApi;
 use ops::OpsApi;
-use routing::RoutingApi;
+use process::ProcessApi;
 
 /// Everything the operations need, shared by every request.
 pub struct AppState {
@@ -89,7 +93,7 @@ pub(crate) enum Tag {
 }
 
 /// Every operation group, composed into one service.
-pub type Api = (OpsApi, RoutingApi, AgentsApi);
+pub type Api = (OpsApi, ProcessApi, AgentsApi);
 
 /// What a handler reads the application from (the state is the route's data, so the API
 /// types, and the spec, need none).
@@ -98,7 +102,7 @@ pub(super) type State<'a> = poem::web::Data<&'a Arc<AppState>>;
 /// The OpenAPI service (also used by `myriad-orchestrator openapi`).
 pub fn service() -> OpenApiService<Api, ()> {
     OpenApiService::new(
-        (OpsApi, RoutingApi, AgentsApi),
+        (OpsApi, ProcessApi, AgentsApi),
         "Myriad Orchestrator",
         VERSION,
     )

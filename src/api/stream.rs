@@ -25,8 +25,8 @@ use poem_openapi::{
 use tracing::Instrument;
 
 use super::{
+    batch::Prepared,
     dto::{ProcessResponse, TaskResultBody},
-    routing::Prepared,
     AppState,
 };
 use crate::{

@@ -14,7 +14,7 @@ pub mod kinds;
 
 use kinds::Named;
 
-use crate::{agents::guard::DEFAULT_ALLOWED, routing::PolicyKind};
+use crate::agents::guard::DEFAULT_ALLOWED;
 
 /// Exit status for a bad configuration (`EX_USAGE`).
 pub const EXIT_BAD_CONFIG: i32 = 64;
@@ -282,10 +282,12 @@ named!(
     BudgetScope { "cluster" => Cluster, "replica" => Replica }
 );
 
-impl Named for PolicyKind {
-    const NAMES: &'static [(&'static str, Self)] =
-        &[("score", PolicyKind::Score), ("weight", PolicyKind::Weight)];
-}
+named!(
+    /// Which policy orders candidates (`ROUTING_POLICY`): `score` (learned weight, live
+    /// health and latency, exploration, slow start; the default) or `weight` (the graph's
+    /// order: weight, then success rate, then name).
+    PolicyKind { "score" => Score, "weight" => Weight }
+);
 
 /// One row of the documentation table.
 #[derive(Debug, Clone, PartialEq)]
@@ -432,7 +434,7 @@ mod tests {
         let errors = Config::from_raw(&raw).unwrap_err();
         assert_eq!(errors.len(), 3, "{errors:?}");
         let c = Config::default();
-        assert_eq!(c.routing.policy, crate::routing::PolicyKind::Score);
+        assert_eq!(c.routing.policy, PolicyKind::Score);
         assert_eq!(c.routing.explore, 0.05);
         assert_eq!(c.routing.slow_start, Duration::from_secs(5));
     }

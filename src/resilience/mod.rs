@@ -45,7 +45,7 @@ use limit::{AgentLimiter, Global};
 use crate::metrics::Metrics;
 
 use retry::{fits, RetryBudget, RetryPolicy};
-use shared::{folded_health, Report, SharedHealth};
+use shared::{Report, SharedHealth};
 
 /// Settings of every stage.
 #[derive(Debug, Clone)]
@@ -527,7 +527,7 @@ impl Stack {
         let (ok, total) = signals.counts(now);
         let held = peers.held && admission == Admission::Open;
         Live {
-            health: folded_health(ok, total, &peers),
+            health: crate::routing::folded_health(ok, total, peers.ok, peers.total),
             held_by_peer: held,
             latency_ms: signals.latency_ms().or(peers.latency_ms),
             in_flight: guard.bulkhead.in_flight(),

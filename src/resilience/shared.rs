@@ -12,7 +12,7 @@
 //! - **`closed`**: the hold ends and the agent's slow start begins again: a recovery seen by
 //!   one replica is probed by all, with a ramp rather than a stampede.
 //! - **summaries**: remote counts join the local ones in the health score, weighted down as
-//!   local evidence grows ([`LOCAL_ENOUGH`]): local observations win. The peers' latency
+//!   local evidence grows ([`crate::routing::LOCAL_ENOUGH`]): local observations win. The peers' latency
 //!   stands in only while this replica has measured none of its own.
 //!
 //! Local always wins: a hold never overrides a local breaker that is open or half-open, and
@@ -57,8 +57,6 @@ pub const MAX_AGENTS: usize = 4_096;
 pub const MAX_PEERS: usize = 32;
 /// Largest message read, in bytes.
 pub const MAX_MESSAGE: usize = 1_024;
-/// Decayed local attempts at which remote summaries stop counting.
-pub const LOCAL_ENOUGH: f64 = 10.0;
 
 /// What one replica says about one agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,14 +116,6 @@ pub struct PeerView {
     /// The peers' latency averages, weighted by their attempts (for an agent this replica
     /// has no latency of its own for).
     pub latency_ms: Option<f64>,
-}
-
-/// Health of an agent from local counts and the peers', local first: the peers' counts
-/// weigh `1 − local_total ÷ LOCAL_ENOUGH` (nothing once this replica has seen enough), with
-/// one imagined success as a prior.
-pub fn folded_health(local_ok: f64, local_total: f64, peers: &PeerView) -> f64 {
-    let w = (1.0 - local_total / LOCAL_ENOUGH).clamp(0.0, 1.0);
-    (local_ok + w * peers.ok + 1.0) / (local_total + w * peers.total + 1.0)
 }
 
 /// This replica's side of shared agent health.
@@ -431,22 +421,6 @@ mod tests {
         let v = s.view("agent-0");
         assert!((v.total - MAX_PEERS as f64).abs() < 0.01, "{v:?}");
         assert_eq!(v.latency_ms, Some(4.0));
-    }
-
-    #[test]
-    fn local_evidence_outweighs_the_peers() {
-        let sick = PeerView {
-            ok: 0.0,
-            total: 20.0,
-            ..Default::default()
-        };
-        // Nothing seen here: the peers' verdict stands.
-        assert!(folded_health(0.0, 0.0, &sick) < 0.1);
-        // Half the evidence needed: half the weight.
-        let h = folded_health(5.0, 5.0, &sick);
-        assert!((0.3..0.4).contains(&h), "{h}");
-        // Enough of its own: the local view alone.
-        assert_eq!(folded_health(10.0, 10.0, &sick), 1.0);
     }
 
     #[test]
