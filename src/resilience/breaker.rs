@@ -244,7 +244,7 @@ impl Breaker {
     /// whose interval has ended turns half-open here, so a probe is offered as soon as due.
     pub fn admission(&self) -> Admission {
         if self.state() == BreakerState::Closed {
-            return Admission::Open;
+            return Admission::Pass;
         }
         if !self.machine.is_call_permitted() {
             return Admission::Refused;
@@ -254,7 +254,7 @@ impl Breaker {
                 Admission::Refused
             }
             BreakerState::HalfOpen => Admission::Probe,
-            _ => Admission::Open,
+            _ => Admission::Pass,
         }
     }
 
@@ -367,7 +367,7 @@ mod tests {
     #[test]
     fn admission_offers_the_probe_once_the_open_interval_ended() {
         let b = Breaker::new("a", &settings(20), Default::default(), None);
-        assert_eq!(b.admission(), Admission::Open);
+        assert_eq!(b.admission(), Admission::Pass);
         for _ in 0..3 {
             b.try_acquire().unwrap().failure();
         }
@@ -378,7 +378,7 @@ mod tests {
         let probe = b.try_acquire().expect("the probe");
         assert_eq!(b.admission(), Admission::Refused, "probe slot taken");
         probe.success();
-        assert_eq!(b.admission(), Admission::Open);
+        assert_eq!(b.admission(), Admission::Pass);
         assert_eq!(b.observed().closed.load(Ordering::Relaxed), 1);
     }
 

@@ -525,7 +525,7 @@ impl Stack {
             signals.restart_ramp(now);
         }
         let (ok, total) = signals.counts(now);
-        let held = peers.held && admission == Admission::Open;
+        let held = peers.held && admission == Admission::Pass;
         Live {
             health: crate::routing::folded_health(ok, total, peers.ok, peers.total),
             held_by_peer: held,

@@ -1,0 +1,190 @@
+//! The decision: in which order a task's candidates are tried, and why the first is first.
+
+use std::{
+    hash::{Hash, Hasher},
+    sync::Mutex,
+};
+
+use rand::{Rng, SeedableRng};
+
+use super::{Admission, Inputs, Plan, PolicyKind, Reason, RoutingSettings, REGION_HEALTH_SLACK};
+
+/// Two uniform draws in [0, 1): whether to explore, and where the pick lands.
+#[derive(Debug, Clone, Copy)]
+pub struct Draws {
+    pub explore: f64,
+    pub pick: f64,
+}
+
+impl Draws {
+    /// Draws derived from `key`: the same task always draws the same.
+    pub fn from_key(key: &str) -> Self {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let bits = h.finish();
+        let unit = |x: u64| (x & 0xFFFF_FFFF) as f64 / 4_294_967_296.0;
+        Draws {
+            explore: unit(bits >> 32),
+            pick: unit(bits),
+        }
+    }
+}
+
+/// The admitted candidates of this replica's region within [`REGION_HEALTH_SLACK`] of the
+/// healthiest admitted one — `None` unless there are some and some admitted one is elsewhere
+/// (then the pick happens among them, and the others are the failover).
+pub fn local_tier(candidates: &[Inputs], admitted: &[usize]) -> Option<Vec<usize>> {
+    let healthiest = admitted
+        .iter()
+        .map(|&i| candidates[i].health)
+        .fold(0.0, f64::max);
+    let (local, elsewhere): (Vec<usize>, Vec<usize>) = admitted
+        .iter()
+        .partition(|&&i| candidates[i].local == Some(true));
+    let tier: Vec<usize> = local
+        .into_iter()
+        .filter(|&i| candidates[i].health >= healthiest - REGION_HEALTH_SLACK)
+        .collect();
+    (!tier.is_empty() && !elsewhere.is_empty()).then_some(tier)
+}
+
+/// Best first, as `/discover` lists them: admitted before refused, this replica's region's
+/// equals (see [`local_tier`]) before the rest, then by score.
+pub fn rank(candidates: &[Inputs]) -> Vec<usize> {
+    let admitted: Vec<usize> = (0..candidates.len())
+        .filter(|&i| candidates[i].admission != Admission::Refused)
+        .collect();
+    let tier = local_tier(candidates, &admitted).unwrap_or_default();
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| {
+        let refused = |i: usize| candidates[i].admission == Admission::Refused;
+        refused(a)
+            .cmp(&refused(b))
+            .then(tier.contains(&b).cmp(&tier.contains(&a)))
+            .then(candidates[b].score().total_cmp(&candidates[a].score()))
+    });
+    order
+}
+
+/// The score policy on plain data: pure, so it can be tested with synthetic signals.
+pub fn plan(candidates: &[Inputs], explore: f64, draws: Draws) -> Plan {
+    let all_admitted: Vec<usize> = (0..candidates.len())
+        .filter(|&i| candidates[i].admission != Admission::Refused)
+        .collect();
+    let by_score = |ids: &mut Vec<usize>| {
+        ids.sort_by(|&a, &b| candidates[b].score().total_cmp(&candidates[a].score()));
+    };
+    // With a local tier, the pick happens there; the rest of the admitted are the failover.
+    let tier = local_tier(candidates, &all_admitted);
+    let admitted = tier.clone().unwrap_or_else(|| all_admitted.clone());
+    let mut ranked = admitted.clone();
+    by_score(&mut ranked);
+    let mut elsewhere: Vec<usize> = all_admitted
+        .iter()
+        .copied()
+        .filter(|i| !admitted.contains(i))
+        .collect();
+    by_score(&mut elsewhere);
+    let refused = (0..candidates.len()).filter(|&i| candidates[i].admission == Admission::Refused);
+    let mut probes = all_admitted.clone();
+    by_score(&mut probes);
+    let Some(&best) = ranked.first() else {
+        // Every breaker refuses: keep the graph's order; the calls fail fast.
+        return Plan {
+            order: (0..candidates.len()).collect(),
+            reason: Reason::BestScore,
+        };
+    };
+    let (first, reason) = if let Some(&probe) = probes
+        .iter()
+        .find(|&&i| candidates[i].admission == Admission::Probe)
+    {
+        (probe, Reason::Probe)
+    } else if admitted.len() > 1 && draws.explore < explore {
+        let i = ((draws.pick * admitted.len() as f64) as usize).min(admitted.len() - 1);
+        (admitted[i], Reason::Explore)
+    } else {
+        let weights: Vec<f64> = ranked
+            .iter()
+            .map(|&i| candidates[i].pick_weight())
+            .collect();
+        let total: f64 = weights.iter().sum();
+        let chosen = if total > 0.0 && total.is_finite() {
+            let mut target = draws.pick * total;
+            let mut chosen = *ranked.last().expect("not empty");
+            for (&i, w) in ranked.iter().zip(&weights) {
+                if target < *w {
+                    chosen = i;
+                    break;
+                }
+                target -= w;
+            }
+            chosen
+        } else {
+            best
+        };
+        let in_region = candidates.iter().any(|c| c.local == Some(true));
+        let reason = if tier.is_some() {
+            Reason::LocalRegion
+        } else if in_region && candidates[chosen].local == Some(false) {
+            Reason::RegionFailover
+        } else if candidates[chosen].ramp < 1.0 && admitted.len() > 1 {
+            Reason::SlowStart
+        } else if candidates[chosen].score() >= candidates[best].score() {
+            Reason::BestScore
+        } else {
+            Reason::ScoreShare
+        };
+        (chosen, reason)
+    };
+    let mut order = Vec::with_capacity(candidates.len());
+    order.push(first);
+    order.extend(ranked.into_iter().filter(|&i| i != first));
+    order.extend(elsewhere.into_iter().filter(|&i| i != first));
+    order.extend(refused);
+    Plan { order, reason }
+}
+
+/// The policy with its settings and its source of randomness.
+pub struct Router {
+    pub settings: RoutingSettings,
+    rng: Mutex<rand::rngs::StdRng>,
+}
+
+impl Router {
+    pub fn new(settings: RoutingSettings) -> Self {
+        let rng = match settings.seed {
+            Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
+            None => rand::rngs::StdRng::from_entropy(),
+        };
+        Router {
+            settings,
+            rng: Mutex::new(rng),
+        }
+    }
+
+    pub fn policy(&self) -> PolicyKind {
+        self.settings.policy
+    }
+
+    /// Fresh random draws (seeded by `ROUTING_SEED` when set).
+    pub fn draws(&self) -> Draws {
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        Draws {
+            explore: rng.gen(),
+            pick: rng.gen(),
+        }
+    }
+
+    /// The order to try `candidates` in. `sticky` (a cacheable task's key) makes the draws
+    /// depend on the task only.
+    pub fn plan(&self, candidates: &[Inputs], sticky: Option<&str>) -> Plan {
+        match self.settings.policy {
+            PolicyKind::Weight => Plan::graph_order(candidates.len()),
+            PolicyKind::Score => {
+                let draws = sticky.map_or_else(|| self.draws(), Draws::from_key);
+                plan(candidates, self.settings.explore, draws)
+            }
+        }
+    }
+}
