@@ -29,7 +29,7 @@ use crate::{
     pipeline::{learning::Learner, neurogenesis::Neurogenesis, Pipeline, Regions, REGIONS_REFRESH},
     resilience::{
         limit::{ClientLimiter, Global},
-        shared::{self, SharedHealth},
+        peers::{self, PeerHealth},
         Stack, StackSettings,
     },
 };
@@ -342,14 +342,14 @@ pub fn build_state(
         );
     }
     let shared_health = store.as_ref().map(|store| {
-        let shared = SharedHealth::start(
+        let shared = PeerHealth::start(
             store.clone(),
             config.breaker.open,
             metrics.shared_health.clone(),
         );
         let on_msg = Arc::downgrade(&shared);
         let flag = store.spawn_subscriber(
-            shared::CHANNEL,
+            peers::CHANNEL,
             move |payload| {
                 if let Some(s) = on_msg.upgrade() {
                     s.on_message(payload);

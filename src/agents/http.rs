@@ -13,11 +13,11 @@ pub const MAX_AGENT_BODY: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct HttpAgents {
     client: reqwest::Client,
-    guard: super::guard::HostGuard,
+    hosts: super::endpoint::HostGuard,
 }
 
 impl HttpAgents {
-    pub fn new(pool_max: usize, guard: super::guard::HostGuard) -> Result<Self, reqwest::Error> {
+    pub fn new(pool_max: usize, hosts: super::endpoint::HostGuard) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(pool_max)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -26,7 +26,7 @@ impl HttpAgents {
             .connect_timeout(Duration::from_secs(2))
             .user_agent(concat!("myriad-orchestrator/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(HttpAgents { client, guard })
+        Ok(HttpAgents { client, hosts })
     }
 
     async fn exchange(&self, url: &str, body: &Value) -> Result<(u16, Option<Value>), CallError> {
@@ -77,7 +77,7 @@ impl AgentTransport for HttpAgents {
         timeout: Duration,
     ) -> Result<AgentReply, CallError> {
         // Checked again at call time: the graph may have changed since registration.
-        if !self.guard.allows(endpoint) {
+        if !self.hosts.allows(endpoint) {
             tracing::warn!(
                 endpoint,
                 "blocked a call to a host outside AGENT_ALLOWED_HOSTS"

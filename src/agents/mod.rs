@@ -3,7 +3,7 @@
 //! The pipeline sees [`AgentTransport`] and [`CallError`], never reqwest types.
 
 pub mod demo;
-pub mod guard;
+pub mod endpoint;
 pub mod http;
 
 use std::time::Duration;

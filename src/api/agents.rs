@@ -11,7 +11,7 @@ use super::{
     AppState, State, Tag,
 };
 use crate::{
-    agents::guard::{normalize_endpoint, redact_endpoint, EndpointError},
+    agents::endpoint::{normalize_endpoint, redact_endpoint, EndpointError},
     cache::Invalidation,
     graph::{seed::validate_agent_name, AgentInfo, AgentRecord},
     resilience::Live,

@@ -13,7 +13,7 @@ use super::{
     State, Tag,
 };
 use crate::{
-    agents::guard::redact_endpoint,
+    agents::endpoint::redact_endpoint,
     context::RequestCtx,
     graph::{AgentRecord, Candidate},
     routing::Admission,

@@ -9,7 +9,7 @@ use std::{fmt::Display, net::IpAddr, path::PathBuf, str::FromStr, time::Duration
 use serde_json::{json, Value};
 
 use super::Secret;
-use crate::agents::guard::{normalize_endpoint, HostGuard};
+use crate::agents::endpoint::{normalize_endpoint, HostGuard};
 
 /// Every problem found while parsing, reported together.
 #[derive(Debug, Default)]

@@ -14,7 +14,7 @@ pub mod kinds;
 
 use kinds::Named;
 
-use crate::agents::guard::DEFAULT_ALLOWED;
+use crate::agents::endpoint::DEFAULT_ALLOWED;
 
 /// Exit status for a bad configuration (`EX_USAGE`).
 pub const EXIT_BAD_CONFIG: i32 = 64;

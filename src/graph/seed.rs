@@ -9,7 +9,7 @@
 //! ```
 //! An endpoint written `{demo:<name>}` stands for that built-in demo agent, wherever it listens.
 
-use crate::agents::guard::normalize_endpoint;
+use crate::agents::endpoint::normalize_endpoint;
 use std::{collections::HashSet, path::Path};
 
 use serde::Deserialize;
@@ -210,7 +210,7 @@ pub fn validate_agent_name(name: &str) -> Result<(), &'static str> {
     if name.contains(['/', '\\']) || name.contains("..") {
         return Err("name contains '/', '\\' or '..'");
     }
-    if name.chars().any(crate::agents::guard::is_invisible) {
+    if name.chars().any(crate::agents::endpoint::is_invisible) {
         return Err("name contains bidirectional-override or invisible characters");
     }
     Ok(())

@@ -6,16 +6,16 @@
 
 pub mod breaker;
 pub mod bulkhead;
-mod guard;
 pub mod limit;
 mod outcome;
+pub mod peers;
 pub mod retry;
-pub mod shared;
+mod stages;
 
-use guard::{AgentGuard, RECENT};
-pub use guard::{AgentLoad, Live};
 use outcome::attempt_outcome;
 pub use outcome::{CallOutcome, Failure};
+pub use stages::{AgentLoad, Live};
+use stages::{AgentStages, RECENT};
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -44,8 +44,8 @@ use limit::{AgentLimiter, Global};
 
 use crate::metrics::Metrics;
 
+use peers::{PeerHealth, Report};
 use retry::{fits, RetryBudget, RetryPolicy};
-use shared::{Report, SharedHealth};
 
 /// Settings of every stage.
 #[derive(Debug, Clone)]
@@ -83,11 +83,11 @@ pub struct Stack {
     pub caches: Arc<Caches>,
     global: Option<Global>,
     /// One entry per agent name the graph has routed to (graph-controlled, so bounded).
-    guards: RwLock<HashMap<String, Arc<AgentGuard>>>,
+    by_agent: RwLock<HashMap<String, Arc<AgentStages>>>,
     metrics: Arc<Metrics>,
     started: Instant,
     /// What the other replicas say about agents (with Redis).
-    shared: Option<Arc<SharedHealth>>,
+    peers: Option<Arc<PeerHealth>>,
 }
 
 impl Stack {
@@ -103,39 +103,39 @@ impl Stack {
             settings,
             caches,
             global,
-            guards: RwLock::new(HashMap::new()),
+            by_agent: RwLock::new(HashMap::new()),
             metrics,
             started: Instant::now(),
-            shared: None,
+            peers: None,
         }
     }
 
-    /// Shares agent health with the other replicas through `shared`.
-    pub fn share_health(mut self, shared: Arc<SharedHealth>) -> Self {
-        self.shared = Some(shared);
+    /// Shares agent health with the other replicas through `peers`.
+    pub fn share_health(mut self, peers: Arc<PeerHealth>) -> Self {
+        self.peers = Some(peers);
         self
     }
 
-    pub fn shared_health(&self) -> Option<&Arc<SharedHealth>> {
-        self.shared.as_ref()
+    pub fn shared_health(&self) -> Option<&Arc<PeerHealth>> {
+        self.peers.as_ref()
     }
 
-    /// Every [`shared::SUMMARY_EVERY`], publishes a summary of each agent called since the
-    /// last one (at most [`shared::MAX_SUMMARIES`]).
+    /// Every [`peers::SUMMARY_EVERY`], publishes a summary of each agent called since the
+    /// last one (at most [`peers::MAX_SUMMARIES`]).
     pub fn spawn_summaries(self: &Arc<Self>) {
-        if self.shared.is_none() {
+        if self.peers.is_none() {
             return;
         }
         let stack = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(shared::SUMMARY_EVERY);
+            let mut tick = tokio::time::interval(peers::SUMMARY_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 tick.tick().await;
                 let Some(stack) = stack.upgrade() else { break };
-                let Some(shared) = &stack.shared else { break };
-                let guards: Vec<(String, Arc<AgentGuard>)> = stack
-                    .guards
+                let Some(peers) = &stack.peers else { break };
+                let by_agent: Vec<(String, Arc<AgentStages>)> = stack
+                    .by_agent
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .iter()
@@ -143,17 +143,17 @@ impl Stack {
                     .collect();
                 let now = Instant::now();
                 let mut sent = 0;
-                for (agent, guard) in guards {
-                    let calls = guard.calls.load(Ordering::Relaxed);
-                    if guard.summarized.swap(calls, Ordering::Relaxed) == calls {
+                for (agent, stages) in by_agent {
+                    let calls = stages.calls.load(Ordering::Relaxed);
+                    if stages.summarized.swap(calls, Ordering::Relaxed) == calls {
                         continue;
                     }
                     let (ok, total, latency_ms) = {
-                        let s = guard.signals();
+                        let s = stages.signals();
                         let (ok, total) = s.counts(now);
                         (ok, total, s.latency_ms())
                     };
-                    shared.publish(
+                    peers.publish(
                         &agent,
                         Report::Summary {
                             ok,
@@ -162,7 +162,7 @@ impl Stack {
                         },
                     );
                     sent += 1;
-                    if sent >= shared::MAX_SUMMARIES {
+                    if sent >= peers::MAX_SUMMARIES {
                         break;
                     }
                 }
@@ -174,20 +174,20 @@ impl Stack {
         &self.transport
     }
 
-    fn guard(&self, agent: &str) -> Arc<AgentGuard> {
+    fn stages(&self, agent: &str) -> Arc<AgentStages> {
         if let Some(g) = self
-            .guards
+            .by_agent
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(agent)
         {
             return g.clone();
         }
-        let mut guards = self.guards.write().unwrap_or_else(|e| e.into_inner());
-        guards
+        let mut by_agent = self.by_agent.write().unwrap_or_else(|e| e.into_inner());
+        by_agent
             .entry(agent.to_string())
             .or_insert_with(|| {
-                Arc::new(AgentGuard {
+                Arc::new(AgentStages {
                     limiter: AgentLimiter::new(
                         agent,
                         self.settings.agent_rate_limit,
@@ -198,13 +198,13 @@ impl Stack {
                         agent,
                         &self.settings.breaker,
                         self.metrics.clone(),
-                        self.shared.clone().map(|shared| -> breaker::OnChange {
+                        self.peers.clone().map(|peers| -> breaker::OnChange {
                             Arc::new(move |agent, state| {
                                 let report = match state {
                                     breaker::BreakerState::Open => Report::Opened,
                                     _ => Report::Closed,
                                 };
-                                shared.publish(agent, report);
+                                peers.publish(agent, report);
                             })
                         }),
                     ),
@@ -312,8 +312,8 @@ impl Stack {
         if ctx.remaining().is_zero() {
             return self.refuse(Some("deadline"), Failure::Deadline);
         }
-        let guard = self.guard(&agent.name);
-        if let Some(limiter) = &guard.limiter {
+        let stages = self.stages(&agent.name);
+        if let Some(limiter) = &stages.limiter {
             let allowed = limiter.allow().await;
             let verdict = if allowed { "allowed" } else { "limited" };
             tracing::Span::current().record("rate_limit", verdict);
@@ -326,12 +326,12 @@ impl Stack {
             }
         }
         if !self.caches.cacheable(&req.intent) {
-            return self.upstream(&guard, agent, req, ctx).await;
+            return self.upstream(&stages, agent, req, ctx).await;
         }
         if !ctx.use_cache {
             self.caches.responses.count("none", "bypass");
             tracing::Span::current().record("cache.result", "bypass");
-            return self.upstream(&guard, agent, req, ctx).await;
+            return self.upstream(&stages, agent, req, ctx).await;
         }
         let key = response_key(&agent.name, &req.concept, &req.intent, &req.args);
         let subject = Subject {
@@ -346,7 +346,7 @@ impl Stack {
             .responses
             .get_or_fetch(&key, subject, |_| {
                 async {
-                    let out = self.upstream(&guard, agent, req, ctx).await;
+                    let out = self.upstream(&stages, agent, req, ctx).await;
                     attempts.store(out.attempts, Ordering::Relaxed);
                     out.result.map(|reply| {
                         let keep = reply.succeeded().then_some(ttl);
@@ -401,34 +401,34 @@ impl Stack {
     /// Bulkhead → breaker → retry → per-try timeout → HTTP call.
     async fn upstream(
         &self,
-        guard: &AgentGuard,
+        stages: &AgentStages,
         agent: &AgentInfo,
         req: &AgentRequest,
         ctx: &RequestCtx,
     ) -> CallOutcome {
         let deadline = ctx.deadline;
-        let Some(_slot) = guard.bulkhead.try_enter() else {
+        let Some(_slot) = stages.bulkhead.try_enter() else {
             tracing::Span::current().record("bulkhead", "full");
             return self.refuse(Some("bulkhead_full"), Failure::BulkheadFull);
         };
         let call_span = tracing::Span::current();
         // A peer's open breaker holds calls back while this replica's own is closed (an
         // open or half-open local breaker decides by itself: local wins).
-        if guard.breaker.state() == breaker::BreakerState::Closed
-            && self.shared.as_ref().is_some_and(|s| s.held(&agent.name))
+        if stages.breaker.state() == breaker::BreakerState::Closed
+            && self.peers.as_ref().is_some_and(|s| s.held(&agent.name))
         {
             call_span.record("breaker.state", "held_by_peer");
             call_span.record("breaker.admitted", false);
             return self.refuse(Some("held_by_peer"), Failure::BreakerOpen);
         }
-        let permit = guard.breaker.try_acquire();
-        call_span.record("breaker.state", guard.breaker.state().as_str());
+        let permit = stages.breaker.try_acquire();
+        call_span.record("breaker.state", stages.breaker.state().as_str());
         call_span.record("breaker.admitted", permit.is_some());
         let Some(mut permit) = permit else {
             return self.refuse(Some("breaker_open"), Failure::BreakerOpen);
         };
         permit.cancelled_by(ctx.cancelled.clone());
-        guard.budget.deposit();
+        stages.budget.deposit();
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -448,7 +448,7 @@ impl Stack {
                     .instrument(span.clone())
                     .await
             };
-            guard.observe(
+            stages.observe(
                 result.as_ref().is_err_and(CallError::is_upstream_fault),
                 sent.elapsed(),
             );
@@ -463,9 +463,9 @@ impl Stack {
                         },
                     );
                     permit.success();
-                    guard.record(false);
-                    if let Some(shared) = &self.shared {
-                        shared.local_success(&agent.name);
+                    stages.record(false);
+                    if let Some(peers) = &self.peers {
+                        peers.local_success(&agent.name);
                     }
                     return CallOutcome::upstream(Ok(reply), attempts);
                 }
@@ -476,7 +476,7 @@ impl Stack {
             if attempts <= self.settings.retry.max_retries && err.is_retryable() {
                 let wait = self.settings.retry.backoff(attempts);
                 if fits(deadline, wait) {
-                    let (granted, decided) = guard.budget.withdraw().await;
+                    let (granted, decided) = stages.budget.withdraw().await;
                     if decided == retry::Decided::Fallback {
                         self.metrics
                             .retries
@@ -503,7 +503,7 @@ impl Stack {
             } else {
                 permit.success();
             }
-            guard.record(fault);
+            stages.record(fault);
             return CallOutcome::upstream(Err(Failure::Call(err)), attempts);
         }
     }
@@ -511,17 +511,17 @@ impl Stack {
     /// The live signals of `agent` for the routing policy. A breaker that closed since the
     /// last look restarts the agent's slow start.
     pub fn live(&self, agent: &str) -> Live {
-        let guard = self.guard(agent);
-        let admission = guard.breaker.admission();
+        let stages = self.stages(agent);
+        let admission = stages.breaker.admission();
         let now = Instant::now();
-        let mut signals = guard.signals();
-        let closes = guard.breaker.observed().closed.load(Ordering::Relaxed);
+        let mut signals = stages.signals();
+        let closes = stages.breaker.observed().closed.load(Ordering::Relaxed);
         let peers = self
-            .shared
+            .peers
             .as_ref()
             .map(|s| s.view(agent))
             .unwrap_or_default();
-        if guard.closes_seen.swap(closes, Ordering::Relaxed) != closes || peers.recovered {
+        if stages.closes_seen.swap(closes, Ordering::Relaxed) != closes || peers.recovered {
             signals.restart_ramp(now);
         }
         let (ok, total) = signals.counts(now);
@@ -530,9 +530,9 @@ impl Stack {
             health: crate::routing::folded_health(ok, total, peers.ok, peers.total),
             held_by_peer: held,
             latency_ms: signals.latency_ms().or(peers.latency_ms),
-            in_flight: guard.bulkhead.in_flight(),
+            in_flight: stages.bulkhead.in_flight(),
             admission: if held { Admission::Refused } else { admission },
-            breaker: guard.breaker.state(),
+            breaker: stages.breaker.state(),
             ramp: signals.ramp(now, self.settings.slow_start),
             share: signals.share(now),
         }
@@ -542,13 +542,13 @@ impl Stack {
     pub fn note_decision<'a>(&self, agents: impl IntoIterator<Item = &'a str>, first: &str) {
         let now = Instant::now();
         for agent in agents {
-            self.guard(agent).signals().offered(now, agent == first);
+            self.stages(agent).signals().offered(now, agent == first);
         }
     }
 
     /// Breaker state of `agent` as shown by `/agents` and `/status`.
     pub fn breaker_state(&self, agent: &str) -> breaker::BreakerState {
-        self.guards
+        self.by_agent
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(agent)
@@ -558,13 +558,13 @@ impl Stack {
     /// Per-agent stage state for `/status`.
     /// An agent's breaker and load, for `/status`.
     pub fn agent_load(&self, agent: &str) -> AgentLoad {
-        let guard = self
-            .guards
+        let stages = self
+            .by_agent
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(agent)
             .cloned();
-        match guard {
+        match stages {
             None => AgentLoad::default(),
             Some(g) => AgentLoad {
                 breaker: g.breaker.current(),
@@ -572,7 +572,7 @@ impl Stack {
                 recent_failure_rate: g.recent_failure_rate(),
                 calls_total: g.calls.load(Ordering::Relaxed),
                 breaker_opened_total: g.breaker.observed().opened.load(Ordering::Relaxed),
-                held_by_peer: self.shared.as_ref().is_some_and(|s| s.held(agent)),
+                held_by_peer: self.peers.as_ref().is_some_and(|s| s.held(agent)),
             },
         }
     }

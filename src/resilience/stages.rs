@@ -36,7 +36,7 @@ pub struct AgentLoad {
 pub(super) const RECENT: usize = 100;
 
 /// Every stage's state for one agent.
-pub struct AgentGuard {
+pub struct AgentStages {
     pub(super) limiter: Option<AgentLimiter>,
     pub(super) bulkhead: Bulkhead,
     pub(super) breaker: Breaker,
@@ -68,7 +68,7 @@ pub struct Live {
     pub share: Option<f64>,
 }
 
-impl AgentGuard {
+impl AgentStages {
     pub(super) fn signals(&self) -> std::sync::MutexGuard<'_, Signals> {
         self.signals.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -119,7 +119,7 @@ pub struct PeerView {
 }
 
 /// This replica's side of shared agent health.
-pub struct SharedHealth {
+pub struct PeerHealth {
     replica: u64,
     hold: Duration,
     views: Mutex<HashMap<String, RemoteView>>,
@@ -130,12 +130,12 @@ pub struct SharedHealth {
     events: IntCounterVec,
 }
 
-impl SharedHealth {
+impl PeerHealth {
     /// Starts the publisher; `hold` is how long a peer's `opened` holds calls back. The
     /// subscription is the caller's (it owns the connection): see [`Self::listen_through`].
     pub fn start(store: Arc<dyn SharedStore>, hold: Duration, events: IntCounterVec) -> Arc<Self> {
         let (outbox, mut rx) = mpsc::channel::<String>(OUTBOX);
-        let shared = Arc::new(SharedHealth {
+        let shared = Arc::new(PeerHealth {
             replica: rand::random(),
             hold,
             views: Mutex::new(HashMap::new()),
@@ -355,10 +355,10 @@ mod tests {
         }
     }
 
-    fn shared() -> (Arc<SharedHealth>, IntCounterVec) {
+    fn shared() -> (Arc<PeerHealth>, IntCounterVec) {
         let events =
             IntCounterVec::new(prometheus::Opts::new("e", "e"), &["event"]).expect("valid");
-        let s = SharedHealth::start(Arc::new(Accepting), Duration::from_secs(5), events.clone());
+        let s = PeerHealth::start(Arc::new(Accepting), Duration::from_secs(5), events.clone());
         (s, events)
     }
 
