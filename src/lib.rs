@@ -15,6 +15,8 @@
 //! - [`resilience`]: deadline, rate limit, bulkhead, circuit breaker, retry, per-try timeout.
 //! - [`cache`]: the two-tier cache (moka L1, Redis L2), single flight per key, stale
 //!   answers, invalidation across replicas.
+//! - [`store`]: the shared store (Redis behind a small trait, a short timeout and a breaker)
+//!   the cache, the limits, the retry budget and peer health use.
 //! - [`graph`]: the knowledge graph trait, the seed format, the in-memory and Neo4j backends.
 //! - [`agents`]: the agent protocol over HTTP and the built-in demo agents.
 //! - [`metrics`], [`telemetry`]: counters behind `/metrics`; logging set-up.
@@ -33,6 +35,7 @@ pub mod resilience;
 pub mod routing;
 pub mod server;
 pub mod startup;
+pub mod store;
 pub mod telemetry;
 
 /// The crate version, reported by `/health`, `/status` and `/metrics`.

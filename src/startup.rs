@@ -13,10 +13,7 @@ use crate::{
         AgentTransport,
     },
     api::{self, AppState},
-    cache::{
-        store::{RedisStore, SharedStore},
-        Caches, CHANNEL,
-    },
+    cache::{Caches, CHANNEL},
     config::Config,
     graph::{
         gate::GatedGraph,
@@ -32,6 +29,7 @@ use crate::{
         peers::{self, PeerHealth},
         Stack, StackSettings,
     },
+    store::{RedisStore, SharedStore},
 };
 
 #[derive(Debug, thiserror::Error)]

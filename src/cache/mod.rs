@@ -12,7 +12,6 @@
 //! keys from L2 and tells every replica (Redis pub/sub) to drop them from its L1.
 
 pub mod routes;
-pub mod store;
 
 use std::{
     future::Future,
@@ -26,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::store::SharedStore;
 use crate::{config::CacheSettings, metrics::Metrics};
-use store::SharedStore;
 
 /// Pub/sub channel carrying [`Invalidation`]s between replicas.
 pub const CHANNEL: &str = "myriad:v1:invalidate";

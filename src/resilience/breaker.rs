@@ -22,7 +22,7 @@ use failsafe::{
 };
 use rand::Rng;
 
-use crate::{config::BreakerSettings, metrics::Metrics, routing::Admission};
+use crate::{config::BreakerSettings, routing::Admission};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BreakerState {
@@ -105,21 +105,17 @@ impl Observed {
 pub struct Instrument {
     pub agent: Arc<str>,
     pub observed: Arc<Observed>,
-    /// Where the state is published as `myriad_agent_breaker_state{agent}` (agents only).
-    pub report: Option<Arc<Metrics>>,
-    /// Told of every transition to open or closed (shared agent health).
+    /// Told of every transition (the metrics' gauge, shared agent health).
     pub on_change: Option<OnChange>,
 }
 
-/// A hook told of a breaker's transitions to open and to closed.
+/// A hook told of a breaker's transitions: to open, to half-open, to closed.
 pub type OnChange = Arc<dyn Fn(&str, BreakerState) + Send + Sync>;
 
 impl Instrument {
-    fn gauge(&self, value: i64) {
-        if let Some(p) = &self.report {
-            p.breaker_state
-                .with_label_values(&[p.agent_label(&self.agent).as_str()])
-                .set(value);
+    fn changed(&self, state: BreakerState) {
+        if let Some(f) = &self.on_change {
+            f(&self.agent, state);
         }
     }
 }
@@ -131,25 +127,19 @@ impl failsafe::Instrument for Instrument {
     fn on_open(&self) {
         self.observed.state.store(1, Ordering::Release);
         self.observed.opened.fetch_add(1, Ordering::Relaxed);
-        self.gauge(1);
         tracing::warn!(agent = %self.agent, "circuit breaker opened");
-        if let Some(f) = &self.on_change {
-            f(&self.agent, BreakerState::Open);
-        }
+        self.changed(BreakerState::Open);
     }
     fn on_half_open(&self) {
         self.observed.state.store(2, Ordering::Release);
-        self.gauge(2);
         tracing::info!(agent = %self.agent, "circuit breaker half-open");
+        self.changed(BreakerState::HalfOpen);
     }
     fn on_closed(&self) {
         if self.observed.state.swap(0, Ordering::AcqRel) != 0 {
             self.observed.closed.fetch_add(1, Ordering::Relaxed);
-            self.gauge(0);
             tracing::info!(agent = %self.agent, "circuit breaker closed");
-            if let Some(f) = &self.on_change {
-                f(&self.agent, BreakerState::Closed);
-            }
+            self.changed(BreakerState::Closed);
         }
     }
 }
@@ -170,29 +160,9 @@ pub struct Breaker {
 }
 
 impl Breaker {
-    /// A breaker for an agent, published in the metrics.
-    pub fn new(
-        agent: &str,
-        s: &BreakerSettings,
-        metrics: Arc<Metrics>,
-        on_change: Option<OnChange>,
-    ) -> Self {
-        let b = Self::build(agent, s, Some(metrics), on_change);
-        b.instrument.gauge(0);
-        b
-    }
-
-    /// A breaker around an internal dependency (not an agent; not in the agent metrics).
-    pub fn internal(name: &str, s: &BreakerSettings) -> Self {
-        Self::build(name, s, None, None)
-    }
-
-    fn build(
-        agent: &str,
-        s: &BreakerSettings,
-        report: Option<Arc<Metrics>>,
-        on_change: Option<OnChange>,
-    ) -> Self {
+    /// A breaker for an agent (or a dependency) named `agent`; `on_change` is told of its
+    /// transitions.
+    pub fn new(agent: &str, s: &BreakerSettings, on_change: Option<OnChange>) -> Self {
         let backoff = OpenBackoff::new(s.open);
         let policy = consecutive_failures(s.consecutive_failures, backoff.clone()).or_else(
             success_rate_over_time_window(
@@ -205,7 +175,6 @@ impl Breaker {
         let instrument = Instrument {
             agent: Arc::from(agent),
             observed: Arc::new(Observed::default()),
-            report,
             on_change,
         };
         Breaker {
@@ -341,7 +310,7 @@ mod tests {
 
     #[test]
     fn opens_after_consecutive_failures_and_sub_second_delays_do_not_panic() {
-        let b = Breaker::new("a", &settings(50), Default::default(), None);
+        let b = Breaker::new("a", &settings(50), None);
         for _ in 0..3 {
             b.try_acquire().unwrap().failure();
         }
@@ -351,7 +320,7 @@ mod tests {
 
     #[test]
     fn half_open_admits_only_the_configured_probes_then_closes_on_success() {
-        let b = Breaker::new("a", &settings(20), Default::default(), None);
+        let b = Breaker::new("a", &settings(20), None);
         for _ in 0..3 {
             b.try_acquire().unwrap().failure();
         }
@@ -366,7 +335,7 @@ mod tests {
 
     #[test]
     fn admission_offers_the_probe_once_the_open_interval_ended() {
-        let b = Breaker::new("a", &settings(20), Default::default(), None);
+        let b = Breaker::new("a", &settings(20), None);
         assert_eq!(b.admission(), Admission::Pass);
         for _ in 0..3 {
             b.try_acquire().unwrap().failure();
@@ -384,7 +353,7 @@ mod tests {
 
     #[test]
     fn a_dropped_call_counts_as_a_failure() {
-        let b = Breaker::new("a", &settings(1_000), Default::default(), None);
+        let b = Breaker::new("a", &settings(1_000), None);
         for _ in 0..3 {
             drop(b.try_acquire().unwrap());
         }
@@ -393,7 +362,7 @@ mod tests {
 
     #[test]
     fn success_resets_the_consecutive_count() {
-        let b = Breaker::new("a", &settings(1_000), Default::default(), None);
+        let b = Breaker::new("a", &settings(1_000), None);
         for _ in 0..10 {
             b.try_acquire().unwrap().failure();
             b.try_acquire().unwrap().failure();

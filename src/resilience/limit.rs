@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use crate::cache::store::{GcraVerdict, SharedStore};
+use crate::store::{GcraVerdict, SharedStore};
 
 use governor::{
     clock::{Clock, DefaultClock},

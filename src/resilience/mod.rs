@@ -174,6 +174,33 @@ impl Stack {
         &self.transport
     }
 
+    /// What an agent's breaker reports on each transition: its state to the metrics
+    /// (`myriad_agent_breaker_state{agent}`), and opening or closing to the peers.
+    fn on_breaker_change(&self, agent: &str) -> breaker::OnChange {
+        use breaker::BreakerState;
+        let gauge = self
+            .metrics
+            .breaker_state
+            .with_label_values(&[self.metrics.agent_label(agent).as_str()]);
+        gauge.set(0);
+        let peers = self.peers.clone();
+        Arc::new(move |agent, state| {
+            gauge.set(match state {
+                BreakerState::Closed => 0,
+                BreakerState::Open => 1,
+                BreakerState::HalfOpen => 2,
+            });
+            let report = match state {
+                BreakerState::Open => Report::Opened,
+                BreakerState::Closed => Report::Closed,
+                BreakerState::HalfOpen => return,
+            };
+            if let Some(peers) = &peers {
+                peers.publish(agent, report);
+            }
+        })
+    }
+
     fn stages(&self, agent: &str) -> Arc<AgentStages> {
         if let Some(g) = self
             .by_agent
@@ -197,16 +224,7 @@ impl Stack {
                     breaker: Breaker::new(
                         agent,
                         &self.settings.breaker,
-                        self.metrics.clone(),
-                        self.peers.clone().map(|peers| -> breaker::OnChange {
-                            Arc::new(move |agent, state| {
-                                let report = match state {
-                                    breaker::BreakerState::Open => Report::Opened,
-                                    _ => Report::Closed,
-                                };
-                                peers.publish(agent, report);
-                            })
-                        }),
+                        Some(self.on_breaker_change(agent)),
                     ),
                     budget: self.retry_budget(agent),
                     calls: AtomicU64::new(0),

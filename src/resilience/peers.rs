@@ -39,7 +39,7 @@ use prometheus::IntCounterVec;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::mpsc, time::Instant};
 
-use crate::{cache::store::SharedStore, routing::HEALTH_TAU};
+use crate::{routing::HEALTH_TAU, store::SharedStore};
 
 /// The pub/sub channel of agent health.
 pub const CHANNEL: &str = "myriad:v1:agent-health";
@@ -309,7 +309,7 @@ impl PeerHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::store::{GcraVerdict, StoreError, StoreHealth};
+    use crate::store::{GcraVerdict, StoreError, StoreHealth};
 
     /// A store that accepts everything (the unit under test is the folding, not Redis).
     struct Accepting;

@@ -16,7 +16,7 @@ use std::{
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::cache::store::SharedStore;
+use crate::store::SharedStore;
 
 /// Window of the retry budget.
 pub const BUDGET_WINDOW: Duration = Duration::from_secs(10);

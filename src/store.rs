@@ -173,7 +173,7 @@ impl RedisStore {
             client,
             conn,
             timeout,
-            breaker: Breaker::internal("redis", &breaker_settings()),
+            breaker: Breaker::new("redis", &breaker_settings(), None),
             script: redis::Script::new(GCRA),
             budget_script: redis::Script::new(RETRY_BUDGET),
             errors: AtomicU64::new(0),
