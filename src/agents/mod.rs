@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
+
+use crate::failure::FailureCode;
 use serde_json::{Map, Value};
 
 /// The body of `POST <agent endpoint>` (unchanged from the original service).
@@ -82,12 +84,12 @@ impl CallError {
     }
 
     /// Stable code reported in the task result.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> FailureCode {
         match self {
-            CallError::Timeout => "timeout",
-            CallError::Blocked => "endpoint_not_allowed",
-            CallError::Status { status, .. } if *status < 500 => "agent_rejected",
-            _ => "upstream_error",
+            CallError::Timeout => FailureCode::Timeout,
+            CallError::Blocked => FailureCode::EndpointNotAllowed,
+            CallError::Status { status, .. } if *status < 500 => FailureCode::AgentRejected,
+            _ => FailureCode::UpstreamError,
         }
     }
 }
@@ -124,7 +126,7 @@ mod tests {
         assert!(CallError::Connect.is_retryable());
         assert!(CallError::Timeout.is_upstream_fault() && !CallError::Timeout.is_retryable());
         assert!(!CallError::Transport.is_retryable());
-        assert_eq!(s(404).code(), "agent_rejected");
-        assert_eq!(CallError::Timeout.code(), "timeout");
+        assert_eq!(s(404).code().as_str(), "agent_rejected");
+        assert_eq!(CallError::Timeout.code().as_str(), "timeout");
     }
 }

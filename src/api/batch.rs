@@ -31,7 +31,7 @@ pub(super) fn unparseable() -> ProcessResponse {
     };
     let result = crate::pipeline::TaskResult::failed(
         &spec,
-        "unparseable_query",
+        crate::failure::FailureCode::UnparseableQuery,
         "the question names no concept; try \"What is a lightbulb?\"",
     );
     ProcessResponse {

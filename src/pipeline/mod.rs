@@ -24,6 +24,7 @@ use crate::{
     agents::AgentRequest,
     cache::{discovery_key, Lookup, Subject, Tier},
     context::RequestCtx,
+    failure::FailureCode,
     graph::{Candidate, GraphError, KnowledgeGraph, Outcome},
     metrics::Metrics,
     resilience::{Failure, Live, Stack},
@@ -354,7 +355,7 @@ impl Pipeline {
             Ok(r) => r,
             Err(_) => TaskResult::failed(
                 task,
-                "timeout",
+                FailureCode::Timeout,
                 "the request deadline passed before an agent answered",
             ),
         };
@@ -371,7 +372,7 @@ impl Pipeline {
             span.record("agent", agent.as_str());
         }
         if let Some(code) = result.code {
-            span.record("code", code);
+            span.record("code", code.as_str());
             span.record("otel.status_code", "ERROR");
         }
         if let Some(Value::String(n)) = result.extra.get("neurogenesis_status") {
@@ -397,7 +398,7 @@ impl Pipeline {
                 }
                 return TaskResult::failed(
                     task,
-                    "graph_unavailable",
+                    FailureCode::GraphUnavailable,
                     "the knowledge graph is unavailable",
                 );
             }
@@ -418,7 +419,7 @@ impl Pipeline {
         let mut result = if candidates.is_empty() {
             TaskResult::failed(
                 task,
-                "no_agent",
+                FailureCode::NoAgent,
                 format!(
                     "no agent handles intent '{}' for concept '{}'",
                     task.intent, task.concept
@@ -549,7 +550,7 @@ impl Pipeline {
                             .inc();
                         return r;
                     }
-                    r.code = Some("agent_error");
+                    r.code = Some(FailureCode::AgentError);
                     r.error = Some(format!("agent {} reported an error", candidate.agent.name));
                     rejected.get_or_insert(r);
                 }
@@ -565,7 +566,7 @@ impl Pipeline {
                         if *status < 500 {
                             let mut r = TaskResult::failed(
                                 task,
-                                "agent_rejected",
+                                FailureCode::AgentRejected,
                                 format!(
                                     "agent {} rejected the task (HTTP {status})",
                                     candidate.agent.name
@@ -576,7 +577,7 @@ impl Pipeline {
                             rejected.get_or_insert(r);
                         }
                     }
-                    tracing::debug!(agent = %candidate.agent.name, code = failure.code(), "candidate failed; trying the next one");
+                    tracing::debug!(agent = %candidate.agent.name, code = failure.code().as_str(), "candidate failed; trying the next one");
                     last = Some((failure, candidate));
                 }
             }

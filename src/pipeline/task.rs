@@ -3,6 +3,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::failure::FailureCode;
+
 /// One unit of work: ask the agent for `concept` to perform `intent`.
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskSpec {
@@ -49,7 +51,7 @@ pub struct TaskResult {
     pub attempts: u32,
     pub latency_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<&'static str>,
+    pub code: Option<FailureCode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(flatten)]
@@ -92,7 +94,7 @@ impl TaskResult {
         }
     }
 
-    pub fn failed(task: &TaskSpec, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn failed(task: &TaskSpec, code: FailureCode, message: impl Into<String>) -> Self {
         let mut r = TaskResult::new(task, TaskStatus::Error);
         r.code = Some(code);
         r.error = Some(message.into());

@@ -260,7 +260,7 @@ impl Stack {
         if let Some(reason) = reason {
             self.metrics.refused.with_label_values(&[reason]).inc();
         }
-        tracing::debug!(code = failure.code(), "call refused");
+        tracing::debug!(code = failure.code().as_str(), "call refused");
         CallOutcome::upstream(Err(failure), 0)
     }
 
@@ -301,7 +301,7 @@ impl Stack {
             Ok(_) if outcome.cached.is_some() => "cached",
             Ok(reply) if reply.succeeded() => "success",
             Ok(_) => "agent_error",
-            Err(f) => f.code(),
+            Err(f) => f.code().as_str(),
         };
         span.record("outcome", label);
         span.record("attempts", outcome.attempts);
@@ -395,7 +395,7 @@ impl Stack {
             Lookup::Stale { value, tier, error } => {
                 call_span.record("cache.tier", tier.as_str());
                 call_span.record("cache.result", "stale");
-                tracing::info!(agent = %agent.name, code = error.code(), tier = tier.as_str(), "serving a stale answer");
+                tracing::info!(agent = %agent.name, code = error.code().as_str(), tier = tier.as_str(), "serving a stale answer");
                 CallOutcome {
                     result: Ok(reply(value)),
                     attempts,
@@ -504,7 +504,7 @@ impl Stack {
                     if granted {
                         self.metrics.retries.with_label_values(&["sent"]).inc();
                         span.record("retry_reason", attempt_outcome(&err));
-                        tracing::debug!(agent = %agent.name, attempt = attempts, code = err.code(), ?wait, "retrying");
+                        tracing::debug!(agent = %agent.name, attempt = attempts, code = err.code().as_str(), ?wait, "retrying");
                         drop(span);
                         tokio::time::sleep(wait).await;
                         continue;

@@ -3,6 +3,7 @@
 use crate::{
     agents::{AgentReply, CallError},
     cache::Tier,
+    failure::FailureCode,
 };
 
 /// What one attempt ended with, for spans: `http_503`, `timeout`, `connect`, …
@@ -43,13 +44,13 @@ pub enum Failure {
 }
 
 impl Failure {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> FailureCode {
         match self {
             Failure::Call(e) => e.code(),
-            Failure::BreakerOpen => "breaker_open",
-            Failure::RateLimited => "rate_limited",
-            Failure::BulkheadFull => "bulkhead_full",
-            Failure::Deadline => "timeout",
+            Failure::BreakerOpen => FailureCode::BreakerOpen,
+            Failure::RateLimited => FailureCode::RateLimited,
+            Failure::BulkheadFull => FailureCode::BulkheadFull,
+            Failure::Deadline => FailureCode::Timeout,
         }
     }
 

@@ -169,7 +169,7 @@ impl From<TaskResult> for TaskOutcome {
             stale: r.stale,
             attempts: r.attempts,
             latency_ms: r.latency_ms,
-            code: r.code.map(str::to_string),
+            code: r.code.map(|c| c.as_str().to_string()),
             error: r.error,
         }
     }
