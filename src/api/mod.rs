@@ -2,9 +2,9 @@
 //!
 //! - [`ops`]: `/health`, `/ready`, `/status`, `/metrics` (operations).
 //! - [`process`]: `/process`, `/process_query`, `/discover`.
-//! - [`batch`]: the batch use case every transport shares (prepare, run through
-//!   `stream::Progress`, finish); [`stream`] (SSE and `Progress`), [`ws`], [`graphql`]
-//!   are the other transports.
+//! - [`batch`]: the batch use case every transport shares (prepare, run in a `Progress`
+//!   that cancels what a leaving client leaves, finish); [`stream`] (SSE), [`ws`] and
+//!   [`graphql`] are the transports beside JSON.
 //! - [`agents`]: `GET /agents` (clients); `POST /agents`, `DELETE /agents/{name}` (admin).
 //! - [`auth`]: client and admin keys, the inbound rate limit, the admin operations' errors.
 //! - [`validate`]: every limit on client input, and the DTO → domain step.

@@ -6,9 +6,10 @@ use poem_openapi::{payload::Json, ApiResponse, OpenApi};
 use super::{
     agents::agent_view,
     auth::ClientAuth,
+    batch::Progress,
     dto::*,
     errors::{ApiError, ErrorCode},
-    stream::{self, ProcessReply, Progress},
+    stream::{self, ProcessReply},
     validate::{validate_concept, validate_intent},
     State, Tag,
 };

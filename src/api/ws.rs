@@ -26,9 +26,9 @@ use tracing::Instrument;
 
 use super::{
     auth::{client_key, presented_key},
+    batch::{Progress, Update},
     dto::{ProcessBody, PROCESS_SHAPE},
     errors::{ApiError, AuthError, ErrorCode},
-    stream::{Progress, Update},
     validate::MAX_ID_CHARS,
     AppState,
 };

@@ -120,54 +120,45 @@ impl Stack {
         self.peers.as_ref()
     }
 
-    /// Every [`peers::SUMMARY_EVERY`], publishes a summary of each agent called since the
-    /// last one (at most [`peers::MAX_SUMMARIES`]).
+    /// Publishes, every [`peers::SUMMARY_EVERY`], a summary of each agent called since the
+    /// last one (the loop is the peers module's; it stops when the stack is gone).
     pub fn spawn_summaries(self: &Arc<Self>) {
-        if self.peers.is_none() {
-            return;
-        }
+        let Some(peers) = &self.peers else { return };
         let stack = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(peers::SUMMARY_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tick.tick().await;
-                let Some(stack) = stack.upgrade() else { break };
-                let Some(peers) = &stack.peers else { break };
-                let by_agent: Vec<(String, Arc<AgentStages>)> = stack
-                    .by_agent
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                let now = Instant::now();
-                let mut sent = 0;
-                for (agent, stages) in by_agent {
-                    let calls = stages.calls.load(Ordering::Relaxed);
-                    if stages.summarized.swap(calls, Ordering::Relaxed) == calls {
-                        continue;
-                    }
-                    let (ok, total, latency_ms) = {
-                        let s = stages.signals();
-                        let (ok, total) = s.counts(now);
-                        (ok, total, s.latency_ms())
-                    };
-                    peers.publish(
-                        &agent,
-                        Report::Summary {
-                            ok,
-                            total,
-                            latency_ms,
-                        },
-                    );
-                    sent += 1;
-                    if sent >= peers::MAX_SUMMARIES {
-                        break;
-                    }
-                }
-            }
-        });
+        peers.spawn_summaries(move |now| Some(stack.upgrade()?.called_since_summary(now)));
+    }
+
+    /// Each agent called since the last summary, with its decayed counts and latency (at
+    /// most [`peers::MAX_SUMMARIES`]).
+    fn called_since_summary(&self, now: Instant) -> Vec<(String, Report)> {
+        let by_agent: Vec<(String, Arc<AgentStages>)> = self
+            .by_agent
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        by_agent
+            .into_iter()
+            .filter(|(_, stages)| {
+                let calls = stages.calls.load(Ordering::Relaxed);
+                stages.summarized.swap(calls, Ordering::Relaxed) != calls
+            })
+            .take(peers::MAX_SUMMARIES)
+            .map(|(agent, stages)| {
+                let s = stages.signals();
+                let (ok, total) = s.counts(now);
+                let latency_ms = s.latency_ms();
+                (
+                    agent,
+                    Report::Summary {
+                        ok,
+                        total,
+                        latency_ms,
+                    },
+                )
+            })
+            .collect()
     }
 
     pub fn transport(&self) -> &Arc<dyn AgentTransport> {

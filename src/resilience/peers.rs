@@ -177,6 +177,29 @@ impl PeerHealth {
         let _ = self.listening.set(listening);
     }
 
+    /// Every [`SUMMARY_EVERY`], publishes what `called` returns — a summary of each agent
+    /// called since the last look — until either side is gone (`called` answers `None`).
+    pub fn spawn_summaries(
+        self: &Arc<Self>,
+        called: impl Fn(Instant) -> Option<Vec<(String, Report)>> + Send + 'static,
+    ) {
+        let peers = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SUMMARY_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let Some(peers) = peers.upgrade() else { break };
+                let Some(reports) = called(Instant::now()) else {
+                    break;
+                };
+                for (agent, report) in reports {
+                    peers.publish(&agent, report);
+                }
+            }
+        });
+    }
+
     /// Queues a report on `agent` for the peers (dropped, and counted, past the bounds).
     pub fn publish(&self, agent: &str, report: Report) {
         let msg = Message {

@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 
 use super::{api_error, app, types::*, ClientId};
 use crate::api::batch::Prepared;
+use crate::api::batch::{Progress, Update};
 use crate::api::dto::{ProcessBody, PROCESS_SHAPE};
 use crate::api::errors::ErrorCode;
-use crate::api::stream::{Progress, Update};
 use crate::api::AppState;
 use crate::context::RequestCtx;
 
