@@ -6,15 +6,17 @@
 //!      ─▶ learning::Learner (off the request path)
 //! ```
 
+mod discovery;
 pub mod learning;
 pub mod neurogenesis;
 pub mod parser;
 pub mod processors;
 mod task;
 
+pub use discovery::{GraphHealth, Regions, GRAPH_SETTLE, REGIONS_REFRESH};
 pub use task::*;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::time::Instant;
@@ -22,10 +24,10 @@ use tracing::Instrument;
 
 use crate::{
     agents::AgentRequest,
-    cache::{discovery_key, Lookup, Subject, Tier},
+    cache::Tier,
     context::RequestCtx,
     failure::FailureCode,
-    graph::{Candidate, GraphError, KnowledgeGraph, Outcome},
+    graph::{Candidate, KnowledgeGraph, Outcome},
     metrics::Metrics,
     resilience::{Failure, Live, Stack},
     routing::{Inputs, Plan, PolicyKind, Reason, Router},
@@ -48,281 +50,7 @@ pub struct Pipeline {
     pub regions: Option<Regions>,
 }
 
-/// Which region this replica is in, and the region of each agent the graph places in one.
-pub struct Regions {
-    pub here: String,
-    agents: std::sync::RwLock<std::collections::HashMap<String, String>>,
-}
-
-/// How often the agents' regions are read again from the graph.
-pub const REGIONS_REFRESH: Duration = Duration::from_secs(10);
-
-impl Regions {
-    pub fn new(here: String) -> Self {
-        Regions {
-            here,
-            agents: Default::default(),
-        }
-    }
-
-    /// The region of `agent`, if the graph places it in one.
-    pub fn of(&self, agent: &str) -> Option<String> {
-        self.agents
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(agent)
-            .cloned()
-    }
-
-    /// Whether `agent` is in this replica's region.
-    pub fn is_local(&self, agent: &str) -> bool {
-        self.agents
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(agent)
-            .is_some_and(|r| *r == self.here)
-    }
-
-    /// Reads every agent's region from the graph (kept as it was when the graph fails).
-    pub async fn refresh(&self, graph: &dyn KnowledgeGraph) {
-        match graph.regions().await {
-            Ok(regions) => {
-                let map = regions
-                    .into_iter()
-                    .flat_map(|r| {
-                        let name = r.name;
-                        r.agents.into_iter().map(move |a| (a, name.clone()))
-                    })
-                    .collect();
-                *self.agents.write().unwrap_or_else(|e| e.into_inner()) = map;
-            }
-            Err(e) => tracing::warn!(error = %e, "could not read the agents' regions"),
-        }
-    }
-}
-
-/// How long the graph must have answered before an empty answer is cached as "no agent".
-pub const GRAPH_SETTLE: Duration = Duration::from_secs(10);
-
-/// The graph's recent record, as discovery saw it: (last failure, answering since).
-#[derive(Debug)]
-pub struct GraphHealth(std::sync::Mutex<(Option<Instant>, Option<Instant>)>);
-
-impl Default for GraphHealth {
-    /// Assumed healthy since start-up, never failed.
-    fn default() -> Self {
-        GraphHealth(std::sync::Mutex::new((None, Some(Instant::now()))))
-    }
-}
-
-impl GraphHealth {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Instant>, Option<Instant>)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn failed(&self) {
-        *self.lock() = (Some(Instant::now()), None);
-    }
-
-    pub fn succeeded(&self) {
-        let mut h = self.lock();
-        h.1.get_or_insert_with(Instant::now);
-    }
-
-    /// Whether the graph has answered for at least [`GRAPH_SETTLE`] since its last failure.
-    pub fn settled(&self) -> bool {
-        self.lock()
-            .1
-            .is_some_and(|since| since.elapsed() >= GRAPH_SETTLE)
-    }
-}
-
 impl Pipeline {
-    /// Ranked candidates for (concept, intent), through the discovery cache when the graph
-    /// is remote; the tier says which cache answered.
-    pub async fn discover(
-        &self,
-        concept: &str,
-        intent: &str,
-        use_cache: bool,
-    ) -> Result<(Vec<Candidate>, Option<Tier>), GraphError> {
-        // The in-process graph answers in an instant: its answer is attributes of the task
-        // that asked. A remote graph (and the caches in front of it) gets a span of its own.
-        let here = tracing::Span::current();
-        let own = self.graph.is_remote() || here.field("chosen").is_none();
-        let span = if own {
-            crate::later_span!(
-                "discover",
-                [concept, intent],
-                [
-                    cache_tier,
-                    stale_reason,
-                    candidates,
-                    chosen,
-                    otel.status_code
-                ]
-            )
-        } else {
-            here
-        };
-        let lookup = self.discover_inner(concept, intent, use_cache);
-        let found = if own {
-            lookup.instrument(span.clone()).await
-        } else {
-            lookup.await
-        };
-        match &found {
-            Ok((candidates, tier)) => {
-                let cached = self.stack.caches.discovery_enabled && use_cache;
-                span.record(
-                    "cache_tier",
-                    match tier {
-                        Some(t) => t.as_str(),
-                        None if cached => "miss",
-                        None => "none",
-                    },
-                );
-                // Only build the list when someone records it (it is per task).
-                if !span.is_disabled() {
-                    let listed: Vec<String> = candidates
-                        .iter()
-                        .map(|c| format!("{}:{:.3}", c.agent.name, c.stats.weight))
-                        .collect();
-                    span.record("candidates", listed.join(",").as_str());
-                }
-                span.record(
-                    "chosen",
-                    candidates.first().map_or("none", |c| c.agent.name.as_str()),
-                );
-            }
-            Err(_) => {
-                span.record("otel.status_code", "ERROR");
-            }
-        }
-        found
-    }
-
-    /// The graph's answer (through the discovery cache when it is on); when the graph is
-    /// away, the last route it gave, whatever the cache settings.
-    async fn discover_inner(
-        &self,
-        concept: &str,
-        intent: &str,
-        use_cache: bool,
-    ) -> Result<(Vec<Candidate>, Option<Tier>), GraphError> {
-        let found = self.discover_source(concept, intent, use_cache).await;
-        if !self.graph.is_remote() {
-            return found;
-        }
-        let routes = &self.stack.caches.routes;
-        let key = discovery_key(concept, intent);
-        let error = match found {
-            // A graph starting up answers empty for a moment: a known route is kept.
-            Ok((candidates, None)) if candidates.is_empty() && !self.graph_health.settled() => {
-                GraphError::EmptyAnswer
-            }
-            Ok((candidates, tier)) => {
-                if tier.is_none() {
-                    routes.remember(&key, concept, &candidates).await;
-                }
-                return Ok((candidates, tier));
-            }
-            Err(e) => e,
-        };
-        match routes.recall(&key).await {
-            Some(candidates) => {
-                self.stale_route(&error, "memory", concept, intent);
-                Ok((candidates, None))
-            }
-            None if matches!(error, GraphError::EmptyAnswer) => Ok((Vec::new(), None)),
-            None => Err(error),
-        }
-    }
-
-    /// Counts and shows a route served from what was known before (`from`: a cache tier or
-    /// the route memory) because the graph's answer could not be used.
-    fn stale_route(&self, error: &GraphError, from: &str, concept: &str, intent: &str) {
-        let reason = error.stale_reason();
-        self.metrics
-            .discovery_stale_served
-            .with_label_values(&[reason])
-            .inc();
-        tracing::Span::current().record("stale_reason", reason);
-        tracing::debug!(reason, from, concept, intent, "serving a stale route");
-    }
-
-    /// The graph's answer, through the discovery cache when it is on.
-    async fn discover_source(
-        &self,
-        concept: &str,
-        intent: &str,
-        use_cache: bool,
-    ) -> Result<(Vec<Candidate>, Option<Tier>), GraphError> {
-        let caches = &self.stack.caches;
-        if !(caches.discovery_enabled && use_cache) {
-            return match self.graph.discover(concept, intent).await {
-                Ok(found) => {
-                    self.graph_health.succeeded();
-                    Ok((found, None))
-                }
-                Err(e) => {
-                    if !matches!(e, GraphError::RecentFailure) {
-                        self.graph_health.failed();
-                    }
-                    Err(e)
-                }
-            };
-        }
-        let key = discovery_key(concept, intent);
-        let subject = Subject {
-            agent: None,
-            concept,
-        };
-        let lookup = caches
-            .discovery
-            .get_or_fetch(&key, subject, |stale| {
-                let stale_route = stale
-                    .and_then(Value::as_array)
-                    .is_some_and(|a| !a.is_empty());
-                async move {
-                    let found = match self.graph.discover(concept, intent).await {
-                        Ok(found) => {
-                            self.graph_health.succeeded();
-                            found
-                        }
-                        Err(e) => {
-                            if !matches!(e, GraphError::RecentFailure) {
-                                self.graph_health.failed();
-                            }
-                            return Err(e);
-                        }
-                    };
-                    let ttl = if !found.is_empty() {
-                        Some(caches.settings.discovery_ttl)
-                    } else if stale_route {
-                        // A graph starting up answers empty for a moment; a route it had
-                        // goes away only through an invalidation, which removes the entry.
-                        return Err(GraphError::EmptyAnswer);
-                    } else if self.graph_health.settled() {
-                        Some(caches.settings.negative_ttl)
-                    } else {
-                        None
-                    };
-                    Ok((serde_json::to_value(&found).unwrap_or_default(), ttl))
-                }
-            })
-            .await;
-        let decode = |v: Value| serde_json::from_value::<Vec<Candidate>>(v).unwrap_or_default();
-        match lookup {
-            Lookup::Fresh { value, tier } => Ok((decode(value), tier)),
-            Lookup::Stale { value, tier, error } => {
-                self.stale_route(&error, tier.as_str(), concept, intent);
-                Ok((decode(value), Some(tier)))
-            }
-            Lookup::Failed(e) => Err(e),
-        }
-    }
-
     /// One task, never longer than `deadline`, never an error: failures are in the result.
     pub async fn run_task(&self, task: &TaskSpec, ctx: &RequestCtx) -> TaskResult {
         let span = crate::later_span!(
