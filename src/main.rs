@@ -1,3 +1,8 @@
+//! The binary: the allocator, the runtime, and the command line (`myriad::cli`). The one
+//! `unsafe` block of the project is the allocator's collect below (an FFI call with no
+//! preconditions); the library forbids unsafe code.
+#![deny(unsafe_code)]
+
 use std::cell::Cell;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -30,6 +35,7 @@ const RELEASE_EVERY: Duration = Duration::from_secs(1);
 /// it sleeps (RSS stayed at twice its pre-load value after a burst). At most once a second
 /// per worker, collect them, forced: a gentle collect left 46 % of the growth, a forced one
 /// 14 % (docs/BENCHMARKS.md).
+#[allow(unsafe_code)]
 fn release_freed_memory() {
     thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
     let now = Instant::now();
