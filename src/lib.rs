@@ -29,6 +29,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod every;
 pub mod failure;
 pub mod graph;
 pub mod metrics;

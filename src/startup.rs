@@ -13,7 +13,7 @@ use crate::{
         AgentTransport,
     },
     api::{self, AppState},
-    cache::{Caches, CHANNEL},
+    cache::{Caches, INVALIDATION_CHANNEL},
     config::Config,
     graph::{
         gate::GatedGraph,
@@ -325,7 +325,7 @@ pub fn build_state(
     if let Some(store) = &store {
         let (on_msg, on_reset) = (Arc::downgrade(&caches), Arc::downgrade(&caches));
         store.spawn_subscriber(
-            CHANNEL,
+            INVALIDATION_CHANNEL,
             move |payload| {
                 if let Some(c) = on_msg.upgrade() {
                     c.on_message(payload);
@@ -347,7 +347,7 @@ pub fn build_state(
         );
         let on_msg = Arc::downgrade(&shared);
         let flag = store.spawn_subscriber(
-            peers::CHANNEL,
+            peers::HEALTH_CHANNEL,
             move |payload| {
                 if let Some(s) = on_msg.upgrade() {
                     s.on_message(payload);
@@ -407,17 +407,11 @@ pub fn build_state(
         regions: config.region.clone().map(Regions::new),
     });
     if pipeline.regions.is_some() && in_runtime {
-        let weak = Arc::downgrade(&pipeline);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(REGIONS_REFRESH);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tick.tick().await;
-                let Some(p) = weak.upgrade() else { break };
-                if let Some(r) = &p.regions {
-                    r.refresh(p.graph.as_ref()).await;
-                }
+        crate::every::every(REGIONS_REFRESH, &pipeline, |p| async move {
+            if let Some(r) = &p.regions {
+                r.refresh(p.graph.as_ref()).await;
             }
+            true
         });
     }
     let client_limiter = ClientLimiter::new(

@@ -188,19 +188,13 @@ impl RedisStore {
     /// both do. Recovery then takes well under a second instead of waiting for traffic and
     /// for the breaker's growing open interval.
     pub fn spawn_recovery_probe(self: &Arc<Self>) {
-        let store = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RECOVERY_PROBE_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tick.tick().await;
-                let Some(store) = store.upgrade() else { break };
-                if store.breaker.state() != BreakerState::Closed && store.answers_again().await {
-                    store.breaker.reset();
-                    store.recoveries.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!("redis answers again: L2 and the shared limits are back in use");
-                }
+        crate::every::every(RECOVERY_PROBE_EVERY, self, |store| async move {
+            if store.breaker.state() != BreakerState::Closed && store.answers_again().await {
+                store.breaker.reset();
+                store.recoveries.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("redis answers again: L2 and the shared limits are back in use");
             }
+            true
         });
     }
 

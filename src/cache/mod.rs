@@ -29,7 +29,7 @@ use crate::store::SharedStore;
 use crate::{config::CacheSettings, metrics::Metrics};
 
 /// Pub/sub channel carrying [`Invalidation`]s between replicas.
-pub const CHANNEL: &str = "myriad:v1:invalidate";
+pub const INVALIDATION_CHANNEL: &str = "myriad:v1:invalidate";
 const NS: &str = "myriad:v1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -431,7 +431,7 @@ impl Caches {
             }
         }
         if let Ok(msg) = serde_json::to_string(&inv) {
-            if store.publish(CHANNEL, &msg).await.is_err() {
+            if store.publish(INVALIDATION_CHANNEL, &msg).await.is_err() {
                 tracing::warn!(
                     "could not publish a cache invalidation; other replicas expire it by TTL"
                 );

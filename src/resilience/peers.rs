@@ -42,7 +42,7 @@ use tokio::{sync::mpsc, time::Instant};
 use crate::{routing::HEALTH_TAU, store::SharedStore};
 
 /// The pub/sub channel of agent health.
-pub const CHANNEL: &str = "myriad:v1:agent-health";
+pub const HEALTH_CHANNEL: &str = "myriad:v1:agent-health";
 /// How often each replica publishes its summaries.
 pub const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 /// Summaries published per tick at most.
@@ -149,7 +149,7 @@ impl PeerHealth {
         });
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
-                let event = match store.publish(CHANNEL, &msg).await {
+                let event = match store.publish(HEALTH_CHANNEL, &msg).await {
                     Ok(()) => "published",
                     Err(_) => "publish_failed",
                 };
@@ -172,7 +172,7 @@ impl PeerHealth {
         }
     }
 
-    /// The flag the subscription raises while it is subscribed to [`CHANNEL`].
+    /// The flag the subscription raises while it is subscribed to [`HEALTH_CHANNEL`].
     pub fn listen_through(&self, listening: Arc<AtomicBool>) {
         let _ = self.listening.set(listening);
     }
@@ -181,21 +181,19 @@ impl PeerHealth {
     /// called since the last look — until either side is gone (`called` answers `None`).
     pub fn spawn_summaries(
         self: &Arc<Self>,
-        called: impl Fn(Instant) -> Option<Vec<(String, Report)>> + Send + 'static,
+        called: impl Fn(Instant) -> Option<Vec<(String, Report)>> + Send + Sync + 'static,
     ) {
-        let peers = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SUMMARY_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tick.tick().await;
-                let Some(peers) = peers.upgrade() else { break };
+        let called = Arc::new(called);
+        crate::every::every(SUMMARY_EVERY, self, move |peers| {
+            let called = Arc::clone(&called);
+            async move {
                 let Some(reports) = called(Instant::now()) else {
-                    break;
+                    return false;
                 };
                 for (agent, report) in reports {
                     peers.publish(&agent, report);
                 }
+                true
             }
         });
     }
