@@ -26,7 +26,7 @@ use crate::{
     pipeline::{learning::Learner, neurogenesis::Neurogenesis, Pipeline, Regions, REGIONS_REFRESH},
     resilience::{
         limit::{ClientLimiter, Global},
-        peers::{self, PeerHealth},
+        peers::{self, Peers},
         Stack, StackSettings,
     },
     store::{RedisStore, SharedStore},
@@ -340,7 +340,7 @@ pub fn build_state(
         );
     }
     let shared_health = store.as_ref().map(|store| {
-        let shared = PeerHealth::start(
+        let shared = Peers::start(
             store.clone(),
             config.breaker.open,
             metrics.shared_health.clone(),
@@ -367,12 +367,14 @@ pub fn build_state(
     } else {
         Learner::disabled()
     };
+    let router = Arc::new(crate::routing::Router::new(config.routing.clone()));
     let mut stack = Stack::new(
         transport,
         StackSettings::from_config(&config),
         caches,
         global.clone(),
         metrics.clone(),
+        router.signals().clone(),
     );
     if let Some(shared) = shared_health {
         stack = stack.share_health(shared);
@@ -398,11 +400,11 @@ pub fn build_state(
         neurogenesis,
         graph,
         stack,
-        router: Arc::new(crate::routing::Router::new(config.routing.clone())),
+        router,
         learner,
         metrics: metrics.clone(),
         task_concurrency: config.task_concurrency,
-        graph_health: Default::default(),
+        graph_availability: Default::default(),
         discovery_warning: Default::default(),
         regions: config.region.clone().map(Regions::new),
     });

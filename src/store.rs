@@ -63,11 +63,11 @@ pub trait SharedStore: Send + Sync + 'static {
     /// Round trip to the store (for `/status`).
     async fn ping(&self) -> Result<(), StoreError>;
     /// `up`, `degraded` (breaker open or recent errors).
-    fn health(&self) -> StoreHealth;
+    fn status(&self) -> StoreStatus;
 }
 
 #[derive(Debug, Clone)]
-pub struct StoreHealth {
+pub struct StoreStatus {
     pub status: &'static str,
     pub breaker: BreakerState,
     pub errors_total: u64,
@@ -429,9 +429,9 @@ impl SharedStore for RedisStore {
             .map(|_| ())
     }
 
-    fn health(&self) -> StoreHealth {
+    fn status(&self) -> StoreStatus {
         let state = self.breaker.state();
-        StoreHealth {
+        StoreStatus {
             status: if state == BreakerState::Closed {
                 "up"
             } else {

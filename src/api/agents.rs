@@ -14,7 +14,7 @@ use crate::{
     agents::endpoint::{normalize_endpoint, redact_endpoint, EndpointError},
     cache::Invalidation,
     graph::{seed::validate_agent_name, AgentInfo, AgentRecord},
-    resilience::Live,
+    routing::Live,
 };
 
 error_responses! {

@@ -32,11 +32,8 @@ use poem_openapi::{OpenApiService, Tags};
 use tokio::time::Instant;
 
 use crate::{
-    config::Config,
-    metrics::Metrics,
-    pipeline::Pipeline,
-    resilience::{limit::ClientLimiter, Live},
-    VERSION,
+    config::Config, metrics::Metrics, pipeline::Pipeline, resilience::limit::ClientLimiter,
+    routing::Live, VERSION,
 };
 use agents::AgentsApi;
 use ops::OpsApi;
@@ -74,7 +71,7 @@ impl AppState {
 
 impl AppState {
     pub(super) fn live(&self, agent: &str) -> Live {
-        self.pipeline.stack.live(agent)
+        self.pipeline.live(agent)
     }
 
     pub(super) fn breaker(&self, agent: &str) -> crate::resilience::breaker::BreakerState {

@@ -16,7 +16,7 @@ use super::{
     AppState, State, Tag,
 };
 use crate::{
-    config::kinds::Named, metrics::document::Live, resilience::breaker::BreakerState, VERSION,
+    config::kinds::Named, metrics::document::Sizes, resilience::breaker::BreakerState, VERSION,
 };
 
 pub struct OpsApi;
@@ -75,7 +75,7 @@ pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 impl AppState {
     pub(super) fn metrics_body(&self) -> MetricsBody {
         let c = &self.config;
-        let performance = self.metrics.performance(Live {
+        let performance = self.metrics.performance(Sizes {
             l1_entries: self.pipeline.stack.caches.l1_entries(),
             clients_tracked: self
                 .client_limiter
@@ -139,7 +139,7 @@ impl AppState {
                     tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await,
                     Ok(Ok(()))
                 );
-                let h = store.health();
+                let h = store.status();
                 RedisDependency {
                     status: if answered { h.status } else { "degraded" }.into(),
                     breaker: Some(h.breaker.into()),

@@ -6,10 +6,10 @@ use async_trait::async_trait;
 use std::sync::RwLock;
 
 use super::{
-    hebbian, rank,
+    hebbian,
     seed::{demo_placeholder, Seed},
-    AgentInfo, AgentRecord, Candidate, Deltas, EdgeOutcomes, EdgeStats, GraphError, KnowledgeGraph,
-    Learned, RegionRecord, WeightChange,
+    sort_by_weight, AgentInfo, AgentRecord, Candidate, Deltas, EdgeOutcomes, EdgeStats, GraphError,
+    KnowledgeGraph, Learned, RegionRecord, WeightChange,
 };
 
 #[derive(Default)]
@@ -131,7 +131,7 @@ impl KnowledgeGraph for MemoryGraph {
                 })
             })
             .collect();
-        rank(&mut found);
+        sort_by_weight(&mut found);
         Ok(found)
     }
 

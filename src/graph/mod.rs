@@ -196,7 +196,7 @@ pub trait KnowledgeGraph: Send + Sync + 'static {
 }
 
 /// Ranking shared by every backend: weight desc, success rate desc, name asc.
-pub fn rank(candidates: &mut [Candidate]) {
+pub fn sort_by_weight(candidates: &mut [Candidate]) {
     candidates.sort_by(|a, b| {
         b.stats
             .weight

@@ -14,10 +14,9 @@ use async_trait::async_trait;
 use neo4rs::{query, BoltType, ConfigBuilder, Query, Row};
 
 use super::{
-    rank,
     seed::{demo_placeholder, Seed},
-    AgentInfo, AgentRecord, Candidate, Deltas, EdgeOutcomes, EdgeStats, GraphError, KnowledgeGraph,
-    Learned, RegionRecord, WeightChange,
+    sort_by_weight, AgentInfo, AgentRecord, Candidate, Deltas, EdgeOutcomes, EdgeStats, GraphError,
+    KnowledgeGraph, Learned, RegionRecord, WeightChange,
 };
 
 /// Resolves `{demo:<id>}` endpoints to the demo agents running in this process.
@@ -304,7 +303,7 @@ impl KnowledgeGraph for Neo4jGraph {
                 })
             })
             .collect();
-        rank(&mut found);
+        sort_by_weight(&mut found);
         Ok(found)
     }
 

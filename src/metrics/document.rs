@@ -106,7 +106,7 @@ pub struct ConnectionCounts {
 }
 
 /// What the registry does not hold: sizes read live from their owners.
-pub struct Live {
+pub struct Sizes {
     pub l1_entries: u64,
     pub clients_tracked: Option<u64>,
     pub neurogenesis: bool,
@@ -145,7 +145,7 @@ impl Metrics {
     }
 
     /// The `performance` object of the JSON metrics.
-    pub fn performance(&self, live: Live) -> Performance {
+    pub fn performance(&self, live: Sizes) -> Performance {
         let requests = |keep: &dyn Fn(&str, &str) -> bool| sum(&self.http_requests, keep);
         let status_class =
             |class: char| requests(&|name, value| name != "status" || value.starts_with(class));
@@ -252,7 +252,7 @@ mod tests {
             .inc();
         m.task_duration.observe(0.004);
         m.tasks.with_label_values(&["success"]).inc();
-        let live = Live {
+        let live = Sizes {
             l1_entries: 3,
             clients_tracked: None,
             neurogenesis: false,

@@ -72,16 +72,16 @@ pub const GRAPH_SETTLE: Duration = Duration::from_secs(10);
 
 /// The graph's recent record, as discovery saw it: (last failure, answering since).
 #[derive(Debug)]
-pub struct GraphHealth(std::sync::Mutex<(Option<Instant>, Option<Instant>)>);
+pub struct GraphAvailability(std::sync::Mutex<(Option<Instant>, Option<Instant>)>);
 
-impl Default for GraphHealth {
+impl Default for GraphAvailability {
     /// Assumed healthy since start-up, never failed.
     fn default() -> Self {
-        GraphHealth(std::sync::Mutex::new((None, Some(Instant::now()))))
+        GraphAvailability(std::sync::Mutex::new((None, Some(Instant::now()))))
     }
 }
 
-impl GraphHealth {
+impl GraphAvailability {
     fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Instant>, Option<Instant>)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -184,7 +184,9 @@ impl Pipeline {
         let key = discovery_key(concept, intent);
         let error = match found {
             // A graph starting up answers empty for a moment: a known route is kept.
-            Ok((candidates, None)) if candidates.is_empty() && !self.graph_health.settled() => {
+            Ok((candidates, None))
+                if candidates.is_empty() && !self.graph_availability.settled() =>
+            {
                 GraphError::EmptyAnswer
             }
             Ok((candidates, tier)) => {
@@ -228,12 +230,12 @@ impl Pipeline {
         if !(caches.discovery_enabled && use_cache) {
             return match self.graph.discover(concept, intent).await {
                 Ok(found) => {
-                    self.graph_health.succeeded();
+                    self.graph_availability.succeeded();
                     Ok((found, None))
                 }
                 Err(e) => {
                     if !matches!(e, GraphError::RecentFailure) {
-                        self.graph_health.failed();
+                        self.graph_availability.failed();
                     }
                     Err(e)
                 }
@@ -253,12 +255,12 @@ impl Pipeline {
                 async move {
                     let found = match self.graph.discover(concept, intent).await {
                         Ok(found) => {
-                            self.graph_health.succeeded();
+                            self.graph_availability.succeeded();
                             found
                         }
                         Err(e) => {
                             if !matches!(e, GraphError::RecentFailure) {
-                                self.graph_health.failed();
+                                self.graph_availability.failed();
                             }
                             return Err(e);
                         }
@@ -269,7 +271,7 @@ impl Pipeline {
                         // A graph starting up answers empty for a moment; a route it had
                         // goes away only through an invalidation, which removes the entry.
                         return Err(GraphError::EmptyAnswer);
-                    } else if self.graph_health.settled() {
+                    } else if self.graph_availability.settled() {
                         Some(caches.settings.negative_ttl)
                     } else {
                         None

@@ -13,7 +13,7 @@ pub mod parser;
 pub mod processors;
 mod task;
 
-pub use discovery::{GraphHealth, Regions, GRAPH_SETTLE, REGIONS_REFRESH};
+pub use discovery::{GraphAvailability, Regions, GRAPH_SETTLE, REGIONS_REFRESH};
 pub use task::*;
 
 use std::sync::Arc;
@@ -29,8 +29,8 @@ use crate::{
     failure::FailureCode,
     graph::{Candidate, KnowledgeGraph, Outcome},
     metrics::Metrics,
-    resilience::{Failure, Live, Stack},
-    routing::{Inputs, Plan, PolicyKind, Reason, Router},
+    resilience::{Failure, Stack},
+    routing::{Inputs, Live, Plan, Router},
 };
 
 pub struct Pipeline {
@@ -43,7 +43,7 @@ pub struct Pipeline {
     /// Present when ENABLE_DYNAMIC_AGENTS is on.
     pub neurogenesis: Option<Arc<neurogenesis::Neurogenesis>>,
     /// When the graph last failed and since when it has answered.
-    pub graph_health: GraphHealth,
+    pub graph_availability: GraphAvailability,
     /// "discovery failed", logged at most once a second with a count.
     pub discovery_warning: crate::telemetry::Throttle,
     /// This replica's region and each agent's, from the graph (`REGION` set).
@@ -164,64 +164,53 @@ impl Pipeline {
         result
     }
 
+    /// Whether `agent` is in this replica's region (`None` when `REGION` is unset).
+    fn local(&self, agent: &str) -> Option<bool> {
+        self.regions.as_ref().map(|r| r.is_local(agent))
+    }
+
+    /// What the routing policy reads of `agent` now.
+    pub fn live(&self, agent: &str) -> Live {
+        self.router.signals().live(agent, self.stack.gates(agent))
+    }
+
     /// What the routing policy knows of each candidate now.
     pub fn assess(&self, candidates: &[Candidate]) -> Vec<(Inputs, Live)> {
         candidates
             .iter()
             .map(|c| {
-                let live = self.stack.live(&c.agent.name);
-                let inputs = Inputs {
-                    weight: c.stats.weight,
-                    health: live.health,
-                    latency_ms: live.latency_ms,
-                    in_flight: live.in_flight,
-                    admission: live.admission,
-                    ramp: live.ramp,
-                    local: self.regions.as_ref().map(|r| r.is_local(&c.agent.name)),
-                };
-                (inputs, live)
+                let agent = c.agent.name.as_str();
+                self.router.assess(
+                    agent,
+                    c.stats.weight,
+                    self.local(agent),
+                    self.stack.gates(agent),
+                )
             })
             .collect()
     }
 
     /// The order candidates are shown in (`/discover` and GraphQL `candidates` alike), with
-    /// what the policy knows of each: by score under the score policy (refused breakers
-    /// last, this replica's region first at equal health), in the graph's order under the
-    /// weight policy. A call's own order ([`Pipeline::plan`]) adds only what belongs to one
-    /// request (stickiness, exploration).
+    /// what the policy knows of each ([`Router::listing`]).
     pub fn listing(&self, candidates: &[Candidate]) -> (Vec<usize>, Vec<(Inputs, Live)>) {
         let assessed = self.assess(candidates);
-        let order = match self.router.policy() {
-            PolicyKind::Score => {
-                let inputs: Vec<Inputs> = assessed.iter().map(|(i, _)| *i).collect();
-                crate::routing::rank(&inputs)
-            }
-            PolicyKind::Weight => (0..candidates.len()).collect(),
-        };
-        (order, assessed)
+        let inputs: Vec<Inputs> = assessed.iter().map(|(i, _)| *i).collect();
+        (self.router.listing(&inputs), assessed)
     }
 
     /// The routing policy's order for `candidates` (and why the first is first).
-    pub fn plan(&self, task: &TaskSpec, candidates: &[Candidate], use_cache: bool) -> Plan {
-        if self.router.policy() == PolicyKind::Weight {
-            return Plan::graph_order(candidates.len());
-        }
-        let inputs: Vec<Inputs> = self
-            .assess(candidates)
-            .into_iter()
-            .map(|(i, _)| i)
-            .collect();
+    fn plan(&self, task: &TaskSpec, candidates: &[Candidate], use_cache: bool) -> Plan {
+        let agents: Vec<&str> = candidates.iter().map(|c| c.agent.name.as_str()).collect();
         // Repeats of a cacheable task stick to one agent, so they keep hitting its answer.
         let sticky = (use_cache && self.stack.caches.cacheable(&task.intent))
             .then(|| format!("{}\u{0}{}\u{0}{}", task.concept, task.intent, task.args));
-        let plan = self.router.plan(&inputs, sticky.as_deref());
-        if candidates.len() > 1 {
-            self.stack.note_decision(
-                candidates.iter().map(|c| c.agent.name.as_str()),
-                &candidates[plan.order[0]].agent.name,
-            );
-        }
-        plan
+        let assess = || {
+            self.assess(candidates)
+                .into_iter()
+                .map(|(i, _)| i)
+                .collect()
+        };
+        self.router.choose(&agents, assess, sticky.as_deref())
     }
 
     /// Tries each candidate in the routing policy's order until one answers.
@@ -261,16 +250,8 @@ impl Pipeline {
                     r.cached = outcome.cached.map(Tier::as_str);
                     r.stale = outcome.stale;
                     if success {
-                        let reason = match &self.regions {
-                            _ if position == 0 => plan.reason,
-                            Some(r)
-                                if !r.is_local(&candidate.agent.name)
-                                    && r.is_local(&candidates[plan.order[0]].agent.name) =>
-                            {
-                                Reason::RegionFailover
-                            }
-                            _ => Reason::Failover,
-                        };
+                        let reason =
+                            plan.reason_at(position, |i| self.local(&candidates[i].agent.name));
                         tracing::Span::current().record("chosen_reason", reason.as_str());
                         self.metrics
                             .routing_decisions

@@ -202,9 +202,10 @@ impl Breaker {
         self.machine.reset();
     }
 
-    /// The state as of now: asking for admission first turns a breaker whose open interval
-    /// ended half-open, so one no call has come to since is not shown `open` forever.
-    pub fn current(&self) -> BreakerState {
+    /// Makes the transition that is due (open → half-open once the open interval ended)
+    /// and returns the state, so a breaker no call has come to since is not shown `open`
+    /// forever. [`Breaker::state`] only reads.
+    pub fn advance(&self) -> BreakerState {
         self.admission();
         self.state()
     }

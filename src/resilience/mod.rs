@@ -3,49 +3,48 @@
 //! Outside in: request deadline → outbound rate limit → [cache] → bulkhead → circuit breaker
 //! → retry → per-try timeout → HTTP call. Every stage reports *why* it refused in
 //! [`Failure`], whose `code` is what a task result shows.
+//!
+//! Files: this one the [`Stack`] — its settings and its registry of per-agent stages, and
+//! what routing and `/status` read of them; `call.rs` the path of one call; one file per
+//! stage (`limit`, `bulkhead`, `breaker`, `retry`), `peers.rs` what the other replicas say,
+//! `outcome.rs` what a call ends with.
 
 pub mod breaker;
 pub mod bulkhead;
+mod call;
 pub mod limit;
 mod outcome;
 pub mod peers;
 pub mod retry;
 mod stages;
 
-use outcome::attempt_outcome;
 pub use outcome::{CallOutcome, Failure};
-pub use stages::{AgentLoad, Live};
+pub use stages::AgentLoad;
 use stages::{AgentStages, RECENT};
 
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
         Arc, Mutex, RwLock,
     },
     time::Duration,
 };
 
-use serde_json::Value;
 use tokio::time::Instant;
-use tracing::Instrument;
 
-use crate::routing::{Admission, Signals};
 use crate::{
-    agents::{AgentReply, AgentRequest, AgentTransport, CallError},
-    cache::{response_key, Caches, Lookup, Subject, Tier},
+    agents::AgentTransport,
+    cache::Caches,
     config::BreakerSettings,
-    context::{remaining, RequestCtx},
-    graph::AgentInfo,
+    metrics::Metrics,
+    routing::{Gates, LiveSignals},
 };
 use breaker::Breaker;
 use bulkhead::Bulkhead;
 use limit::{AgentLimiter, Global};
-
-use crate::metrics::Metrics;
-
-use peers::{PeerHealth, Report};
-use retry::{fits, RetryBudget, RetryPolicy};
+use peers::{Peers, Report};
+use retry::{RetryBudget, RetryPolicy};
 
 /// Settings of every stage.
 #[derive(Debug, Clone)]
@@ -58,8 +57,6 @@ pub struct StackSettings {
     pub breaker: BreakerSettings,
     pub agent_rate_limit: u32,
     pub agent_max_inflight: u32,
-    /// Routing's slow-start window (agents known at start-up skip it).
-    pub slow_start: Duration,
 }
 
 impl StackSettings {
@@ -72,7 +69,6 @@ impl StackSettings {
             breaker: c.breaker.clone(),
             agent_rate_limit: c.agent_rate_limit,
             agent_max_inflight: c.agent_max_inflight,
-            slow_start: c.routing.slow_start,
         }
     }
 }
@@ -85,9 +81,10 @@ pub struct Stack {
     /// One entry per agent name the graph has routed to (graph-controlled, so bounded).
     by_agent: RwLock<HashMap<String, Arc<AgentStages>>>,
     metrics: Arc<Metrics>,
-    started: Instant,
+    /// Routing's live signals, told of every attempt's outcome.
+    signals: Arc<LiveSignals>,
     /// What the other replicas say about agents (with Redis).
-    peers: Option<Arc<PeerHealth>>,
+    peers: Option<Arc<Peers>>,
 }
 
 impl Stack {
@@ -97,6 +94,7 @@ impl Stack {
         caches: Arc<Caches>,
         global: Option<Global>,
         metrics: Arc<Metrics>,
+        signals: Arc<LiveSignals>,
     ) -> Self {
         Stack {
             transport,
@@ -105,18 +103,18 @@ impl Stack {
             global,
             by_agent: RwLock::new(HashMap::new()),
             metrics,
-            started: Instant::now(),
+            signals,
             peers: None,
         }
     }
 
     /// Shares agent health with the other replicas through `peers`.
-    pub fn share_health(mut self, peers: Arc<PeerHealth>) -> Self {
+    pub fn share_health(mut self, peers: Arc<Peers>) -> Self {
         self.peers = Some(peers);
         self
     }
 
-    pub fn shared_health(&self) -> Option<&Arc<PeerHealth>> {
+    pub fn shared_health(&self) -> Option<&Arc<Peers>> {
         self.peers.as_ref()
     }
 
@@ -145,10 +143,8 @@ impl Stack {
                 stages.summarized.swap(calls, Ordering::Relaxed) != calls
             })
             .take(peers::MAX_SUMMARIES)
-            .map(|(agent, stages)| {
-                let s = stages.signals();
-                let (ok, total) = s.counts(now);
-                let latency_ms = s.latency_ms();
+            .map(|(agent, _)| {
+                let (ok, total, latency_ms) = self.signals.summary(&agent, now);
                 (
                     agent,
                     Report::Summary {
@@ -220,12 +216,6 @@ impl Stack {
                     budget: self.retry_budget(agent),
                     calls: AtomicU64::new(0),
                     recent: Mutex::new(VecDeque::with_capacity(RECENT)),
-                    // Agents first seen in the start-up window are not new: no slow start.
-                    signals: Mutex::new(Signals::new(
-                        Instant::now(),
-                        self.started.elapsed() >= self.settings.slow_start,
-                    )),
-                    closes_seen: AtomicU64::new(0),
                     summarized: AtomicU64::new(0),
                 })
             })
@@ -245,313 +235,21 @@ impl Stack {
         }
     }
 
-    /// Refuses a call before any attempt; `reason` labels `myriad_calls_refused_total`
-    /// (agent rate limits are counted by the limiter's own series).
-    fn refuse(&self, reason: Option<&str>, failure: Failure) -> CallOutcome {
-        if let Some(reason) = reason {
-            self.metrics.refused.with_label_values(&[reason]).inc();
-        }
-        tracing::debug!(code = failure.code().as_str(), "call refused");
-        CallOutcome::upstream(Err(failure), 0)
-    }
-
-    /// Calls `agent` with `req` through every stage, never past the request's deadline; a
-    /// request that bypasses the caches (`Cache-Control: no-cache`) skips the cache stage.
-    pub async fn call(
-        &self,
-        agent: &AgentInfo,
-        req: &AgentRequest,
-        ctx: &RequestCtx,
-    ) -> CallOutcome {
-        // The stages decide in an instant: their verdicts are attributes of this span, not
-        // spans of their own (a span costs more than the decision it would record).
-        let span = crate::later_span!(
-            "agent_call",
-            [agent = agent.name.as_str()],
-            [
-                outcome,
-                attempts,
-                cached,
-                stale,
-                rate_limit,
-                cache.tier,
-                cache.result,
-                bulkhead,
-                breaker.state,
-                breaker.admitted,
-                otel.status_code
-            ]
-        );
-        let started = std::time::Instant::now();
-        let outcome = self
-            .call_stages(agent, req, ctx)
-            .instrument(span.clone())
-            .await;
-        let label = match &outcome.result {
-            Ok(_) if outcome.stale => "stale",
-            Ok(_) if outcome.cached.is_some() => "cached",
-            Ok(reply) if reply.succeeded() => "success",
-            Ok(_) => "agent_error",
-            Err(f) => f.code().as_str(),
-        };
-        span.record("outcome", label);
-        span.record("attempts", outcome.attempts);
-        span.record("cached", outcome.cached.map_or("none", Tier::as_str));
-        span.record("stale", outcome.stale);
-        if outcome.result.is_err() {
-            span.record("otel.status_code", "ERROR");
-        }
-        let p = &self.metrics;
-        let agent_label = p.agent_label(&agent.name);
-        p.agent_calls
-            .with_label_values(&[agent_label.as_str(), label])
-            .inc();
-        p.agent_duration
-            .with_label_values(&[agent_label.as_str()])
-            .observe(started.elapsed().as_secs_f64());
-        outcome
-    }
-
-    async fn call_stages(
-        &self,
-        agent: &AgentInfo,
-        req: &AgentRequest,
-        ctx: &RequestCtx,
-    ) -> CallOutcome {
-        if ctx.remaining().is_zero() {
-            return self.refuse(Some("deadline"), Failure::Deadline);
-        }
-        let stages = self.stages(&agent.name);
-        if let Some(limiter) = &stages.limiter {
-            let allowed = limiter.allow().await;
-            let verdict = if allowed { "allowed" } else { "limited" };
-            tracing::Span::current().record("rate_limit", verdict);
-            if !allowed {
-                self.metrics
-                    .rate_limited
-                    .with_label_values(&["agent"])
-                    .inc();
-                return self.refuse(None, Failure::RateLimited);
-            }
-        }
-        if !self.caches.cacheable(&req.intent) {
-            return self.upstream(&stages, agent, req, ctx).await;
-        }
-        if !ctx.use_cache {
-            self.caches.responses.count("none", "bypass");
-            tracing::Span::current().record("cache.result", "bypass");
-            return self.upstream(&stages, agent, req, ctx).await;
-        }
-        let key = response_key(&agent.name, &req.concept, &req.intent, &req.args);
-        let subject = Subject {
-            agent: Some(&agent.name),
-            concept: &req.concept,
-        };
-        let attempts = AtomicU32::new(0);
-        let ttl = self.caches.settings.ttl;
-        let call_span = tracing::Span::current();
-        let lookup = self
-            .caches
-            .responses
-            .get_or_fetch(&key, subject, |_| {
-                async {
-                    let out = self.upstream(&stages, agent, req, ctx).await;
-                    attempts.store(out.attempts, Ordering::Relaxed);
-                    out.result.map(|reply| {
-                        let keep = reply.succeeded().then_some(ttl);
-                        (Value::Object(reply.body), keep)
-                    })
-                }
-                .instrument(tracing::Span::current())
-            })
-            .await;
-        let attempts = attempts.load(Ordering::Relaxed);
-        let reply = |value: Value| AgentReply {
-            body: match value {
-                Value::Object(map) => map,
-                _ => Default::default(),
-            },
-        };
-        match lookup {
-            Lookup::Fresh { value, tier } => {
-                call_span.record("cache.tier", tier.map_or("upstream", Tier::as_str));
-                call_span.record("cache.result", if tier.is_some() { "hit" } else { "miss" });
-                CallOutcome {
-                    result: Ok(reply(value)),
-                    attempts,
-                    cached: tier,
-                    stale: false,
-                }
-            }
-            Lookup::Stale { value, tier, error } => {
-                call_span.record("cache.tier", tier.as_str());
-                call_span.record("cache.result", "stale");
-                tracing::info!(agent = %agent.name, code = error.code().as_str(), tier = tier.as_str(), "serving a stale answer");
-                CallOutcome {
-                    result: Ok(reply(value)),
-                    attempts,
-                    cached: Some(tier),
-                    stale: true,
-                }
-            }
-            Lookup::Failed(failure) => {
-                call_span.record("cache.tier", "upstream");
-                call_span.record("cache.result", "miss");
-                CallOutcome {
-                    result: Err(failure),
-                    attempts,
-                    cached: None,
-                    stale: false,
-                }
-            }
-        }
-    }
-
-    /// Bulkhead → breaker → retry → per-try timeout → HTTP call.
-    async fn upstream(
-        &self,
-        stages: &AgentStages,
-        agent: &AgentInfo,
-        req: &AgentRequest,
-        ctx: &RequestCtx,
-    ) -> CallOutcome {
-        let deadline = ctx.deadline;
-        let Some(_slot) = stages.bulkhead.try_enter() else {
-            tracing::Span::current().record("bulkhead", "full");
-            return self.refuse(Some("bulkhead_full"), Failure::BulkheadFull);
-        };
-        let call_span = tracing::Span::current();
-        // A peer's open breaker holds calls back while this replica's own is closed (an
-        // open or half-open local breaker decides by itself: local wins).
-        if stages.breaker.state() == breaker::BreakerState::Closed
-            && self.peers.as_ref().is_some_and(|s| s.held(&agent.name))
-        {
-            call_span.record("breaker.state", "held_by_peer");
-            call_span.record("breaker.admitted", false);
-            return self.refuse(Some("held_by_peer"), Failure::BreakerOpen);
-        }
-        let permit = stages.breaker.try_acquire();
-        call_span.record("breaker.state", stages.breaker.state().as_str());
-        call_span.record("breaker.admitted", permit.is_some());
-        let Some(mut permit) = permit else {
-            return self.refuse(Some("breaker_open"), Failure::BreakerOpen);
-        };
-        permit.cancelled_by(ctx.cancelled.clone());
-        stages.budget.deposit();
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let budget = remaining(deadline).min(self.settings.agent_timeout);
-            let span = crate::later_span!(
-                "agent_attempt",
-                [agent = agent.name.as_str(), attempt = attempts],
-                [outcome, retry_reason, otel.status_code]
-            );
-            let sent = Instant::now();
-            let result = if budget.is_zero() {
-                Err(CallError::Timeout)
-            } else {
-                let _waiting = ctx.agent_time.start();
-                self.transport
-                    .call(&agent.endpoint, req, budget)
-                    .instrument(span.clone())
-                    .await
-            };
-            stages.observe(
-                result.as_ref().is_err_and(CallError::is_upstream_fault),
-                sent.elapsed(),
-            );
-            let err = match result {
-                Ok(reply) => {
-                    span.record(
-                        "outcome",
-                        if reply.succeeded() {
-                            "success"
-                        } else {
-                            "agent_error"
-                        },
-                    );
-                    permit.success();
-                    stages.record(false);
-                    if let Some(peers) = &self.peers {
-                        peers.local_success(&agent.name);
-                    }
-                    return CallOutcome::upstream(Ok(reply), attempts);
-                }
-                Err(e) => e,
-            };
-            span.record("outcome", attempt_outcome(&err));
-            span.record("otel.status_code", "ERROR");
-            if attempts <= self.settings.retry.max_retries && err.is_retryable() {
-                let wait = self.settings.retry.backoff(attempts);
-                if fits(deadline, wait) {
-                    let (granted, decided) = stages.budget.withdraw().await;
-                    if decided == retry::Decided::Fallback {
-                        self.metrics
-                            .retries
-                            .with_label_values(&["budget_fallback"])
-                            .inc();
-                    }
-                    if granted {
-                        self.metrics.retries.with_label_values(&["sent"]).inc();
-                        span.record("retry_reason", attempt_outcome(&err));
-                        tracing::debug!(agent = %agent.name, attempt = attempts, code = err.code().as_str(), ?wait, "retrying");
-                        drop(span);
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                    self.metrics
-                        .retries
-                        .with_label_values(&["denied_by_budget"])
-                        .inc();
-                }
-            }
-            let fault = err.is_upstream_fault();
-            if fault {
-                permit.failure();
-            } else {
-                permit.success();
-            }
-            stages.record(fault);
-            return CallOutcome::upstream(Err(Failure::Call(err)), attempts);
-        }
-    }
-
-    /// The live signals of `agent` for the routing policy. A breaker that closed since the
-    /// last look restarts the agent's slow start.
-    pub fn live(&self, agent: &str) -> Live {
+    /// What routing reads of `agent`'s stages at decision time: the breaker's admission
+    /// (an open breaker whose interval ended turns half-open here), the calls in flight,
+    /// and what the peers said.
+    pub fn gates(&self, agent: &str) -> Gates {
         let stages = self.stages(agent);
-        let admission = stages.breaker.admission();
-        let now = Instant::now();
-        let mut signals = stages.signals();
-        let closes = stages.breaker.observed().closed.load(Ordering::Relaxed);
-        let peers = self
-            .peers
-            .as_ref()
-            .map(|s| s.view(agent))
-            .unwrap_or_default();
-        if stages.closes_seen.swap(closes, Ordering::Relaxed) != closes || peers.recovered {
-            signals.restart_ramp(now);
-        }
-        let (ok, total) = signals.counts(now);
-        let held = peers.held && admission == Admission::Pass;
-        Live {
-            health: crate::routing::folded_health(ok, total, peers.ok, peers.total),
-            held_by_peer: held,
-            latency_ms: signals.latency_ms().or(peers.latency_ms),
-            in_flight: stages.bulkhead.in_flight(),
-            admission: if held { Admission::Refused } else { admission },
+        Gates {
+            admission: stages.breaker.admission(),
             breaker: stages.breaker.state(),
-            ramp: signals.ramp(now, self.settings.slow_start),
-            share: signals.share(now),
-        }
-    }
-
-    /// Records one routing decision among `agents`, whose first was chosen.
-    pub fn note_decision<'a>(&self, agents: impl IntoIterator<Item = &'a str>, first: &str) {
-        let now = Instant::now();
-        for agent in agents {
-            self.stages(agent).signals().offered(now, agent == first);
+            in_flight: stages.bulkhead.in_flight(),
+            closes: stages.breaker.observed().closed.load(Ordering::Relaxed),
+            peers: self
+                .peers
+                .as_ref()
+                .map(|s| s.view(agent))
+                .unwrap_or_default(),
         }
     }
 
@@ -561,10 +259,9 @@ impl Stack {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(agent)
-            .map_or(breaker::BreakerState::Closed, |g| g.breaker.current())
+            .map_or(breaker::BreakerState::Closed, |g| g.breaker.advance())
     }
 
-    /// Per-agent stage state for `/status`.
     /// An agent's breaker and load, for `/status`.
     pub fn agent_load(&self, agent: &str) -> AgentLoad {
         let stages = self
@@ -576,7 +273,7 @@ impl Stack {
         match stages {
             None => AgentLoad::default(),
             Some(g) => AgentLoad {
-                breaker: g.breaker.current(),
+                breaker: g.breaker.advance(),
                 in_flight: g.bulkhead.in_flight(),
                 recent_failure_rate: g.recent_failure_rate(),
                 calls_total: g.calls.load(Ordering::Relaxed),

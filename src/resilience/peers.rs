@@ -39,7 +39,10 @@ use prometheus::IntCounterVec;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::mpsc, time::Instant};
 
-use crate::{routing::HEALTH_TAU, store::SharedStore};
+use crate::{
+    routing::{PeerView, HEALTH_TAU},
+    store::SharedStore,
+};
 
 /// The pub/sub channel of agent health.
 pub const HEALTH_CHANNEL: &str = "myriad:v1:agent-health";
@@ -103,23 +106,8 @@ struct RemoteView {
     summaries: Vec<PeerSummary>,
 }
 
-/// What the routing policy takes from the peers for one agent.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct PeerView {
-    /// A peer's breaker is open: hold calls back.
-    pub held: bool,
-    /// A peer saw the agent recover since the last look: restart the slow start.
-    pub recovered: bool,
-    /// Decayed (successes, attempts) the peers reported, summed.
-    pub ok: f64,
-    pub total: f64,
-    /// The peers' latency averages, weighted by their attempts (for an agent this replica
-    /// has no latency of its own for).
-    pub latency_ms: Option<f64>,
-}
-
 /// This replica's side of shared agent health.
-pub struct PeerHealth {
+pub struct Peers {
     replica: u64,
     hold: Duration,
     views: Mutex<HashMap<String, RemoteView>>,
@@ -130,12 +118,12 @@ pub struct PeerHealth {
     events: IntCounterVec,
 }
 
-impl PeerHealth {
+impl Peers {
     /// Starts the publisher; `hold` is how long a peer's `opened` holds calls back. The
     /// subscription is the caller's (it owns the connection): see [`Self::listen_through`].
     pub fn start(store: Arc<dyn SharedStore>, hold: Duration, events: IntCounterVec) -> Arc<Self> {
         let (outbox, mut rx) = mpsc::channel::<String>(OUTBOX);
-        let shared = Arc::new(PeerHealth {
+        let shared = Arc::new(Peers {
             replica: rand::random(),
             hold,
             views: Mutex::new(HashMap::new()),
@@ -165,7 +153,7 @@ impl PeerHealth {
             .listening
             .get()
             .is_some_and(|l| l.load(Ordering::Acquire));
-        if listening && self.store.health().status == "up" {
+        if listening && self.store.status().status == "up" {
             "shared"
         } else {
             "alone"
@@ -330,7 +318,7 @@ impl PeerHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{GcraVerdict, StoreError, StoreHealth};
+    use crate::store::{GcraVerdict, StoreError, StoreStatus};
 
     /// A store that accepts everything (the unit under test is the folding, not Redis).
     struct Accepting;
@@ -365,8 +353,8 @@ mod tests {
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())
         }
-        fn health(&self) -> StoreHealth {
-            StoreHealth {
+        fn status(&self) -> StoreStatus {
+            StoreStatus {
                 status: "up",
                 breaker: Default::default(),
                 errors_total: 0,
@@ -376,10 +364,10 @@ mod tests {
         }
     }
 
-    fn shared() -> (Arc<PeerHealth>, IntCounterVec) {
+    fn shared() -> (Arc<Peers>, IntCounterVec) {
         let events =
             IntCounterVec::new(prometheus::Opts::new("e", "e"), &["event"]).expect("valid");
-        let s = PeerHealth::start(Arc::new(Accepting), Duration::from_secs(5), events.clone());
+        let s = Peers::start(Arc::new(Accepting), Duration::from_secs(5), events.clone());
         (s, events)
     }
 

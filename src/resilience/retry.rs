@@ -9,14 +9,20 @@
 
 use std::{
     collections::VecDeque,
+    future::Future,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
+use prometheus::IntCounterVec;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::store::SharedStore;
+use super::outcome::attempt_outcome;
+use crate::{
+    agents::{AgentReply, CallError},
+    store::SharedStore,
+};
 
 /// Window of the retry budget.
 pub const BUDGET_WINDOW: Duration = Duration::from_secs(10);
@@ -201,6 +207,52 @@ impl RetryBudget {
 /// Whether waiting `backoff` still leaves time before `deadline` for another attempt.
 pub fn fits(deadline: Instant, backoff: Duration) -> bool {
     Instant::now() + backoff < deadline
+}
+
+/// The retry loop: `attempt(n)` (from 1) until it answers, or its error is not worth
+/// retrying, or the policy's retries, the time before `deadline` or the `budget` run out.
+/// Each retry is counted in `retries` (`sent`, `denied_by_budget`, `budget_fallback`) and
+/// named on the failed attempt's span (`retry_reason`). Returns the last result and the
+/// number of attempts.
+pub async fn attempts<F, Fut>(
+    policy: &RetryPolicy,
+    budget: &RetryBudget,
+    retries: &IntCounterVec,
+    deadline: Instant,
+    mut attempt: F,
+) -> (Result<AgentReply, CallError>, u32)
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = (Result<AgentReply, CallError>, tracing::Span)>,
+{
+    let mut n = 0;
+    loop {
+        n += 1;
+        let (result, span) = attempt(n).await;
+        let err = match result {
+            Ok(reply) => return (Ok(reply), n),
+            Err(e) => e,
+        };
+        if n <= policy.max_retries && err.is_retryable() {
+            let wait = policy.backoff(n);
+            if fits(deadline, wait) {
+                let (granted, decided) = budget.withdraw().await;
+                if decided == Decided::Fallback {
+                    retries.with_label_values(&["budget_fallback"]).inc();
+                }
+                if granted {
+                    retries.with_label_values(&["sent"]).inc();
+                    span.record("retry_reason", attempt_outcome(&err));
+                    tracing::debug!(attempt = n, code = err.code().as_str(), ?wait, "retrying");
+                    drop(span);
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                retries.with_label_values(&["denied_by_budget"]).inc();
+            }
+        }
+        return (Err(err), n);
+    }
 }
 
 #[cfg(test)]

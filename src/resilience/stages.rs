@@ -1,4 +1,4 @@
-//! Every stage's state for one agent, and what the routing policy and `/status` read of it.
+//! Every stage's state for one agent, and what `/status` reads of it.
 
 use std::{
     collections::VecDeque,
@@ -6,10 +6,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Mutex,
     },
-    time::Duration,
 };
-
-use tokio::time::Instant;
 
 use super::{
     breaker::{self, Breaker},
@@ -17,7 +14,6 @@ use super::{
     limit::AgentLimiter,
     retry::RetryBudget,
 };
-use crate::routing::{Admission, Signals};
 
 /// An agent's breaker and load as `/status` shows them.
 #[derive(Debug, Clone, Copy, Default)]
@@ -43,40 +39,11 @@ pub struct AgentStages {
     pub(super) budget: RetryBudget,
     pub(super) calls: AtomicU64,
     pub(super) recent: Mutex<VecDeque<bool>>,
-    /// Health, latency and share for the routing policy.
-    pub(super) signals: Mutex<Signals>,
-    /// Breaker closings already turned into a slow-start restart.
-    pub(super) closes_seen: AtomicU64,
     /// `calls` when the last summary was published for the peers.
     pub(super) summarized: AtomicU64,
 }
 
-/// What the routing policy reads of one agent at decision time.
-#[derive(Debug, Clone, Copy)]
-pub struct Live {
-    /// Success share of the health window, local counts first, the peers' folded in.
-    pub health: f64,
-    /// A peer's breaker is open and this replica's is closed: held back (refused).
-    pub held_by_peer: bool,
-    pub latency_ms: Option<f64>,
-    pub in_flight: u32,
-    pub admission: Admission,
-    pub breaker: breaker::BreakerState,
-    /// Slow-start factor (0.1..=1).
-    pub ramp: f64,
-    /// Share of recent routing decisions where it came first.
-    pub share: Option<f64>,
-}
-
 impl AgentStages {
-    pub(super) fn signals(&self) -> std::sync::MutexGuard<'_, Signals> {
-        self.signals.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(super) fn observe(&self, fault: bool, took: Duration) {
-        self.signals().observe(Instant::now(), fault, took);
-    }
-
     pub(super) fn record(&self, fault: bool) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut r = self.recent.lock().unwrap_or_else(|e| e.into_inner());

@@ -32,9 +32,12 @@
 //! rate, name) exactly.
 //!
 //! Files: this one the vocabulary (reasons, admission, a candidate's inputs, a plan, the
-//! constants); `signals.rs` what one agent's live signals are and how they move;
-//! `policy.rs` the decision.
+//! constants); `signals.rs` what one agent's live signals are and how they move; `live.rs`
+//! every agent's signals, fed by the resilience stack's outcomes, and what the policy reads
+//! of one agent (with the stack's gates and the peers' view); `policy.rs` the decision and
+//! the [`Router`] that owns it all.
 
+mod live;
 mod policy;
 mod signals;
 #[cfg(test)]
@@ -45,7 +48,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use crate::config::{PolicyKind, RoutingSettings};
-pub use policy::{local_tier, plan, rank, Draws, Router};
+pub use live::{Attempt, Gates, Live, LiveSignals, PeerView};
+pub use policy::{local_equals, plan, rank, Draws, Router};
 pub use signals::{folded_health, Signals, LOCAL_ENOUGH};
 
 /// Time constant of the health window.
@@ -168,6 +172,22 @@ impl Plan {
         Plan {
             order: (0..len).collect(),
             reason: Reason::BestRanked,
+        }
+    }
+
+    /// Why the candidate at `position` of the order answered: the plan's reason for the
+    /// first; for a later one a failover, across regions when the first was of this
+    /// replica's region and it is not (`local` of a candidate index, `None` with no region).
+    pub fn reason_at(&self, position: usize, local: impl Fn(usize) -> Option<bool>) -> Reason {
+        if position == 0 {
+            return self.reason;
+        }
+        let first = self.order[0];
+        let here = self.order[position];
+        if local(first) == Some(true) && local(here) == Some(false) {
+            Reason::RegionFailover
+        } else {
+            Reason::Failover
         }
     }
 }

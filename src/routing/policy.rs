@@ -2,12 +2,15 @@
 
 use std::{
     hash::{Hash, Hasher},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use rand::{Rng, SeedableRng};
 
-use super::{Admission, Inputs, Plan, PolicyKind, Reason, RoutingSettings, REGION_HEALTH_SLACK};
+use super::{
+    Admission, Gates, Inputs, Live, LiveSignals, Plan, PolicyKind, Reason, RoutingSettings,
+    REGION_HEALTH_SLACK,
+};
 
 /// Two uniform draws in [0, 1): whether to explore, and where the pick lands.
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +36,7 @@ impl Draws {
 /// The admitted candidates of this replica's region within [`REGION_HEALTH_SLACK`] of the
 /// healthiest admitted one — `None` unless there are some and some admitted one is elsewhere
 /// (then the pick happens among them, and the others are the failover).
-pub fn local_tier(candidates: &[Inputs], admitted: &[usize]) -> Option<Vec<usize>> {
+pub fn local_equals(candidates: &[Inputs], admitted: &[usize]) -> Option<Vec<usize>> {
     let healthiest = admitted
         .iter()
         .map(|&i| candidates[i].health)
@@ -49,12 +52,12 @@ pub fn local_tier(candidates: &[Inputs], admitted: &[usize]) -> Option<Vec<usize
 }
 
 /// Best first, as `/discover` lists them: admitted before refused, this replica's region's
-/// equals (see [`local_tier`]) before the rest, then by score.
+/// equals (see [`local_equals`]) before the rest, then by score.
 pub fn rank(candidates: &[Inputs]) -> Vec<usize> {
     let admitted: Vec<usize> = (0..candidates.len())
         .filter(|&i| candidates[i].admission != Admission::Refused)
         .collect();
-    let tier = local_tier(candidates, &admitted).unwrap_or_default();
+    let tier = local_equals(candidates, &admitted).unwrap_or_default();
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     order.sort_by(|&a, &b| {
         let refused = |i: usize| candidates[i].admission == Admission::Refused;
@@ -75,7 +78,7 @@ pub fn plan(candidates: &[Inputs], explore: f64, draws: Draws) -> Plan {
         ids.sort_by(|&a, &b| candidates[b].score().total_cmp(&candidates[a].score()));
     };
     // With a local tier, the pick happens there; the rest of the admitted are the failover.
-    let tier = local_tier(candidates, &all_admitted);
+    let tier = local_equals(candidates, &all_admitted);
     let admitted = tier.clone().unwrap_or_else(|| all_admitted.clone());
     let mut ranked = admitted.clone();
     by_score(&mut ranked);
@@ -145,10 +148,11 @@ pub fn plan(candidates: &[Inputs], explore: f64, draws: Draws) -> Plan {
     Plan { order, reason }
 }
 
-/// The policy with its settings and its source of randomness.
+/// The policy with its settings, its source of randomness and the live signals it reads.
 pub struct Router {
     pub settings: RoutingSettings,
     rng: Mutex<rand::rngs::StdRng>,
+    signals: Arc<LiveSignals>,
 }
 
 impl Router {
@@ -158,6 +162,7 @@ impl Router {
             None => rand::rngs::StdRng::from_entropy(),
         };
         Router {
+            signals: Arc::new(LiveSignals::new(settings.slow_start)),
             settings,
             rng: Mutex::new(rng),
         }
@@ -165,6 +170,44 @@ impl Router {
 
     pub fn policy(&self) -> PolicyKind {
         self.settings.policy
+    }
+
+    /// The live signals, which the resilience stack feeds with every attempt's outcome.
+    pub fn signals(&self) -> &Arc<LiveSignals> {
+        &self.signals
+    }
+
+    /// What the policy knows of one candidate now: the edge's `weight`, whether it is in
+    /// this replica's region, the stack's `gates` and the live signals.
+    pub fn assess(
+        &self,
+        agent: &str,
+        weight: f64,
+        local: Option<bool>,
+        gates: Gates,
+    ) -> (Inputs, Live) {
+        let live = self.signals.live(agent, gates);
+        let inputs = Inputs {
+            weight,
+            health: live.health,
+            latency_ms: live.latency_ms,
+            in_flight: live.in_flight,
+            admission: live.admission,
+            ramp: live.ramp,
+            local,
+        };
+        (inputs, live)
+    }
+
+    /// The order candidates are shown in (`/discover` and GraphQL `candidates` alike): by
+    /// score under the score policy ([`rank`]), in the graph's order under the weight
+    /// policy. A task's own order ([`Router::choose`]) adds only what belongs to one request
+    /// (stickiness, exploration).
+    pub fn listing(&self, candidates: &[Inputs]) -> Vec<usize> {
+        match self.settings.policy {
+            PolicyKind::Score => rank(candidates),
+            PolicyKind::Weight => (0..candidates.len()).collect(),
+        }
     }
 
     /// Fresh random draws (seeded by `ROUTING_SEED` when set).
@@ -186,5 +229,24 @@ impl Router {
                 plan(candidates, self.settings.explore, draws)
             }
         }
+    }
+
+    /// One task's plan among the candidates named `agents`, whose inputs `assess` gives
+    /// (asked only when the policy reads them), recorded in the agents' share windows.
+    pub fn choose(
+        &self,
+        agents: &[&str],
+        assess: impl FnOnce() -> Vec<Inputs>,
+        sticky: Option<&str>,
+    ) -> Plan {
+        if self.settings.policy == PolicyKind::Weight {
+            return Plan::graph_order(agents.len());
+        }
+        let plan = self.plan(&assess(), sticky);
+        if agents.len() > 1 {
+            self.signals
+                .offered(agents.iter().copied(), agents[plan.order[0]]);
+        }
+        plan
     }
 }

@@ -1,0 +1,287 @@
+//! The path of one call through the stack: deadline → rate limit → cache → bulkhead →
+//! breaker (and the peers' hold) → the retry loop ([`retry::attempts`]) → one attempt.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::{
+    breaker, outcome::attempt_outcome, retry, stages::AgentStages, CallOutcome, Failure, Stack,
+};
+use crate::{
+    agents::{AgentReply, AgentRequest, CallError},
+    cache::{response_key, Lookup, Subject, Tier},
+    context::{remaining, RequestCtx},
+    graph::AgentInfo,
+    routing::Attempt,
+};
+
+impl Stack {
+    /// Refuses a call before any attempt; `reason` labels `myriad_calls_refused_total`
+    /// (agent rate limits are counted by the limiter's own series).
+    fn refuse(&self, reason: Option<&str>, failure: Failure) -> CallOutcome {
+        if let Some(reason) = reason {
+            self.metrics.refused.with_label_values(&[reason]).inc();
+        }
+        tracing::debug!(code = failure.code().as_str(), "call refused");
+        CallOutcome::upstream(Err(failure), 0)
+    }
+
+    /// Calls `agent` with `req` through every stage, never past the request's deadline; a
+    /// request that bypasses the caches (`Cache-Control: no-cache`) skips the cache stage.
+    pub async fn call(
+        &self,
+        agent: &AgentInfo,
+        req: &AgentRequest,
+        ctx: &RequestCtx,
+    ) -> CallOutcome {
+        // The stages decide in an instant: their verdicts are attributes of this span, not
+        // spans of their own (a span costs more than the decision it would record).
+        let span = crate::later_span!(
+            "agent_call",
+            [agent = agent.name.as_str()],
+            [
+                outcome,
+                attempts,
+                cached,
+                stale,
+                rate_limit,
+                cache.tier,
+                cache.result,
+                bulkhead,
+                breaker.state,
+                breaker.admitted,
+                otel.status_code
+            ]
+        );
+        let started = std::time::Instant::now();
+        let outcome = self
+            .call_stages(agent, req, ctx)
+            .instrument(span.clone())
+            .await;
+        let label = match &outcome.result {
+            Ok(_) if outcome.stale => "stale",
+            Ok(_) if outcome.cached.is_some() => "cached",
+            Ok(reply) if reply.succeeded() => "success",
+            Ok(_) => "agent_error",
+            Err(f) => f.code().as_str(),
+        };
+        span.record("outcome", label);
+        span.record("attempts", outcome.attempts);
+        span.record("cached", outcome.cached.map_or("none", Tier::as_str));
+        span.record("stale", outcome.stale);
+        if outcome.result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        let p = &self.metrics;
+        let agent_label = p.agent_label(&agent.name);
+        p.agent_calls
+            .with_label_values(&[agent_label.as_str(), label])
+            .inc();
+        p.agent_duration
+            .with_label_values(&[agent_label.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn call_stages(
+        &self,
+        agent: &AgentInfo,
+        req: &AgentRequest,
+        ctx: &RequestCtx,
+    ) -> CallOutcome {
+        if ctx.remaining().is_zero() {
+            return self.refuse(Some("deadline"), Failure::Deadline);
+        }
+        let stages = self.stages(&agent.name);
+        if let Some(limiter) = &stages.limiter {
+            let allowed = limiter.allow().await;
+            let verdict = if allowed { "allowed" } else { "limited" };
+            tracing::Span::current().record("rate_limit", verdict);
+            if !allowed {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&["agent"])
+                    .inc();
+                return self.refuse(None, Failure::RateLimited);
+            }
+        }
+        if !self.caches.cacheable(&req.intent) {
+            return self.upstream(&stages, agent, req, ctx).await;
+        }
+        if !ctx.use_cache {
+            self.caches.responses.count("none", "bypass");
+            tracing::Span::current().record("cache.result", "bypass");
+            return self.upstream(&stages, agent, req, ctx).await;
+        }
+        let key = response_key(&agent.name, &req.concept, &req.intent, &req.args);
+        let subject = Subject {
+            agent: Some(&agent.name),
+            concept: &req.concept,
+        };
+        let attempts = AtomicU32::new(0);
+        let ttl = self.caches.settings.ttl;
+        let call_span = tracing::Span::current();
+        let lookup = self
+            .caches
+            .responses
+            .get_or_fetch(&key, subject, |_| {
+                async {
+                    let out = self.upstream(&stages, agent, req, ctx).await;
+                    attempts.store(out.attempts, Ordering::Relaxed);
+                    out.result.map(|reply| {
+                        let keep = reply.succeeded().then_some(ttl);
+                        (Value::Object(reply.body), keep)
+                    })
+                }
+                .instrument(tracing::Span::current())
+            })
+            .await;
+        let attempts = attempts.load(Ordering::Relaxed);
+        let reply = |value: Value| AgentReply {
+            body: match value {
+                Value::Object(map) => map,
+                _ => Default::default(),
+            },
+        };
+        match lookup {
+            Lookup::Fresh { value, tier } => {
+                call_span.record("cache.tier", tier.map_or("upstream", Tier::as_str));
+                call_span.record("cache.result", if tier.is_some() { "hit" } else { "miss" });
+                CallOutcome {
+                    result: Ok(reply(value)),
+                    attempts,
+                    cached: tier,
+                    stale: false,
+                }
+            }
+            Lookup::Stale { value, tier, error } => {
+                call_span.record("cache.tier", tier.as_str());
+                call_span.record("cache.result", "stale");
+                tracing::info!(agent = %agent.name, code = error.code().as_str(), tier = tier.as_str(), "serving a stale answer");
+                CallOutcome {
+                    result: Ok(reply(value)),
+                    attempts,
+                    cached: Some(tier),
+                    stale: true,
+                }
+            }
+            Lookup::Failed(failure) => {
+                call_span.record("cache.tier", "upstream");
+                call_span.record("cache.result", "miss");
+                CallOutcome {
+                    result: Err(failure),
+                    attempts,
+                    cached: None,
+                    stale: false,
+                }
+            }
+        }
+    }
+
+    /// Bulkhead → breaker → retry → per-try timeout → HTTP call.
+    async fn upstream(
+        &self,
+        stages: &AgentStages,
+        agent: &AgentInfo,
+        req: &AgentRequest,
+        ctx: &RequestCtx,
+    ) -> CallOutcome {
+        let deadline = ctx.deadline;
+        let Some(_slot) = stages.bulkhead.try_enter() else {
+            tracing::Span::current().record("bulkhead", "full");
+            return self.refuse(Some("bulkhead_full"), Failure::BulkheadFull);
+        };
+        let call_span = tracing::Span::current();
+        // A peer's open breaker holds calls back while this replica's own is closed (an
+        // open or half-open local breaker decides by itself: local wins).
+        if stages.breaker.state() == breaker::BreakerState::Closed
+            && self.peers.as_ref().is_some_and(|s| s.held(&agent.name))
+        {
+            call_span.record("breaker.state", "held_by_peer");
+            call_span.record("breaker.admitted", false);
+            return self.refuse(Some("held_by_peer"), Failure::BreakerOpen);
+        }
+        let permit = stages.breaker.try_acquire();
+        call_span.record("breaker.state", stages.breaker.state().as_str());
+        call_span.record("breaker.admitted", permit.is_some());
+        let Some(mut permit) = permit else {
+            return self.refuse(Some("breaker_open"), Failure::BreakerOpen);
+        };
+        permit.cancelled_by(ctx.cancelled.clone());
+        stages.budget.deposit();
+        let (result, attempts) = retry::attempts(
+            &self.settings.retry,
+            &stages.budget,
+            &self.metrics.retries,
+            deadline,
+            |attempt| self.attempt(agent, req, ctx, attempt),
+        )
+        .await;
+        let fault = result.as_ref().is_err_and(CallError::is_upstream_fault);
+        if fault {
+            permit.failure();
+        } else {
+            permit.success();
+        }
+        stages.record(fault);
+        if result.is_ok() {
+            if let Some(peers) = &self.peers {
+                peers.local_success(&agent.name);
+            }
+        }
+        CallOutcome::upstream(result.map_err(Failure::Call), attempts)
+    }
+
+    /// Attempt number `attempt` of a call: per-try timeout → HTTP call, its outcome told to
+    /// routing's live signals. Returns the attempt's span for the retry loop's verdict.
+    async fn attempt(
+        &self,
+        agent: &AgentInfo,
+        req: &AgentRequest,
+        ctx: &RequestCtx,
+        attempt: u32,
+    ) -> (Result<AgentReply, CallError>, tracing::Span) {
+        let budget = remaining(ctx.deadline).min(self.settings.agent_timeout);
+        let span = crate::later_span!(
+            "agent_attempt",
+            [agent = agent.name.as_str(), attempt = attempt],
+            [outcome, retry_reason, otel.status_code]
+        );
+        let sent = Instant::now();
+        let result = if budget.is_zero() {
+            Err(CallError::Timeout)
+        } else {
+            let _waiting = ctx.agent_time.start();
+            self.transport
+                .call(&agent.endpoint, req, budget)
+                .instrument(span.clone())
+                .await
+        };
+        let seen = if result.as_ref().is_err_and(CallError::is_upstream_fault) {
+            Attempt::Fault
+        } else {
+            Attempt::Answered
+        };
+        self.signals.observe(&agent.name, seen, sent.elapsed());
+        match &result {
+            Ok(reply) => {
+                span.record(
+                    "outcome",
+                    if reply.succeeded() {
+                        "success"
+                    } else {
+                        "agent_error"
+                    },
+                );
+            }
+            Err(err) => {
+                span.record("outcome", attempt_outcome(err));
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        (result, span)
+    }
+}
