@@ -83,13 +83,8 @@ impl MemoryGraph {
             state.agents.insert(
                 a.name.clone(),
                 AgentInfo {
-                    name: a.name.clone(),
-                    agent_type: a.agent_type.clone(),
                     endpoint,
-                    status: "active".to_string(),
-                    intents: a.intents.clone(),
-                    capabilities: a.capabilities.clone(),
-                    facts: None,
+                    ..a.info()
                 },
             );
         }

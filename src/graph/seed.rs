@@ -58,6 +58,21 @@ pub struct SeedAgent {
     pub region: Option<String>,
 }
 
+impl SeedAgent {
+    /// The agent as the graph holds it: active, nothing learned yet.
+    pub fn info(&self) -> super::AgentInfo {
+        super::AgentInfo {
+            name: self.name.clone(),
+            agent_type: self.agent_type.clone(),
+            endpoint: self.endpoint.clone(),
+            status: "active".to_string(),
+            intents: self.intents.clone(),
+            capabilities: self.capabilities.clone(),
+            facts: None,
+        }
+    }
+}
+
 fn default_agent_type() -> String {
     "static".to_string()
 }

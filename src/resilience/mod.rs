@@ -23,14 +23,15 @@ pub use stages::AgentLoad;
 use stages::{AgentStages, RECENT};
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, RwLock,
+        Arc, Mutex,
     },
     time::Duration,
 };
 
+use dashmap::DashMap;
 use tokio::time::Instant;
 
 use crate::{
@@ -79,7 +80,7 @@ pub struct Stack {
     pub caches: Arc<Caches>,
     global: Option<Global>,
     /// One entry per agent name the graph has routed to (graph-controlled, so bounded).
-    by_agent: RwLock<HashMap<String, Arc<AgentStages>>>,
+    by_agent: DashMap<String, Arc<AgentStages>>,
     metrics: Arc<Metrics>,
     /// Routing's live signals, told of every attempt's outcome.
     signals: Arc<LiveSignals>,
@@ -101,7 +102,7 @@ impl Stack {
             settings,
             caches,
             global,
-            by_agent: RwLock::new(HashMap::new()),
+            by_agent: DashMap::new(),
             metrics,
             signals,
             peers: None,
@@ -131,10 +132,8 @@ impl Stack {
     fn called_since_summary(&self, now: Instant) -> Vec<(String, Report)> {
         let by_agent: Vec<(String, Arc<AgentStages>)> = self
             .by_agent
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
         by_agent
             .into_iter()
@@ -189,16 +188,10 @@ impl Stack {
     }
 
     fn stages(&self, agent: &str) -> Arc<AgentStages> {
-        if let Some(g) = self
-            .by_agent
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(agent)
-        {
+        if let Some(g) = self.by_agent.get(agent) {
             return g.clone();
         }
-        let mut by_agent = self.by_agent.write().unwrap_or_else(|e| e.into_inner());
-        by_agent
+        self.by_agent
             .entry(agent.to_string())
             .or_insert_with(|| {
                 Arc::new(AgentStages {
@@ -255,21 +248,13 @@ impl Stack {
 
     /// Breaker state of `agent` as shown by `/agents` and `/status`.
     pub fn breaker_state(&self, agent: &str) -> breaker::BreakerState {
-        self.by_agent
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(agent)
-            .map_or(breaker::BreakerState::Closed, |g| g.breaker.advance())
+        let stages = self.by_agent.get(agent).map(|g| g.clone());
+        stages.map_or(breaker::BreakerState::Closed, |g| g.breaker.advance())
     }
 
     /// An agent's breaker and load, for `/status`.
     pub fn agent_load(&self, agent: &str) -> AgentLoad {
-        let stages = self
-            .by_agent
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(agent)
-            .cloned();
+        let stages = self.by_agent.get(agent).map(|g| g.clone());
         match stages {
             None => AgentLoad::default(),
             Some(g) => AgentLoad {

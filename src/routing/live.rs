@@ -4,14 +4,14 @@
 //! ([`Gates`]) and what the peers said ([`PeerView`]).
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, RwLock,
+        Arc, Mutex, MutexGuard,
     },
     time::Duration,
 };
 
+use dashmap::DashMap;
 use tokio::time::Instant;
 
 use super::{folded_health, Admission, Signals};
@@ -84,7 +84,7 @@ impl Entry {
 /// Every agent's live signals. One entry per agent name the graph has offered (graph
 /// controlled, so bounded).
 pub struct LiveSignals {
-    by_agent: RwLock<HashMap<String, Arc<Entry>>>,
+    by_agent: DashMap<String, Arc<Entry>>,
     started: Instant,
     slow_start: Duration,
 }
@@ -93,23 +93,17 @@ impl LiveSignals {
     /// Agents first seen within `slow_start` of now are not new: they skip the slow start.
     pub fn new(slow_start: Duration) -> Self {
         LiveSignals {
-            by_agent: RwLock::new(HashMap::new()),
+            by_agent: DashMap::new(),
             started: Instant::now(),
             slow_start,
         }
     }
 
     fn entry(&self, agent: &str) -> Arc<Entry> {
-        if let Some(e) = self
-            .by_agent
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(agent)
-        {
+        if let Some(e) = self.by_agent.get(agent) {
             return e.clone();
         }
-        let mut by_agent = self.by_agent.write().unwrap_or_else(|e| e.into_inner());
-        by_agent
+        self.by_agent
             .entry(agent.to_string())
             .or_insert_with(|| {
                 Arc::new(Entry {

@@ -41,6 +41,21 @@ fn stats(row: &Row) -> EdgeStats {
     }
 }
 
+/// Creates or updates an agent node with every property it carries.
+pub(super) fn agent_merge(agent: &AgentInfo) -> Query {
+    query(
+        "MERGE (a:Agent {name: $name}) SET a.type = $type, a.endpoint = $endpoint, \
+         a.status = $status, a.intents = $intents, a.capabilities = $caps, a.facts = $facts",
+    )
+    .param("name", agent.name.as_str())
+    .param("type", agent.agent_type.as_str())
+    .param("endpoint", agent.endpoint.as_str())
+    .param("status", agent.status.as_str())
+    .param("intents", agent.intents.clone())
+    .param("caps", agent.capabilities.clone())
+    .param("facts", agent.facts.clone())
+}
+
 pub(super) fn edge_merge(agent: &str, concept: &str, weight: f64) -> Query {
     query(
         "MATCH (a:Agent {name: $agent}), (c:Concept {name: $concept}) \
@@ -208,20 +223,7 @@ impl KnowledgeGraph for Neo4jGraph {
             )
             .await?
             .is_empty();
-        self.exec(
-            query(
-                "MERGE (a:Agent {name: $name}) SET a.type = $type, a.endpoint = $endpoint, \
-                 a.status = $status, a.intents = $intents, a.capabilities = $caps, a.facts = $facts",
-            )
-            .param("name", agent.name.as_str())
-            .param("type", agent.agent_type.as_str())
-            .param("endpoint", agent.endpoint.as_str())
-            .param("status", agent.status.as_str())
-            .param("intents", agent.intents.clone())
-            .param("caps", agent.capabilities.clone())
-            .param("facts", agent.facts.clone()),
-        )
-        .await?;
+        self.exec(agent_merge(&agent)).await?;
         let names: Vec<String> = concepts.iter().map(|(c, _)| c.clone()).collect();
         self.exec(
             query(

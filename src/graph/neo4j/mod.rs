@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 use neo4rs::{query, ConfigBuilder, Query, Row};
 
 use super::{seed::Seed, GraphError};
-use cypher::edge_merge;
+use cypher::{agent_merge, edge_merge};
 
 mod cypher;
 
@@ -214,18 +214,7 @@ impl Neo4jGraph {
             }
         }
         for a in &seed.agents {
-            self.exec(
-                query(
-                    "MERGE (a:Agent {name: $name}) SET a.type = $type, a.endpoint = $endpoint, \
-                     a.status = 'active', a.intents = $intents, a.capabilities = $caps",
-                )
-                .param("name", a.name.as_str())
-                .param("type", a.agent_type.as_str())
-                .param("endpoint", a.endpoint.as_str())
-                .param("intents", a.intents.clone())
-                .param("caps", a.capabilities.clone()),
-            )
-            .await?;
+            self.exec(agent_merge(&a.info())).await?;
             if let Some(region) = &a.region {
                 self.link_region("Agent", &a.name, region).await?;
             }
