@@ -11,8 +11,8 @@
 //! - [`api`]: the HTTP surface (poem-openapi operations, DTOs, one error body for all errors).
 //! - [`pipeline`]: the path of one task — parse the query, discover candidates, call them
 //!   through the resilience stack with failover, learn from the outcome, synthesize.
-//! - [`routing`]: the routing policy — which candidate goes first (weight, health, latency,
-//!   exploration, slow start) and why.
+//! - [`routing`]: the routing policy and the live signals it owns — which candidate goes
+//!   first (weight, health, latency, exploration, slow start) and why.
 //! - [`resilience`]: deadline, rate limit, bulkhead, circuit breaker, retry, per-try timeout.
 //! - [`cache`]: the two-tier cache (moka L1, Redis L2), single flight per key, stale
 //!   answers, invalidation across replicas.
