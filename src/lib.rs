@@ -4,6 +4,7 @@
 //! - [`cli`]: the command line, one function per subcommand (`main.rs` only calls it).
 //! - [`startup`]: `Application::build(config)` wires everything and binds the listener.
 //! - [`server`]: the accept loop — connection cap, header-read and idle timeouts, drain.
+//! - [`cores`]: one runtime per core, each with its own listener (`RUNTIME=per_core`).
 //! - [`failure`]: the stable failure codes of task results.
 //! - [`context`]: the per-request context (deadline, cache policy) every stage is handed.
 //! - [`config`]: every setting (flags and the original service's environment variables),
@@ -29,6 +30,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod cores;
 pub mod every;
 pub mod failure;
 pub mod graph;

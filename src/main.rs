@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    myriad::cores::on_park(release_freed_memory);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_park(release_freed_memory)
+        .on_thread_park(myriad::cores::park_hook())
         .build();
     match runtime {
         Ok(runtime) => runtime.block_on(myriad::cli::run()),
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
 /// How often a worker that goes idle may hand freed memory back.
 const RELEASE_EVERY: Duration = Duration::from_secs(1);
 
-/// Called each time a runtime worker runs out of work. mimalloc keeps the pages a thread
+/// Called each time a runtime worker (the request cores' included) runs out of work. mimalloc keeps the pages a thread
 /// freed for that thread's next allocations, and returns them to the system only as it
 /// allocates again; a worker that falls idle after a burst would keep them for as long as
 /// it sleeps (RSS stayed at twice its pre-load value after a burst). At most once a second

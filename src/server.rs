@@ -255,95 +255,157 @@ pub async fn serve<E>(
 where
     E: Endpoint<Output = Response> + 'static,
 {
-    let ep = Arc::new(ep);
-    let local = listener.local_addr()?;
-    let registry = Arc::new(Registry {
-        epoch: Instant::now(),
-        conns: Mutex::new(HashMap::new()),
-        next: AtomicU64::new(0),
-        emptied: Notify::new(),
-    });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let take = |socket: TcpStream, remote: SocketAddr| {
-        if registry.len() >= limits.max_connections {
-            if registry.evict_idlest() {
-                stats.evicted.inc();
-            } else {
-                stats.refused.inc();
-                drop(socket);
-                return;
+    Server::new(ep, limits, stats, drain)
+        .serve(listener, shutdown)
+        .await
+}
+
+/// One endpoint served on any number of listeners (one per core), with one connection cap
+/// and one registry of open connections for all of them.
+pub struct Server<E> {
+    ep: Arc<E>,
+    registry: Arc<Registry>,
+    limits: crate::config::ConnectionLimits,
+    stats: ConnectionStats,
+    drain: Duration,
+}
+
+impl<E> Clone for Server<E> {
+    fn clone(&self) -> Self {
+        Server {
+            ep: self.ep.clone(),
+            registry: self.registry.clone(),
+            limits: self.limits.clone(),
+            stats: self.stats.clone(),
+            drain: self.drain,
+        }
+    }
+}
+
+impl<E> Server<E>
+where
+    E: Endpoint<Output = Response> + 'static,
+{
+    pub fn new(
+        ep: E,
+        limits: crate::config::ConnectionLimits,
+        stats: ConnectionStats,
+        drain: Duration,
+    ) -> Self {
+        Server {
+            ep: Arc::new(ep),
+            registry: Arc::new(Registry {
+                epoch: Instant::now(),
+                conns: Mutex::new(HashMap::new()),
+                next: AtomicU64::new(0),
+                emptied: Notify::new(),
+            }),
+            limits,
+            stats,
+            drain,
+        }
+    }
+
+    /// Accepts on `listener` (its connections served by the runtime this runs on) until
+    /// `shutdown` resolves; then takes what waits in its accept queue, lets its connections
+    /// finish their requests, and waits until every connection of the server is closed or
+    /// the drain ran out.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let Server {
+            ep,
+            registry,
+            limits,
+            stats,
+            drain,
+        } = self;
+        let drain = *drain;
+        let local = listener.local_addr()?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let take = |socket: TcpStream, remote: SocketAddr| {
+            if registry.len() >= limits.max_connections {
+                if registry.evict_idlest() {
+                    stats.evicted.inc();
+                } else {
+                    stats.refused.inc();
+                    drop(socket);
+                    return;
+                }
+            }
+            let _ = socket.set_nodelay(true);
+            stats.accepted.inc();
+            let (id, conn) = registry.add();
+            let (ep, registry, stats, limits, stop) = (
+                ep.clone(),
+                registry.clone(),
+                stats.clone(),
+                limits.clone(),
+                stop_rx.clone(),
+            );
+            tokio::spawn(async move {
+                stats.open.inc();
+                let io = Tracked {
+                    inner: socket,
+                    conn: conn.clone(),
+                    registry: registry.clone(),
+                };
+                serve_connection(
+                    io, ep, local, remote, &limits, &conn, &registry, &stats, stop,
+                )
+                .await;
+                stats.open.dec();
+                registry.remove(id);
+            });
+        };
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                // Once the stop is signalled, nothing more is taken through the reactor.
+                biased;
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, remote)) => take(socket, remote),
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning on the error.
+                        stats.accept_errors.inc();
+                        if stats.accept_errors.get() % 100 == 1 {
+                            tracing::warn!(error = %e, "accepting a connection failed; backing off");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
             }
         }
-        let _ = socket.set_nodelay(true);
-        stats.accepted.inc();
-        let (id, conn) = registry.add();
-        let (ep, registry, stats, limits, stop) = (
-            ep.clone(),
-            registry.clone(),
-            stats.clone(),
-            limits.clone(),
-            stop_rx.clone(),
-        );
-        tokio::spawn(async move {
-            stats.open.inc();
-            let io = Tracked {
-                inner: socket,
-                conn: conn.clone(),
-                registry: registry.clone(),
-            };
-            serve_connection(
-                io, ep, local, remote, &limits, &conn, &registry, &stats, stop,
-            )
-            .await;
-            stats.open.dec();
-            registry.remove(id);
-        });
-    };
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            // Once the stop is signalled, nothing more is taken through the reactor.
-            biased;
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((socket, remote)) => take(socket, remote),
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning on the error.
-                    stats.accept_errors.inc();
-                    if stats.accept_errors.get() % 100 == 1 {
-                        tracing::warn!(error = %e, "accepting a connection failed; backing off");
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+        // Connections the kernel has already completed wait in the accept queue, their clients
+        // possibly done sending a request: closing the listener would reset them. Take them
+        // first (a direct non-blocking accept, not the reactor's possibly stale readiness).
+        let listener = listener.into_std()?;
+        listener.set_nonblocking(true)?;
+        while let Ok((socket, remote)) = listener.accept() {
+            // An accepted socket does not inherit the listener's non-blocking mode, and tokio
+            // refuses (panics on) a blocking one.
+            match socket
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(socket))
+            {
+                Ok(socket) => take(socket, remote),
+                Err(_) => stats.accept_errors.inc(),
+            }
         }
-    }
-    // Connections the kernel has already completed wait in the accept queue, their clients
-    // possibly done sending a request: closing the listener would reset them. Take them
-    // first (a direct non-blocking accept, not the reactor's possibly stale readiness).
-    let listener = listener.into_std()?;
-    listener.set_nonblocking(true)?;
-    while let Ok((socket, remote)) = listener.accept() {
-        // An accepted socket does not inherit the listener's non-blocking mode, and tokio
-        // refuses (panics on) a blocking one.
-        match socket
-            .set_nonblocking(true)
-            .and_then(|()| TcpStream::from_std(socket))
-        {
-            Ok(socket) => take(socket, remote),
-            Err(_) => stats.accept_errors.inc(),
+        drop(listener);
+        let _ = stop_tx.send(true);
+        let emptied = registry.emptied.notified();
+        if registry.len() > 0 && tokio::time::timeout(drain, emptied).await.is_err() {
+            tracing::warn!(
+                open = registry.len(),
+                "drain ended with connections still open"
+            );
         }
+        Ok(())
     }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    let emptied = registry.emptied.notified();
-    if registry.len() > 0 && tokio::time::timeout(drain, emptied).await.is_err() {
-        tracing::warn!(
-            open = registry.len(),
-            "drain ended with connections still open"
-        );
-    }
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

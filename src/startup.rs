@@ -14,7 +14,7 @@ use crate::{
     },
     api::{self, AppState},
     cache::{Caches, INVALIDATION_CHANNEL},
-    config::Config,
+    config::{kinds::Named, Config, RuntimeKind},
     graph::{
         gate::GatedGraph,
         memory::MemoryGraph,
@@ -160,7 +160,11 @@ impl Application {
         }
 
         let addr = SocketAddr::new(config.host, config.port);
-        let listener = bind(addr).map_err(|source| StartupError::Bind { addr, source })?;
+        let bound = match config.runtime {
+            RuntimeKind::PerCore => crate::cores::bind_shared(addr, LISTEN_BACKLOG),
+            RuntimeKind::WorkStealing => bind(addr),
+        };
+        let listener = bound.map_err(|source| StartupError::Bind { addr, source })?;
         Ok(Application {
             listener,
             state,
@@ -189,9 +193,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        self.listener.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(self.listener)?;
-        let port = listener.local_addr()?.port();
+        let port = self.listener.local_addr()?.port();
         let config = &self.state.config;
         let fd_limit = crate::server::raise_fd_limit();
         let limits = crate::config::ConnectionLimits {
@@ -205,18 +207,27 @@ impl Application {
             port,
             max_connections = limits.max_connections,
             fd_limit,
+            runtime = config.runtime.name(),
             "orchestrator listening"
         );
         let app = api::app(self.state.clone()).map_to_response();
-        let result = crate::server::serve(
-            listener,
+        let server = crate::server::Server::new(
             app,
             limits,
             crate::server::ConnectionStats::new(&self.state.metrics),
-            shutdown,
             config.shutdown_drain,
-        )
-        .await;
+        );
+        let result = match config.runtime {
+            RuntimeKind::PerCore => {
+                let cores = crate::cores::count(config.runtime_cores);
+                crate::cores::serve(server, self.listener, cores, LISTEN_BACKLOG, shutdown).await
+            }
+            RuntimeKind::WorkStealing => {
+                self.listener.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(self.listener)?;
+                server.serve(listener, shutdown).await
+            }
+        };
         // In-flight requests are done (or the drain ran out): write what they learned.
         self.state
             .pipeline

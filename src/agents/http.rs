@@ -1,39 +1,56 @@
-//! The agent protocol over one pooled reqwest client.
+//! The agent protocol over pooled reqwest clients, one per thread: under `RUNTIME=per_core`
+//! a core's agent calls use connections its own runtime drives, so neither the request nor
+//! the connection's task ever wakes another core.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
+use thread_local::ThreadLocal;
 
 use super::{AgentReply, AgentRequest, AgentTransport, CallError};
 
 /// Largest agent answer read; anything bigger is an invalid answer, not an OOM.
 pub const MAX_AGENT_BODY: usize = 1024 * 1024;
 
-#[derive(Clone)]
 pub struct HttpAgents {
-    client: reqwest::Client,
+    /// Idle connections kept per agent host, per thread.
+    pool_max: usize,
+    clients: ThreadLocal<reqwest::Client>,
     hosts: super::endpoint::HostGuard,
 }
 
 impl HttpAgents {
     pub fn new(pool_max: usize, hosts: super::endpoint::HostGuard) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(pool_max)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2))
-            .user_agent(concat!("myriad-orchestrator/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(HttpAgents { client, hosts })
+        let agents = HttpAgents {
+            pool_max,
+            clients: ThreadLocal::new(),
+            hosts,
+        };
+        // A setting the client cannot be built with shows at start-up, not at the first call.
+        agents.client()?;
+        Ok(agents)
+    }
+
+    /// This thread's client (built on its first call).
+    fn client(&self) -> Result<&reqwest::Client, reqwest::Error> {
+        self.clients.get_or_try(|| {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(self.pool_max)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .redirect(reqwest::redirect::Policy::none())
+                .tcp_nodelay(true)
+                .connect_timeout(Duration::from_secs(2))
+                .user_agent(concat!("myriad-orchestrator/", env!("CARGO_PKG_VERSION")))
+                .build()
+        })
     }
 
     async fn exchange(&self, url: &str, body: &Value) -> Result<(u16, Option<Value>), CallError> {
         let mut headers = reqwest::header::HeaderMap::new();
         crate::telemetry::inject_current(&mut headers);
-        let resp = self
-            .client
+        let client = self.client().map_err(|_| CallError::Connect)?;
+        let resp = client
             .post(url)
             .headers(headers)
             .json(body)

@@ -67,7 +67,8 @@ settings! {
         http_retries => http_retries: Num<u32>(3, 0, 10) => "http_retries";
         /// First retry backoff in seconds; doubles per attempt with full jitter.
         http_backoff => http_backoff: SecsF(0.1, 0.0, 60.0) => "http_backoff_s";
-        /// Idle connections kept per agent host.
+        /// Idle connections kept per agent host, per runtime thread (per core under
+        /// `RUNTIME=per_core`).
         http_pool_max => http_pool_max: Num<usize>(64, 1, 4_096) => "http_pool_max";
         /// Overall deadline of one request in ms.
         request_timeout_ms => request_timeout: Ms(10_000, 1, 600_000) => "request_timeout_ms";
@@ -89,6 +90,12 @@ settings! {
         body_read_timeout_ms => body_read_timeout: Ms(10_000, 100, 600_000) => "body_read_timeout_ms";
         /// On SIGTERM/SIGINT, seconds in-flight requests get to finish.
         shutdown_drain_s => shutdown_drain: Secs(30, 0, 3_600) => "shutdown_drain_s";
+        /// `per_core`: one single-threaded runtime per core, each accepting on its own
+        /// `SO_REUSEPORT` listener, so a request, its agent calls and its answer stay on one
+        /// core; `work_stealing`: one multi-threaded runtime that moves tasks between cores.
+        runtime => runtime: Choice<RuntimeKind>(RuntimeKind::PerCore) => "runtime";
+        /// Request cores under `RUNTIME=per_core` (`0` = one per available core).
+        runtime_cores => runtime_cores: Num<usize>(0, 0, 1_024) => "runtime_cores";
         /// Key of the admin API (`X-Admin-Key` header); unset = the admin API answers 403.
         admin_api_key => admin_api_key: SecretText("unset");
         /// Client keys, comma-separated, each at least 16 characters. Set = `/process`,
@@ -280,6 +287,11 @@ named!(
 named!(
     /// Where the retry budget is kept.
     BudgetScope { "cluster" => Cluster, "replica" => Replica }
+);
+
+named!(
+    /// How requests are scheduled on the cores (`RUNTIME`).
+    RuntimeKind { "per_core" => PerCore, "work_stealing" => WorkStealing }
 );
 
 named!(
@@ -476,7 +488,8 @@ mod tests {
         assert_eq!(view["demo_agents"], true);
         assert_eq!(view["retry_budget_scope"], "cluster");
         assert_eq!(view["region"], serde_json::Value::Null);
-        assert_eq!(view.as_object().unwrap().len(), 49, "{view}");
+        assert_eq!(view["runtime"], "per_core");
+        assert_eq!(view.as_object().unwrap().len(), 51, "{view}");
     }
 
     #[test]
