@@ -41,7 +41,7 @@ pub(super) async fn edge<E: Endpoint>(
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + req.uri().to_string().len();
+        + req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
     let max_headers = state.config.max_header_bytes;
     let mut resp = async {
         if header_bytes > max_headers {
@@ -93,16 +93,10 @@ pub(super) async fn edge<E: Endpoint>(
             "request completed"
         )
     });
-    let p = &state.metrics;
-    p.http_requests
-        .with_label_values(&[route, method.as_str(), &status.to_string()])
-        .inc();
-    p.http_duration
-        .with_label_values(&[route, method.as_str()])
-        .observe(elapsed.as_secs_f64());
-    p.gateway_overhead
-        .with_label_values(&[route])
-        .observe(overhead.as_secs_f64());
+    let series = state.metrics.request_series(route, &method, status);
+    series.requests.inc();
+    series.duration.observe(elapsed.as_secs_f64());
+    series.overhead.observe(overhead.as_secs_f64());
     resp
 }
 

@@ -11,12 +11,29 @@
 pub mod document;
 pub mod routes;
 
-use std::{collections::HashSet, sync::Mutex, time::Instant};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use dashmap::DashMap;
+use poem::http::Method;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// The series of one (route, method, status), resolved once.
+pub struct RequestSeries {
+    /// `myriad_http_requests_total{route,method,status}`.
+    pub requests: IntCounter,
+    /// `myriad_http_request_duration_seconds{route,method}`.
+    pub duration: Histogram,
+    /// `myriad_gateway_overhead_seconds{route}`.
+    pub overhead: Histogram,
+}
 
 /// Distinct agent label values before the rest are folded into `other`.
 pub const MAX_AGENT_LABELS: usize = 256;
@@ -57,6 +74,8 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub connections: IntCounterVec,
     agents_seen: Mutex<HashSet<String>>,
+    /// Each (route, method, status) request series, resolved on first use.
+    by_request: DashMap<(&'static str, Method, u16), Arc<RequestSeries>>,
 }
 
 /// Registers series on one registry; every name gets the `myriad_` prefix.
@@ -247,7 +266,40 @@ impl Metrics {
             registry,
             started: Instant::now(),
             agents_seen: Mutex::new(HashSet::new()),
+            by_request: DashMap::new(),
         }
+    }
+
+    /// The series one answered request counts in. Kept for the standard methods only (a
+    /// client's own method names do not grow the map), over a fixed set of route templates
+    /// and statuses.
+    pub fn request_series(
+        &self,
+        route: &'static str,
+        method: &Method,
+        status: u16,
+    ) -> Arc<RequestSeries> {
+        let resolve = || {
+            Arc::new(RequestSeries {
+                requests: self.http_requests.with_label_values(&[
+                    route,
+                    method.as_str(),
+                    &status.to_string(),
+                ]),
+                duration: self
+                    .http_duration
+                    .with_label_values(&[route, method.as_str()]),
+                overhead: self.gateway_overhead.with_label_values(&[route]),
+            })
+        };
+        if method.as_str().len() > 7 || !method.as_str().bytes().all(|b| b.is_ascii_uppercase()) {
+            return resolve();
+        }
+        let key = (route, method.clone(), status);
+        if let Some(series) = self.by_request.get(&key) {
+            return series.clone();
+        }
+        self.by_request.entry(key).or_insert_with(resolve).clone()
     }
 
     pub fn uptime(&self) -> std::time::Duration {

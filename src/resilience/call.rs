@@ -1,7 +1,10 @@
 //! The path of one call through the stack: deadline → rate limit → cache → bulkhead →
 //! breaker (and the peers' hold) → the retry loop ([`retry::attempts`]) → one attempt.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{
+    atomic::{AtomicU32, Ordering},
+    Arc,
+};
 
 use serde_json::Value;
 use tokio::time::Instant;
@@ -57,8 +60,9 @@ impl Stack {
             ]
         );
         let started = std::time::Instant::now();
+        let stages = self.stages(&agent.name);
         let outcome = self
-            .call_stages(agent, req, ctx)
+            .call_stages(&stages, agent, req, ctx)
             .instrument(span.clone())
             .await;
         let label = match &outcome.result {
@@ -75,19 +79,17 @@ impl Stack {
         if outcome.result.is_err() {
             span.record("otel.status_code", "ERROR");
         }
-        let p = &self.metrics;
-        let agent_label = p.agent_label(&agent.name);
-        p.agent_calls
-            .with_label_values(&[agent_label.as_str(), label])
+        self.metrics
+            .agent_calls
+            .with_label_values(&[stages.metric_label.as_str(), label])
             .inc();
-        p.agent_duration
-            .with_label_values(&[agent_label.as_str()])
-            .observe(started.elapsed().as_secs_f64());
+        stages.duration.observe(started.elapsed().as_secs_f64());
         outcome
     }
 
     async fn call_stages(
         &self,
+        stages: &Arc<AgentStages>,
         agent: &AgentInfo,
         req: &AgentRequest,
         ctx: &RequestCtx,
@@ -95,7 +97,6 @@ impl Stack {
         if ctx.remaining().is_zero() {
             return self.refuse(Some("deadline"), Failure::Deadline);
         }
-        let stages = self.stages(&agent.name);
         if let Some(limiter) = &stages.limiter {
             let allowed = limiter.allow().await;
             let verdict = if allowed { "allowed" } else { "limited" };
@@ -109,12 +110,12 @@ impl Stack {
             }
         }
         if !self.caches.cacheable(&req.intent) {
-            return self.upstream(&stages, agent, req, ctx).await;
+            return self.upstream(stages, agent, req, ctx).await;
         }
         if !ctx.use_cache {
             self.caches.responses.count("none", "bypass");
             tracing::Span::current().record("cache.result", "bypass");
-            return self.upstream(&stages, agent, req, ctx).await;
+            return self.upstream(stages, agent, req, ctx).await;
         }
         let key = response_key(&agent.name, &req.concept, &req.intent, &req.args);
         let subject = Subject {
@@ -129,7 +130,7 @@ impl Stack {
             .responses
             .get_or_fetch(&key, subject, |_| {
                 async {
-                    let out = self.upstream(&stages, agent, req, ctx).await;
+                    let out = self.upstream(stages, agent, req, ctx).await;
                     attempts.store(out.attempts, Ordering::Relaxed);
                     out.result.map(|reply| {
                         let keep = reply.succeeded().then_some(ttl);

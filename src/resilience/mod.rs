@@ -194,6 +194,7 @@ impl Stack {
         self.by_agent
             .entry(agent.to_string())
             .or_insert_with(|| {
+                let label = self.metrics.agent_label(agent);
                 Arc::new(AgentStages {
                     limiter: AgentLimiter::new(
                         agent,
@@ -210,6 +211,8 @@ impl Stack {
                     calls: AtomicU64::new(0),
                     recent: Mutex::new(VecDeque::with_capacity(RECENT)),
                     summarized: AtomicU64::new(0),
+                    duration: self.metrics.agent_duration.with_label_values(&[&label]),
+                    metric_label: label,
                 })
             })
             .clone()
