@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use dashmap::DashMap;
 use serde_json::Value;
 use thread_local::ThreadLocal;
 
@@ -13,7 +14,13 @@ use super::{AgentReply, AgentRequest, AgentTransport, CallError};
 /// Largest agent answer read; anything bigger is an invalid answer, not an OOM.
 pub const MAX_AGENT_BODY: usize = 1024 * 1024;
 
+/// Endpoints whose allow-list verdict and parsed URL are remembered (graph-controlled, so
+/// few; past this many, an endpoint is checked and parsed at each call).
+const MEMO_MAX: usize = 4096;
+
 pub struct HttpAgents {
+    /// Each endpoint called: its parsed URL when `hosts` allows it, `None` when it does not.
+    urls: DashMap<String, Option<reqwest::Url>>,
     /// Idle connections kept per agent host, per thread.
     pool_max: usize,
     clients: ThreadLocal<reqwest::Client>,
@@ -23,6 +30,7 @@ pub struct HttpAgents {
 impl HttpAgents {
     pub fn new(pool_max: usize, hosts: super::endpoint::HostGuard) -> Result<Self, reqwest::Error> {
         let agents = HttpAgents {
+            urls: DashMap::new(),
             pool_max,
             clients: ThreadLocal::new(),
             hosts,
@@ -46,14 +54,38 @@ impl HttpAgents {
         })
     }
 
-    async fn exchange(&self, url: &str, body: &Value) -> Result<(u16, Option<Value>), CallError> {
+    /// The parsed URL of `endpoint` if the allow-list lets calls go there.
+    fn allowed(&self, endpoint: &str) -> Option<reqwest::Url> {
+        if let Some(known) = self.urls.get(endpoint) {
+            return known.clone();
+        }
+        let verdict = self
+            .hosts
+            .allows(endpoint)
+            .then(|| reqwest::Url::parse(endpoint).ok())
+            .flatten();
+        if self.urls.len() < MEMO_MAX {
+            self.urls.insert(endpoint.to_string(), verdict.clone());
+        }
+        verdict
+    }
+
+    async fn exchange(
+        &self,
+        url: reqwest::Url,
+        body: Vec<u8>,
+    ) -> Result<(u16, Option<Value>), CallError> {
         let mut headers = reqwest::header::HeaderMap::new();
         crate::telemetry::inject_current(&mut headers);
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static("application/json"),
+        );
         let client = self.client().map_err(|_| CallError::Connect)?;
         let resp = client
             .post(url)
             .headers(headers)
-            .json(body)
+            .body(body)
             .send()
             .await
             .map_err(classify)?;
@@ -94,15 +126,15 @@ impl AgentTransport for HttpAgents {
         timeout: Duration,
     ) -> Result<AgentReply, CallError> {
         // Checked again at call time: the graph may have changed since registration.
-        if !self.hosts.allows(endpoint) {
+        let Some(url) = self.allowed(endpoint) else {
             tracing::warn!(
                 endpoint,
                 "blocked a call to a host outside AGENT_ALLOWED_HOSTS"
             );
             return Err(CallError::Blocked);
-        }
-        let body = serde_json::to_value(req).map_err(|_| CallError::InvalidBody)?;
-        let (status, json) = tokio::time::timeout(timeout, self.exchange(endpoint, &body))
+        };
+        let body = serde_json::to_vec(req).map_err(|_| CallError::InvalidBody)?;
+        let (status, json) = tokio::time::timeout(timeout, self.exchange(url, body))
             .await
             .map_err(|_| CallError::Timeout)??;
         let object = match json {
@@ -124,6 +156,8 @@ impl AgentTransport for HttpAgents {
         body: &Value,
         timeout: Duration,
     ) -> Result<Value, CallError> {
+        let url = reqwest::Url::parse(url).map_err(|_| CallError::Transport)?;
+        let body = serde_json::to_vec(body).map_err(|_| CallError::InvalidBody)?;
         let (status, json) = tokio::time::timeout(timeout, self.exchange(url, body))
             .await
             .map_err(|_| CallError::Timeout)??;
