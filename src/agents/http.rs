@@ -1,6 +1,5 @@
-//! The agent protocol over pooled reqwest clients, one per thread: under `RUNTIME=per_core`
-//! a core's agent calls use connections its own runtime drives, so neither the request nor
-//! the connection's task ever wakes another core.
+//! The agent protocol: plain-HTTP agents over the per-thread pool of `pool.rs` (connections
+//! driven by the calling task), `https://` ones over reqwest clients, one per thread.
 
 use std::time::Duration;
 
@@ -21,6 +20,8 @@ const MEMO_MAX: usize = 4096;
 pub struct HttpAgents {
     /// Each endpoint called: its parsed URL when `hosts` allows it, `None` when it does not.
     urls: DashMap<String, Option<reqwest::Url>>,
+    /// Plain-HTTP agents: connections per thread, driven by the calling task.
+    pool: super::pool::AgentPool,
     /// Idle connections kept per agent host, per thread.
     pool_max: usize,
     clients: ThreadLocal<reqwest::Client>,
@@ -31,6 +32,7 @@ impl HttpAgents {
     pub fn new(pool_max: usize, hosts: super::endpoint::HostGuard) -> Result<Self, reqwest::Error> {
         let agents = HttpAgents {
             urls: DashMap::new(),
+            pool: super::pool::AgentPool::new(pool_max),
             pool_max,
             clients: ThreadLocal::new(),
             hosts,
@@ -77,6 +79,10 @@ impl HttpAgents {
     ) -> Result<(u16, Option<Value>), CallError> {
         let mut headers = reqwest::header::HeaderMap::new();
         crate::telemetry::inject_current(&mut headers);
+        if url.scheme() == "http" {
+            let answer = self.pool.post(&url, headers, body.into()).await?;
+            return Ok((answer.status, serde_json::from_slice(&answer.body).ok()));
+        }
         headers.insert(
             reqwest::header::CONTENT_TYPE,
             reqwest::header::HeaderValue::from_static("application/json"),

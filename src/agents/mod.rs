@@ -5,6 +5,7 @@
 pub mod demo;
 pub mod endpoint;
 pub mod http;
+pub mod pool;
 
 use std::time::Duration;
 
