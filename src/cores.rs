@@ -50,17 +50,19 @@ pub fn bind_shared(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpLi
     if addr.port() != 0 {
         drop(std::net::TcpListener::bind(addr)?);
     }
-    bind(addr, backlog)
+    bind(addr, backlog, true)
 }
 
-fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+/// A listening socket on `addr` with `backlog`, shareable with other sockets that set
+/// `reuse_port` too.
+pub fn bind(addr: SocketAddr, backlog: u32, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
+    socket.set_reuseport(reuse_port)?;
     socket.bind(addr)?;
     socket.listen(backlog)?.into_std()
 }
@@ -81,7 +83,7 @@ where
     let addr = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..cores.max(1) {
-        listeners.push(bind(addr, backlog)?);
+        listeners.push(bind(addr, backlog, true)?);
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<io::Result<()>>(listeners.len());

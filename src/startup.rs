@@ -162,7 +162,7 @@ impl Application {
         let addr = SocketAddr::new(config.host, config.port);
         let bound = match config.runtime {
             RuntimeKind::PerCore => crate::cores::bind_shared(addr, LISTEN_BACKLOG),
-            RuntimeKind::WorkStealing => bind(addr),
+            RuntimeKind::WorkStealing => crate::cores::bind(addr, LISTEN_BACKLOG, false),
         };
         let listener = bound.map_err(|source| StartupError::Bind { addr, source })?;
         Ok(Application {
@@ -272,20 +272,8 @@ async fn check_endpoints(
     Ok(())
 }
 
-/// The listening socket, with a backlog deep enough for a burst of connections (std's is
-/// 128: past it, clients wait for SYN retransmits of 1 s and more).
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)?.into_std()
-}
-
-/// Pending connections the kernel may queue (capped by `net.core.somaxconn`).
+/// Pending connections the kernel may queue (capped by `net.core.somaxconn`; std's 128
+/// would make a burst of clients wait for SYN retransmits of 1 s and more).
 pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Bolt settings from the configuration.

@@ -10,8 +10,7 @@ use thread_local::ThreadLocal;
 
 use super::{AgentReply, AgentRequest, AgentTransport, CallError};
 
-/// Largest agent answer read; anything bigger is an invalid answer, not an OOM.
-pub const MAX_AGENT_BODY: usize = 1024 * 1024;
+pub use super::pool::MAX_AGENT_BODY;
 
 /// Endpoints whose allow-list verdict and parsed URL are remembered (graph-controlled, so
 /// few; past this many, an endpoint is checked and parsed at each call).

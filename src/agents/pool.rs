@@ -23,8 +23,10 @@ use hyper_util::rt::TokioIo;
 use thread_local::ThreadLocal;
 use tokio::{net::TcpStream, time::Instant};
 
-use super::{http::MAX_AGENT_BODY, CallError};
+use super::CallError;
 
+/// Largest agent answer read; anything bigger is an invalid answer, not an OOM.
+pub const MAX_AGENT_BODY: usize = 1024 * 1024;
 /// A connection idle longer than this is closed rather than reused.
 pub const IDLE_FOR: Duration = Duration::from_secs(60);
 /// How long opening a connection may take.
