@@ -16,7 +16,6 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use futures::{stream::BoxStream, StreamExt};
-use poem_openapi::types::ToJSON;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
@@ -211,8 +210,8 @@ impl Update {
     /// Its JSON: a task result, or the body `/process` answers with.
     pub(super) fn json(self) -> String {
         match self {
-            Update::Task(result) => TaskResultBody(result).to_json_string(),
-            Update::Done(body) => body.to_json_string(),
+            Update::Task(result) => serde_json::to_string(&result).unwrap_or_default(),
+            Update::Done(body) => String::from_utf8(body.to_bytes()).unwrap_or_default(),
         }
     }
 }

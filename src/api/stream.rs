@@ -52,7 +52,9 @@ pub(super) enum ProcessReply {
 impl IntoResponse for ProcessReply {
     fn into_response(self) -> Response {
         match self {
-            ProcessReply::Body(body) => (*body).into_response(),
+            ProcessReply::Body(body) => Response::builder()
+                .content_type("application/json; charset=utf-8")
+                .body(body.0.to_bytes()),
             ProcessReply::Events(events) => events.into_response(),
         }
     }

@@ -37,7 +37,9 @@ pub enum TaskStatus {
 }
 
 /// What one task produced. Agent fields outside the protocol pass through in `extra`.
-#[derive(Debug, Clone, Serialize)]
+/// Serialized with its keys in order, `extra`'s among the gateway's own (the order a
+/// `serde_json::Value` of it would have), straight to bytes.
+#[derive(Debug, Clone)]
 pub struct TaskResult {
     pub task_id: Value,
     pub status: TaskStatus,
@@ -50,12 +52,63 @@ pub struct TaskResult {
     pub stale: bool,
     pub attempts: u32,
     pub latency_ms: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<FailureCode>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl Serialize for TaskResult {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        // The gateway's fields in key order; `extra` never holds one of them (RESERVED).
+        const OWN: [&str; 12] = [
+            "agent_name",
+            "attempts",
+            "cached",
+            "code",
+            "concept",
+            "data",
+            "error",
+            "intent",
+            "latency_ms",
+            "stale",
+            "status",
+            "task_id",
+        ];
+        let mut map = serializer.serialize_map(None)?;
+        let mut extra = self.extra.iter().peekable();
+        for own in OWN {
+            while let Some((k, v)) = extra.next_if(|(k, _)| k.as_str() < own) {
+                map.serialize_entry(k, v)?;
+            }
+            match own {
+                "agent_name" => map.serialize_entry(own, &self.agent_name)?,
+                "attempts" => map.serialize_entry(own, &self.attempts)?,
+                "cached" => map.serialize_entry(own, &self.cached)?,
+                "code" => {
+                    if let Some(code) = &self.code {
+                        map.serialize_entry(own, code)?
+                    }
+                }
+                "concept" => map.serialize_entry(own, &self.concept)?,
+                "data" => map.serialize_entry(own, &self.data)?,
+                "error" => {
+                    if let Some(error) = &self.error {
+                        map.serialize_entry(own, error)?
+                    }
+                }
+                "intent" => map.serialize_entry(own, &self.intent)?,
+                "latency_ms" => map.serialize_entry(own, &self.latency_ms)?,
+                "stale" => map.serialize_entry(own, &self.stale)?,
+                "status" => map.serialize_entry(own, &self.status)?,
+                _ => map.serialize_entry(own, &self.task_id)?,
+            }
+        }
+        for (k, v) in extra {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 /// Fields the gateway owns; an agent cannot overwrite them.

@@ -309,6 +309,43 @@ impl ToJSON for TaskResultBody {
     }
 }
 
+impl ProcessResponse {
+    /// The JSON body, without a `serde_json::Value` of it in between.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&Direct(self)).unwrap_or_default()
+    }
+}
+
+struct Direct<'a>(&'a ProcessResponse);
+
+impl serde::Serialize for Direct<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(answer) = &r.answer {
+            map.serialize_entry("answer", answer)?;
+        }
+        if let Some(result) = &r.result {
+            map.serialize_entry("result", &result.0)?;
+        }
+        map.serialize_entry("results", &Results(&r.results))?;
+        map.serialize_entry("status", &r.status.to_json())?;
+        if let Some(tasks) = &r.tasks {
+            map.serialize_entry("tasks", &tasks.to_json())?;
+        }
+        map.end()
+    }
+}
+
+struct Results<'a>(&'a BTreeMap<String, TaskResultBody>);
+
+impl serde::Serialize for Results<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, &v.0)))
+    }
+}
+
 /// How a request went: `success` (every task succeeded), `partial` or `failed`.
 #[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
 #[oai(rename_all = "snake_case")]
@@ -329,6 +366,9 @@ impl From<crate::pipeline::Overall> for OverallStatus {
     }
 }
 
+// Serialized straight to bytes by `ProcessResponse::to_bytes`, in the key order (and so byte
+// for byte) of poem-openapi's `ToJSON` path through a `serde_json::Value`. (A doc comment here
+// would become the schema's description.)
 #[derive(Object, Debug)]
 pub struct ProcessResponse {
     // Undocumented: a doc comment would wrap the `$ref` in an `allOf` (see `OverallStatus`).
@@ -463,6 +503,87 @@ mod fuzz {
         #[test]
         fn the_query_parser_never_panics_on_any_string(q in ".{0,300}") {
             let _ = crate::pipeline::parser::parse(&q);
+        }
+    }
+}
+
+#[cfg(test)]
+mod direct {
+    use super::*;
+    use crate::{failure::FailureCode, pipeline::TaskSpec};
+    use proptest::prelude::*;
+
+    const OWN: [&str; 13] = [
+        "task_id",
+        "status",
+        "agent_name",
+        "data",
+        "concept",
+        "intent",
+        "cached",
+        "stale",
+        "attempts",
+        "latency_ms",
+        "code",
+        "error",
+        "candidates",
+    ];
+
+    fn result(
+        extra: Vec<(String, String)>,
+        data: String,
+        failed: bool,
+        latency_ms: f64,
+    ) -> crate::pipeline::TaskResult {
+        let spec = TaskSpec {
+            task_id: Value::from(7),
+            concept: "lightbulb".into(),
+            intent: "define".into(),
+            args: serde_json::json!({}),
+        };
+        let mut r = crate::pipeline::TaskResult::failed(&spec, FailureCode::Timeout, "slow");
+        if !failed {
+            r.code = None;
+            r.error = None;
+            r.status = crate::pipeline::TaskStatus::Success;
+            r.agent_name = Some("Definition_AI".into());
+            r.cached = Some("l1");
+        }
+        r.data = Value::from(data);
+        r.latency_ms = latency_ms;
+        for (k, v) in extra {
+            if !OWN.contains(&k.as_str()) {
+                r.extra.insert(k, Value::from(v));
+            }
+        }
+        r
+    }
+
+    proptest! {
+        /// The direct serialization is byte for byte what poem-openapi's `ToJSON` path
+        /// writes, whatever fields an agent passed through and whichever are set.
+        #[test]
+        fn to_bytes_is_the_to_json_body_byte_for_byte(
+            extra in proptest::collection::vec(("[a-z_]{1,11}", ".{0,8}"), 0..8),
+            data in ".{0,20}",
+            failed in any::<bool>(),
+            single in any::<bool>(),
+            latency_ms in 0.0f64..10_000.0,
+        ) {
+            let r = result(extra, data, failed, latency_ms);
+            let body = ProcessResponse {
+                status: if failed { OverallStatus::Failed } else { OverallStatus::Success },
+                result: single.then(|| TaskResultBody(r.clone())),
+                answer: single.then(|| Value::from("an answer")),
+                tasks: single.then(|| vec![ParsedTaskView {
+                    task_id: TaskId::Int(7),
+                    concept: "lightbulb".into(),
+                    intent: "define".into(),
+                    args: serde_json::json!({"a": 1}),
+                }]),
+                results: BTreeMap::from([("7".to_string(), TaskResultBody(r))]),
+            };
+            prop_assert_eq!(String::from_utf8(body.to_bytes()).unwrap(), body.to_json_string());
         }
     }
 }
