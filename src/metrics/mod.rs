@@ -75,7 +75,7 @@ pub struct Metrics {
     pub connections: IntCounterVec,
     agents_seen: Mutex<HashSet<String>>,
     /// Each (route, method, status) request series, resolved on first use.
-    by_request: DashMap<(&'static str, Method, u16), Arc<RequestSeries>>,
+    by_request: DashMap<(&'static str, &'static str, u16), Arc<RequestSeries>>,
 }
 
 /// Registers series on one registry; every name gets the `myriad_` prefix.
@@ -270,36 +270,48 @@ impl Metrics {
         }
     }
 
-    /// The series one answered request counts in. Kept for the standard methods only (a
-    /// client's own method names do not grow the map), over a fixed set of route templates
-    /// and statuses.
+    /// The series one answered request counts in, resolved once per (route, method,
+    /// status). A method outside HTTP's own is labelled `other`: a client's made-up method
+    /// names must not grow the series (or this map).
     pub fn request_series(
         &self,
         route: &'static str,
         method: &Method,
         status: u16,
     ) -> Arc<RequestSeries> {
-        let resolve = || {
-            Arc::new(RequestSeries {
-                requests: self.http_requests.with_label_values(&[
-                    route,
-                    method.as_str(),
-                    &status.to_string(),
-                ]),
-                duration: self
-                    .http_duration
-                    .with_label_values(&[route, method.as_str()]),
-                overhead: self.gateway_overhead.with_label_values(&[route]),
-            })
-        };
-        if method.as_str().len() > 7 || !method.as_str().bytes().all(|b| b.is_ascii_uppercase()) {
-            return resolve();
-        }
-        let key = (route, method.clone(), status);
+        const KNOWN: [(Method, &str); 9] = [
+            (Method::GET, "GET"),
+            (Method::POST, "POST"),
+            (Method::PUT, "PUT"),
+            (Method::DELETE, "DELETE"),
+            (Method::PATCH, "PATCH"),
+            (Method::HEAD, "HEAD"),
+            (Method::OPTIONS, "OPTIONS"),
+            (Method::CONNECT, "CONNECT"),
+            (Method::TRACE, "TRACE"),
+        ];
+        let method: &'static str = KNOWN
+            .iter()
+            .find(|(known, _)| known == method)
+            .map_or("other", |(_, name)| name);
+        let key = (route, method, status);
         if let Some(series) = self.by_request.get(&key) {
             return series.clone();
         }
-        self.by_request.entry(key).or_insert_with(resolve).clone()
+        self.by_request
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(RequestSeries {
+                    requests: self.http_requests.with_label_values(&[
+                        route,
+                        method,
+                        &status.to_string(),
+                    ]),
+                    duration: self.http_duration.with_label_values(&[route, method]),
+                    overhead: self.gateway_overhead.with_label_values(&[route]),
+                })
+            })
+            .clone()
     }
 
     pub fn uptime(&self) -> std::time::Duration {
@@ -336,6 +348,28 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        let p = Metrics::new();
+        for i in 0..50 {
+            let method = Method::from_bytes(format!("M{i}").as_bytes()).unwrap();
+            p.request_series("/process", &method, 405).requests.inc();
+        }
+        p.request_series("/process", &Method::POST, 200)
+            .requests
+            .inc();
+        let text = p.render();
+        assert!(
+            text.contains(r#"method="other",route="/process",status="405"} 50"#),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("myriad_http_requests_total{").count(),
+            2,
+            "{text}"
+        );
+    }
 
     #[test]
     fn agent_labels_are_capped_and_registries_are_apart() {
