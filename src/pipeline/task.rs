@@ -112,7 +112,7 @@ impl Serialize for TaskResult {
 }
 
 /// Fields the gateway owns; an agent cannot overwrite them.
-const RESERVED: [&str; 13] = [
+pub const RESERVED: [&str; 13] = [
     "task_id",
     "status",
     "agent_name",

@@ -513,22 +513,6 @@ mod direct {
     use crate::{failure::FailureCode, pipeline::TaskSpec};
     use proptest::prelude::*;
 
-    const OWN: [&str; 13] = [
-        "task_id",
-        "status",
-        "agent_name",
-        "data",
-        "concept",
-        "intent",
-        "cached",
-        "stale",
-        "attempts",
-        "latency_ms",
-        "code",
-        "error",
-        "candidates",
-    ];
-
     fn result(
         extra: Vec<(String, String)>,
         data: String,
@@ -552,7 +536,7 @@ mod direct {
         r.data = Value::from(data);
         r.latency_ms = latency_ms;
         for (k, v) in extra {
-            if !OWN.contains(&k.as_str()) {
+            if !crate::pipeline::RESERVED.contains(&k.as_str()) {
                 r.extra.insert(k, Value::from(v));
             }
         }
