@@ -58,7 +58,14 @@ async fn a_standard_client_reads_the_graph_and_processes_a_batch() {
         ],
     );
     seed["agents"][1]["region"] = json!("Test");
-    let app = spawn_with(uncached(), Some(seed)).await;
+    // The graph's order, so the batch below goes to Good_AI first every time: under the
+    // score policy its random draws send about 6 % of first picks to the 0.4 agent (the
+    // policy's own tests cover that).
+    let settings = RawSettings {
+        routing_policy: Some("weight".into()),
+        ..uncached()
+    };
+    let app = spawn_with(settings, Some(seed)).await;
     let url = app.url("/graphql");
     let url = url.as_str();
 
