@@ -1,14 +1,14 @@
 //! The agent protocol: plain-HTTP agents over the per-thread pool of `pool.rs` (connections
 //! driven by the calling task), `https://` ones over reqwest clients, one per thread.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
 use serde_json::Value;
 use thread_local::ThreadLocal;
 
-use super::{AgentReply, AgentRequest, AgentTransport, CallError};
+use super::{pool::Target, AgentReply, AgentRequest, AgentTransport, CallError};
 
 pub use super::pool::MAX_AGENT_BODY;
 
@@ -16,9 +16,25 @@ pub use super::pool::MAX_AGENT_BODY;
 /// few; past this many, an endpoint is checked and parsed at each call).
 const MEMO_MAX: usize = 4096;
 
+/// A parsed agent endpoint; `plain` for `http://` ones, which go through the pool.
+struct Endpoint {
+    url: reqwest::Url,
+    plain: Option<Target>,
+}
+
+impl Endpoint {
+    fn parse(url: &str) -> Option<Endpoint> {
+        let url = reqwest::Url::parse(url).ok()?;
+        Some(Endpoint {
+            plain: Target::of(&url),
+            url,
+        })
+    }
+}
+
 pub struct HttpAgents {
-    /// Each endpoint called: its parsed URL when `hosts` allows it, `None` when it does not.
-    urls: DashMap<String, Option<reqwest::Url>>,
+    /// Each endpoint called: where its calls go when `hosts` allows it, `None` when not.
+    urls: DashMap<String, Option<Arc<Endpoint>>>,
     /// Plain-HTTP agents: connections per thread, driven by the calling task.
     pool: super::pool::AgentPool,
     /// Idle connections kept per agent host, per thread.
@@ -55,15 +71,15 @@ impl HttpAgents {
         })
     }
 
-    /// The parsed URL of `endpoint` if the allow-list lets calls go there.
-    fn allowed(&self, endpoint: &str) -> Option<reqwest::Url> {
+    /// Where calls to `endpoint` go, if the allow-list lets them go there.
+    fn allowed(&self, endpoint: &str) -> Option<Arc<Endpoint>> {
         if let Some(known) = self.urls.get(endpoint) {
             return known.clone();
         }
         let verdict = self
             .hosts
             .allows(endpoint)
-            .then(|| reqwest::Url::parse(endpoint).ok())
+            .then(|| Endpoint::parse(endpoint).map(Arc::new))
             .flatten();
         if self.urls.len() < MEMO_MAX {
             self.urls.insert(endpoint.to_string(), verdict.clone());
@@ -73,13 +89,13 @@ impl HttpAgents {
 
     async fn exchange(
         &self,
-        url: reqwest::Url,
+        endpoint: &Endpoint,
         body: Vec<u8>,
     ) -> Result<(u16, Option<Value>), CallError> {
         let mut headers = reqwest::header::HeaderMap::new();
         crate::telemetry::inject_current(&mut headers);
-        if url.scheme() == "http" {
-            let answer = self.pool.post(&url, headers, body.into()).await?;
+        if let Some(target) = &endpoint.plain {
+            let answer = self.pool.post(target, headers, body.into()).await?;
             return Ok((answer.status, serde_json::from_slice(&answer.body).ok()));
         }
         headers.insert(
@@ -88,7 +104,7 @@ impl HttpAgents {
         );
         let client = self.client().map_err(|_| CallError::Connect)?;
         let resp = client
-            .post(url)
+            .post(endpoint.url.clone())
             .headers(headers)
             .body(body)
             .send()
@@ -131,7 +147,7 @@ impl AgentTransport for HttpAgents {
         timeout: Duration,
     ) -> Result<AgentReply, CallError> {
         // Checked again at call time: the graph may have changed since registration.
-        let Some(url) = self.allowed(endpoint) else {
+        let Some(target) = self.allowed(endpoint) else {
             tracing::warn!(
                 endpoint,
                 "blocked a call to a host outside AGENT_ALLOWED_HOSTS"
@@ -139,7 +155,7 @@ impl AgentTransport for HttpAgents {
             return Err(CallError::Blocked);
         };
         let body = serde_json::to_vec(req).map_err(|_| CallError::InvalidBody)?;
-        let (status, json) = tokio::time::timeout(timeout, self.exchange(url, body))
+        let (status, json) = tokio::time::timeout(timeout, self.exchange(&target, body))
             .await
             .map_err(|_| CallError::Timeout)??;
         let object = match json {
@@ -161,9 +177,9 @@ impl AgentTransport for HttpAgents {
         body: &Value,
         timeout: Duration,
     ) -> Result<Value, CallError> {
-        let url = reqwest::Url::parse(url).map_err(|_| CallError::Transport)?;
+        let endpoint = Endpoint::parse(url).ok_or(CallError::Transport)?;
         let body = serde_json::to_vec(body).map_err(|_| CallError::InvalidBody)?;
-        let (status, json) = tokio::time::timeout(timeout, self.exchange(url, body))
+        let (status, json) = tokio::time::timeout(timeout, self.exchange(&endpoint, body))
             .await
             .map_err(|_| CallError::Timeout)??;
         match (status, json) {

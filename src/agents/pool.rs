@@ -85,6 +85,39 @@ pub struct AgentPool {
     max_idle: usize,
 }
 
+/// Where a plain-HTTP endpoint's calls go, worked out once from its URL.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `host:port` to connect to (the pool's key).
+    host: String,
+    /// Path and query of the request line.
+    path: String,
+    /// The `Host` header.
+    authority: String,
+}
+
+impl Target {
+    /// The target of an `http://` URL with a host; `None` for any other.
+    pub fn of(url: &reqwest::Url) -> Option<Target> {
+        if url.scheme() != "http" {
+            return None;
+        }
+        let name = url.host_str()?;
+        let port = url.port_or_known_default()?;
+        Some(Target {
+            host: format!("{name}:{port}"),
+            path: match url.query() {
+                Some(q) => format!("{}?{q}", url.path()),
+                None => url.path().to_string(),
+            },
+            authority: match url.port() {
+                Some(p) => format!("{name}:{p}"),
+                None => name.to_string(),
+            },
+        })
+    }
+}
+
 /// One agent's answer: status and body.
 pub struct Answer {
     pub status: u16,
@@ -142,38 +175,31 @@ impl AgentPool {
         })
     }
 
-    /// POSTs `body` to `url` (plain HTTP) with `headers`, on a pooled connection to its host
-    /// (a new one when none is idle, or when the idle one turns out closed).
+    /// POSTs `body` to `target` with `headers`, on a pooled connection to its host (a new
+    /// one when none is idle, or when the idle one turns out closed).
     pub async fn post(
         &self,
-        url: &reqwest::Url,
+        target: &Target,
         headers: http::HeaderMap,
         body: Bytes,
     ) -> Result<Answer, CallError> {
-        let host = match (url.host_str(), url.port_or_known_default()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            _ => return Err(CallError::Connect),
-        };
-        let path = match url.query() {
-            Some(q) => format!("{}?{q}", url.path()),
-            None => url.path().to_string(),
-        };
-        let authority = match url.port() {
-            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
-            None => url.host_str().unwrap_or_default().to_string(),
-        };
+        let Target {
+            host,
+            path,
+            authority,
+        } = target;
         // An idle connection may have been closed by the agent since: then the call is
         // tried again on a new one (it was never written).
         loop {
-            let (conn, reused) = match self.take(&host) {
+            let (conn, reused) = match self.take(host) {
                 Some(conn) => (conn, true),
-                None => (Self::connect(&host).await?, false),
+                None => (Self::connect(host).await?, false),
             };
-            let request = build(&path, &authority, &headers, body.clone())?;
+            let request = build(path, authority, &headers, body.clone())?;
             match exchange(conn, request).await {
                 Ok((answer, conn)) => {
                     if let Some(conn) = conn {
-                        self.give_back(&host, conn);
+                        self.give_back(host, conn);
                     }
                     return Ok(answer);
                 }
@@ -308,7 +334,8 @@ mod tests {
     const OK: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 20\r\n\r\n{\"status\":\"success\"}";
 
     async fn post(pool: &AgentPool, url: &reqwest::Url) -> Result<Answer, CallError> {
-        pool.post(url, http::HeaderMap::new(), Bytes::from_static(b"{}"))
+        let target = Target::of(url).expect("a plain-HTTP URL");
+        pool.post(&target, http::HeaderMap::new(), Bytes::from_static(b"{}"))
             .await
     }
 

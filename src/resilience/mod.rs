@@ -161,13 +161,11 @@ impl Stack {
     }
 
     /// What an agent's breaker reports on each transition: its state to the metrics
-    /// (`myriad_agent_breaker_state{agent}`), and opening or closing to the peers.
-    fn on_breaker_change(&self, agent: &str) -> breaker::OnChange {
+    /// (`myriad_agent_breaker_state{agent}`, under the agent's metric `label`), and opening or
+    /// closing to the peers.
+    fn on_breaker_change(&self, label: &str) -> breaker::OnChange {
         use breaker::BreakerState;
-        let gauge = self
-            .metrics
-            .breaker_state
-            .with_label_values(&[self.metrics.agent_label(agent).as_str()]);
+        let gauge = self.metrics.breaker_state.with_label_values(&[label]);
         gauge.set(0);
         let peers = self.peers.clone();
         Arc::new(move |agent, state| {
@@ -205,7 +203,7 @@ impl Stack {
                     breaker: Breaker::new(
                         agent,
                         &self.settings.breaker,
-                        Some(self.on_breaker_change(agent)),
+                        Some(self.on_breaker_change(&label)),
                     ),
                     budget: self.retry_budget(agent),
                     calls: AtomicU64::new(0),
