@@ -84,7 +84,7 @@ impl ProcessApi {
             })?;
         let pipeline = &state.pipeline;
         // Best first; the best is the first a call would pass.
-        let (order, assessed) = pipeline.listing(&candidates);
+        let (order, assessed) = pipeline.listing(&concept, &candidates);
         let Some(&best) = order
             .iter()
             .find(|&&i| assessed[i].0.admission != Admission::Refused)

@@ -197,8 +197,10 @@ settings! {
 
     /// How tasks are routed among the candidates the graph names.
     group routing: RoutingSettings {
-        /// `score` (weight, health, latency, exploration, slow start) or `weight` (the graph's
-        /// order: the learned weight alone).
+        /// `score` (weight, health, latency, exploration, slow start), `learned` (Thompson
+        /// sampling over a decayed success posterior per agent and concept, the graph weight
+        /// its prior; see docs/ROUTING.md) or `weight` (the graph's order: the learned weight
+        /// alone).
         routing_policy => policy: Choice<PolicyKind>(PolicyKind::Score) => "routing_policy";
         /// Percentage of routing decisions that pick uniformly among admitted candidates, so
         /// every healthy agent keeps being measured.
@@ -296,9 +298,10 @@ named!(
 
 named!(
     /// Which policy orders candidates (`ROUTING_POLICY`): `score` (learned weight, live
-    /// health and latency, exploration, slow start; the default) or `weight` (the graph's
-    /// order: weight, then success rate, then name).
-    PolicyKind { "score" => Score, "weight" => Weight }
+    /// health and latency, exploration, slow start; the default), `learned` (Thompson
+    /// sampling over each agent's decayed success posterior per concept, the graph weight
+    /// its prior) or `weight` (the graph's order: weight, then success rate, then name).
+    PolicyKind { "score" => Score, "learned" => Learned, "weight" => Weight }
 );
 
 /// One row of the documentation table.

@@ -174,14 +174,15 @@ impl Pipeline {
         self.router.signals().live(agent, self.stack.gates(agent))
     }
 
-    /// What the routing policy knows of each candidate now.
-    pub fn assess(&self, candidates: &[Candidate]) -> Vec<(Inputs, Live)> {
+    /// What the routing policy knows of each candidate of a task on `concept` now.
+    pub fn assess(&self, concept: &str, candidates: &[Candidate]) -> Vec<(Inputs, Live)> {
         candidates
             .iter()
             .map(|c| {
                 let agent = c.agent.name.as_str();
                 self.router.assess(
                     agent,
+                    concept,
                     c.stats.weight,
                     self.local(agent),
                     self.stack.gates(agent),
@@ -192,8 +193,12 @@ impl Pipeline {
 
     /// The order candidates are shown in (`/discover` and GraphQL `candidates` alike), with
     /// what the policy knows of each ([`Router::listing`]).
-    pub fn listing(&self, candidates: &[Candidate]) -> (Vec<usize>, Vec<(Inputs, Live)>) {
-        let assessed = self.assess(candidates);
+    pub fn listing(
+        &self,
+        concept: &str,
+        candidates: &[Candidate],
+    ) -> (Vec<usize>, Vec<(Inputs, Live)>) {
+        let assessed = self.assess(concept, candidates);
         let inputs: Vec<Inputs> = assessed.iter().map(|(i, _)| *i).collect();
         (self.router.listing(&inputs), assessed)
     }
@@ -205,7 +210,7 @@ impl Pipeline {
         let sticky = (use_cache && self.stack.caches.cacheable(&task.intent))
             .then(|| format!("{}\u{0}{}\u{0}{}", task.concept, task.intent, task.args));
         let assess = || {
-            self.assess(candidates)
+            self.assess(&task.concept, candidates)
                 .into_iter()
                 .map(|(i, _)| i)
                 .collect()
@@ -234,7 +239,7 @@ impl Pipeline {
                     let success = reply.succeeded();
                     if outcome.cached.is_none() {
                         // A cached answer says nothing new about the agent.
-                        self.learn(&candidate.agent.name, &task.concept, success);
+                        self.learn(candidate, &task.concept, success);
                     }
                     let mut r = TaskResult::new(
                         task,
@@ -265,7 +270,7 @@ impl Pipeline {
                 }
                 Err(failure) => {
                     if failure.reached_agent() {
-                        self.learn(&candidate.agent.name, &task.concept, false);
+                        self.learn(candidate, &task.concept, false);
                     }
                     if let Failure::Call(crate::agents::CallError::Status {
                         status,
@@ -306,7 +311,15 @@ impl Pipeline {
         r
     }
 
-    fn learn(&self, agent: &str, concept: &str, success: bool) {
+    /// One outcome of `candidate` on `concept`: for the Hebbian weight (when learning is on)
+    /// and for routing's estimate.
+    fn learn(&self, candidate: &Candidate, concept: &str, success: bool) {
+        let agent = candidate.agent.name.as_str();
+        if self.router.policy() == crate::routing::PolicyKind::Learned {
+            self.router
+                .estimates()
+                .observe(agent, concept, candidate.stats.weight, success);
+        }
         self.learner.record(Outcome {
             agent: agent.to_string(),
             concept: concept.to_string(),

@@ -37,6 +37,7 @@
 //! of one agent (with the stack's gates and the peers' view); `policy.rs` the decision and
 //! the [`Router`] that owns it all.
 
+mod estimate;
 mod live;
 mod policy;
 mod signals;
@@ -48,8 +49,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use crate::config::{PolicyKind, RoutingSettings};
+pub use estimate::{Estimates, Posterior, ESTIMATE_TAU, PRIOR_STRENGTH};
 pub use live::{Attempt, Gates, Live, LiveSignals, PeerView};
-pub use policy::{local_equals, plan, rank, Draws, Router};
+pub use policy::{local_equals, plan, plan_learned, rank, rank_learned, Draws, Router};
 pub use signals::{folded_health, Signals, LOCAL_ENOUGH};
 
 /// Time constant of the health window.
@@ -65,6 +67,8 @@ pub const RAMP_FLOOR: f64 = 0.1;
 /// How far below the healthiest admitted candidate one of this replica's region may be and
 /// still count as equal (and so come first).
 pub const REGION_HEALTH_SLACK: f64 = 0.1;
+/// Calls in flight at which the `learned` policy's load estimate doubles an agent's latency.
+pub const IN_FLIGHT_REF: f64 = 12.0;
 /// Length of each of the two buckets `share` is measured over.
 pub const SHARE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -144,17 +148,41 @@ pub struct Inputs {
     pub ramp: f64,
     /// In this replica's region; `None` when `REGION` is unset.
     pub local: Option<bool>,
+    /// The learned estimate of its success share on the task's concept (`learned` policy).
+    pub posterior: Posterior,
 }
 
 impl Inputs {
     /// `weight × health² ÷ (1 + latency_ms × (1 + in_flight) ÷ 100)`.
     pub fn score(&self) -> f64 {
-        let load = self.latency_ms.unwrap_or(0.0).max(0.0) * (1.0 + f64::from(self.in_flight));
-        self.weight.max(0.0) * self.health.clamp(0.0, 1.0).powi(2) / (1.0 + load / LATENCY_REF_MS)
+        self.weight.max(0.0) * self.health.clamp(0.0, 1.0).powi(2) * self.load_factor()
     }
 
     fn pick_weight(&self) -> f64 {
         self.score().powi(PICK_EXPONENT) * self.ramp.clamp(0.0, 1.0)
+    }
+
+    /// The score policy's discount for latency under load:
+    /// `1 ÷ (1 + latency_ms × (1 + in_flight) ÷ LATENCY_REF_MS)`.
+    pub fn load_factor(&self) -> f64 {
+        let load = self.latency_ms.unwrap_or(0.0).max(0.0) * (1.0 + f64::from(self.in_flight));
+        1.0 / (1.0 + load / LATENCY_REF_MS)
+    }
+
+    /// The `learned` policy's discount for latency under load:
+    /// `1 ÷ (1 + latency_ms × (1 + in_flight ÷ IN_FLIGHT_REF) ÷ LATENCY_REF_MS)` — gentler
+    /// than the score policy's, so calls in flight spread a burst without pulling a steady
+    /// load away from the better agent (which has more in flight because it is chosen).
+    pub fn latency_factor(&self) -> f64 {
+        let load = self.latency_ms.unwrap_or(0.0).max(0.0)
+            * (1.0 + f64::from(self.in_flight) / IN_FLIGHT_REF);
+        1.0 / (1.0 + load / LATENCY_REF_MS)
+    }
+
+    /// The `learned` policy's expected value of a candidate: its posterior mean, discounted
+    /// for latency under load.
+    pub fn expected(&self) -> f64 {
+        self.posterior.mean() * self.latency_factor()
     }
 }
 

@@ -8,8 +8,8 @@ use std::{
 use rand::{Rng, SeedableRng};
 
 use super::{
-    Admission, Gates, Inputs, Live, LiveSignals, Plan, PolicyKind, Reason, RoutingSettings,
-    REGION_HEALTH_SLACK,
+    Admission, Estimates, Gates, Inputs, Live, LiveSignals, Plan, PolicyKind, Posterior, Reason,
+    RoutingSettings, REGION_HEALTH_SLACK,
 };
 
 /// Two uniform draws in [0, 1): whether to explore, and where the pick lands.
@@ -148,11 +148,98 @@ pub fn plan(candidates: &[Inputs], explore: f64, draws: Draws) -> Plan {
     Plan { order, reason }
 }
 
+/// Best first under the `learned` policy, as `/discover` lists them: admitted before
+/// refused, this replica's region's equals before the rest, then by expected value
+/// ([`Inputs::expected`]).
+pub fn rank_learned(candidates: &[Inputs]) -> Vec<usize> {
+    let admitted: Vec<usize> = (0..candidates.len())
+        .filter(|&i| candidates[i].admission != Admission::Refused)
+        .collect();
+    let tier = local_equals(candidates, &admitted).unwrap_or_default();
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| {
+        let refused = |i: usize| candidates[i].admission == Admission::Refused;
+        refused(a)
+            .cmp(&refused(b))
+            .then(tier.contains(&b).cmp(&tier.contains(&a)))
+            .then(
+                candidates[b]
+                    .expected()
+                    .total_cmp(&candidates[a].expected()),
+            )
+    });
+    order
+}
+
+/// The `learned` policy on plain data: a probe first if a breaker offers one; else, among
+/// the admitted candidates (this replica's region's equals when there are some), the
+/// highest of one Thompson draw from each posterior, discounted for latency under load — so
+/// a candidate is tried in proportion to the chance that it is the best, and an unsure one
+/// in proportion to its uncertainty. A candidate in slow start takes part in a draw with
+/// probability `ramp`. The rest follow by expected value.
+pub fn plan_learned(candidates: &[Inputs], rng: &mut impl Rng) -> Plan {
+    let order = rank_learned(candidates);
+    let all_admitted: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| candidates[i].admission != Admission::Refused)
+        .collect();
+    let Some(&best) = all_admitted.first() else {
+        return Plan {
+            order: (0..candidates.len()).collect(),
+            reason: Reason::BestScore,
+        };
+    };
+    let tier = local_equals(candidates, &all_admitted);
+    let pool = tier.clone().unwrap_or_else(|| all_admitted.clone());
+    let (first, reason) = if let Some(&probe) = all_admitted
+        .iter()
+        .find(|&&i| candidates[i].admission == Admission::Probe)
+    {
+        (probe, Reason::Probe)
+    } else {
+        let mut drawn: Option<(usize, f64)> = None;
+        for &i in &pool {
+            let c = &candidates[i];
+            let sample = c.posterior.sample(rng) * c.latency_factor();
+            let ramping = c.ramp < 1.0 && pool.len() > 1;
+            if ramping && rng.gen::<f64>() >= c.ramp.clamp(0.0, 1.0) {
+                continue;
+            }
+            if drawn.is_none_or(|(_, s)| sample > s) {
+                drawn = Some((i, sample));
+            }
+        }
+        let chosen = drawn.map_or(pool[0], |(i, _)| i);
+        let in_region = candidates.iter().any(|c| c.local == Some(true));
+        let reason = if tier.is_some() {
+            Reason::LocalRegion
+        } else if in_region && candidates[chosen].local == Some(false) {
+            Reason::RegionFailover
+        } else if candidates[chosen].ramp < 1.0 && pool.len() > 1 {
+            Reason::SlowStart
+        } else if chosen == best {
+            Reason::BestScore
+        } else {
+            Reason::Explore
+        };
+        (chosen, reason)
+    };
+    let mut plan = Vec::with_capacity(candidates.len());
+    plan.push(first);
+    plan.extend(order.into_iter().filter(|&i| i != first));
+    Plan {
+        order: plan,
+        reason,
+    }
+}
+
 /// The policy with its settings, its source of randomness and the live signals it reads.
 pub struct Router {
     pub settings: RoutingSettings,
     rng: Mutex<rand::rngs::StdRng>,
     signals: Arc<LiveSignals>,
+    estimates: Estimates,
 }
 
 impl Router {
@@ -165,6 +252,7 @@ impl Router {
             signals: Arc::new(LiveSignals::new(settings.slow_start)),
             settings,
             rng: Mutex::new(rng),
+            estimates: Estimates::default(),
         }
     }
 
@@ -177,16 +265,27 @@ impl Router {
         &self.signals
     }
 
-    /// What the policy knows of one candidate now: the edge's `weight`, whether it is in
-    /// this replica's region, the stack's `gates` and the live signals.
+    /// The learned estimates, which the pipeline feeds with every task's outcome.
+    pub fn estimates(&self) -> &Estimates {
+        &self.estimates
+    }
+
+    /// What the policy knows of one candidate for a task on `concept` now: the edge's
+    /// `weight`, whether it is in this replica's region, the stack's `gates`, the live
+    /// signals and the learned estimate.
     pub fn assess(
         &self,
         agent: &str,
+        concept: &str,
         weight: f64,
         local: Option<bool>,
         gates: Gates,
     ) -> (Inputs, Live) {
         let live = self.signals.live(agent, gates);
+        let posterior = match self.settings.policy {
+            PolicyKind::Learned => self.estimates.posterior(agent, concept, weight),
+            _ => Posterior::prior(weight),
+        };
         let inputs = Inputs {
             weight,
             health: live.health,
@@ -195,6 +294,7 @@ impl Router {
             admission: live.admission,
             ramp: live.ramp,
             local,
+            posterior,
         };
         (inputs, live)
     }
@@ -206,6 +306,7 @@ impl Router {
     pub fn listing(&self, candidates: &[Inputs]) -> Vec<usize> {
         match self.settings.policy {
             PolicyKind::Score => rank(candidates),
+            PolicyKind::Learned => rank_learned(candidates),
             PolicyKind::Weight => (0..candidates.len()).collect(),
         }
     }
@@ -228,6 +329,16 @@ impl Router {
                 let draws = sticky.map_or_else(|| self.draws(), Draws::from_key);
                 plan(candidates, self.settings.explore, draws)
             }
+            PolicyKind::Learned => match sticky {
+                Some(key) => {
+                    let seed = (Draws::from_key(key).pick * 4_294_967_296.0) as u64;
+                    plan_learned(candidates, &mut rand::rngs::StdRng::seed_from_u64(seed))
+                }
+                None => {
+                    let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+                    plan_learned(candidates, &mut *rng)
+                }
+            },
         }
     }
 

@@ -11,6 +11,7 @@ fn healthy(weight: f64) -> Inputs {
         admission: Admission::Pass,
         ramp: 1.0,
         local: None,
+        posterior: Posterior::prior(weight),
     }
 }
 

@@ -88,7 +88,7 @@ impl QueryRoot {
             .await
             .map_err(|_| unavailable())?;
         // The order `/discover` lists them in.
-        let (order, assessed) = app.pipeline.listing(&found);
+        let (order, assessed) = app.pipeline.listing(&concept, &found);
         let regions = app.pipeline.regions.as_ref();
         let out: Vec<Candidate> = order
             .into_iter()

@@ -1,0 +1,406 @@
+//! The learned prior of the `learned` policy: for each agent and concept, a Beta
+//! posterior of the share of tasks the agent answers successfully.
+//!
+//! ```text
+//! α = PRIOR_STRENGTH × prior       + Σ successes × discount
+//! β = PRIOR_STRENGTH × (1 − prior) + Σ failures  × discount
+//! discount = (1 − 1/EVIDENCE_WINDOW)^(outcomes since) × e^(−idle time ÷ ESTIMATE_TAU)
+//! ```
+//!
+//! - `prior` is the edge's graph weight when this replica first routes the pair (clamped to
+//!   [`PRIOR_FLOOR`, `1 − PRIOR_FLOOR`]), so an operator's primary (0.9) and backup (0.5)
+//!   keep their order while both succeed: the prior's pseudo-failures (0.4 against 2) never
+//!   decay, the evidence does. The Hebbian weight itself is untouched (the contract's): it
+//!   saturates at 1.0 after twenty successes in a row, at any rate, which is why routing
+//!   does not read it after the first sight.
+//! - The evidence is discounted per outcome ([`EVIDENCE_WINDOW`]), so the estimate is as
+//!   sure at 1 call/s as at 1,000 and follows a drifting agent within a few hundred calls;
+//!   and in time while the pair is not called ([`ESTIMATE_TAU`]), so an agent nobody has
+//!   called lately drifts back to its prior and its uncertainty, and the Thompson draw of
+//!   [`super::policy`] tries it again.
+//! - A change is noticed at once: when the last [`RECENT`] outcomes are too unlikely under
+//!   the estimate (a binomial tail below [`CHANGE_ALPHA`]), the evidence restarts from the
+//!   outcomes after the most likely change point — an agent that starts failing is dropped
+//!   after a handful of failures, and one that recovers is believed after a few answers,
+//!   not after its failures have faded.
+//!
+//! The constants come from the routing benchmark (`cargo bench --bench routing`,
+//! docs/ROUTING.md), which drives this policy against the anchors' through simulated pools.
+
+use std::{sync::Mutex, time::Duration};
+
+use dashmap::DashMap;
+use rand::Rng;
+use rand_distr::{Beta, Distribution};
+use serde::Serialize;
+use tokio::time::Instant;
+
+/// Pseudo-observations the graph weight is worth.
+pub const PRIOR_STRENGTH: f64 = 4.0;
+/// Outcomes the evidence is worth at most: each new outcome of a pair discounts the older
+/// ones by `1 − 1/EVIDENCE_WINDOW`, so the estimate is as precise at 1 call/s as at 1,000,
+/// and follows a drifting agent within a few hundred of its calls.
+pub const EVIDENCE_WINDOW: f64 = 500.0;
+/// Time constant of the evidence's decay while a pair is not called: an agent nobody has
+/// called lately drifts back to its prior and its uncertainty, and is tried again.
+pub const ESTIMATE_TAU: Duration = Duration::from_secs(300);
+/// The last outcomes kept, in order, to notice a change.
+pub const RECENT: u32 = 16;
+/// How unlikely the recent outcomes must be under the long window's share to make a change
+/// (a binomial tail: a 95 % agent needs 5 failures of 16 to trip it, once every ~1,000 s at
+/// 50 calls/s by chance).
+pub const CHANGE_ALPHA: f64 = 1e-6;
+/// The prior stays this far from 0 and 1 (a weight of 1.0 would be a certainty no evidence
+/// could move).
+pub const PRIOR_FLOOR: f64 = 0.02;
+/// (agent, concept) pairs kept at most; beyond, the least recently used pair is forgotten
+/// (and starts again from its prior).
+pub const MAX_PAIRS: usize = 65_536;
+
+/// A Beta posterior of a success share.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Posterior {
+    pub alpha: f64,
+    pub beta: f64,
+}
+
+impl Posterior {
+    /// The prior alone, for a graph weight.
+    pub fn prior(weight: f64) -> Self {
+        let p = if weight.is_finite() { weight } else { 0.5 }.clamp(PRIOR_FLOOR, 1.0 - PRIOR_FLOOR);
+        Posterior {
+            alpha: PRIOR_STRENGTH * p,
+            beta: PRIOR_STRENGTH * (1.0 - p),
+        }
+    }
+
+    /// The expected success share.
+    pub fn mean(&self) -> f64 {
+        self.alpha / (self.alpha + self.beta)
+    }
+
+    /// Its standard deviation: how unsure the estimate is.
+    pub fn sd(&self) -> f64 {
+        let n = self.alpha + self.beta;
+        (self.alpha * self.beta / (n * n * (n + 1.0))).sqrt()
+    }
+
+    /// Observations behind it beyond the prior (decayed).
+    pub fn evidence(&self) -> f64 {
+        (self.alpha + self.beta - PRIOR_STRENGTH).max(0.0)
+    }
+
+    /// One draw of the success share (Thompson sampling).
+    pub fn sample(&self, rng: &mut impl Rng) -> f64 {
+        match Beta::new(self.alpha.max(1e-3), self.beta.max(1e-3)) {
+            Ok(b) => b.sample(rng),
+            Err(_) => self.mean(),
+        }
+    }
+}
+
+/// Decayed (successes, failures).
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    ok: f64,
+    failed: f64,
+}
+
+impl Counts {
+    fn scale(&mut self, keep: f64) {
+        self.ok *= keep;
+        self.failed *= keep;
+    }
+
+    fn add(&mut self, success: bool) {
+        if success {
+            self.ok += 1.0;
+        } else {
+            self.failed += 1.0;
+        }
+    }
+}
+
+/// One pair's evidence: the decayed counts the estimate is made of, and the last
+/// [`RECENT`] outcomes in order, to notice a change.
+#[derive(Debug, Clone)]
+struct Evidence {
+    prior: f64,
+    long: Counts,
+    /// Bit i: the outcome i calls ago succeeded.
+    recent: u32,
+    recent_len: u32,
+    at: Instant,
+}
+
+impl Evidence {
+    fn new(prior: f64, now: Instant) -> Self {
+        Evidence {
+            prior,
+            long: Counts::default(),
+            recent: 0,
+            recent_len: 0,
+            at: now,
+        }
+    }
+
+    fn decay(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.long.scale((-dt / ESTIMATE_TAU.as_secs_f64()).exp());
+        self.at = now;
+    }
+
+    /// One outcome. When the recent outcomes are too unlikely under the long window's share
+    /// ([`CHANGE_ALPHA`]), the agent has changed: the long window restarts from the recent
+    /// outcomes after the most likely change point, so what it did before stops counting at
+    /// once — an agent that recovers is believed after a few answers, not after its
+    /// failures have decayed.
+    fn observe(&mut self, now: Instant, success: bool) {
+        self.decay(now);
+        self.long.scale(1.0 - 1.0 / EVIDENCE_WINDOW);
+        self.long.add(success);
+        self.recent = (self.recent << 1) | u32::from(success);
+        self.recent_len = (self.recent_len + 1).min(RECENT);
+        let n = self.recent_len;
+        let ok = (self.recent & mask(n)).count_ones();
+        // The share before the recent outcomes (they are in the long counts too, nearly
+        // undiscounted): a change is judged against what the agent did before it.
+        let before_ok = (self.long.ok - f64::from(ok)).max(0.0);
+        let before_failed = (self.long.failed - f64::from(n - ok)).max(0.0);
+        let p = (before_ok + 1.0) / (before_ok + before_failed + 2.0);
+        if binomial_tail(n, ok, p) < CHANGE_ALPHA {
+            let m = change_point(self.recent, n);
+            let kept = (self.recent & mask(m)).count_ones();
+            self.long = Counts {
+                ok: f64::from(kept),
+                failed: f64::from(m - kept),
+            };
+            self.recent_len = m;
+        }
+    }
+
+    fn posterior(&self, now: Instant) -> Posterior {
+        let mut e = self.clone();
+        e.decay(now);
+        let prior = Posterior::prior(self.prior);
+        Posterior {
+            alpha: prior.alpha + e.long.ok,
+            beta: prior.beta + e.long.failed,
+        }
+    }
+}
+
+/// The low `n` bits.
+fn mask(n: u32) -> u32 {
+    if n >= 32 {
+        u32::MAX
+    } else {
+        (1 << n) - 1
+    }
+}
+
+/// The chance of a count of successes in `n` calls at least as far from `n × p` as `ok`,
+/// on its side (the smaller of the two tails of Binomial(n, p)).
+fn binomial_tail(n: u32, ok: u32, p: f64) -> f64 {
+    let pmf = |k: u32| {
+        let mut c = 1.0;
+        for i in 0..k {
+            c *= f64::from(n - i) / f64::from(i + 1);
+        }
+        c * p.powi(k as i32) * (1.0 - p).powi((n - k) as i32)
+    };
+    let below: f64 = (0..=ok).map(pmf).sum();
+    let above: f64 = (ok..=n).map(pmf).sum();
+    below.min(above)
+}
+
+/// How many of the last `n` outcomes (bit i: i calls ago) came after the most likely change:
+/// the split of the window into an older and a newer run that fits each its own share best.
+fn change_point(recent: u32, n: u32) -> u32 {
+    let ll = |ok: u32, len: u32| {
+        if len == 0 {
+            return 0.0;
+        }
+        let (k, l) = (f64::from(ok), f64::from(len));
+        let term = |x: f64| if x > 0.0 { x * (x / l).ln() } else { 0.0 };
+        term(k) + term(l - k)
+    };
+    (1..n)
+        .map(|m| {
+            let newer = (recent & mask(m)).count_ones();
+            let older = (recent & mask(n)).count_ones() - newer;
+            (m, ll(newer, m) + ll(older, n - m))
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(n, |(m, _)| m)
+}
+
+/// Every (agent, concept) estimate this replica has routed.
+#[derive(Default)]
+pub struct Estimates {
+    by_pair: DashMap<String, Mutex<Evidence>>,
+}
+
+impl Estimates {
+    /// The posterior of `agent` on `concept` now; `weight` (the edge's graph weight) is its
+    /// prior the first time the pair is seen.
+    pub fn posterior(&self, agent: &str, concept: &str, weight: f64) -> Posterior {
+        let now = Instant::now();
+        match self.by_pair.get(&key(agent, concept)) {
+            Some(e) => e.lock().unwrap_or_else(|e| e.into_inner()).posterior(now),
+            None => {
+                self.insert(agent, concept, weight, now);
+                Posterior::prior(weight)
+            }
+        }
+    }
+
+    /// One task's outcome with `agent` on `concept` (`weight`: the prior if it is new).
+    pub fn observe(&self, agent: &str, concept: &str, weight: f64, success: bool) {
+        let now = Instant::now();
+        let k = key(agent, concept);
+        if !self.by_pair.contains_key(&k) {
+            self.insert(agent, concept, weight, now);
+        }
+        if let Some(e) = self.by_pair.get(&k) {
+            e.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .observe(now, success);
+        }
+    }
+
+    fn insert(&self, agent: &str, concept: &str, weight: f64, now: Instant) {
+        if self.by_pair.len() >= MAX_PAIRS {
+            // The pair touched longest ago makes room (linear, and only at the cap).
+            let oldest = self
+                .by_pair
+                .iter()
+                .min_by_key(|e| e.value().lock().map(|e| e.at).unwrap_or(now))
+                .map(|e| e.key().clone());
+            if let Some(k) = oldest {
+                self.by_pair.remove(&k);
+            }
+        }
+        self.by_pair
+            .entry(key(agent, concept))
+            .or_insert_with(|| Mutex::new(Evidence::new(weight, now)));
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_pair.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_pair.is_empty()
+    }
+}
+
+/// `agent` NUL `concept` (neither holds a NUL: names and concepts are validated).
+fn key(agent: &str, concept: &str) -> String {
+    let mut k = String::with_capacity(agent.len() + concept.len() + 1);
+    k.push_str(agent);
+    k.push('\0');
+    k.push_str(concept);
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn the_prior_keeps_a_primary_ahead_of_its_backup_while_both_succeed() {
+        let e = Estimates::default();
+        for _ in 0..10_000 {
+            e.observe("primary", "c", 0.9, true);
+            e.observe("backup", "c", 0.5, true);
+        }
+        let (p, b) = (
+            e.posterior("primary", "c", 0.9),
+            e.posterior("backup", "c", 0.5),
+        );
+        assert!(p.mean() > b.mean(), "{p:?} {b:?}");
+        // Thompson draws: the primary wins most of them.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let wins = (0..10_000)
+            .filter(|_| p.sample(&mut rng) > b.sample(&mut rng))
+            .count();
+        assert!(wins > 8_500, "{wins}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn evidence_decays_back_to_the_prior() {
+        let e = Estimates::default();
+        for _ in 0..100 {
+            e.observe("a", "c", 0.5, false);
+        }
+        assert!(e.posterior("a", "c", 0.5).mean() < 0.1);
+        tokio::time::advance(ESTIMATE_TAU * 10).await;
+        let p = e.posterior("a", "c", 0.5);
+        assert!((p.mean() - 0.5).abs() < 0.01, "{p:?}");
+        assert!(p.evidence() < 0.01);
+    }
+
+    #[test]
+    fn an_agent_that_recovers_is_believed_after_a_few_answers() {
+        let e = Estimates::default();
+        for _ in 0..300 {
+            e.observe("a", "c", 0.5, false);
+        }
+        assert!(e.posterior("a", "c", 0.5).mean() < 0.02);
+        for _ in 0..5 {
+            e.observe("a", "c", 0.5, true);
+        }
+        let p = e.posterior("a", "c", 0.5);
+        assert!(p.mean() > 0.6, "{p:?}");
+        // And one that starts failing is dropped after a handful of failures.
+        for _ in 0..500 {
+            e.observe("b", "c", 0.5, true);
+        }
+        for _ in 0..6 {
+            e.observe("b", "c", 0.5, false);
+        }
+        let p = e.posterior("b", "c", 0.5);
+        assert!(p.mean() < 0.5, "{p:?}");
+    }
+
+    #[test]
+    fn a_steady_agent_keeps_its_evidence() {
+        // 95 %: one failure in twenty, for 5,000 calls; the change test never trips.
+        let e = Estimates::default();
+        for i in 0..5_000 {
+            e.observe("a", "c", 0.5, i % 20 != 7);
+        }
+        let p = e.posterior("a", "c", 0.5);
+        assert!(p.evidence() > 0.9 * EVIDENCE_WINDOW, "{p:?}");
+        assert!((p.mean() - 0.95).abs() < 0.01, "{p:?}");
+    }
+
+    #[test]
+    fn binomial_tails() {
+        assert!((binomial_tail(16, 8, 0.5) - 0.598).abs() < 0.001);
+        assert!(binomial_tail(16, 0, 0.95) < 1e-20);
+        assert!(binomial_tail(16, 16, 0.01) < 1e-30);
+        // The change point of "old failures, new successes" is where they meet.
+        assert_eq!(change_point(0b111, 16), 3);
+        assert_eq!(change_point(!0b11 & mask(16), 16), 2);
+    }
+
+    #[test]
+    fn a_weight_of_one_is_not_a_certainty() {
+        let p = Posterior::prior(1.0);
+        assert!(p.beta > 0.0 && p.mean() < 1.0);
+        let p = Posterior::prior(f64::NAN);
+        assert_eq!(p.mean(), 0.5);
+    }
+
+    #[test]
+    fn pairs_are_bounded() {
+        let e = Estimates::default();
+        for i in 0..MAX_PAIRS + 10 {
+            e.observe(&format!("a{i}"), "c", 0.5, true);
+        }
+        assert_eq!(e.len(), MAX_PAIRS);
+    }
+}
