@@ -53,6 +53,9 @@ struct Scenario {
     seconds: f64,
     /// Moments the best agent changes, for the time-to-shift figure.
     changes: Vec<f64>,
+    /// (agent, least, most): the learned policy's share of first picks for that agent must
+    /// lie in [least, most].
+    keeps: Option<(usize, f64, f64)>,
 }
 
 fn agent(name: &'static str, seed: f64, quality: fn(f64) -> f64, median_ms: f64) -> AgentModel {
@@ -76,6 +79,7 @@ fn scenarios() -> Vec<Scenario> {
             peak: 50.0,
             seconds: 120.0,
             changes: vec![],
+            keeps: Some((1, 0.85, 1.0)),
         },
         Scenario {
             name: "five-agents",
@@ -91,6 +95,7 @@ fn scenarios() -> Vec<Scenario> {
             peak: 100.0,
             seconds: 120.0,
             changes: vec![],
+            keeps: None,
         },
         Scenario {
             name: "slow-degrade",
@@ -103,6 +108,7 @@ fn scenarios() -> Vec<Scenario> {
             peak: 50.0,
             seconds: 360.0,
             changes: vec![60.0 + 0.13 / 0.38 * 240.0],
+            keeps: None,
         },
         Scenario {
             name: "fail-recover",
@@ -115,6 +121,7 @@ fn scenarios() -> Vec<Scenario> {
             peak: 50.0,
             seconds: 180.0,
             changes: vec![60.0, 120.0],
+            keeps: None,
         },
         Scenario {
             name: "best-is-slowest",
@@ -124,6 +131,7 @@ fn scenarios() -> Vec<Scenario> {
             peak: 50.0,
             seconds: 120.0,
             changes: vec![],
+            keeps: None,
         },
         Scenario {
             name: "bursts",
@@ -139,6 +147,7 @@ fn scenarios() -> Vec<Scenario> {
             peak: 1000.0,
             seconds: 60.0,
             changes: vec![],
+            keeps: None,
         },
         Scenario {
             name: "slow-rate",
@@ -148,6 +157,7 @@ fn scenarios() -> Vec<Scenario> {
             peak: 1.0,
             seconds: 1800.0,
             changes: vec![],
+            keeps: Some((1, 0.85, 1.0)),
         },
         Scenario {
             name: "fast-rate",
@@ -157,6 +167,7 @@ fn scenarios() -> Vec<Scenario> {
             peak: 1000.0,
             seconds: 30.0,
             changes: vec![],
+            keeps: Some((1, 0.85, 1.0)),
         },
         Scenario {
             name: "primary-backup",
@@ -166,6 +177,17 @@ fn scenarios() -> Vec<Scenario> {
             peak: 200.0,
             seconds: 60.0,
             changes: vec![],
+            keeps: Some((0, 0.70, 1.0)),
+        },
+        Scenario {
+            name: "twins",
+            what: "two equal agents seeded alike (0.7), both always succeeding, 50 req/s: they share",
+            agents: vec![agent("A", 0.7, |_| 1.0, 10.0), agent("B", 0.7, |_| 1.0, 10.0)],
+            rate: |_| 50.0,
+            peak: 50.0,
+            seconds: 120.0,
+            changes: vec![],
+            keeps: Some((0, 0.35, 0.65)),
         },
     ]
 }
@@ -592,7 +614,7 @@ fn main() {
     let mut doc = String::new();
     let mut broken = Vec::new();
     let mut verdicts = String::from(
-        "\n### Targets\n\n| scenario | regret lowest | ≤ ½ weight (original)'s | success ≥ every other's | p99 ≤ 1.1 × best other's | shift ≤ 10 s |\n|---|---|---|---|---|---|\n",
+        "\n### Targets\n\n| scenario | regret lowest | ≤ ½ weight (original)'s | success ≥ every other's | p99 ≤ 1.1 × best other's | shift ≤ 10 s | first picks |\n|---|---|---|---|---|---|---|\n",
     );
     let mut missed = Vec::new();
     for sc in scenarios()
@@ -659,11 +681,23 @@ fn main() {
                         .map(|(_, r)| r.quantile(0.99))
                         .fold(f64::MAX, f64::min),
             ours.shift_s.is_none_or(|s| s <= 10.0),
+            sc.keeps
+                .is_none_or(|(a, least, most)| (least..=most).contains(&ours.share(a))),
         ];
         let mark = |ok: bool| if ok { "yes" } else { "**no**" };
+        let keeps = sc.keeps.map_or("—".to_string(), |(a, least, most)| {
+            format!(
+                "{} {:.1} % of {}, in {:.0}–{:.0} %",
+                mark(checks[5]),
+                ours.share(a) * 100.0,
+                sc.agents[a].name,
+                least * 100.0,
+                most * 100.0
+            )
+        });
         let _ = writeln!(
             verdicts,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {keeps} |",
             sc.name,
             mark(checks[0]),
             mark(checks[1]),

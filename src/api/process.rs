@@ -131,6 +131,9 @@ impl ProcessApi {
                             pipeline.regions.as_ref().and_then(|r| r.of(&c.agent.name)),
                         ),
                         local: Nullable(inputs.local),
+                        estimate: inputs.posterior.mean(),
+                        estimate_sd: inputs.posterior.sd(),
+                        evidence: inputs.posterior.evidence(),
                     }
                 })
                 .collect(),

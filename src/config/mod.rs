@@ -197,13 +197,14 @@ settings! {
 
     /// How tasks are routed among the candidates the graph names.
     group routing: RoutingSettings {
-        /// `score` (weight, health, latency, exploration, slow start), `learned` (Thompson
-        /// sampling over a decayed success posterior per agent and concept, the graph weight
-        /// its prior; see docs/ROUTING.md) or `weight` (the graph's order: the learned weight
-        /// alone).
-        routing_policy => policy: Choice<PolicyKind>(PolicyKind::Score) => "routing_policy";
+        /// `learned` (Thompson sampling over a decayed success posterior per agent and
+        /// concept, the graph weight its prior, discounted for latency under load; see
+        /// docs/ROUTING.md), `score` (weight, health, latency, exploration, slow start) or
+        /// `weight` (the graph's order: the learned weight alone).
+        routing_policy => policy: Choice<PolicyKind>(PolicyKind::Learned) => "routing_policy";
         /// Percentage of routing decisions that pick uniformly among admitted candidates, so
-        /// every healthy agent keeps being measured.
+        /// every healthy agent keeps being measured (the `score` policy; `learned` explores
+        /// by the width of its posteriors).
         routing_explore_percent => explore: Percent(5.0, 0.0, 100.0) => "routing_explore_percent";
         /// Seconds over which a new or just-recovered agent ramps from 10 % to its full share
         /// (`0` = off).
@@ -297,10 +298,10 @@ named!(
 );
 
 named!(
-    /// Which policy orders candidates (`ROUTING_POLICY`): `score` (learned weight, live
-    /// health and latency, exploration, slow start; the default), `learned` (Thompson
-    /// sampling over each agent's decayed success posterior per concept, the graph weight
-    /// its prior) or `weight` (the graph's order: weight, then success rate, then name).
+    /// Which policy orders candidates (`ROUTING_POLICY`): `learned` (Thompson sampling over
+    /// each agent's decayed success posterior per concept, the graph weight its prior; the
+    /// default), `score` (learned weight, live health and latency, exploration, slow start)
+    /// or `weight` (the graph's order: weight, then success rate, then name).
     PolicyKind { "score" => Score, "learned" => Learned, "weight" => Weight }
 );
 
@@ -449,7 +450,7 @@ mod tests {
         let errors = Config::from_raw(&raw).unwrap_err();
         assert_eq!(errors.len(), 3, "{errors:?}");
         let c = Config::default();
-        assert_eq!(c.routing.policy, PolicyKind::Score);
+        assert_eq!(c.routing.policy, PolicyKind::Learned);
         assert_eq!(c.routing.explore, 0.05);
         assert_eq!(c.routing.slow_start, Duration::from_secs(5));
     }
@@ -485,7 +486,7 @@ mod tests {
         assert_eq!(view["redis_configured"], true);
         assert_eq!(view["graph_backend"], "memory");
         assert_eq!(view["http_backoff_s"], 0.1);
-        assert_eq!(view["routing_policy"], "score");
+        assert_eq!(view["routing_policy"], "learned");
         assert_eq!(view["otel_protocol"], "grpc");
         assert_eq!(view["input_processor"], "built-in");
         assert_eq!(view["demo_agents"], true);

@@ -50,6 +50,10 @@ pub struct Pipeline {
     pub regions: Option<Regions>,
 }
 
+/// Failed calls of one task the estimate learns at most (attempts are bounded by the retry
+/// settings already; this keeps one task's weight in the estimate bounded whatever they are).
+const MAX_LEARNED_ATTEMPTS: u32 = 8;
+
 impl Pipeline {
     /// One task, never longer than `deadline`, never an error: failures are in the result.
     pub async fn run_task(&self, task: &TaskSpec, ctx: &RequestCtx) -> TaskResult {
@@ -65,6 +69,8 @@ impl Pipeline {
                 code,
                 agent,
                 chosen_reason,
+                // The answering agent's success estimate on the concept, this outcome in.
+                estimate,
                 attempts,
                 cached,
                 neurogenesis,
@@ -239,7 +245,7 @@ impl Pipeline {
                     let success = reply.succeeded();
                     if outcome.cached.is_none() {
                         // A cached answer says nothing new about the agent.
-                        self.learn(candidate, &task.concept, success);
+                        self.learn(candidate, &task.concept, success, outcome.attempts);
                     }
                     let mut r = TaskResult::new(
                         task,
@@ -257,7 +263,14 @@ impl Pipeline {
                     if success {
                         let reason =
                             plan.reason_at(position, |i| self.local(&candidates[i].agent.name));
-                        tracing::Span::current().record("chosen_reason", reason.as_str());
+                        let span = tracing::Span::current();
+                        span.record("chosen_reason", reason.as_str());
+                        let estimate = self.router.estimates().posterior(
+                            &candidate.agent.name,
+                            &task.concept,
+                            candidate.stats.weight,
+                        );
+                        span.record("estimate", estimate.mean());
                         self.metrics
                             .routing_decisions
                             .with_label_values(&[reason.as_str()])
@@ -270,7 +283,7 @@ impl Pipeline {
                 }
                 Err(failure) => {
                     if failure.reached_agent() {
-                        self.learn(candidate, &task.concept, false);
+                        self.learn(candidate, &task.concept, false, outcome.attempts);
                     }
                     if let Failure::Call(crate::agents::CallError::Status {
                         status,
@@ -313,12 +326,23 @@ impl Pipeline {
 
     /// One outcome of `candidate` on `concept`: for the Hebbian weight (when learning is on)
     /// and for routing's estimate.
-    fn learn(&self, candidate: &Candidate, concept: &str, success: bool) {
+    /// One task's outcome with `candidate` after `attempts` HTTP calls: the Hebbian weight
+    /// learns the task's outcome (the contract's rule); the estimate learns every call
+    /// (the retries that came before an answer failed), so an agent that needs a retry for
+    /// one call in five is worth less than one that answers at once. A caller that shared
+    /// another's call (single flight: no attempts of its own) teaches the estimate nothing.
+    fn learn(&self, candidate: &Candidate, concept: &str, success: bool, attempts: u32) {
         let agent = candidate.agent.name.as_str();
-        if self.router.policy() == crate::routing::PolicyKind::Learned {
-            self.router
-                .estimates()
-                .observe(agent, concept, candidate.stats.weight, success);
+        // Whatever the policy, so `/discover` shows what `learned` would route on.
+        if attempts > 0 {
+            let weight = candidate.stats.weight;
+            let estimates = self.router.estimates();
+            for _ in 0..(attempts - u32::from(success)).min(MAX_LEARNED_ATTEMPTS) {
+                estimates.observe(agent, concept, weight, false);
+            }
+            if success {
+                estimates.observe(agent, concept, weight, true);
+            }
         }
         self.learner.record(Outcome {
             agent: agent.to_string(),

@@ -35,8 +35,16 @@ use rand_distr::{Beta, Distribution};
 use serde::Serialize;
 use tokio::time::Instant;
 
-/// Pseudo-observations the graph weight is worth.
-pub const PRIOR_STRENGTH: f64 = 4.0;
+/// Pseudo-observations the graph weight is worth: one, so a handful of outcomes outweighs
+/// it, and two equal agents that always succeed share the traffic (with pseudo-failures of
+/// one or more each, the one drawn first early would keep nearly all of it).
+pub const PRIOR_STRENGTH: f64 = 1.0;
+/// How much the graph weight counts in a candidate's value as a standing preference:
+/// `× (1 + PRIOR_PREFERENCE × (prior − 0.5))`, at most ±5 %. Of two agents that are equally
+/// good, the operator's primary stays first (a posterior alone would tell them apart by
+/// less than a call in flight weighs); a measured difference in quality or latency larger
+/// than that still wins.
+pub const PRIOR_PREFERENCE: f64 = 0.1;
 /// Outcomes the evidence is worth at most: each new outcome of a pair discounts the older
 /// ones by `1 − 1/EVIDENCE_WINDOW`, so the estimate is as precise at 1 call/s as at 1,000,
 /// and follows a drifting agent within a few hundred of its calls.
@@ -62,6 +70,8 @@ pub const MAX_PAIRS: usize = 65_536;
 pub struct Posterior {
     pub alpha: f64,
     pub beta: f64,
+    /// The graph weight it started from (clamped).
+    pub prior: f64,
 }
 
 impl Posterior {
@@ -71,7 +81,13 @@ impl Posterior {
         Posterior {
             alpha: PRIOR_STRENGTH * p,
             beta: PRIOR_STRENGTH * (1.0 - p),
+            prior: p,
         }
+    }
+
+    /// The standing preference of the graph weight ([`PRIOR_PREFERENCE`]).
+    pub fn preference(&self) -> f64 {
+        1.0 + PRIOR_PREFERENCE * (self.prior - 0.5)
     }
 
     /// The expected success share.
@@ -131,6 +147,8 @@ struct Evidence {
     recent: u32,
     recent_len: u32,
     at: Instant,
+    /// When the evidence began (the pair's first sight, or the agent's last recovery).
+    epoch: Instant,
 }
 
 impl Evidence {
@@ -141,6 +159,17 @@ impl Evidence {
             recent: 0,
             recent_len: 0,
             at: now,
+            epoch: now,
+        }
+    }
+
+    /// The agent recovered (its breaker closed after a probe, or a peer saw it recover) at
+    /// `since`: what it did before stops counting, its prior and uncertainty are back, and
+    /// the Thompson draw tries it again — an agent another one outshone while it was down
+    /// is not left unmeasured.
+    fn restart_from(&mut self, since: Instant) {
+        if since > self.epoch {
+            *self = Evidence::new(self.prior, since);
         }
     }
 
@@ -186,6 +215,7 @@ impl Evidence {
         Posterior {
             alpha: prior.alpha + e.long.ok,
             beta: prior.beta + e.long.failed,
+            prior: prior.prior,
         }
     }
 }
@@ -245,9 +275,27 @@ impl Estimates {
     /// The posterior of `agent` on `concept` now; `weight` (the edge's graph weight) is its
     /// prior the first time the pair is seen.
     pub fn posterior(&self, agent: &str, concept: &str, weight: f64) -> Posterior {
+        self.posterior_since(agent, concept, weight, None)
+    }
+
+    /// [`Estimates::posterior`], forgetting the evidence from before `since` (when the
+    /// agent last recovered, if it did).
+    pub fn posterior_since(
+        &self,
+        agent: &str,
+        concept: &str,
+        weight: f64,
+        since: Option<Instant>,
+    ) -> Posterior {
         let now = Instant::now();
         match self.by_pair.get(&key(agent, concept)) {
-            Some(e) => e.lock().unwrap_or_else(|e| e.into_inner()).posterior(now),
+            Some(e) => {
+                let mut e = e.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(since) = since {
+                    e.restart_from(since);
+                }
+                e.posterior(now)
+            }
             None => {
                 self.insert(agent, concept, weight, now);
                 Posterior::prior(weight)
@@ -363,6 +411,23 @@ mod tests {
         }
         let p = e.posterior("b", "c", 0.5);
         assert!(p.mean() < 0.5, "{p:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recovery_restarts_the_evidence_once() {
+        let e = Estimates::default();
+        for _ in 0..100 {
+            e.observe("a", "c", 0.9, false);
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let recovered = Instant::now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let p = e.posterior_since("a", "c", 0.9, Some(recovered));
+        assert_eq!(p, Posterior::prior(0.9));
+        // What comes after the recovery counts, and the same recovery does not erase it.
+        e.observe("a", "c", 0.9, true);
+        let p = e.posterior_since("a", "c", 0.9, Some(recovered));
+        assert_eq!(p.evidence(), 1.0);
     }
 
     #[test]

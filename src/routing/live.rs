@@ -58,6 +58,9 @@ pub struct Live {
     pub ramp: f64,
     /// Share of recent routing decisions where it came first.
     pub share: Option<f64>,
+    /// When slow start last began (its registration after start-up, or its last recovery):
+    /// the learned estimate forgets what the agent did before.
+    pub since: Option<Instant>,
 }
 
 /// One upstream attempt as routing counts it.
@@ -169,6 +172,7 @@ impl LiveSignals {
             breaker: gates.breaker,
             ramp: signals.ramp(now, self.slow_start),
             share: signals.share(now),
+            since: signals.ready_since(),
         }
     }
 }

@@ -174,7 +174,14 @@ impl Inputs {
     /// than the score policy's, so calls in flight spread a burst without pulling a steady
     /// load away from the better agent (which has more in flight because it is chosen).
     pub fn latency_factor(&self) -> f64 {
+        self.latency_factor_with(1.0)
+    }
+
+    /// [`Inputs::latency_factor`] with the latency scaled by `noise` (a draw of how far the
+    /// measured average may be from the agent's true latency).
+    pub fn latency_factor_with(&self, noise: f64) -> f64 {
         let load = self.latency_ms.unwrap_or(0.0).max(0.0)
+            * noise
             * (1.0 + f64::from(self.in_flight) / IN_FLIGHT_REF);
         1.0 / (1.0 + load / LATENCY_REF_MS)
     }
@@ -182,7 +189,7 @@ impl Inputs {
     /// The `learned` policy's expected value of a candidate: its posterior mean, discounted
     /// for latency under load.
     pub fn expected(&self) -> f64 {
-        self.posterior.mean() * self.latency_factor()
+        self.posterior.mean() * self.posterior.preference() * self.latency_factor()
     }
 }
 

@@ -8,7 +8,7 @@ use std::{
 use rand::{Rng, SeedableRng};
 
 use super::{
-    Admission, Estimates, Gates, Inputs, Live, LiveSignals, Plan, PolicyKind, Posterior, Reason,
+    Admission, Estimates, Gates, Inputs, Live, LiveSignals, Plan, PolicyKind, Reason,
     RoutingSettings, REGION_HEALTH_SLACK,
 };
 
@@ -171,6 +171,11 @@ pub fn rank_learned(candidates: &[Inputs]) -> Vec<usize> {
     order
 }
 
+/// Spread (log-normal σ) of the latency drawn for each candidate by the `learned` policy: a
+/// measured average is uncertain by about this much when it rests on a few calls, so near-
+/// equal latencies share the traffic while a clearly faster agent still wins.
+pub const LATENCY_DRAW_SD: f64 = 0.1;
+
 /// The `learned` policy on plain data: a probe first if a breaker offers one; else, among
 /// the admitted candidates (this replica's region's equals when there are some), the
 /// highest of one Thompson draw from each posterior, discounted for latency under load — so
@@ -201,7 +206,11 @@ pub fn plan_learned(candidates: &[Inputs], rng: &mut impl Rng) -> Plan {
         let mut drawn: Option<(usize, f64)> = None;
         for &i in &pool {
             let c = &candidates[i];
-            let sample = c.posterior.sample(rng) * c.latency_factor();
+            // The latency average of an agent called rarely is its last few calls: drawn
+            // with its spread too, so a stale unlucky sample does not shut it out.
+            let noise = (rng.sample::<f64, _>(rand_distr::StandardNormal) * LATENCY_DRAW_SD).exp();
+            let sample =
+                c.posterior.sample(rng) * c.posterior.preference() * c.latency_factor_with(noise);
             let ramping = c.ramp < 1.0 && pool.len() > 1;
             if ramping && rng.gen::<f64>() >= c.ramp.clamp(0.0, 1.0) {
                 continue;
@@ -282,10 +291,9 @@ impl Router {
         gates: Gates,
     ) -> (Inputs, Live) {
         let live = self.signals.live(agent, gates);
-        let posterior = match self.settings.policy {
-            PolicyKind::Learned => self.estimates.posterior(agent, concept, weight),
-            _ => Posterior::prior(weight),
-        };
+        let posterior = self
+            .estimates
+            .posterior_since(agent, concept, weight, live.since);
         let inputs = Inputs {
             weight,
             health: live.health,

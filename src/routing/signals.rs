@@ -96,6 +96,11 @@ impl Signals {
         (self.ok * keep, self.total * keep)
     }
 
+    /// When slow start last began (the agent's registration or recovery), if it did.
+    pub fn ready_since(&self) -> Option<Instant> {
+        self.ready_since
+    }
+
     /// Slow start begins again (the breaker closed).
     pub fn restart_ramp(&mut self, now: Instant) {
         self.ready_since = Some(now);

@@ -15,9 +15,10 @@ fn healthy(weight: f64) -> Inputs {
     }
 }
 
-/// First-choice counts over `n` seeded picks.
+/// First-choice counts over `n` seeded picks of the score policy.
 fn shares(candidates: &[Inputs], explore: f64, n: usize) -> Vec<f64> {
     let router = Router::new(RoutingSettings {
+        policy: PolicyKind::Score,
         explore,
         seed: Some(7),
         ..Default::default()

@@ -143,6 +143,14 @@ pub struct CandidateView {
     /// In this replica's region (`REGION`): such candidates come first at equal health;
     /// null when `REGION` is unset.
     pub local: Nullable<bool>,
+    /// Estimated share of this concept's tasks the agent answers successfully: the mean of
+    /// its decayed success posterior, the graph weight its prior (what the `learned`
+    /// policy routes on).
+    pub estimate: f64,
+    /// Standard deviation of that estimate: how unsure it still is.
+    pub estimate_sd: f64,
+    /// Outcomes behind the estimate beyond its prior (decayed: older ones count less).
+    pub evidence: f64,
 }
 
 #[derive(Object, Debug)]

@@ -107,6 +107,9 @@ impl QueryRoot {
                     held_by_peer: live.held_by_peer,
                     region: regions.and_then(|r| r.of(&c.agent.name)),
                     local: inputs.local,
+                    estimate: inputs.posterior.mean(),
+                    estimate_sd: inputs.posterior.sd(),
+                    evidence: inputs.posterior.evidence(),
                 }
             })
             .collect();

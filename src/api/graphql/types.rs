@@ -81,6 +81,13 @@ pub struct Candidate {
     pub region: Option<String>,
     /// In this replica's region; null when `REGION` is unset.
     pub local: Option<bool>,
+    /// Estimated success share on this concept (the mean of the decayed success posterior
+    /// the `learned` policy routes on; the graph weight its prior).
+    pub estimate: f64,
+    /// Standard deviation of the estimate.
+    pub estimate_sd: f64,
+    /// Outcomes behind the estimate beyond its prior (decayed).
+    pub evidence: f64,
 }
 
 /// The service at a glance.
