@@ -369,12 +369,17 @@ mod tests {
             e.posterior("backup", "c", 0.5),
         );
         assert!(p.mean() > b.mean(), "{p:?} {b:?}");
-        // Thompson draws: the primary wins most of them.
+        // Thompson draws alone: the primary wins most of them…
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let wins = (0..10_000)
             .filter(|_| p.sample(&mut rng) > b.sample(&mut rng))
             .count();
-        assert!(wins > 8_500, "{wins}");
+        assert!(wins > 8_000, "{wins}");
+        // …and with the seed's standing preference, all but a few.
+        let wins = (0..10_000)
+            .filter(|_| p.sample(&mut rng) * p.preference() > b.sample(&mut rng) * b.preference())
+            .count();
+        assert!(wins > 9_900, "{wins}");
     }
 
     #[tokio::test(start_paused = true)]
