@@ -54,6 +54,12 @@ pub fn local_equals(candidates: &[Inputs], admitted: &[usize]) -> Option<Vec<usi
 /// Best first, as `/discover` lists them: admitted before refused, this replica's region's
 /// equals (see [`local_equals`]) before the rest, then by score.
 pub fn rank(candidates: &[Inputs]) -> Vec<usize> {
+    rank_by(candidates, Inputs::score)
+}
+
+/// Admitted before refused, this replica's region's equals before the rest, then by
+/// `value`, highest first.
+fn rank_by(candidates: &[Inputs], value: impl Fn(&Inputs) -> f64) -> Vec<usize> {
     let admitted: Vec<usize> = (0..candidates.len())
         .filter(|&i| candidates[i].admission != Admission::Refused)
         .collect();
@@ -64,7 +70,7 @@ pub fn rank(candidates: &[Inputs]) -> Vec<usize> {
         refused(a)
             .cmp(&refused(b))
             .then(tier.contains(&b).cmp(&tier.contains(&a)))
-            .then(candidates[b].score().total_cmp(&candidates[a].score()))
+            .then(value(&candidates[b]).total_cmp(&value(&candidates[a])))
     });
     order
 }
@@ -152,23 +158,7 @@ pub fn plan(candidates: &[Inputs], explore: f64, draws: Draws) -> Plan {
 /// refused, this replica's region's equals before the rest, then by expected value
 /// ([`Inputs::expected`]).
 pub fn rank_learned(candidates: &[Inputs]) -> Vec<usize> {
-    let admitted: Vec<usize> = (0..candidates.len())
-        .filter(|&i| candidates[i].admission != Admission::Refused)
-        .collect();
-    let tier = local_equals(candidates, &admitted).unwrap_or_default();
-    let mut order: Vec<usize> = (0..candidates.len()).collect();
-    order.sort_by(|&a, &b| {
-        let refused = |i: usize| candidates[i].admission == Admission::Refused;
-        refused(a)
-            .cmp(&refused(b))
-            .then(tier.contains(&b).cmp(&tier.contains(&a)))
-            .then(
-                candidates[b]
-                    .expected()
-                    .total_cmp(&candidates[a].expected()),
-            )
-    });
-    order
+    rank_by(candidates, Inputs::expected)
 }
 
 /// Spread (log-normal σ) of the latency drawn for each candidate by the `learned` policy: a

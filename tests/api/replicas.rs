@@ -86,6 +86,11 @@ fn replica(redis: &RedisServer, seed: &Value, extra: &[(&'static str, String)]) 
         ("BREAKER_CONSECUTIVE_FAILURES", "3".into()),
         ("BREAKER_OPEN_MS", "1500".into()),
         ("ROUTING_SLOW_START_S", "0.5".into()),
+        // What the replicas share (breakers, holds, health) does not depend on the policy;
+        // these tests need traffic to keep reaching a failing agent, which the score
+        // policy's exploration floor gives (the learned policy drops it after a few
+        // failures, before a breaker opens).
+        ("ROUTING_POLICY", "score".into()),
     ];
     env.extend_from_slice(extra);
     spawn_process(&env, Some(seed.clone()))
