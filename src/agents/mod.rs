@@ -35,6 +35,15 @@ impl AgentReply {
     pub fn succeeded(&self) -> bool {
         self.body.get("status").and_then(Value::as_str) == Some("success")
     }
+
+    /// How sure the agent says it is of this answer: its optional `confidence`, a number in
+    /// [0, 1]; anything else (absent, out of range, not a number) is no statement.
+    pub fn confidence(&self) -> Option<f64> {
+        self.body
+            .get("confidence")
+            .and_then(Value::as_f64)
+            .filter(|c| (0.0..=1.0).contains(c))
+    }
 }
 
 /// Why one call to an agent did not produce a reply. Knows who failed and whether a retry

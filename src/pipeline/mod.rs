@@ -245,7 +245,8 @@ impl Pipeline {
                     let success = reply.succeeded();
                     if outcome.cached.is_none() {
                         // A cached answer says nothing new about the agent.
-                        self.learn(candidate, &task.concept, success, outcome.attempts);
+                        let answer = success.then(|| reply.confidence().unwrap_or(1.0));
+                        self.learn(candidate, &task.concept, answer, outcome.attempts);
                     }
                     let mut r = TaskResult::new(
                         task,
@@ -283,7 +284,7 @@ impl Pipeline {
                 }
                 Err(failure) => {
                     if failure.reached_agent() {
-                        self.learn(candidate, &task.concept, false, outcome.attempts);
+                        self.learn(candidate, &task.concept, None, outcome.attempts);
                     }
                     if let Failure::Call(crate::agents::CallError::Status {
                         status,
@@ -326,13 +327,16 @@ impl Pipeline {
 
     /// One outcome of `candidate` on `concept`: for the Hebbian weight (when learning is on)
     /// and for routing's estimate.
-    /// One task's outcome with `candidate` after `attempts` HTTP calls: the Hebbian weight
-    /// learns the task's outcome (the contract's rule); the estimate learns every call
-    /// (the retries that came before an answer failed), so an agent that needs a retry for
-    /// one call in five is worth less than one that answers at once. A caller that shared
-    /// another's call (single flight: no attempts of its own) teaches the estimate nothing.
-    fn learn(&self, candidate: &Candidate, concept: &str, success: bool, attempts: u32) {
+    /// One task's outcome with `candidate` after `attempts` HTTP calls — `answer`: it
+    /// succeeded, graded by the agent's own confidence (1 when it gave none). The Hebbian
+    /// weight learns the task's outcome (the contract's rule); the estimate learns every
+    /// call (the retries that came before an answer failed), so an agent that needs a
+    /// retry for one call in five, or that is unsure of its answers, is worth less than one
+    /// that answers at once and surely. A caller that shared another's call (single flight:
+    /// no attempts of its own) teaches the estimate nothing.
+    fn learn(&self, candidate: &Candidate, concept: &str, answer: Option<f64>, attempts: u32) {
         let agent = candidate.agent.name.as_str();
+        let success = answer.is_some();
         // Whatever the policy, so `/discover` shows what `learned` would route on.
         if attempts > 0 {
             let weight = candidate.stats.weight;
@@ -340,8 +344,8 @@ impl Pipeline {
             for _ in 0..(attempts - u32::from(success)).min(MAX_LEARNED_ATTEMPTS) {
                 estimates.observe(agent, concept, weight, false);
             }
-            if success {
-                estimates.observe(agent, concept, weight, true);
+            if let Some(grade) = answer {
+                estimates.observe_graded(agent, concept, weight, grade);
             }
         }
         self.learner.record(Outcome {

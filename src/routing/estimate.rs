@@ -128,12 +128,11 @@ impl Counts {
         self.failed *= keep;
     }
 
-    fn add(&mut self, success: bool) {
-        if success {
-            self.ok += 1.0;
-        } else {
-            self.failed += 1.0;
-        }
+    /// One outcome worth `grade` of a success (1: a success, 0: a failure, between: an
+    /// answer its agent was only that sure of).
+    fn add(&mut self, grade: f64) {
+        self.ok += grade;
+        self.failed += 1.0 - grade;
     }
 }
 
@@ -184,11 +183,13 @@ impl Evidence {
     /// outcomes after the most likely change point, so what it did before stops counting at
     /// once — an agent that recovers is believed after a few answers, not after its
     /// failures have decayed.
-    fn observe(&mut self, now: Instant, success: bool) {
+    fn observe(&mut self, now: Instant, grade: f64) {
         self.decay(now);
         self.long.scale(1.0 - 1.0 / EVIDENCE_WINDOW);
-        self.long.add(success);
-        self.recent = (self.recent << 1) | u32::from(success);
+        self.long.add(grade);
+        // The change test reads outcomes as passed or not (a steady agent at any grade
+        // never trips it: its worst case, 16 of a 50 % agent alike, is a tail of 1.5e-5).
+        self.recent = (self.recent << 1) | u32::from(grade >= 0.5);
         self.recent_len = (self.recent_len + 1).min(RECENT);
         let n = self.recent_len;
         let ok = (self.recent & mask(n)).count_ones();
@@ -305,6 +306,17 @@ impl Estimates {
 
     /// One task's outcome with `agent` on `concept` (`weight`: the prior if it is new).
     pub fn observe(&self, agent: &str, concept: &str, weight: f64, success: bool) {
+        self.observe_graded(agent, concept, weight, if success { 1.0 } else { 0.0 });
+    }
+
+    /// One answer worth `grade` of a success: an agent's own `confidence` in an answer it
+    /// gave (clamped to [0, 1]; a value that is not a finite number is a full success).
+    pub fn observe_graded(&self, agent: &str, concept: &str, weight: f64, grade: f64) {
+        let grade = if grade.is_finite() {
+            grade.clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
         let now = Instant::now();
         let k = key(agent, concept);
         if !self.by_pair.contains_key(&k) {
@@ -313,7 +325,7 @@ impl Estimates {
         if let Some(e) = self.by_pair.get(&k) {
             e.lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .observe(now, success);
+                .observe(now, grade);
         }
     }
 
@@ -445,6 +457,24 @@ mod tests {
         let p = e.posterior("a", "c", 0.5);
         assert!(p.evidence() > 0.9 * EVIDENCE_WINDOW, "{p:?}");
         assert!((p.mean() - 0.95).abs() < 0.01, "{p:?}");
+    }
+
+    #[test]
+    fn an_agents_confidence_grades_its_answers() {
+        let e = Estimates::default();
+        for _ in 0..2_000 {
+            e.observe_graded("unsure", "c", 0.5, 0.3);
+            e.observe_graded("sure", "c", 0.5, 0.95);
+            e.observe_graded("odd", "c", 0.5, f64::NAN);
+            e.observe_graded("over", "c", 0.5, 7.0);
+        }
+        let mean = |a: &str| e.posterior(a, "c", 0.5).mean();
+        assert!((mean("unsure") - 0.3).abs() < 0.01, "{}", mean("unsure"));
+        assert!((mean("sure") - 0.95).abs() < 0.01, "{}", mean("sure"));
+        // Not a number in [0, 1]: an answer like any other, never beyond certainty.
+        assert!(mean("odd") > 0.99 && mean("over") > 0.99 && mean("over") < 1.0);
+        // A steady grade never reads as a change: the evidence is the whole window.
+        assert!(e.posterior("unsure", "c", 0.5).evidence() > 0.9 * EVIDENCE_WINDOW);
     }
 
     #[test]

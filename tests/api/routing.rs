@@ -421,3 +421,45 @@ async fn an_agent_answering_95_percent_keeps_most_first_picks_over_one_answering
     );
     assert!(f["estimate"].as_f64() < g["estimate"].as_f64(), "{f}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_sure_of_its_answers_is_preferred_to_one_that_is_not() {
+    // Both always answer; one says it is 30 % sure of each answer, the other 95 %.
+    let unsure = spawn_agent(
+        "Unsure_AI",
+        Behaviour::Answer {
+            data: json!("maybe"),
+            extra: json!({"confidence": 0.3}),
+        },
+    );
+    let sure = spawn_agent(
+        "Sure_AI",
+        Behaviour::Answer {
+            data: json!("surely"),
+            extra: json!({"confidence": 0.95}),
+        },
+    );
+    let app = two_agents(&unsure, &sure, (0.5, 0.5));
+    let (log, traffic) = drive(&app, 50, Duration::from_secs(8));
+    traffic.await.unwrap();
+    assert_all_succeeded(&log);
+    let late = window(&log, 3.0, 8.0);
+    let share = answered_share(&late, "Sure_AI");
+    assert!(
+        share >= 0.85,
+        "the sure agent answered {:.1} % of {} tasks in 3–8 s",
+        share * 100.0,
+        late.len()
+    );
+    // The confidence reaches the client as the agent sent it.
+    assert!(late[0]["confidence"].as_f64().is_some(), "{}", late[0]);
+    let (u, s) = (
+        discovered(&app, "Unsure_AI").await,
+        discovered(&app, "Sure_AI").await,
+    );
+    assert!(
+        (0.2..0.45).contains(&u["estimate"].as_f64().unwrap()),
+        "{u}"
+    );
+    assert!(s["estimate"].as_f64().unwrap() > 0.85, "{s}");
+}
