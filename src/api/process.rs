@@ -48,8 +48,70 @@ pub(super) fn use_cache(req: &Request) -> bool {
         })
 }
 
+#[derive(ApiResponse)]
+pub(super) enum FeedbackResponse {
+    /// Counted: one more outcome of the agent that answered, on the task's concept.
+    #[oai(status = 200)]
+    Accepted(Json<FeedbackAccepted>),
+    /// No task of that trace and id was answered by an agent within the feedback window
+    /// (15 minutes), or it already had its feedback (`task_not_found`).
+    #[oai(status = 404)]
+    NotFound(Json<super::errors::ErrorBody>),
+}
+
+/// A trace id as `x-trace-id` gives it: 32 lowercase hexadecimal digits, not all zero.
+fn valid_trace_id(id: &str) -> bool {
+    id.len() == 32
+        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && id.bytes().any(|b| b != b'0')
+}
+
 #[OpenApi]
 impl ProcessApi {
+    /// Says whether an agent's answer to a task was right. The task is named by the
+    /// `x-trace-id` of its response and its `task_id`; each answered task takes one
+    /// feedback within 15 minutes, which counts as one more outcome of that agent on that
+    /// concept in the learned routing estimate. Needs tracing on (no trace id otherwise).
+    #[oai(path = "/feedback", method = "post", tag = "Tag::Routing")]
+    async fn feedback(
+        &self,
+        state: State<'_>,
+        req: &Request,
+        auth: ClientAuth,
+        body: Json<FeedbackRequest>,
+    ) -> Result<FeedbackResponse, ApiError> {
+        state.authenticate(&auth)?;
+        state.admit(req).await?;
+        let trace_id = body.trace_id.to_ascii_lowercase();
+        if !valid_trace_id(&trace_id) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                "trace_id must be 32 hexadecimal digits, not all zero (the x-trace-id header of the answer)",
+            ));
+        }
+        let task_id = crate::pipeline::task_key(&body.task_id.to_value());
+        let grade = body.score.unwrap_or(if body.success { 1.0 } else { 0.0 });
+        let router = &state.pipeline.router;
+        let Some(served) = router.served().take(&trace_id, &task_id) else {
+            return Ok(FeedbackResponse::NotFound(Json(super::errors::ErrorBody::new(
+                ErrorCode::TaskNotFound,
+                "no task of that trace_id and task_id was answered by an agent in the last 15 minutes, or it already had its feedback",
+            ))));
+        };
+        let estimates = router.estimates();
+        estimates.observe_graded(&served.agent, &served.concept, served.weight, grade);
+        let estimate = estimates
+            .posterior(&served.agent, &served.concept, served.weight)
+            .mean();
+        tracing::info!(agent = %served.agent, concept = %served.concept, grade, "feedback");
+        Ok(FeedbackResponse::Accepted(Json(FeedbackAccepted {
+            status: FeedbackStatus::Accepted,
+            agent: served.agent,
+            concept: served.concept,
+            estimate,
+        })))
+    }
+
     /// Which agent handles a concept and intent, with every ranked candidate.
     #[oai(path = "/discover", method = "post", tag = "Tag::Routing")]
     async fn discover(

@@ -10,6 +10,7 @@ pub fn route_template(path: &str) -> &'static str {
         "/metrics" => "/metrics",
         "/metrics/json" => "/metrics/json",
         "/discover" => "/discover",
+        "/feedback" => "/feedback",
         "/process" => "/process",
         "/process_query" => "/process_query",
         "/openapi.json" => "/openapi.json",
@@ -29,7 +30,7 @@ pub fn allowed_methods(route: &str) -> &'static str {
     match route {
         "/agents" => "GET, POST",
         "/agents/{name}" => "DELETE",
-        "/discover" | "/process" | "/process_query" => "POST",
+        "/discover" | "/feedback" | "/process" | "/process_query" => "POST",
         "/graphql" => "GET, POST",
         "unmatched" => "",
         _ => "GET",

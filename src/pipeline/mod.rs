@@ -272,6 +272,21 @@ impl Pipeline {
                             candidate.stats.weight,
                         );
                         span.record("estimate", estimate.mean());
+                        // Feedback names the task by its request's trace (no trace, no
+                        // feedback: tracing off); a cached answer's agent was not asked.
+                        if r.cached.is_none() {
+                            if let Some(trace_id) = crate::telemetry::current_trace_id() {
+                                self.router.served().record(
+                                    &trace_id,
+                                    &task.key(),
+                                    crate::routing::ServedTask {
+                                        agent: candidate.agent.name.clone(),
+                                        concept: task.concept.clone(),
+                                        weight: candidate.stats.weight,
+                                    },
+                                );
+                            }
+                        }
                         self.metrics
                             .routing_decisions
                             .with_label_values(&[reason.as_str()])

@@ -40,6 +40,7 @@
 mod estimate;
 mod live;
 mod policy;
+mod served;
 mod signals;
 #[cfg(test)]
 mod tests;
@@ -52,6 +53,7 @@ pub use crate::config::{PolicyKind, RoutingSettings};
 pub use estimate::{Estimates, Posterior, ESTIMATE_TAU, PRIOR_STRENGTH};
 pub use live::{Attempt, Gates, Live, LiveSignals, PeerView};
 pub use policy::{local_equals, plan, plan_learned, rank, rank_learned, Draws, Router};
+pub use served::{Served, ServedTask, FEEDBACK_WINDOW, MAX_SERVED};
 pub use signals::{folded_health, Signals, LOCAL_ENOUGH};
 
 /// Time constant of the health window.

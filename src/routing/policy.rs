@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 
 use super::{
     Admission, Estimates, Gates, Inputs, Live, LiveSignals, Plan, PolicyKind, Reason,
-    RoutingSettings, REGION_HEALTH_SLACK,
+    RoutingSettings, Served, REGION_HEALTH_SLACK,
 };
 
 /// Two uniform draws in [0, 1): whether to explore, and where the pick lands.
@@ -239,6 +239,7 @@ pub struct Router {
     rng: Mutex<rand::rngs::StdRng>,
     signals: Arc<LiveSignals>,
     estimates: Estimates,
+    served: Served,
 }
 
 impl Router {
@@ -252,7 +253,13 @@ impl Router {
             settings,
             rng: Mutex::new(rng),
             estimates: Estimates::default(),
+            served: Served::default(),
         }
+    }
+
+    /// The tasks answered lately, for clients' feedback.
+    pub fn served(&self) -> &Served {
+        &self.served
     }
 
     pub fn policy(&self) -> PolicyKind {

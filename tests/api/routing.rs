@@ -463,3 +463,184 @@ async fn an_agent_sure_of_its_answers_is_preferred_to_one_that_is_not() {
     );
     assert!(s["estimate"].as_f64().unwrap() > 0.85, "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_feedback_moves_traffic_away_from_an_agent_whose_answers_are_wrong() {
+    const KEY: &str = "feedback-client-key-0001";
+    let sink = crate::servers::OtlpSink::start();
+    let right = answering("Right_AI");
+    let wrong = answering("Wrong_AI");
+    let seed = seed_with(
+        "lamp",
+        &[
+            (&right.name, &right.url(), &["define"], 0.5),
+            // The operator's primary: it takes the first picks until clients speak.
+            (&wrong.name, &wrong.url(), &["define"], 0.9),
+        ],
+    );
+    let app = spawn_process(
+        &[
+            ("CACHE_ENABLED", "false".into()),
+            ("DEMO_AGENTS", "off".into()),
+            ("ROUTING_SEED", "5".into()),
+            ("API_KEYS", KEY.into()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+            ("OTEL_TRACES_SAMPLER", "always_on".into()),
+        ],
+        Some(seed),
+    );
+    let post = |path: &str, body: Value, key: Option<&str>| {
+        let mut r = app.client.post(app.url(path)).json(&body);
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        r.send()
+    };
+    // One task; its answering agent and the trace the feedback names it by.
+    let ask = |id: u64| {
+        post(
+            "/process",
+            json!({"tasks": [{"task_id": id, "concept": "lamp", "intent": "define"}]}),
+            Some(KEY),
+        )
+    };
+    let served = |resp: reqwest::Response| async move {
+        let trace = resp.headers()["x-trace-id"].to_str().unwrap().to_string();
+        let body: Value = resp.json().await.unwrap();
+        let agent = body["results"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()["agent_name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (trace, agent)
+    };
+    let evidence = |agent: &'static str| {
+        let app = &app;
+        async move {
+            let d: Value = app
+                .client
+                .post(app.url("/discover"))
+                .bearer_auth(KEY)
+                .json(&json!({"concept": "lamp"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            d["candidates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == agent)
+                .unwrap()["evidence"]
+                .as_f64()
+                .unwrap()
+        }
+    };
+
+    // Bad feedback is refused, and changes nothing.
+    let (trace, agent) = served(ask(1).await.unwrap()).await;
+    let name: &'static str = if agent == "Wrong_AI" {
+        "Wrong_AI"
+    } else {
+        "Right_AI"
+    };
+    let before = evidence(name).await;
+    let good = json!({"trace_id": trace, "task_id": 1, "success": false});
+    let refused = [
+        (
+            json!({"trace_id": "not-a-trace", "task_id": 1, "success": false}),
+            Some(KEY),
+            400,
+            "invalid_body",
+        ),
+        (
+            json!({"trace_id": trace, "task_id": 1, "success": false, "score": 2}),
+            Some(KEY),
+            400,
+            "invalid_body",
+        ),
+        (
+            json!({"trace_id": trace, "task_id": 2, "success": false}),
+            Some(KEY),
+            404,
+            "task_not_found",
+        ),
+        (good.clone(), None, 401, "unauthorized"),
+    ];
+    for (body, key, status, code) in refused {
+        let resp = post("/feedback", body.clone(), key).await.unwrap();
+        let got = resp.status().as_u16();
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!((got, &err["code"]), (status, &json!(code)), "{body}: {err}");
+    }
+    // (Evidence fades with time, by ~1e-5 here; a counted outcome would add 1.)
+    let after = evidence(name).await;
+    assert!(
+        (after - before).abs() < 0.01,
+        "refused feedback changed the estimate: {before} → {after}"
+    );
+    // The first word on a task counts, a second does not.
+    let resp = post("/feedback", good.clone(), Some(KEY)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let accepted: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (
+            &accepted["status"],
+            &accepted["agent"],
+            &accepted["concept"]
+        ),
+        (&json!("accepted"), &json!(agent), &json!("lamp"))
+    );
+    let resp = post("/feedback", good, Some(KEY)).await.unwrap();
+    assert_eq!(resp.status(), 404);
+
+    // Before clients speak, the primary takes most first picks.
+    let mut answered = Vec::new();
+    for id in 2..=21u64 {
+        answered.push((id, served(ask(id).await.unwrap()).await));
+    }
+    let early_wrong = answered
+        .iter()
+        .filter(|(_, (_, a))| a == "Wrong_AI")
+        .count();
+    assert!(
+        early_wrong >= 14,
+        "Wrong_AI answered {early_wrong} of 20 tasks"
+    );
+    // Then every answer of Wrong_AI is called wrong, those and the ones after: it loses
+    // the first picks.
+    let feedback = |id: u64, trace: String| {
+        post(
+            "/feedback",
+            json!({"trace_id": trace, "task_id": id, "success": false}),
+            Some(KEY),
+        )
+    };
+    for (id, (trace, agent)) in answered {
+        if agent == "Wrong_AI" {
+            assert_eq!(feedback(id, trace).await.unwrap().status(), 200);
+        }
+    }
+    let mut late_wrong = 0;
+    for id in 22..=81u64 {
+        let (trace, agent) = served(ask(id).await.unwrap()).await;
+        if agent == "Wrong_AI" {
+            late_wrong += 1;
+            assert_eq!(feedback(id, trace).await.unwrap().status(), 200);
+        }
+    }
+    eprintln!(
+        "Wrong_AI answered {early_wrong} of 20 tasks before feedback, {late_wrong} of 60 after"
+    );
+    assert!(
+        late_wrong <= 9,
+        "Wrong_AI still answered {late_wrong} of the 60 tasks after feedback"
+    );
+}

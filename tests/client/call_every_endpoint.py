@@ -8,10 +8,10 @@ import sys
 from client import AuthenticatedClient
 from client.api.admin import delete_agents_name, post_agents
 from client.api.operations import get_health, get_metrics, get_metrics_json, get_ready, get_status
-from client.api.routing import get_agents, post_discover, post_process, post_process_query
+from client.api.routing import get_agents, post_discover, post_feedback, post_process, post_process_query
 from client.models import (
     AgentList, AgentRegistration, BatchRequest, ConceptWeight, DiscoverRequest, Discovered,
-    ErrorBody, Health, MetricsBody, NoAgentFound, ProcessResponse, QueryRequest, Ready,
+    ErrorBody, FeedbackRequest, Health, MetricsBody, NoAgentFound, ProcessResponse, QueryRequest, Ready,
     Registered, Removed, StatusBody, TaskInput,
 )
 
@@ -48,6 +48,10 @@ batch = BatchRequest(tasks=[TaskInput(task_id=1, concept="lightbulb", intent="de
 b = expect(post_process.sync(client=c, body=batch), ProcessResponse, "POST /process (batch)")
 assert b.status == "success" and set(b.results.additional_properties) == {"1", "two"}, b
 expect(post_process_query.sync(client=c, body=batch), ProcessResponse, "POST /process_query")
+
+# No task of this trace was answered (this service runs without tracing): a declared 404.
+fb = post_feedback.sync(client=c, body=FeedbackRequest(trace_id="0af7651916cd43dd8448eb211c80319c", task_id=1, success=False))
+assert isinstance(fb, ErrorBody) and fb.code == "task_not_found", fb
 
 unauth = post_process.sync(client=anonymous, body=batch)
 assert isinstance(unauth, ErrorBody) and unauth.code == "unauthorized", unauth

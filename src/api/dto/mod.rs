@@ -153,6 +153,37 @@ pub struct CandidateView {
     pub evidence: f64,
 }
 
+/// A client's word on one task an agent answered.
+#[derive(Object, Debug)]
+pub struct FeedbackRequest {
+    /// The `x-trace-id` header of the answer (32 hexadecimal digits; tracing must be on).
+    pub trace_id: String,
+    /// The task's `task_id` in that request.
+    pub task_id: TaskId,
+    /// Whether the answer was right.
+    pub success: bool,
+    /// How good it was, from 0 (wrong) to 1 (right); default 1 if `success`, else 0.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1")))]
+    pub score: Option<f64>,
+}
+
+#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum FeedbackStatus {
+    Accepted,
+}
+
+/// The feedback counted: one more outcome of the agent on the concept.
+#[derive(Object, Debug)]
+pub struct FeedbackAccepted {
+    pub status: FeedbackStatus,
+    /// The agent that answered the task.
+    pub agent: String,
+    pub concept: String,
+    /// The agent's success estimate on the concept, the feedback in.
+    pub estimate: f64,
+}
+
 #[derive(Object, Debug)]
 pub struct Discovered {
     pub status: DiscoverStatus,

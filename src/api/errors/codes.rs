@@ -71,6 +71,9 @@ error_codes! {
     NotFound,
     /// No agent of that name.
     AgentNotFound,
+    /// `/feedback`: no task of that trace and id was answered by an agent within the
+    /// feedback window, or it already had its feedback.
+    TaskNotFound,
     /// The endpoint does not take this method.
     MethodNotAllowed,
     /// The body did not arrive within BODY_READ_TIMEOUT_MS.
@@ -120,7 +123,7 @@ impl ErrorCode {
             }
             Unauthorized => StatusCode::UNAUTHORIZED,
             Forbidden | AdminDisabled => StatusCode::FORBIDDEN,
-            NotFound | AgentNotFound => StatusCode::NOT_FOUND,
+            NotFound | AgentNotFound | TaskNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             PayloadTooLarge | TooManyTasks | ArgsTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -163,6 +166,7 @@ impl ErrorCode {
             AdminDisabled => "admin_disabled",
             NotFound => "not_found",
             AgentNotFound => "agent_not_found",
+            TaskNotFound => "task_not_found",
             MethodNotAllowed => "method_not_allowed",
             BodyTimeout => "body_timeout",
             PayloadTooLarge => "payload_too_large",
