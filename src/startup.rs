@@ -407,6 +407,22 @@ pub fn build_state(
         discovery_warning: Default::default(),
         regions: config.region.clone().map(Regions::new),
     });
+    if let (Some(peers), true) = (pipeline.stack.shared_health().cloned(), in_runtime) {
+        // The learned estimate is shared: each tick, what this replica saw goes to the
+        // peers and what they saw is counted here.
+        pipeline.router.estimates().share();
+        crate::every::every(peers::SUMMARY_EVERY, &pipeline, move |p| {
+            let peers = peers.clone();
+            async move {
+                let estimates = p.router.estimates();
+                peers.publish_evidence(estimates.drain_shared(peers::MAX_SUMMARIES));
+                for e in peers.take_evidence() {
+                    estimates.absorb(&e);
+                }
+                true
+            }
+        });
+    }
     if pipeline.regions.is_some() && in_runtime {
         crate::every::every(REGIONS_REFRESH, &pipeline, |p| async move {
             if let Some(r) = &p.regions {

@@ -14,6 +14,9 @@
 //! - **summaries**: remote counts join the local ones in the health score, weighted down as
 //!   local evidence grows ([`crate::routing::LOCAL_ENOUGH`]): local observations win. The peers' latency
 //!   stands in only while this replica has measured none of its own.
+//! - **evidence**: the outcomes each (agent, concept) pair had at the sender since its last
+//!   tick, counted in the learned estimate like this replica's own (an agent's quality is the
+//!   same whoever calls it): every replica routes on what all of them saw.
 //!
 //! Local always wins: a hold never overrides a local breaker that is open or half-open, and
 //! a success this replica sees itself ends the hold. Without Redis, or while Redis is away,
@@ -40,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
-    routing::{PeerView, HEALTH_TAU},
+    routing::{PeerView, SharedEvidence, HEALTH_TAU},
     store::SharedStore,
 };
 
@@ -60,6 +63,8 @@ pub const MAX_AGENTS: usize = 4_096;
 pub const MAX_PEERS: usize = 32;
 /// Largest message read, in bytes.
 pub const MAX_MESSAGE: usize = 1_024;
+/// Peers' evidence reports waiting to be counted at most (beyond, they are dropped).
+pub const MAX_EVIDENCE_IN: usize = 4_096;
 
 /// What one replica says about one agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +79,13 @@ pub enum Report {
         ok: f64,
         total: f64,
         latency_ms: Option<f64>,
+    },
+    /// Outcomes of the agent on `concept` since its last tick, for the learned estimate.
+    Evidence {
+        concept: String,
+        prior: f64,
+        ok: f64,
+        failed: f64,
     },
 }
 
@@ -116,6 +128,8 @@ pub struct Peers {
     listening: OnceLock<Arc<AtomicBool>>,
     store: Arc<dyn SharedStore>,
     events: IntCounterVec,
+    /// Peers' evidence not yet counted ([`Peers::take_evidence`]).
+    evidence_in: Mutex<Vec<SharedEvidence>>,
 }
 
 impl Peers {
@@ -134,6 +148,7 @@ impl Peers {
             listening: OnceLock::new(),
             store: store.clone(),
             events: events.clone(),
+            evidence_in: Mutex::new(Vec::new()),
         });
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
@@ -223,6 +238,30 @@ impl Peers {
             self.events.with_label_values(&["ignored"]).inc();
             return;
         };
+        if let Report::Evidence {
+            concept,
+            prior,
+            ok,
+            failed,
+        } = msg.report
+        {
+            let e = SharedEvidence {
+                agent: msg.agent,
+                concept,
+                prior,
+                ok,
+                failed,
+            };
+            let mut inbox = self.evidence_in.lock().unwrap_or_else(|e| e.into_inner());
+            let event = if e.is_valid() && inbox.len() < MAX_EVIDENCE_IN {
+                inbox.push(e);
+                "received"
+            } else {
+                "ignored"
+            };
+            self.events.with_label_values(&[event]).inc();
+            return;
+        }
         let now = Instant::now();
         let mut views = self.views();
         if !views.contains_key(&msg.agent) && views.len() >= MAX_AGENTS {
@@ -242,6 +281,8 @@ impl Peers {
                 }
                 view.recovered = true;
             }
+            // Handled above, before the agent views.
+            Report::Evidence { .. } => {}
             Report::Summary {
                 ok,
                 total,
@@ -260,6 +301,26 @@ impl Peers {
                     at: now,
                 });
             }
+        }
+    }
+
+    /// The peers' evidence received since the last call.
+    pub fn take_evidence(&self) -> Vec<SharedEvidence> {
+        std::mem::take(&mut *self.evidence_in.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Tells the peers what `evidence` this replica saw.
+    pub fn publish_evidence(&self, evidence: Vec<SharedEvidence>) {
+        for e in evidence {
+            self.publish(
+                &e.agent,
+                Report::Evidence {
+                    concept: e.concept,
+                    prior: e.prior,
+                    ok: e.ok,
+                    failed: e.failed,
+                },
+            );
         }
     }
 

@@ -27,7 +27,13 @@
 //! The constants come from the routing benchmark (`cargo bench --bench routing`,
 //! docs/ROUTING.md), which drives this policy against the anchors' through simulated pools.
 
-use std::{sync::Mutex, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex,
+    },
+    time::Duration,
+};
 
 use dashmap::DashMap;
 use rand::Rng;
@@ -64,6 +70,8 @@ pub const PRIOR_FLOOR: f64 = 0.02;
 /// (agent, concept) pairs kept at most; beyond, the least recently used pair is forgotten
 /// (and starts again from its prior).
 pub const MAX_PAIRS: usize = 65_536;
+/// Outcomes one peer's report on a pair may carry at most (a report covers one second).
+pub const MAX_SHARED_OUTCOMES: f64 = 100_000.0;
 
 /// A Beta posterior of a success share.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -209,6 +217,16 @@ impl Evidence {
         }
     }
 
+    /// Outcomes a peer saw (decayed like local ones; the change test reads local outcomes
+    /// only, so a peer's burst never erases what this replica saw).
+    fn absorb(&mut self, now: Instant, ok: f64, failed: f64) {
+        self.decay(now);
+        self.long
+            .scale((1.0 - 1.0 / EVIDENCE_WINDOW).powf(ok + failed));
+        self.long.ok += ok;
+        self.long.failed += failed;
+    }
+
     fn posterior(&self, now: Instant) -> Posterior {
         let mut e = self.clone();
         e.decay(now);
@@ -266,10 +284,51 @@ fn change_point(recent: u32, n: u32) -> u32 {
         .map_or(n, |(m, _)| m)
 }
 
+/// Outcomes of one pair, shared between replicas: what one saw since it last told the
+/// others.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedEvidence {
+    pub agent: String,
+    pub concept: String,
+    /// The graph weight the sender's estimate started from (the prior if the pair is new
+    /// here).
+    pub prior: f64,
+    pub ok: f64,
+    pub failed: f64,
+}
+
+impl SharedEvidence {
+    /// Finite, non-negative, at most [`MAX_SHARED_OUTCOMES`], a prior in [0, 1], and names
+    /// a pair key can hold.
+    pub fn is_valid(&self) -> bool {
+        let count = |x: f64| x.is_finite() && (0.0..=MAX_SHARED_OUTCOMES).contains(&x);
+        count(self.ok)
+            && count(self.failed)
+            && self.prior.is_finite()
+            && (0.0..=1.0).contains(&self.prior)
+            && !self.concept.is_empty()
+            && self.concept.len() <= 256
+            && !self.agent.is_empty()
+            && !self.concept.contains('\0')
+            && !self.agent.contains('\0')
+    }
+}
+
+/// Outcomes gathered for the peers, by pair.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    prior: f64,
+    ok: f64,
+    failed: f64,
+}
+
 /// Every (agent, concept) estimate this replica has routed.
 #[derive(Default)]
 pub struct Estimates {
     by_pair: DashMap<String, Mutex<Evidence>>,
+    /// With peers: outcomes not yet told to them.
+    pending: DashMap<String, Pending>,
+    sharing: AtomicBool,
 }
 
 impl Estimates {
@@ -326,6 +385,63 @@ impl Estimates {
             e.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .observe(now, grade);
+        }
+        if self.sharing.load(Ordering::Relaxed)
+            && (self.pending.len() < MAX_PAIRS || self.pending.contains_key(&k))
+        {
+            let mut p = self.pending.entry(k).or_insert(Pending {
+                prior: weight,
+                ok: 0.0,
+                failed: 0.0,
+            });
+            p.ok += grade;
+            p.failed += 1.0 - grade;
+        }
+    }
+
+    /// From now on, gathers outcomes for the peers ([`Estimates::drain_shared`]).
+    pub fn share(&self) {
+        self.sharing.store(true, Ordering::Relaxed);
+    }
+
+    /// At most `max` pairs' outcomes gathered since the last call, for the peers.
+    pub fn drain_shared(&self, max: usize) -> Vec<SharedEvidence> {
+        let keys: Vec<String> = self
+            .pending
+            .iter()
+            .take(max)
+            .map(|e| e.key().clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| {
+                let (k, p) = self.pending.remove(&k)?;
+                let (agent, concept) = k.split_once('\0')?;
+                Some(SharedEvidence {
+                    agent: agent.to_string(),
+                    concept: concept.to_string(),
+                    prior: p.prior,
+                    ok: p.ok,
+                    failed: p.failed,
+                })
+            })
+            .collect()
+    }
+
+    /// Outcomes a peer saw, counted like this replica's own (the agent is the same agent
+    /// whoever called it); invalid ones are ignored.
+    pub fn absorb(&self, e: &SharedEvidence) {
+        if !e.is_valid() {
+            return;
+        }
+        let now = Instant::now();
+        let k = key(&e.agent, &e.concept);
+        if !self.by_pair.contains_key(&k) {
+            self.insert(&e.agent, &e.concept, e.prior, now);
+        }
+        if let Some(ev) = self.by_pair.get(&k) {
+            ev.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .absorb(now, e.ok, e.failed);
         }
     }
 
@@ -475,6 +591,39 @@ mod tests {
         assert!(mean("odd") > 0.99 && mean("over") > 0.99 && mean("over") < 1.0);
         // A steady grade never reads as a change: the evidence is the whole window.
         assert!(e.posterior("unsure", "c", 0.5).evidence() > 0.9 * EVIDENCE_WINDOW);
+    }
+
+    #[test]
+    fn what_one_replica_saw_counts_at_another() {
+        let (a, b) = (Estimates::default(), Estimates::default());
+        a.share();
+        for i in 0..100 {
+            a.observe("agent", "c", 0.5, i % 10 == 0);
+        }
+        let shared = a.drain_shared(256);
+        assert_eq!(shared.len(), 1);
+        assert_eq!((shared[0].ok, shared[0].failed), (10.0, 90.0));
+        assert!(a.drain_shared(256).is_empty(), "drained once");
+        for e in &shared {
+            b.absorb(e);
+        }
+        let p = b.posterior("agent", "c", 0.5);
+        assert!((p.mean() - 0.1).abs() < 0.02, "{p:?}");
+        // Hostile reports change nothing.
+        let mut bad = shared[0].clone();
+        for (ok, failed, prior) in [
+            (f64::NAN, 1.0, 0.5),
+            (-1.0, 1.0, 0.5),
+            (1e9, 0.0, 0.5),
+            (1.0, 1.0, 2.0),
+        ] {
+            (bad.ok, bad.failed, bad.prior) = (ok, failed, prior);
+            b.absorb(&bad);
+        }
+        assert!((b.posterior("agent", "c", 0.5).mean() - p.mean()).abs() < 1e-6);
+        // Without sharing nothing is gathered.
+        b.observe("agent", "c", 0.5, true);
+        assert!(b.drain_shared(256).is_empty());
     }
 
     #[test]

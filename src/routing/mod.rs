@@ -50,7 +50,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use crate::config::{PolicyKind, RoutingSettings};
-pub use estimate::{Estimates, Posterior, ESTIMATE_TAU, PRIOR_STRENGTH};
+pub use estimate::{Estimates, Posterior, SharedEvidence, ESTIMATE_TAU, PRIOR_STRENGTH};
 pub use live::{Attempt, Gates, Live, LiveSignals, PeerView};
 pub use policy::{local_equals, plan, plan_learned, rank, rank_learned, Draws, Router};
 pub use served::{Served, ServedTask, FEEDBACK_WINDOW, MAX_SERVED};

@@ -693,3 +693,68 @@ async fn with_redis_away_the_retry_budget_falls_back_to_the_replicas_own() {
             >= retries as f64
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_replica_learned_of_an_agents_answers_routes_a_replica_that_never_called_it() {
+    let redis = RedisServer::start();
+    // Both always answer; one is 10 % sure of its answers.
+    let unsure = spawn_agent(
+        "Unsure_AI",
+        Behaviour::Answer {
+            data: json!("maybe"),
+            extra: json!({"confidence": 0.1}),
+        },
+    );
+    let sure = answering("Sure_AI");
+    let seed = seed_with(
+        "lamp",
+        &[
+            (&unsure.name, &unsure.url(), &["define"], 0.9),
+            (&sure.name, &sure.url(), &["define"], 0.5),
+        ],
+    );
+    let policy = [
+        ("ROUTING_POLICY", "learned".to_string()),
+        ("ROUTING_SEED", "3".into()),
+    ];
+    let a = replica(&redis, &seed, &policy);
+    let b = replica(&redis, &seed, &policy);
+    let fresh = agent_status(&b, "Unsure_AI").await;
+    assert_eq!(fresh["evidence"], 0.0, "{fresh}");
+    for n in 0..60 {
+        ask(&a, n).await;
+    }
+    // A tried its primary, heard it was unsure, and moved on (one answer at 0.1 takes the
+    // estimate from 0.9 to 0.5, two to 0.37).
+    let learned = agent_status(&a, "Unsure_AI").await;
+    let on_a = learned["estimate"].as_f64().unwrap();
+    assert!(on_a <= 0.5, "{learned}");
+    // The next tick carries A's outcomes to B, which has not called either agent.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let seen = loop {
+        let seen = agent_status(&b, "Unsure_AI").await;
+        if seen["evidence"].as_f64().unwrap() >= 1.0 || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        seen["evidence"].as_f64().unwrap() >= 1.0,
+        "B's view: {seen}"
+    );
+    assert!(
+        (seen["estimate"].as_f64().unwrap() - on_a).abs() < 0.05,
+        "B's view {seen} is not A's ({on_a})"
+    );
+    // B routes on it from its first task: the operator's primary (0.9) has lost its lead.
+    let calls_before = unsure.calls();
+    for n in 100..130 {
+        assert_eq!(ask(&b, n).await["status"], "success");
+    }
+    let to_unsure = unsure.calls() - calls_before;
+    eprintln!("B's view from A's outcomes: {seen}; B sent {to_unsure} of 30 tasks to it");
+    assert!(
+        to_unsure <= 6,
+        "B still sent {to_unsure} of 30 tasks to the unsure agent"
+    );
+}
