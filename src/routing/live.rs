@@ -61,6 +61,8 @@ pub struct Live {
     /// When slow start last began (its registration after start-up, or its last recovery):
     /// the learned estimate forgets what the agent did before.
     pub since: Option<Instant>,
+    /// Seconds since the latency average last took a sample (0 when it has none).
+    pub latency_age_s: f64,
 }
 
 /// One upstream attempt as routing counts it.
@@ -173,6 +175,7 @@ impl LiveSignals {
             ramp: signals.ramp(now, self.slow_start),
             share: signals.share(now),
             since: signals.ready_since(),
+            latency_age_s: signals.latency_age(now).as_secs_f64(),
         }
     }
 }

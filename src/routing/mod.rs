@@ -152,6 +152,8 @@ pub struct Inputs {
     pub local: Option<bool>,
     /// The learned estimate of its success share on the task's concept (`learned` policy).
     pub posterior: Posterior,
+    /// Seconds since its latency average last took a sample (0 when it has none).
+    pub latency_age_s: f64,
 }
 
 impl Inputs {

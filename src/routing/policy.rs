@@ -165,6 +165,19 @@ pub fn rank_learned(candidates: &[Inputs]) -> Vec<usize> {
 /// measured average is uncertain by about this much when it rests on a few calls, so near-
 /// equal latencies share the traffic while a clearly faster agent still wins.
 pub const LATENCY_DRAW_SD: f64 = 0.1;
+/// How much the spread grows per [`super::LATENCY_TAU`] the latency has gone without a
+/// sample, up to [`LATENCY_DRAW_SD_MAX`]: an agent avoided after one slow call (its average
+/// is that call, and nothing refreshes it) is drawn again before long, and its next call
+/// measures it afresh.
+pub const LATENCY_DRAW_SD_GROWTH: f64 = 0.3;
+/// The widest latency spread: a stale 80 ms against a fresh 5 ms is still drawn under once
+/// in 20,000.
+pub const LATENCY_DRAW_SD_MAX: f64 = 0.7;
+
+fn latency_draw_sd(age_s: f64) -> f64 {
+    let taus = age_s.max(0.0) / super::LATENCY_TAU.as_secs_f64();
+    (LATENCY_DRAW_SD + LATENCY_DRAW_SD_GROWTH * taus).min(LATENCY_DRAW_SD_MAX)
+}
 
 /// The `learned` policy on plain data: a probe first if a breaker offers one; else, among
 /// the admitted candidates (this replica's region's equals when there are some), the
@@ -198,7 +211,9 @@ pub fn plan_learned(candidates: &[Inputs], rng: &mut impl Rng) -> Plan {
             let c = &candidates[i];
             // The latency average of an agent called rarely is its last few calls: drawn
             // with its spread too, so a stale unlucky sample does not shut it out.
-            let noise = (rng.sample::<f64, _>(rand_distr::StandardNormal) * LATENCY_DRAW_SD).exp();
+            let noise = (rng.sample::<f64, _>(rand_distr::StandardNormal)
+                * latency_draw_sd(c.latency_age_s))
+            .exp();
             let sample =
                 c.posterior.sample(rng) * c.posterior.preference() * c.latency_factor_with(noise);
             let ramping = c.ramp < 1.0 && pool.len() > 1;
@@ -300,6 +315,7 @@ impl Router {
             ramp: live.ramp,
             local,
             posterior,
+            latency_age_s: live.latency_age_s,
         };
         (inputs, live)
     }

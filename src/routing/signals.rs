@@ -90,6 +90,15 @@ impl Signals {
         self.latency_ms
     }
 
+    /// Time since the latency average last took a sample (zero when it has none).
+    pub fn latency_age(&self, now: Instant) -> Duration {
+        if self.latency_ms.is_some() {
+            now.saturating_duration_since(self.latency_at)
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// Decayed (successes, attempts) of the health window at `now`.
     pub fn counts(&self, now: Instant) -> (f64, f64) {
         let keep = self.keep(now);

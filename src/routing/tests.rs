@@ -12,6 +12,7 @@ fn healthy(weight: f64) -> Inputs {
         ramp: 1.0,
         local: None,
         posterior: Posterior::prior(weight),
+        latency_age_s: 0.0,
     }
 }
 
