@@ -167,6 +167,9 @@ impl KnowledgeGraph for MemoryGraph {
             for &success in &e.successes {
                 hebbian(stats, success, deltas);
             }
+            if e.estimate.is_some() {
+                stats.estimate = e.estimate;
+            }
             changes.push(WeightChange {
                 agent: e.agent.clone(),
                 concept: e.concept.clone(),
@@ -291,6 +294,7 @@ mod tests {
             agent: agent.into(),
             concept: "lamp".into(),
             successes: successes.to_vec(),
+            estimate: None,
         };
         let changes = g.learn(&[edge("B", &[true])], deltas).await.unwrap();
         assert_eq!(changes.len(), 1);

@@ -34,6 +34,10 @@ pub struct EdgeStats {
     pub success_count: u64,
     pub failure_count: u64,
     pub success_rate: f64,
+    /// The learned routing estimate's decayed evidence (successes, failures) when it was last
+    /// written with the weight; a replica that has not seen the pair yet starts from it.
+    #[serde(default)]
+    pub estimate: Option<[f64; 2]>,
 }
 
 impl EdgeStats {
@@ -44,6 +48,7 @@ impl EdgeStats {
             success_count: 0,
             failure_count: 0,
             success_rate: 0.0,
+            estimate: None,
         }
     }
 }
@@ -76,6 +81,9 @@ pub struct Outcome {
     pub agent: String,
     pub concept: String,
     pub success: bool,
+    /// The learned estimate's evidence (successes, failures) right after this outcome, to
+    /// persist on the edge.
+    pub estimate: Option<[f64; 2]>,
 }
 
 /// The outcomes of one agent→concept edge in a learning batch, in the order they happened.
@@ -85,6 +93,8 @@ pub struct EdgeOutcomes {
     pub concept: String,
     /// `true` for a success, in arrival order (the Hebbian rule is applied one at a time).
     pub successes: Vec<bool>,
+    /// The learned estimate's evidence after the last of them.
+    pub estimate: Option<[f64; 2]>,
 }
 
 /// Groups outcomes per edge, keeping each edge's order; edges in order of first appearance.
@@ -100,10 +110,14 @@ pub fn per_edge(outcomes: impl IntoIterator<Item = Outcome>) -> Vec<EdgeOutcomes
                     agent: o.agent,
                     concept: o.concept,
                     successes: Vec::new(),
+                    estimate: None,
                 });
                 edges.len() - 1
             });
         edges[i].successes.push(o.success);
+        if o.estimate.is_some() {
+            edges[i].estimate = o.estimate;
+        }
     }
     edges
 }
@@ -311,6 +325,7 @@ mod tests {
             agent: a.into(),
             concept: c.into(),
             success,
+            estimate: None,
         };
         let edges = per_edge([
             o("A", "x", true),

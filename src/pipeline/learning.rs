@@ -230,6 +230,7 @@ impl Pending {
                         agent: key.0.clone(),
                         concept: key.1.clone(),
                         successes: Vec::new(),
+                        estimate: None,
                     },
                     ..Edge::default()
                 });
@@ -239,6 +240,9 @@ impl Pending {
         };
         let edge = &mut self.edges[i];
         edge.outcomes.successes.push(outcome.success);
+        if outcome.estimate.is_some() {
+            edge.outcomes.estimate = outcome.estimate;
+        }
         if let Some(link) = link {
             if edge.links.len() < MAX_LINKS {
                 edge.links.push(link);

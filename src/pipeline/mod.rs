@@ -186,6 +186,12 @@ impl Pipeline {
             .iter()
             .map(|c| {
                 let agent = c.agent.name.as_str();
+                if let Some(evidence) = c.stats.estimate {
+                    // What the fleet learned before this replica saw the pair.
+                    self.router
+                        .estimates()
+                        .restore(agent, concept, c.stats.weight, evidence);
+                }
                 self.router.assess(
                     agent,
                     concept,
@@ -367,6 +373,7 @@ impl Pipeline {
             agent: agent.to_string(),
             concept: concept.to_string(),
             success,
+            estimate: self.router.estimates().evidence(agent, concept),
         });
     }
 }

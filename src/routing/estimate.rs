@@ -399,6 +399,33 @@ impl Estimates {
         }
     }
 
+    /// The pair's decayed evidence now (successes, failures), to persist with the weight.
+    pub fn evidence(&self, agent: &str, concept: &str) -> Option<[f64; 2]> {
+        let e = self.by_pair.get(&key(agent, concept))?;
+        let mut e = e.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        e.decay(Instant::now());
+        Some([e.long.ok, e.long.failed])
+    }
+
+    /// Starts a pair this replica has not seen from `evidence` persisted on its edge (a pair
+    /// it has seen keeps its own; evidence that is not finite, non-negative and within the
+    /// window is ignored).
+    pub fn restore(&self, agent: &str, concept: &str, weight: f64, evidence: [f64; 2]) {
+        let [ok, failed] = evidence;
+        let valid = [ok, failed]
+            .iter()
+            .all(|x| x.is_finite() && (0.0..=EVIDENCE_WINDOW).contains(x));
+        let k = key(agent, concept);
+        if !valid || self.by_pair.contains_key(&k) {
+            return;
+        }
+        let now = Instant::now();
+        self.insert(agent, concept, weight, now);
+        if let Some(e) = self.by_pair.get(&k) {
+            e.lock().unwrap_or_else(|e| e.into_inner()).long = Counts { ok, failed };
+        }
+    }
+
     /// From now on, gathers outcomes for the peers ([`Estimates::drain_shared`]).
     pub fn share(&self) {
         self.sharing.store(true, Ordering::Relaxed);
@@ -624,6 +651,23 @@ mod tests {
         // Without sharing nothing is gathered.
         b.observe("agent", "c", 0.5, true);
         assert!(b.drain_shared(256).is_empty());
+    }
+
+    #[test]
+    fn persisted_evidence_starts_a_pair_not_seen_yet() {
+        let (a, b) = (Estimates::default(), Estimates::default());
+        for i in 0..50 {
+            a.observe("x", "c", 0.9, i % 5 == 0);
+        }
+        let saved = a.evidence("x", "c").unwrap();
+        b.restore("x", "c", 0.9, saved);
+        let (pa, pb) = (a.posterior("x", "c", 0.9), b.posterior("x", "c", 0.9));
+        assert!((pa.mean() - pb.mean()).abs() < 1e-3, "{pa:?} {pb:?}");
+        // A pair already seen keeps its own; hostile evidence is ignored.
+        b.restore("x", "c", 0.9, [1e9, 0.0]);
+        assert!((b.posterior("x", "c", 0.9).mean() - pb.mean()).abs() < 1e-3);
+        b.restore("y", "c", 0.9, [f64::NAN, 1.0]);
+        assert_eq!(b.evidence("y", "c"), None);
     }
 
     #[test]

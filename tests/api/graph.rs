@@ -507,6 +507,7 @@ async fn both_graphs_learn_the_same_weights_from_the_same_outcomes() {
         agent: agent.into(),
         concept: "lamp".into(),
         successes: successes.to_vec(),
+        estimate: None,
     };
     // Saturation in the middle of a batch (High: 0.98 → 1.0, the failure counts from 1.0),
     // the floor (Low: failures past 0), an edge that does not exist, and a second batch.
@@ -658,4 +659,89 @@ async fn with_the_cache_off_a_graph_outage_keeps_known_routes_and_learning_waits
         .await[0]["n"]
         .as_i64();
     assert_eq!(uses, Some(41), "every outcome of the outage, once");
+}
+
+#[tokio::test]
+async fn the_learned_estimate_is_written_to_the_edge_and_a_new_replica_starts_from_it() {
+    let db = ArcadeServer::start().await;
+    // Both always answer; one is 10 % sure of its answers.
+    let unsure = spawn_agent(
+        "Unsure_AI",
+        Behaviour::Answer {
+            data: json!("maybe"),
+            extra: json!({"confidence": 0.1}),
+        },
+    );
+    let sure = spawn_agent(
+        "Sure_AI",
+        Behaviour::Answer {
+            data: json!("surely"),
+            extra: json!({}),
+        },
+    );
+    let seed = seed_with(
+        "lamp",
+        &[
+            ("Unsure_AI", &unsure.url(), &["define"], 0.9),
+            ("Sure_AI", &sure.url(), &["define"], 0.5),
+        ],
+    );
+    assert!(seed_graph(&db, &seed).status.success());
+    let raw = || RawSettings {
+        cache_enabled: Some("false".into()),
+        routing_seed: Some("3".into()),
+        ..graph_settings(&db)
+    };
+    let first = spawn_with(raw(), None).await;
+    for _ in 0..30 {
+        assert_eq!(
+            one(&first, "lamp", "define", json!({})).await["status"],
+            "success"
+        );
+    }
+    let learned = candidate(&first, "Unsure_AI").await;
+    assert!(learned["estimate"].as_f64().unwrap() <= 0.5, "{learned}");
+    // Written with the weight, on the edge.
+    let stored = || {
+        db.cypher(
+            "MATCH (a:Agent {name: 'Unsure_AI'})-[h:HANDLES_CONCEPT]->(c:Concept {name: 'lamp'}) \
+             RETURN h.estimate_ok AS ok, h.estimate_failed AS failed",
+            json!({}),
+        )
+    };
+    let mut row = stored().await;
+    for _ in 0..50 {
+        if row[0]["failed"].as_f64().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        row = stored().await;
+    }
+    let failed = row[0]["failed"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{row:?}"));
+    assert!(failed > 0.5, "{row:?}");
+    drop(first);
+    // A replica started afterwards routes on it before its first task.
+    let second = spawn_with(raw(), None).await;
+    let restored = candidate(&second, "Unsure_AI").await;
+    assert!(restored["evidence"].as_f64().unwrap() >= 1.0, "{restored}");
+    assert!(
+        (restored["estimate"].as_f64().unwrap() - learned["estimate"].as_f64().unwrap()).abs()
+            < 0.05,
+        "{restored} vs {learned}"
+    );
+}
+
+/// What `/discover` shows of `agent` as a candidate for `lamp`/`define`.
+async fn candidate(app: &TestApp, agent: &str) -> Value {
+    let (status, d) = app.post("/discover", &json!({"concept": "lamp"})).await;
+    assert_eq!(status, 200, "{d}");
+    d["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == agent)
+        .unwrap_or_else(|| panic!("{agent} not in {d}"))
+        .clone()
 }

@@ -38,6 +38,13 @@ fn stats(row: &Row) -> EdgeStats {
         success_count: row.get::<i64>("success_count").unwrap_or(0).max(0) as u64,
         failure_count: row.get::<i64>("failure_count").unwrap_or(0).max(0) as u64,
         success_rate: row.get("success_rate").unwrap_or(0.0),
+        estimate: match (
+            row.get::<Option<f64>>("estimate_ok").ok().flatten(),
+            row.get::<Option<f64>>("estimate_failed").ok().flatten(),
+        ) {
+            (Some(ok), Some(failed)) => Some([ok, failed]),
+            _ => None,
+        },
     }
 }
 
@@ -168,13 +175,18 @@ impl KnowledgeGraph for Neo4jGraph {
             .map(|e| {
                 let wins = e.successes.iter().filter(|s| **s).count() as i64;
                 let losses = e.successes.len() as i64 - wins;
-                HashMap::from([
+                let mut u = HashMap::from([
                     ("agent".to_string(), BoltType::from(e.agent.as_str())),
                     ("concept".to_string(), BoltType::from(e.concept.as_str())),
                     ("wins".to_string(), BoltType::from(wins)),
                     ("losses".to_string(), BoltType::from(losses)),
                     ("seq".to_string(), BoltType::from(e.successes.clone())),
-                ])
+                ]);
+                if let Some([ok, failed]) = e.estimate {
+                    u.insert("est_ok".to_string(), BoltType::from(ok));
+                    u.insert("est_failed".to_string(), BoltType::from(failed));
+                }
+                u
             })
             .collect();
         let rows = self
@@ -190,6 +202,8 @@ impl KnowledgeGraph for Neo4jGraph {
                              THEN (CASE WHEN w + $up > 1.0 THEN 1.0 ELSE w + $up END) \
                              ELSE (CASE WHEN w - $down < 0.0 THEN 0.0 ELSE w - $down END) END), \
                          h.success_rate = toFloat(wins + u.wins) / (uses + u.wins + u.losses), \
+                         h.estimate_ok = coalesce(u.est_ok, h.estimate_ok), \
+                         h.estimate_failed = coalesce(u.est_failed, h.estimate_failed), \
                          h.last_used = timestamp(), h.last_updated = timestamp() \
                      RETURN u.agent AS agent, u.concept AS concept, old, h.weight AS new",
                 )

@@ -62,7 +62,8 @@ fn unavailable(e: neo4rs::Error) -> GraphError {
 const AGENT_FIELDS: &str = "a.name AS name, a.type AS type, a.endpoint AS endpoint, \
      a.status AS status, a.intents AS intents, a.capabilities AS capabilities, a.facts AS facts";
 const EDGE_FIELDS: &str = "h.weight AS weight, h.usage_count AS usage_count, \
-     h.success_count AS success_count, h.failure_count AS failure_count, h.success_rate AS success_rate";
+     h.success_count AS success_count, h.failure_count AS failure_count, h.success_rate AS success_rate, \
+     h.estimate_ok AS estimate_ok, h.estimate_failed AS estimate_failed";
 
 /// Runs a query (bounded by its own timeout) in a task of its own, so that a caller that
 /// goes away (a client that left mid-discovery) lets it finish instead of cutting its
