@@ -710,6 +710,12 @@ fn main() {
         }
     }
     doc.push_str(&verdicts);
+    // The full run (or `--e2e`) also runs one scenario through the real service and real
+    // agent servers, beside the simulation of the same.
+    if (full && only.is_empty()) || args.iter().any(|a| a == "--e2e") {
+        let simulated = runtime.block_on(run(&e2e_scenario(), "learned", E2E_SECONDS, seed));
+        doc.push_str(&end_to_end(&simulated, seed));
+    }
     print!("{doc}");
     assert!(broken.is_empty(), "the simulation is broken: {broken:?}");
     if full {
@@ -736,4 +742,154 @@ fn write_doc(table: &str) {
     let updated = format!("{}{BEGIN}\n{table}\n{}", &text[..b], &text[e..]);
     std::fs::write(path, updated).expect("write docs/ROUTING.md");
     eprintln!("wrote {path}");
+}
+
+/// Seconds the end-to-end scenario runs (in real time).
+const E2E_SECONDS: f64 = 20.0;
+/// Its offered load.
+const E2E_RATE: f64 = 200.0;
+
+/// The end-to-end scenario: a primary seeded 0.9 and its backup seeded 0.5, both always
+/// answering in a log-normal 10 ms (σ 0.3), learning on, 200 req/s.
+fn e2e_scenario() -> Scenario {
+    Scenario {
+        name: "primary-backup (end to end)",
+        what: "",
+        agents: vec![
+            agent("A", 0.9, |_| 1.0, 10.0),
+            agent("B", 0.5, |_| 1.0, 10.0),
+        ],
+        rate: |_| E2E_RATE,
+        peak: E2E_RATE,
+        seconds: E2E_SECONDS,
+        changes: vec![],
+        keeps: None,
+    }
+}
+
+/// One real agent: answers every task after a log-normal delay (median 10 ms, σ 0.3).
+async fn real_agent(name: &'static str) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use poem::{handler, listener::TcpListener, post, web::Data, EndpointExt, Route, Server};
+    use std::sync::{atomic::AtomicU64, Arc};
+    #[handler]
+    async fn query(
+        Data(state): Data<&(&'static str, Arc<AtomicU64>)>,
+    ) -> poem::web::Json<serde_json::Value> {
+        let n = state.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ms = LogNormal::new(10f64.ln(), 0.3)
+            .expect("valid")
+            .sample(&mut StdRng::seed_from_u64(n ^ state.0.len() as u64));
+        tokio::time::sleep(Duration::from_secs_f64(ms / 1000.0)).await;
+        poem::web::Json(
+            serde_json::json!({"agent_name": state.0, "status": "success", "data": "ok"}),
+        )
+    }
+    let calls = Arc::new(AtomicU64::new(0));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("an address").port();
+    drop(listener);
+    let app = Route::new()
+        .at("/query", post(query))
+        .data((name, calls.clone()));
+    tokio::spawn(Server::new(TcpListener::bind(format!("127.0.0.1:{port}"))).run(app));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    (format!("http://127.0.0.1:{port}/query"), calls)
+}
+
+/// Runs [`e2e_scenario`] through the orchestrator (built from the library, as the binary
+/// does) in front of two real agent servers, and returns its figures beside `simulated`.
+fn end_to_end(simulated: &Report, seed: u64) -> String {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (first_a, tasks, p50, p99, failed) = runtime.block_on(async move {
+        let (a_url, _) = real_agent("A").await;
+        let (b_url, _) = real_agent("B").await;
+        let graph = serde_json::json!({
+            "concepts": [{"name": "lamp", "primary_definition": "a test concept"}],
+            "agents": [
+                {"name": "A", "type": "static", "endpoint": a_url, "intents": ["define"], "capabilities": []},
+                {"name": "B", "type": "static", "endpoint": b_url, "intents": ["define"], "capabilities": []}
+            ],
+            "handles": [
+                {"agent": "A", "concept": "lamp", "weight": 0.9},
+                {"agent": "B", "concept": "lamp", "weight": 0.5}
+            ]
+        });
+        let seed_path = std::env::temp_dir().join(format!("routing-e2e-{}.json", std::process::id()));
+        std::fs::write(&seed_path, graph.to_string()).expect("write the seed");
+        let raw = myriad::config::RawSettings {
+            host: Some("127.0.0.1".into()),
+            port: Some("0".into()),
+            graph_seed: Some(seed_path.display().to_string()),
+            demo_agents: Some("false".into()),
+            cache_enabled: Some("false".into()),
+            learning_flush_ms: Some("50".into()),
+            routing_seed: Some(seed.to_string()),
+            ..Default::default()
+        };
+        let config = myriad::config::Config::from_raw(&raw).expect("a valid configuration");
+        let app = myriad::startup::Application::build(config).await.expect("the service builds");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / E2E_RATE));
+        let started = std::time::Instant::now();
+        let mut sent = Vec::new();
+        let mut id = 0u64;
+        while started.elapsed().as_secs_f64() < E2E_SECONDS {
+            tick.tick().await;
+            id += 1;
+            let (client, url) = (client.clone(), format!("{base}/process"));
+            sent.push(tokio::spawn(async move {
+                let t0 = std::time::Instant::now();
+                let body = serde_json::json!({"tasks": [{"task_id": id, "concept": "lamp", "intent": "define"}]});
+                let r: serde_json::Value = client.post(url).json(&body).send().await.ok()?.json().await.ok()?;
+                let result = &r["results"][id.to_string()];
+                let ok = result["status"] == "success";
+                let first_a = result["agent_name"] == "A" && result["attempts"] == 1;
+                Some((ok, first_a, t0.elapsed().as_secs_f64() * 1000.0))
+            }));
+        }
+        let mut outcomes = Vec::new();
+        for s in sent {
+            outcomes.push(s.await.ok().flatten());
+        }
+        let _ = stop.send(());
+        let _ = server.await;
+        let _ = std::fs::remove_file(&seed_path);
+        let tasks = outcomes.len();
+        let answered: Vec<(bool, bool, f64)> = outcomes.into_iter().flatten().collect();
+        let failed = tasks - answered.iter().filter(|(ok, ..)| *ok).count();
+        let first_a = answered.iter().filter(|(_, a, _)| *a).count() as f64 / tasks.max(1) as f64;
+        let mut ms: Vec<f64> = answered.iter().map(|(.., ms)| *ms).collect();
+        ms.sort_by(f64::total_cmp);
+        let q = |q: f64| ms.get(((ms.len() as f64 * q) as usize).min(ms.len().saturating_sub(1))).copied().unwrap_or(0.0);
+        (first_a, tasks, q(0.5), q(0.99), failed)
+    });
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n### End to end\n\nA primary seeded 0.9 and its backup seeded 0.5, both answering every task in a log-normal 10 ms (σ 0.3), learning on, {E2E_RATE:.0} req/s for {E2E_SECONDS:.0} s: the simulation of it beside the service itself (the library's `Application`, cache off, `ROUTING_SEED={seed}`) in front of two real agent HTTP servers, driven over loopback. Latency through the service includes its own HTTP hops.\n\n| run | tasks | failed | first picks of A | p50 ms | p99 ms |\n|---|---|---|---|---|---|"
+    );
+    let _ = writeln!(
+        out,
+        "| simulated | {} | {} | {:.1} % | {:.1} | {:.1} |",
+        simulated.tasks,
+        simulated.tasks - simulated.succeeded,
+        simulated.share(0) * 100.0,
+        simulated.quantile(0.5),
+        simulated.quantile(0.99)
+    );
+    let _ = writeln!(
+        out,
+        "| through the service | {tasks} | {failed} | {:.1} % | {p50:.1} | {p99:.1} |",
+        first_a * 100.0
+    );
+    out
 }
