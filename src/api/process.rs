@@ -54,7 +54,8 @@ pub(super) enum FeedbackResponse {
     #[oai(status = 200)]
     Accepted(Json<FeedbackAccepted>),
     /// No task of that trace and id was answered by an agent within the feedback window
-    /// (15 minutes), or it already had its feedback (`task_not_found`).
+    /// (15 minutes, and among the replica's last 10,000 answers), or it already had its
+    /// feedback (`task_not_found`).
     #[oai(status = 404)]
     NotFound(Json<super::errors::ErrorBody>),
 }
@@ -70,7 +71,7 @@ fn valid_trace_id(id: &str) -> bool {
 impl ProcessApi {
     /// Says whether an agent's answer to a task was right. The task is named by the
     /// `x-trace-id` of its response and its `task_id`; each answered task takes one
-    /// feedback within 15 minutes, which counts as one more outcome of that agent on that
+    /// feedback within 15 minutes (among the replica's last 10,000 answers), which counts as one more outcome of that agent on that
     /// concept in the learned routing estimate. Needs tracing on (no trace id otherwise).
     #[oai(path = "/feedback", method = "post", tag = "Tag::Routing")]
     async fn feedback(
@@ -95,7 +96,7 @@ impl ProcessApi {
         let Some(served) = router.served().take(&trace_id, &task_id) else {
             return Ok(FeedbackResponse::NotFound(Json(super::errors::ErrorBody::new(
                 ErrorCode::TaskNotFound,
-                "no task of that trace_id and task_id was answered by an agent in the last 15 minutes, or it already had its feedback",
+                "no task of that trace_id and task_id was answered by an agent among this replica's last 10,000 answers within 15 minutes, or it already had its feedback",
             ))));
         };
         let estimates = router.estimates();
