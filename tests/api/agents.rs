@@ -142,6 +142,17 @@ pub fn answering(name: &str) -> TestAgent {
     )
 }
 
+/// An agent that answers every task and says it is `confidence` sure of each answer.
+pub fn confident(name: &str, confidence: f64) -> TestAgent {
+    spawn_agent(
+        name,
+        Behaviour::Answer {
+            data: json!(format!("{name} answered")),
+            extra: json!({ "confidence": confidence }),
+        },
+    )
+}
+
 /// Starts a test agent on a free loopback port.
 pub fn spawn_agent(name: &str, behaviour: Behaviour) -> TestAgent {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -6,7 +6,7 @@ use myriad::config::RawSettings;
 use serde_json::{json, Value};
 
 use crate::{
-    agents::{spawn_agent, Behaviour},
+    agents::{confident, spawn_agent, Behaviour},
     helpers::{seed_with, settings, spawn_with, TestApp},
     servers::ArcadeServer,
 };
@@ -665,13 +665,7 @@ async fn with_the_cache_off_a_graph_outage_keeps_known_routes_and_learning_waits
 async fn the_learned_estimate_is_written_to_the_edge_and_a_new_replica_starts_from_it() {
     let db = ArcadeServer::start().await;
     // Both always answer; one is 10 % sure of its answers.
-    let unsure = spawn_agent(
-        "Unsure_AI",
-        Behaviour::Answer {
-            data: json!("maybe"),
-            extra: json!({"confidence": 0.1}),
-        },
-    );
+    let unsure = confident("Unsure_AI", 0.1);
     let sure = spawn_agent(
         "Sure_AI",
         Behaviour::Answer {
@@ -709,18 +703,23 @@ async fn the_learned_estimate_is_written_to_the_edge_and_a_new_replica_starts_fr
             json!({}),
         )
     };
+    // Every outcome's learning write has landed once the stored evidence is the replica's.
+    let evidence = learned["evidence"].as_f64().unwrap();
+    let total = |row: &[Value]| {
+        row.first()
+            .and_then(|r| Some(r["ok"].as_f64()? + r["failed"].as_f64()?))
+            .unwrap_or(0.0)
+    };
     let mut row = stored().await;
     for _ in 0..50 {
-        if row[0]["failed"].as_f64().is_some() {
+        if total(&row) >= evidence - 0.05 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         row = stored().await;
     }
-    let failed = row[0]["failed"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{row:?}"));
-    assert!(failed > 0.5, "{row:?}");
+    assert!(total(&row) >= evidence - 0.05, "{row:?} against {learned}");
+    assert!(row[0]["failed"].as_f64().unwrap() > 0.5, "{row:?}");
     drop(first);
     // A replica started afterwards routes on it before its first task.
     let second = spawn_with(raw(), None).await;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::{
-    agents::{answering, spawn_agent, Behaviour, TestAgent},
+    agents::{answering, confident, spawn_agent, Behaviour, TestAgent},
     helpers::{seed_with, spawn_process, TestApp},
     servers::RedisServer,
 };
@@ -698,13 +698,7 @@ async fn with_redis_away_the_retry_budget_falls_back_to_the_replicas_own() {
 async fn what_one_replica_learned_of_an_agents_answers_routes_a_replica_that_never_called_it() {
     let redis = RedisServer::start();
     // Both always answer; one is 10 % sure of its answers.
-    let unsure = spawn_agent(
-        "Unsure_AI",
-        Behaviour::Answer {
-            data: json!("maybe"),
-            extra: json!({"confidence": 0.1}),
-        },
-    );
+    let unsure = confident("Unsure_AI", 0.1);
     let sure = answering("Sure_AI");
     let seed = seed_with(
         "lamp",

@@ -9,7 +9,7 @@ use std::{
 use serde_json::{json, Value};
 
 use crate::{
-    agents::{answering, spawn_agent, Behaviour, TestAgent},
+    agents::{answering, confident, spawn_agent, Behaviour, TestAgent},
     helpers::{seed_with, spawn_process, TestApp},
 };
 
@@ -425,20 +425,8 @@ async fn an_agent_answering_95_percent_keeps_most_first_picks_over_one_answering
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_sure_of_its_answers_is_preferred_to_one_that_is_not() {
     // Both always answer; one says it is 30 % sure of each answer, the other 95 %.
-    let unsure = spawn_agent(
-        "Unsure_AI",
-        Behaviour::Answer {
-            data: json!("maybe"),
-            extra: json!({"confidence": 0.3}),
-        },
-    );
-    let sure = spawn_agent(
-        "Sure_AI",
-        Behaviour::Answer {
-            data: json!("surely"),
-            extra: json!({"confidence": 0.95}),
-        },
-    );
+    let unsure = confident("Unsure_AI", 0.3);
+    let sure = confident("Sure_AI", 0.95);
     let app = two_agents(&unsure, &sure, (0.5, 0.5));
     let (log, traffic) = drive(&app, 50, Duration::from_secs(8));
     traffic.await.unwrap();
