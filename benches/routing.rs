@@ -328,7 +328,7 @@ impl Policy for Gateway {
                     peers: PeerView::default(),
                 };
                 self.router
-                    .assess(name, CONCEPT, view.weights[i], None, gates)
+                    .assess(name, CONCEPT, (view.weights[i], None), None, gates)
                     .0
             })
             .collect();

@@ -186,16 +186,10 @@ impl Pipeline {
             .iter()
             .map(|c| {
                 let agent = c.agent.name.as_str();
-                if let Some(evidence) = c.stats.estimate {
-                    // What the fleet learned before this replica saw the pair.
-                    self.router
-                        .estimates()
-                        .restore(agent, concept, c.stats.weight, evidence);
-                }
                 self.router.assess(
                     agent,
                     concept,
-                    c.stats.weight,
+                    (c.stats.weight, c.stats.estimate),
                     self.local(agent),
                     self.stack.gates(agent),
                 )
@@ -346,8 +340,6 @@ impl Pipeline {
         r
     }
 
-    /// One outcome of `candidate` on `concept`: for the Hebbian weight (when learning is on)
-    /// and for routing's estimate.
     /// One task's outcome with `candidate` after `attempts` HTTP calls — `answer`: it
     /// succeeded, graded by the agent's own confidence (1 when it gave none). The Hebbian
     /// weight learns the task's outcome (the contract's rule); the estimate learns every

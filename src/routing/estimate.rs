@@ -335,31 +335,42 @@ impl Estimates {
     /// The posterior of `agent` on `concept` now; `weight` (the edge's graph weight) is its
     /// prior the first time the pair is seen.
     pub fn posterior(&self, agent: &str, concept: &str, weight: f64) -> Posterior {
-        self.posterior_since(agent, concept, weight, None)
+        self.posterior_since(agent, concept, weight, None, None)
     }
 
     /// [`Estimates::posterior`], forgetting the evidence from before `since` (when the
-    /// agent last recovered, if it did).
+    /// agent last recovered, if it did); a pair this replica has not seen yet starts from
+    /// `persisted`, the evidence stored on its edge (ignored unless finite, non-negative and
+    /// within the window).
     pub fn posterior_since(
         &self,
         agent: &str,
         concept: &str,
         weight: f64,
         since: Option<Instant>,
+        persisted: Option<[f64; 2]>,
     ) -> Posterior {
         let now = Instant::now();
-        match self.by_pair.get(&key(agent, concept)) {
-            Some(e) => {
+        let k = key(agent, concept);
+        if let Some(e) = self.by_pair.get(&k) {
+            let mut e = e.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(since) = since {
+                e.restart_from(since);
+            }
+            return e.posterior(now);
+        }
+        self.insert(agent, concept, weight, now);
+        let valid = |x: &f64| x.is_finite() && (0.0..=EVIDENCE_WINDOW).contains(x);
+        match (
+            persisted.filter(|p| p.iter().all(valid)),
+            self.by_pair.get(&k),
+        ) {
+            (Some([ok, failed]), Some(e)) => {
                 let mut e = e.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(since) = since {
-                    e.restart_from(since);
-                }
+                e.long = Counts { ok, failed };
                 e.posterior(now)
             }
-            None => {
-                self.insert(agent, concept, weight, now);
-                Posterior::prior(weight)
-            }
+            _ => Posterior::prior(weight),
         }
     }
 
@@ -405,25 +416,6 @@ impl Estimates {
         let mut e = e.lock().unwrap_or_else(|e| e.into_inner()).clone();
         e.decay(Instant::now());
         Some([e.long.ok, e.long.failed])
-    }
-
-    /// Starts a pair this replica has not seen from `evidence` persisted on its edge (a pair
-    /// it has seen keeps its own; evidence that is not finite, non-negative and within the
-    /// window is ignored).
-    pub fn restore(&self, agent: &str, concept: &str, weight: f64, evidence: [f64; 2]) {
-        let [ok, failed] = evidence;
-        let valid = [ok, failed]
-            .iter()
-            .all(|x| x.is_finite() && (0.0..=EVIDENCE_WINDOW).contains(x));
-        let k = key(agent, concept);
-        if !valid || self.by_pair.contains_key(&k) {
-            return;
-        }
-        let now = Instant::now();
-        self.insert(agent, concept, weight, now);
-        if let Some(e) = self.by_pair.get(&k) {
-            e.lock().unwrap_or_else(|e| e.into_inner()).long = Counts { ok, failed };
-        }
     }
 
     /// From now on, gathers outcomes for the peers ([`Estimates::drain_shared`]).
@@ -582,11 +574,11 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         let recovered = Instant::now();
         tokio::time::advance(Duration::from_secs(1)).await;
-        let p = e.posterior_since("a", "c", 0.9, Some(recovered));
+        let p = e.posterior_since("a", "c", 0.9, Some(recovered), None);
         assert_eq!(p, Posterior::prior(0.9));
         // What comes after the recovery counts, and the same recovery does not erase it.
         e.observe("a", "c", 0.9, true);
-        let p = e.posterior_since("a", "c", 0.9, Some(recovered));
+        let p = e.posterior_since("a", "c", 0.9, Some(recovered), None);
         assert_eq!(p.evidence(), 1.0);
     }
 
@@ -660,14 +652,14 @@ mod tests {
             a.observe("x", "c", 0.9, i % 5 == 0);
         }
         let saved = a.evidence("x", "c").unwrap();
-        b.restore("x", "c", 0.9, saved);
-        let (pa, pb) = (a.posterior("x", "c", 0.9), b.posterior("x", "c", 0.9));
+        let pb = b.posterior_since("x", "c", 0.9, None, Some(saved));
+        let pa = a.posterior("x", "c", 0.9);
         assert!((pa.mean() - pb.mean()).abs() < 1e-3, "{pa:?} {pb:?}");
         // A pair already seen keeps its own; hostile evidence is ignored.
-        b.restore("x", "c", 0.9, [1e9, 0.0]);
-        assert!((b.posterior("x", "c", 0.9).mean() - pb.mean()).abs() < 1e-3);
-        b.restore("y", "c", 0.9, [f64::NAN, 1.0]);
-        assert_eq!(b.evidence("y", "c"), None);
+        let again = b.posterior_since("x", "c", 0.9, None, Some([1e9, 0.0]));
+        assert!((again.mean() - pb.mean()).abs() < 1e-3);
+        let hostile = b.posterior_since("y", "c", 0.9, None, Some([f64::NAN, 1.0]));
+        assert_eq!(hostile, Posterior::prior(0.9));
     }
 
     #[test]

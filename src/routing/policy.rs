@@ -292,20 +292,21 @@ impl Router {
     }
 
     /// What the policy knows of one candidate for a task on `concept` now: the edge's
-    /// `weight`, whether it is in this replica's region, the stack's `gates`, the live
-    /// signals and the learned estimate.
+    /// `weight` and the estimate's evidence `persisted` on it (what the fleet learned before
+    /// this replica saw the pair), whether it is in this replica's region, the stack's
+    /// `gates`, the live signals and the learned estimate.
     pub fn assess(
         &self,
         agent: &str,
         concept: &str,
-        weight: f64,
+        (weight, persisted): (f64, Option<[f64; 2]>),
         local: Option<bool>,
         gates: Gates,
     ) -> (Inputs, Live) {
         let live = self.signals.live(agent, gates);
         let posterior = self
             .estimates
-            .posterior_since(agent, concept, weight, live.since);
+            .posterior_since(agent, concept, weight, live.since, persisted);
         let inputs = Inputs {
             weight,
             health: live.health,

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::{
     agents::{confident, spawn_agent, Behaviour},
-    helpers::{seed_with, settings, spawn_with, TestApp},
+    helpers::{lamp_candidate, seed_with, settings, spawn_with, TestApp},
     servers::ArcadeServer,
 };
 
@@ -693,7 +693,7 @@ async fn the_learned_estimate_is_written_to_the_edge_and_a_new_replica_starts_fr
             "success"
         );
     }
-    let learned = candidate(&first, "Unsure_AI").await;
+    let learned = lamp_candidate(&first, "Unsure_AI").await;
     assert!(learned["estimate"].as_f64().unwrap() <= 0.5, "{learned}");
     // Written with the weight, on the edge.
     let stored = || {
@@ -723,24 +723,11 @@ async fn the_learned_estimate_is_written_to_the_edge_and_a_new_replica_starts_fr
     drop(first);
     // A replica started afterwards routes on it before its first task.
     let second = spawn_with(raw(), None).await;
-    let restored = candidate(&second, "Unsure_AI").await;
+    let restored = lamp_candidate(&second, "Unsure_AI").await;
     assert!(restored["evidence"].as_f64().unwrap() >= 1.0, "{restored}");
     assert!(
         (restored["estimate"].as_f64().unwrap() - learned["estimate"].as_f64().unwrap()).abs()
             < 0.05,
         "{restored} vs {learned}"
     );
-}
-
-/// What `/discover` shows of `agent` as a candidate for `lamp`/`define`.
-async fn candidate(app: &TestApp, agent: &str) -> Value {
-    let (status, d) = app.post("/discover", &json!({"concept": "lamp"})).await;
-    assert_eq!(status, 200, "{d}");
-    d["candidates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == agent)
-        .unwrap_or_else(|| panic!("{agent} not in {d}"))
-        .clone()
 }

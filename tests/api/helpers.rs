@@ -232,3 +232,18 @@ pub async fn run_script(program: &str, args: Vec<String>) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// What `/discover` shows of `agent` as a candidate for `lamp` now (live, not cached).
+pub async fn lamp_candidate(app: &TestApp, agent: &str) -> Value {
+    let (status, found) = app
+        .post("/discover", &serde_json::json!({"concept": "lamp"}))
+        .await;
+    assert_eq!(status, 200, "{found}");
+    found["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == agent)
+        .unwrap_or_else(|| panic!("{agent} not in {found}"))
+        .clone()
+}

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::{
     agents::{answering, confident, spawn_agent, Behaviour, TestAgent},
-    helpers::{seed_with, spawn_process, TestApp},
+    helpers::{lamp_candidate, seed_with, spawn_process, TestApp},
     servers::RedisServer,
 };
 
@@ -65,18 +65,6 @@ fn log_time(app: &TestApp, message: &str) -> f64 {
     h * 3600.0 + m * 60.0 + s
 }
 
-/// What `/discover` shows of `agent` as a candidate for `lamp` now (live, not cached).
-async fn agent_status(app: &TestApp, agent: &str) -> Value {
-    let (_, found) = app.post("/discover", &json!({"concept": "lamp"})).await;
-    found["candidates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == agent)
-        .cloned()
-        .unwrap()
-}
-
 fn replica(redis: &RedisServer, seed: &Value, extra: &[(&'static str, String)]) -> TestApp {
     let mut env = vec![
         ("REDIS_URL", redis.url()),
@@ -127,7 +115,7 @@ async fn an_agent_one_replica_finds_sick_is_avoided_by_all_and_its_recovery_reac
     // It turns sick: traffic to A alone, until A's breaker opens.
     sick.set(Behaviour::Status(503));
     let mut id = 1_000;
-    while agent_status(&a, "Sick_AI").await["breaker"] != "open" {
+    while lamp_candidate(&a, "Sick_AI").await["breaker"] != "open" {
         id += 1;
         let r = ask(&a, id).await;
         assert_eq!(r["status"], "success", "failover covers every failure: {r}");
@@ -135,10 +123,10 @@ async fn an_agent_one_replica_finds_sick_is_avoided_by_all_and_its_recovery_reac
             id < 1_200,
             "A's breaker never opened: {} calls, {}",
             sick.calls(),
-            agent_status(&a, "Sick_AI").await,
+            lamp_candidate(&a, "Sick_AI").await,
         );
     }
-    assert_eq!(agent_status(&a, "Sick_AI").await["held_by_peer"], false);
+    assert_eq!(lamp_candidate(&a, "Sick_AI").await["held_by_peer"], false);
 
     // In the next second B and C send it at most one call each.
     let before = sick.calls();
@@ -177,7 +165,7 @@ async fn an_agent_one_replica_finds_sick_is_avoided_by_all_and_its_recovery_reac
         (heard[1] - opened) * 1000.0
     );
     for app in [&b, &c] {
-        let s = agent_status(app, "Sick_AI").await;
+        let s = lamp_candidate(app, "Sick_AI").await;
         assert_eq!(s["held_by_peer"], true, "{s}");
         assert_eq!(
             s["breaker"], "closed",
@@ -195,7 +183,7 @@ async fn an_agent_one_replica_finds_sick_is_avoided_by_all_and_its_recovery_reac
         data: json!("Sick_AI answered"),
         extra: json!({}),
     });
-    while agent_status(&a, "Sick_AI").await["breaker"] != "closed" {
+    while lamp_candidate(&a, "Sick_AI").await["breaker"] != "closed" {
         id += 1;
         ask(&a, id).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -214,7 +202,7 @@ async fn an_agent_one_replica_finds_sick_is_avoided_by_all_and_its_recovery_reac
         assert!(back >= 5, "{name} sent the recovered agent {back} of 40");
         assert!(results.iter().all(|r| r["status"] == "success"));
     }
-    assert_eq!(agent_status(&b, "Sick_AI").await["held_by_peer"], false);
+    assert_eq!(lamp_candidate(&b, "Sick_AI").await["held_by_peer"], false);
 
     // Redis away: each replica routes alone, and says so.
     redis.kill();
@@ -638,7 +626,7 @@ async fn what_one_replica_measured_of_an_agent_reaches_a_replica_that_never_call
     ];
     let a = replica(&redis, &seed, &env);
     let b = replica(&redis, &seed, &env);
-    let fresh = agent_status(&b, "Flaky_AI").await;
+    let fresh = lamp_candidate(&b, "Flaky_AI").await;
     assert_eq!(
         (&fresh["health"], &fresh["latency_ms"]),
         (&json!(1.0), &Value::Null)
@@ -647,11 +635,11 @@ async fn what_one_replica_measured_of_an_agent_reaches_a_replica_that_never_call
         ask(&a, n).await;
     }
     assert!(flaky.calls() >= 10, "A measured the flaky agent");
-    let measured = agent_status(&a, "Flaky_AI").await;
+    let measured = lamp_candidate(&a, "Flaky_AI").await;
     // The next summary tick carries it to B, which has not called it once.
     let deadline = Instant::now() + Duration::from_secs(5);
     let seen = loop {
-        let seen = agent_status(&b, "Flaky_AI").await;
+        let seen = lamp_candidate(&b, "Flaky_AI").await;
         if seen["health"].as_f64().unwrap() < 0.8 {
             break seen;
         }
@@ -713,20 +701,20 @@ async fn what_one_replica_learned_of_an_agents_answers_routes_a_replica_that_nev
     ];
     let a = replica(&redis, &seed, &policy);
     let b = replica(&redis, &seed, &policy);
-    let fresh = agent_status(&b, "Unsure_AI").await;
+    let fresh = lamp_candidate(&b, "Unsure_AI").await;
     assert_eq!(fresh["evidence"], 0.0, "{fresh}");
     for n in 0..60 {
         ask(&a, n).await;
     }
     // A tried its primary, heard it was unsure, and moved on (one answer at 0.1 takes the
     // estimate from 0.9 to 0.5, two to 0.37).
-    let learned = agent_status(&a, "Unsure_AI").await;
+    let learned = lamp_candidate(&a, "Unsure_AI").await;
     let on_a = learned["estimate"].as_f64().unwrap();
     assert!(on_a <= 0.5, "{learned}");
     // The next tick carries A's outcomes to B, which has not called either agent.
     let deadline = Instant::now() + Duration::from_secs(5);
     let seen = loop {
-        let seen = agent_status(&b, "Unsure_AI").await;
+        let seen = lamp_candidate(&b, "Unsure_AI").await;
         if seen["evidence"].as_f64().unwrap() >= 1.0 || Instant::now() > deadline {
             break seen;
         }

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::{
     agents::{answering, confident, spawn_agent, Behaviour, TestAgent},
-    helpers::{seed_with, spawn_process, TestApp},
+    helpers::{lamp_candidate, seed_with, spawn_process, TestApp},
 };
 
 /// One task's result and when it was sent (seconds since the traffic started).
@@ -307,19 +307,6 @@ async fn the_weight_policy_keeps_sending_everything_to_the_heaviest_agent() {
     assert_eq!(other.calls(), 0);
 }
 
-/// `/discover`'s view of `agent` on `lamp`.
-async fn discovered(app: &TestApp, agent: &str) -> Value {
-    let (status, d) = app.post("/discover", &json!({"concept": "lamp"})).await;
-    assert_eq!(status, 200, "{d}");
-    d["candidates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == agent)
-        .unwrap_or_else(|| panic!("{agent} not in {d}"))
-        .clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_keeps_most_first_picks_over_its_backup_after_both_weights_saturate() {
     // The operator's primary (0.9) and backup (0.5), both always answering: twenty
@@ -360,8 +347,8 @@ async fn a_primary_keeps_most_first_picks_over_its_backup_after_both_weights_sat
     assert!(backup.calls() > 0);
     // The estimate is visible, and says why.
     let (p, b) = (
-        discovered(&app, "Primary_AI").await,
-        discovered(&app, "Backup_AI").await,
+        lamp_candidate(&app, "Primary_AI").await,
+        lamp_candidate(&app, "Backup_AI").await,
     );
     assert!(p["estimate"].as_f64() > b["estimate"].as_f64(), "{p} {b}");
     assert!(p["evidence"].as_f64().unwrap() > 100.0, "{p}");
@@ -412,8 +399,8 @@ async fn an_agent_answering_95_percent_keeps_most_first_picks_over_one_answering
         late.len()
     );
     let (g, f) = (
-        discovered(&app, "Good_AI").await,
-        discovered(&app, "Fair_AI").await,
+        lamp_candidate(&app, "Good_AI").await,
+        lamp_candidate(&app, "Fair_AI").await,
     );
     assert!(
         (0.9..0.99).contains(&g["estimate"].as_f64().unwrap()),
@@ -442,8 +429,8 @@ async fn an_agent_sure_of_its_answers_is_preferred_to_one_that_is_not() {
     // The confidence reaches the client as the agent sent it.
     assert!(late[0]["confidence"].as_f64().is_some(), "{}", late[0]);
     let (u, s) = (
-        discovered(&app, "Unsure_AI").await,
-        discovered(&app, "Sure_AI").await,
+        lamp_candidate(&app, "Unsure_AI").await,
+        lamp_candidate(&app, "Sure_AI").await,
     );
     assert!(
         (0.2..0.45).contains(&u["estimate"].as_f64().unwrap()),
