@@ -7,7 +7,7 @@ use poem::{Endpoint, Request};
 
 use super::{
     errors::{self, ErrorCode},
-    AppState,
+    lane, AppState,
 };
 use crate::{context::AgentTime, metrics::routes};
 
@@ -15,7 +15,7 @@ use crate::{context::AgentTime, metrics::routes};
 pub(super) async fn edge<E: Endpoint>(
     ep: &E,
     mut req: Request,
-    state: &AppState,
+    state: &Arc<AppState>,
 ) -> poem::Response {
     use tracing::Instrument;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -51,7 +51,11 @@ pub(super) async fn edge<E: Endpoint>(
             );
         }
         match errors::limit_body(req, max_body, state.config.body_read_timeout).await {
-            Ok(req) => errors::normalize(ep, req).await,
+            Ok((req, body)) if lane::wants(&req) => match lane::serve(state, req, &body).await {
+                Ok(resp) => resp,
+                Err(req) => errors::normalize(ep, req).await,
+            },
+            Ok((req, _)) => errors::normalize(ep, req).await,
             Err(resp) => resp,
         }
     }

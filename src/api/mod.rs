@@ -19,6 +19,7 @@ pub mod batch;
 pub mod dto;
 pub mod edge;
 pub mod graphql;
+mod lane;
 pub mod ops;
 pub mod process;
 pub mod stream;

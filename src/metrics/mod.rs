@@ -73,6 +73,8 @@ pub struct Metrics {
     pub graph_queries: HistogramVec,
     pub connections_open: IntGauge,
     pub connections: IntCounterVec,
+    /// `POST /process` requests the purpose-built lane served, or declined to the operation.
+    pub process_lane: [IntCounter; 2],
     agents_seen: Mutex<HashSet<String>>,
     /// Each (route, method, status) request series, resolved on first use.
     by_request: DashMap<(&'static str, &'static str, u16), Arc<RequestSeries>>,
@@ -253,6 +255,15 @@ impl Metrics {
                 "Knowledge graph call latency by operation.",
                 &["operation"],
             ),
+            process_lane: {
+                let lane = r.counter(
+                    "process_lane_total",
+                    "JSON POST /process requests by how their body was read: served by the lane straight from the bytes, or declined to the schema's operation (a question, an unknown member, a value the schema refuses).",
+                    "outcome",
+                    &["served", "declined"],
+                );
+                ["served", "declined"].map(|o| lane.with_label_values(&[o]))
+            },
             connections_open: r.add(
                 IntGauge::new("connections_open", "Client connections open now.")
                     .expect("valid metric"),

@@ -250,3 +250,118 @@ async fn an_unavailable_input_processor_is_a_502_json_error() {
         "input_processor_unavailable"
     );
 }
+
+/// Every `latency_ms` removed: the one field two runs of the same task never share.
+fn without_latency(mut v: Value) -> Value {
+    match &mut v {
+        Value::Object(map) => {
+            map.remove("latency_ms");
+            for x in map.values_mut() {
+                *x = without_latency(x.take());
+            }
+        }
+        Value::Array(items) => {
+            for x in items.iter_mut() {
+                *x = without_latency(x.take());
+            }
+        }
+        _ => {}
+    }
+    v
+}
+
+/// The lane that reads a JSON batch straight from its bytes answers every body exactly as
+/// the schema's operation does (a `Bearer` header sends the same request to the operation;
+/// with no keys configured it changes nothing else), and it is really taken.
+#[tokio::test]
+async fn lane_and_operation_answer_alike() {
+    let app = spawn_with(
+        myriad::config::RawSettings {
+            max_tasks: Some("3".into()),
+            ..crate::helpers::uncached()
+        },
+        None,
+    )
+    .await;
+    let deep = (0..40).fold(json!(1), |v, _| json!({ "a": v }));
+    let task = |id: Value, concept: &str, intent: &str| json!({"task_id": id, "concept": concept, "intent": intent});
+    let bodies: Vec<String> = [
+        json!({"tasks": [task(json!(1), "lightbulb", "define")]}),
+        json!({"tasks": [task(json!("a"), " LightBulb ", "DEFINE"), task(json!(2), "lightbulb", "function")], "user_id": "u"}),
+        json!({"tasks": [task(json!(1), "lightbulb", "define")], "user_id": null}),
+        json!({"tasks": [{"task_id": 1, "concept": "lightbulb", "intent": "define", "args": null}]}),
+        json!({"tasks": [{"task_id": 1, "concept": "lightbulb", "intent": "define", "args": {"n": [1, 2]}}]}),
+        json!({"tasks": [task(json!(1), "unknown thing", "define")]}),
+        json!({"tasks": []}),
+        json!({"tasks": [task(json!(1), "a", "define"), task(json!(2), "b", "define"), task(json!(3), "c", "define"), task(json!(4), "d", "define")]}),
+        json!({"tasks": [task(json!(1), "lightbulb", "define"), task(json!(1), "lightbulb", "function")]}),
+        json!({"tasks": [task(json!("x".repeat(129)), "lightbulb", "define")]}),
+        json!({"tasks": [task(json!(1), "", "define")]}),
+        json!({"tasks": [task(json!(1), "   ", "define")]}),
+        json!({"tasks": [task(json!(1), "lamp\u{7}", "define")]}),
+        json!({"tasks": [task(json!(1), "lightbulb", "de fine")]}),
+        json!({"tasks": [task(json!(1.5), "lightbulb", "define")]}),
+        json!({"tasks": [task(json!(u64::MAX), "lightbulb", "define")]}),
+        json!({"tasks": [task(json!(-7), "lightbulb", "define")]}),
+        json!({"tasks": [task(json!(true), "lightbulb", "define")]}),
+        json!({"tasks": [{"task_id": 1, "concept": "lightbulb", "intent": "define", "args": [1]}]}),
+        json!({"tasks": [{"task_id": 1, "concept": "lightbulb", "intent": "define", "args": deep}]}),
+        json!({"tasks": [{"task_id": 1, "concept": "lightbulb", "intent": "define", "extra": 1}]}),
+        json!({"tasks": [task(json!(1), "lightbulb", "define")], "user_id": "u".repeat(129)}),
+        json!({"tasks": [task(json!(1), "lightbulb", "define")], "user_id": 5}),
+        json!({"tasks": [task(json!(1), "lightbulb", "define")], "query": "what is a lightbulb"}),
+        json!({"query": "Define a lightbulb"}),
+        json!({"tasks": "not a list"}),
+        json!([1]),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .chain([
+        r#"{"tasks": [{"task_id": 1, "concept": "lightbulb", "intent": "define"}], "tasks": []}"#.into(),
+        r#"{"tasks": [{"task_id": 1, "concept": "lightbulb", "concept": "lamp", "intent": "define"}]}"#.into(),
+        r#"{"tasks": [{"task_id": 1, "concept": "lightbulb", "intent": "define"}]} x"#.into(),
+        "{\"tasks\": ".into(),
+        String::new(),
+    ])
+    .collect();
+    let send = |body: String, operation: bool| {
+        let mut req = app
+            .client
+            .post(app.url("/process"))
+            .header("content-type", "application/json")
+            .body(body);
+        if operation {
+            req = req.header("authorization", "Bearer not-checked");
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+            let text = resp.text().await.unwrap();
+            let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
+            (status, content_type, without_latency(body))
+        }
+    };
+    for body in &bodies {
+        let lane = send(body.clone(), false).await;
+        let operation = send(body.clone(), true).await;
+        assert_eq!(lane, operation, "{body}");
+    }
+    let scrape = app.scrape().await;
+    let count = |outcome: &str| {
+        scrape
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "myriad_process_lane_total{{outcome=\"{outcome}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap()
+    };
+    // Taken by the lane: the well-formed batches (6 answered, 1 naming an unknown concept,
+    // and 5 the use case refuses: empty, too many, duplicate ids, a task id too long, args
+    // too deep); declined: everything the schema must judge.
+    assert_eq!(count("served"), 12, "{scrape}");
+    assert_eq!(count("declined"), bodies.len() as u64 - 12, "{scrape}");
+}

@@ -142,20 +142,25 @@ wrapper_type!(
     }))
 );
 
+impl<R: Rule> Checked<R> {
+    /// `s`, if it satisfies the rule.
+    pub fn check(s: String) -> Option<Self> {
+        (s.chars().count() <= R::MAX_LENGTH && R::regex().is_match(&s))
+            .then_some(Checked(s, std::marker::PhantomData))
+    }
+}
+
 impl<R: Rule> ParseFromJSON for Checked<R> {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
         match value {
-            Some(Value::String(s))
-                if s.chars().count() <= R::MAX_LENGTH && R::regex().is_match(&s) =>
-            {
-                Ok(Checked(s, std::marker::PhantomData))
-            }
-            Some(Value::String(_)) => Err(ParseError::custom(format!(
-                "{} must be at most {} characters matching {}",
-                R::NAME,
-                R::MAX_LENGTH,
-                R::PATTERN
-            ))),
+            Some(Value::String(s)) => Checked::check(s).ok_or_else(|| {
+                ParseError::custom(format!(
+                    "{} must be at most {} characters matching {}",
+                    R::NAME,
+                    R::MAX_LENGTH,
+                    R::PATTERN
+                ))
+            }),
             other => Err(ParseError::expected_type(other.unwrap_or_default())),
         }
     }

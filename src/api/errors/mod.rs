@@ -264,12 +264,13 @@ pub async fn normalize<E: Endpoint>(next: &E, req: Request) -> Response {
 /// its 413; a larger one is refused without reading it.
 const DRAIN_FACTOR: u64 = 4;
 
-/// Reads the body of a request into memory, refusing more than `max` bytes (413).
+/// Reads the body of a request into memory, refusing more than `max` bytes (413); the
+/// request keeps it as its body, and the bytes are returned beside it too.
 pub async fn limit_body(
     mut req: Request,
     max: usize,
     read_timeout: std::time::Duration,
-) -> Result<Request, Response> {
+) -> Result<(Request, bytes::Bytes), Response> {
     let too_large = || {
         error_response(
             ErrorCode::PayloadTooLarge,
@@ -318,8 +319,8 @@ pub async fn limit_body(
     };
     match read {
         Ok(bytes) => {
-            req.set_body(bytes);
-            Ok(req)
+            req.set_body(bytes.clone());
+            Ok((req, bytes))
         }
         Err(poem::error::ReadBodyError::PayloadTooLarge) => Err(too_large()),
         Err(_) => Err(error_response(
