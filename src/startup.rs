@@ -406,6 +406,7 @@ pub fn build_state(
         graph_availability: Default::default(),
         discovery_warning: Default::default(),
         regions: config.region.clone().map(Regions::new),
+        counts: crate::pipeline::TaskCounts::new(&metrics),
     });
     if let (Some(peers), true) = (pipeline.stack.shared_health().cloned(), in_runtime) {
         // The learned estimate is shared: each tick, what this replica saw goes to the

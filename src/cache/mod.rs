@@ -25,7 +25,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::store::SharedStore;
-use crate::{config::CacheSettings, metrics::Metrics};
+use crate::{
+    config::CacheSettings,
+    metrics::{Memo, Metrics},
+};
 
 /// Pub/sub channel carrying [`Invalidation`]s between replicas.
 pub const INVALIDATION_CHANNEL: &str = "myriad:v1:invalidate";
@@ -123,6 +126,8 @@ pub struct TwoTier {
     l2: Option<Arc<dyn SharedStore>>,
     stale_ttl: Duration,
     metrics: Arc<Metrics>,
+    /// `myriad_cache_lookups_total{cache=name}`.
+    lookups: Memo,
 }
 
 impl TwoTier {
@@ -144,16 +149,14 @@ impl TwoTier {
             l1,
             l2,
             stale_ttl,
+            lookups: Memo::new(&metrics.cache_lookups, &[name]),
             metrics,
         }
     }
 
     /// Counts a lookup (`result`: hit, miss, stale, bypass).
-    pub fn count(&self, tier: &str, result: &str) {
-        self.metrics
-            .cache_lookups
-            .with_label_values(&[self.name, tier, result])
-            .inc();
+    pub fn count(&self, tier: &'static str, result: &'static str) {
+        self.lookups.inc(&[tier, result]);
     }
 
     /// Counts a shared-store error or an invalidation.

@@ -35,6 +35,56 @@ pub struct RequestSeries {
     pub overhead: Histogram,
 }
 
+/// Label sets a [`Memo`] keeps resolved; past them a value is resolved on each use.
+const MEMO_SLOTS: usize = 24;
+
+/// The counters of one family for a few label sets, each resolved on its first use and then
+/// read without hashing or locking (`with_label_values` hashes every label value and takes
+/// the family's lock on every call: a few per task on the request path). The leading
+/// labels are fixed at construction (an agent's name), the rest given per use, as
+/// `&'static str` (fixed enums).
+pub struct Memo {
+    family: IntCounterVec,
+    fixed: Box<[String]>,
+    slots: [std::sync::OnceLock<Resolved>; MEMO_SLOTS],
+}
+
+/// A label set (after the fixed labels) and its counter.
+type Resolved = (Box<[&'static str]>, IntCounter);
+
+impl Memo {
+    pub fn new(family: &IntCounterVec, fixed: &[&str]) -> Self {
+        Memo {
+            family: family.clone(),
+            fixed: fixed.iter().map(|s| s.to_string()).collect(),
+            slots: std::array::from_fn(|_| std::sync::OnceLock::new()),
+        }
+    }
+
+    fn resolve(&self, values: &[&str]) -> IntCounter {
+        let labels: Vec<&str> = self
+            .fixed
+            .iter()
+            .map(String::as_str)
+            .chain(values.iter().copied())
+            .collect();
+        self.family.with_label_values(&labels)
+    }
+
+    /// Adds one to the series of `values` (after the fixed labels).
+    pub fn inc(&self, values: &[&'static str]) {
+        for slot in &self.slots {
+            // An empty slot takes this label set; a taken one is ours or another's.
+            let (taken, counter) = slot.get_or_init(|| (values.into(), self.resolve(values)));
+            if **taken == *values {
+                counter.inc();
+                return;
+            }
+        }
+        self.resolve(values).inc();
+    }
+}
+
 /// Distinct agent label values before the rest are folded into `other`.
 pub const MAX_AGENT_LABELS: usize = 256;
 

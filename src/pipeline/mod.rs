@@ -48,6 +48,24 @@ pub struct Pipeline {
     pub discovery_warning: crate::telemetry::Throttle,
     /// This replica's region and each agent's, from the graph (`REGION` set).
     pub regions: Option<Regions>,
+    /// `myriad_tasks_total` by status and `myriad_routing_decisions_total` by reason,
+    /// resolved once.
+    pub counts: TaskCounts,
+}
+
+/// The per-task counters, each label set resolved once.
+pub struct TaskCounts {
+    status: crate::metrics::Memo,
+    decisions: crate::metrics::Memo,
+}
+
+impl TaskCounts {
+    pub fn new(metrics: &Metrics) -> Self {
+        TaskCounts {
+            status: crate::metrics::Memo::new(&metrics.tasks, &[]),
+            decisions: crate::metrics::Memo::new(&metrics.routing_decisions, &[]),
+        }
+    }
 }
 
 /// Failed calls of one task the estimate learns at most (attempts are bounded by the retry
@@ -112,7 +130,7 @@ impl Pipeline {
         if let Some(Value::String(n)) = result.extra.get("neurogenesis_status") {
             span.record("neurogenesis", n.as_str());
         }
-        self.metrics.tasks.with_label_values(&[status]).inc();
+        self.counts.status.inc(&[status]);
         self.metrics
             .task_duration
             .observe(started.elapsed().as_secs_f64());
@@ -287,10 +305,7 @@ impl Pipeline {
                                 );
                             }
                         }
-                        self.metrics
-                            .routing_decisions
-                            .with_label_values(&[reason.as_str()])
-                            .inc();
+                        self.counts.decisions.inc(&[reason.as_str()]);
                         return r;
                     }
                     r.code = Some(FailureCode::AgentError);

@@ -79,10 +79,7 @@ impl Stack {
         if outcome.result.is_err() {
             span.record("otel.status_code", "ERROR");
         }
-        self.metrics
-            .agent_calls
-            .with_label_values(&[stages.metric_label.as_str(), label])
-            .inc();
+        stages.outcomes.inc(&[label]);
         stages.duration.observe(started.elapsed().as_secs_f64());
         outcome
     }

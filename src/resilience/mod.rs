@@ -210,7 +210,7 @@ impl Stack {
                     recent: Mutex::new(VecDeque::with_capacity(RECENT)),
                     summarized: AtomicU64::new(0),
                     duration: self.metrics.agent_duration.with_label_values(&[&label]),
-                    metric_label: label,
+                    outcomes: crate::metrics::Memo::new(&self.metrics.agent_calls, &[&label]),
                 })
             })
             .clone()

@@ -41,10 +41,10 @@ pub struct AgentStages {
     pub(super) recent: Mutex<VecDeque<bool>>,
     /// `calls` when the last summary was published for the peers.
     pub(super) summarized: AtomicU64,
-    /// The agent's `agent` label in the metrics (capped: `other` past the cap), resolved once.
-    pub(super) metric_label: String,
     /// `myriad_agent_call_duration_seconds{agent}`, resolved once.
     pub(super) duration: prometheus::Histogram,
+    /// `myriad_agent_calls_total{agent}`, by outcome.
+    pub(super) outcomes: crate::metrics::Memo,
 }
 
 impl AgentStages {
