@@ -109,7 +109,7 @@ impl AppState {
                     ));
                 }
                 let step = config.agent_timeout.min(ctx.remaining());
-                let parsed = self.processors().parse_query(&query, user_id, step).await;
+                let parsed = Box::pin(self.processors().parse_query(&query, user_id, step)).await;
                 let mut specs = match parsed {
                     Ok(specs) => specs,
                     // Not a client error: the question was fine, it just names nothing we
@@ -165,9 +165,13 @@ impl AppState {
             };
         };
         let step = self.config.agent_timeout.min(ctx.remaining());
-        let answer = self
-            .processors()
-            .synthesize(&query, user_id.as_deref(), &results, step)
+        // Boxed: an HTTP call's future, which a batch's answer (no question) would carry
+        // inline otherwise.
+        let answer =
+            Box::pin(
+                self.processors()
+                    .synthesize(&query, user_id.as_deref(), &results, step),
+            )
             .await;
         let tasks = specs
             .iter()

@@ -43,22 +43,27 @@ pub(super) async fn edge<E: Endpoint>(
         .sum::<usize>()
         + req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
     let max_headers = state.config.max_header_bytes;
-    let mut resp = async {
+    // Boxed, as is each way on below: the futures behind them are kilobytes, and a future
+    // held inline is copied whole each time the one holding it moves.
+    let mut resp = Box::pin(async {
         if header_bytes > max_headers {
             return errors::error_response(
                 ErrorCode::HeadersTooLarge,
                 format!("request line and headers exceed {max_headers} bytes (MAX_HEADER_BYTES)"),
             );
         }
+        let operation = |req| Box::pin(errors::normalize(ep, req));
         match errors::limit_body(req, max_body, state.config.body_read_timeout).await {
-            Ok((req, body)) if lane::wants(&req) => match lane::serve(state, req, &body).await {
-                Ok(resp) => resp,
-                Err(req) => errors::normalize(ep, req).await,
-            },
-            Ok((req, _)) => errors::normalize(ep, req).await,
+            Ok((req, body)) if lane::wants(&req) => {
+                match Box::pin(lane::serve(state, req, &body)).await {
+                    Ok(resp) => resp,
+                    Err(req) => operation(req).await,
+                }
+            }
+            Ok((req, _)) => operation(req).await,
             Err(resp) => resp,
         }
-    }
+    })
     .instrument(span.clone())
     .await;
     let status = resp.status().as_u16();

@@ -77,7 +77,8 @@ async fn run(
     tasks: Vec<TaskInput>,
 ) -> Result<ProcessReply, ApiError> {
     state.authenticate_key(presented_key(req))?;
-    state.admit(req).await?;
+    // Boxed: a shared limiter's check is a store round trip, a large future to carry inline.
+    Box::pin(state.admit(req)).await?;
     let ctx = RequestCtx::new(
         state.config.request_timeout,
         use_cache(req),

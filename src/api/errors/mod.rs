@@ -264,6 +264,26 @@ pub async fn normalize<E: Endpoint>(next: &E, req: Request) -> Response {
 /// its 413; a larger one is refused without reading it.
 const DRAIN_FACTOR: u64 = 4;
 
+/// Why a body was not read whole.
+pub enum Limit {
+    /// It was longer than the limit.
+    Exceeded,
+    /// The connection failed under it.
+    Broken,
+}
+
+/// A body read whole, at most `max` bytes, collected frame by frame (a body that came in one
+/// frame is kept as it came, not copied). poem's `into_bytes_limit` copies through a 4 KiB
+/// buffer held inside its future, which every future holding it then carries and moves.
+pub async fn collect_limited(body: poem::Body, max: usize) -> Result<bytes::Bytes, Limit> {
+    let body = http_body_util::Limited::new(http_body_util::combinators::BoxBody::from(body), max);
+    match http_body_util::BodyExt::collect(body).await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Limit::Exceeded),
+        Err(_) => Err(Limit::Broken),
+    }
+}
+
 /// Reads the body of a request into memory, refusing more than `max` bytes (413); the
 /// request keeps it as its body, and the bytes are returned beside it too.
 pub async fn limit_body(
@@ -288,9 +308,13 @@ pub async fn limit_body(
             // read timeout; nginx's lingering close): a connection closed with its body
             // unread is reset, and the client sees a broken pipe instead of this 413.
             if len <= (max as u64).saturating_mul(DRAIN_FACTOR) {
-                let mut rest = req.take_body().into_async_read();
-                let mut sink = tokio::io::sink();
-                let drained = tokio::io::copy(&mut rest, &mut sink);
+                // Boxed: the copy's future is kilobytes, and every request's future would
+                // carry its room inline.
+                let rest = req.take_body().into_async_read();
+                let drained = Box::pin(async move {
+                    let (mut rest, mut sink) = (rest, tokio::io::sink());
+                    tokio::io::copy(&mut rest, &mut sink).await
+                });
                 let _ = tokio::time::timeout(read_timeout, drained).await;
             }
             let mut resp = too_large();
@@ -301,8 +325,8 @@ pub async fn limit_body(
             return Err(resp);
         }
     }
-    let body = req.take_body();
-    let Ok(read) = tokio::time::timeout(read_timeout, body.into_bytes_limit(max)).await else {
+    let read = collect_limited(req.take_body(), max);
+    let Ok(read) = tokio::time::timeout(read_timeout, read).await else {
         // A body trickled in too slowly holds a connection and a task: refuse it.
         let mut resp = error_response(
             ErrorCode::BodyTimeout,
@@ -322,7 +346,7 @@ pub async fn limit_body(
             req.set_body(bytes.clone());
             Ok((req, bytes))
         }
-        Err(poem::error::ReadBodyError::PayloadTooLarge) => Err(too_large()),
+        Err(Limit::Exceeded) => Err(too_large()),
         Err(_) => Err(error_response(
             ErrorCode::InvalidBody,
             "the request body could not be read",
@@ -333,7 +357,7 @@ pub async fn limit_body(
 /// Adds `trace_id` to a JSON error body (bodies are small; read at most 64 KiB).
 pub async fn with_trace_id(resp: Response, trace_id: &str) -> Response {
     let (parts, body) = resp.into_parts();
-    let bytes = body.into_bytes_limit(64 * 1024).await.unwrap_or_default();
+    let bytes = collect_limited(body, 64 * 1024).await.unwrap_or_default();
     let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
         Ok(serde_json::Value::Object(mut map)) => {
             map.insert("trace_id".into(), serde_json::Value::from(trace_id));
