@@ -12,6 +12,16 @@ use super::{pool::Target, AgentReply, AgentRequest, AgentTransport, CallError};
 
 pub use super::pool::MAX_AGENT_BODY;
 
+/// The header that tells an agent how long the gateway will wait for this answer, in
+/// whole milliseconds (the time left before the request's deadline, at most the per-try
+/// timeout): work it does past that, nobody reads. Clients may send it to the gateway too.
+pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
+
+/// `d` in whole milliseconds, at least 1 (a call is not started with nothing left).
+fn timeout_ms(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
 /// Endpoints whose allow-list verdict and parsed URL are remembered (graph-controlled, so
 /// few; past this many, an endpoint is checked and parsed at each call).
 const MEMO_MAX: usize = 4096;
@@ -87,13 +97,20 @@ impl HttpAgents {
         verdict
     }
 
+    /// POSTs `body` to `endpoint` and reads its JSON answer; the agent is told it has
+    /// `timeout` to answer ([`TIMEOUT_HEADER`]).
     async fn exchange(
         &self,
         endpoint: &Endpoint,
         body: Vec<u8>,
+        timeout: Duration,
     ) -> Result<(u16, Option<Value>), CallError> {
         let mut headers = reqwest::header::HeaderMap::new();
         crate::telemetry::inject_current(&mut headers);
+        headers.insert(
+            TIMEOUT_HEADER,
+            reqwest::header::HeaderValue::from(timeout_ms(timeout)),
+        );
         if let Some(target) = &endpoint.plain {
             let answer = self.pool.post(target, headers, body.into()).await?;
             return Ok((answer.status, serde_json::from_slice(&answer.body).ok()));
@@ -155,7 +172,7 @@ impl AgentTransport for HttpAgents {
             return Err(CallError::Blocked);
         };
         let body = serde_json::to_vec(req).map_err(|_| CallError::InvalidBody)?;
-        let (status, json) = tokio::time::timeout(timeout, self.exchange(&target, body))
+        let (status, json) = tokio::time::timeout(timeout, self.exchange(&target, body, timeout))
             .await
             .map_err(|_| CallError::Timeout)??;
         let object = match json {
@@ -179,7 +196,7 @@ impl AgentTransport for HttpAgents {
     ) -> Result<Value, CallError> {
         let endpoint = Endpoint::parse(url).ok_or(CallError::Transport)?;
         let body = serde_json::to_vec(body).map_err(|_| CallError::InvalidBody)?;
-        let (status, json) = tokio::time::timeout(timeout, self.exchange(&endpoint, body))
+        let (status, json) = tokio::time::timeout(timeout, self.exchange(&endpoint, body, timeout))
             .await
             .map_err(|_| CallError::Timeout)??;
         match (status, json) {

@@ -27,9 +27,12 @@ use super::{
     process::use_cache,
     stream::{self, ProcessReply},
     validate::MAX_ID_CHARS,
-    AppState,
+    AppState, MAX_CLIENT_TIMEOUT_MS,
 };
-use crate::context::{AgentTime, RequestCtx};
+use crate::{
+    agents::http::TIMEOUT_HEADER,
+    context::{AgentTime, RequestCtx},
+};
 
 /// Whether `req` is one the lane may take, before its body is looked at: `POST /process`
 /// (or `/process_query`) with a JSON body, asking for JSON, and no `Authorization` header
@@ -60,12 +63,12 @@ pub(super) async fn serve(
     body: &[u8],
 ) -> Result<Response, Request> {
     let [served, declined] = &state.metrics.process_lane;
-    let Some(tasks) = parse(body) else {
+    let (Some(tasks), Ok(timeout)) = (parse(body), client_timeout(&req)) else {
         declined.inc();
         return Err(req);
     };
     served.inc();
-    Ok(match run(state, &req, tasks).await {
+    Ok(match run(state, &req, tasks, timeout).await {
         Ok(reply) => reply.into_response(),
         Err(e) => e.into_response(),
     })
@@ -75,12 +78,13 @@ async fn run(
     state: &Arc<AppState>,
     req: &Request,
     tasks: Vec<TaskInput>,
+    timeout: Option<u64>,
 ) -> Result<ProcessReply, ApiError> {
     state.authenticate_key(presented_key(req))?;
     // Boxed: a shared limiter's check is a store round trip, a large future to carry inline.
     Box::pin(state.admit(req)).await?;
     let ctx = RequestCtx::new(
-        state.config.request_timeout,
+        state.request_timeout(timeout),
         use_cache(req),
         req.extensions()
             .get::<Arc<AgentTime>>()
@@ -102,6 +106,20 @@ async fn run(
 async fn complete(state: &Arc<AppState>, prepared: Prepared, ctx: RequestCtx) -> ProcessReply {
     let body = Progress::new(state.clone(), prepared, ctx).complete().await;
     ProcessReply::Body(Box::new(poem_openapi::payload::Json(body)))
+}
+
+/// The client's `X-Request-Timeout-Ms`, if it sent one the operation accepts (an integer
+/// from 1 to [`MAX_CLIENT_TIMEOUT_MS`]); `Err` for one the operation must refuse.
+fn client_timeout(req: &Request) -> Result<Option<u64>, ()> {
+    let Some(v) = req.headers().get(TIMEOUT_HEADER) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| (1..=MAX_CLIENT_TIMEOUT_MS).contains(ms))
+        .map(Some)
+        .ok_or(())
 }
 
 /// The tasks of a batch body the schema accepts, or `None` for anything the operation

@@ -70,7 +70,18 @@ impl AppState {
     }
 }
 
+/// The most a client may ask for in `X-Request-Timeout-Ms` (the header's declared maximum).
+pub(super) const MAX_CLIENT_TIMEOUT_MS: u64 = 600_000;
+
 impl AppState {
+    /// A request's time: `REQUEST_TIMEOUT_MS`, or less if the client said it waits less.
+    pub(super) fn request_timeout(&self, client_ms: Option<u64>) -> std::time::Duration {
+        let configured = self.config.request_timeout;
+        client_ms.map_or(configured, |ms| {
+            configured.min(std::time::Duration::from_millis(ms))
+        })
+    }
+
     pub(super) fn live(&self, agent: &str) -> Live {
         self.pipeline.live(agent)
     }

@@ -1,7 +1,7 @@
 //! `/process` (and its alias `/process_query`) and `/discover`.
 
 use poem::Request;
-use poem_openapi::{payload::Json, ApiResponse, OpenApi};
+use poem_openapi::{param::Header, payload::Json, ApiResponse, OpenApi};
 
 use super::{
     agents::agent_view,
@@ -212,12 +212,20 @@ impl ProcessApi {
         state: State<'_>,
         req: &Request,
         auth: ClientAuth,
+        /// How long the client will wait, in ms: the request's deadline is the smaller of
+        /// this and `REQUEST_TIMEOUT_MS`. Every agent call is told the time left in the same
+        /// header, and none is started with less than `AGENT_MIN_TIME_LEFT_MS` left.
+        #[oai(
+            name = "X-Request-Timeout-Ms",
+            validator(minimum(value = "1"), maximum(value = "600000"))
+        )]
+        timeout: Header<Option<u64>>,
         body: Json<ProcessBody>,
     ) -> Result<ProcessReply, ApiError> {
         state.authenticate(&auth)?;
         state.admit(req).await?;
         let ctx = RequestCtx::new(
-            state.config.request_timeout,
+            state.request_timeout(timeout.0),
             use_cache(req),
             req.extensions().get().cloned().unwrap_or_default(),
         );
@@ -238,8 +246,14 @@ impl ProcessApi {
         state: State<'_>,
         req: &Request,
         auth: ClientAuth,
+        /// As for `POST /process`.
+        #[oai(
+            name = "X-Request-Timeout-Ms",
+            validator(minimum(value = "1"), maximum(value = "600000"))
+        )]
+        timeout: Header<Option<u64>>,
         body: Json<ProcessBody>,
     ) -> Result<ProcessReply, ApiError> {
-        self.process(state, req, auth, body).await
+        self.process(state, req, auth, timeout, body).await
     }
 }

@@ -74,6 +74,9 @@ settings! {
         request_timeout_ms => request_timeout: Ms(10_000, 1, 600_000) => "request_timeout_ms";
         /// Deadline of one agent call attempt in ms (at most `REQUEST_TIMEOUT_MS`).
         agent_timeout_ms => agent_timeout: Ms(2_000, 1, 600_000) => "agent_timeout_ms";
+        /// A call to an agent (a first attempt or a retry) is not started with less than
+        /// this left before the request's deadline: an answer could not arrive in time.
+        agent_min_time_left_ms => agent_min_time_left: Ms(25, 0, 60_000) => "agent_min_time_left_ms";
         /// Most tasks in one batch (more → 413).
         max_tasks => max_tasks: Num<usize>(100, 1, 10_000) => "max_tasks";
         /// Largest request body in bytes (more → 413).
@@ -493,7 +496,8 @@ mod tests {
         assert_eq!(view["retry_budget_scope"], "cluster");
         assert_eq!(view["region"], serde_json::Value::Null);
         assert_eq!(view["runtime"], "per_core");
-        assert_eq!(view.as_object().unwrap().len(), 51, "{view}");
+        assert_eq!(view["agent_min_time_left_ms"], 25);
+        assert_eq!(view.as_object().unwrap().len(), 52, "{view}");
     }
 
     #[test]

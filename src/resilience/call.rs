@@ -91,7 +91,7 @@ impl Stack {
         req: &AgentRequest,
         ctx: &RequestCtx,
     ) -> CallOutcome {
-        if ctx.remaining().is_zero() {
+        if ctx.remaining() <= self.settings.min_time_left {
             return self.refuse(Some("deadline"), Failure::Deadline);
         }
         if let Some(limiter) = &stages.limiter {
@@ -214,7 +214,9 @@ impl Stack {
             &self.settings.retry,
             &stages.budget,
             &self.metrics.retries,
-            deadline,
+            deadline
+                .checked_sub(self.settings.min_time_left)
+                .unwrap_or(deadline),
             |attempt| self.attempt(agent, req, ctx, attempt),
         )
         .await;

@@ -51,6 +51,8 @@ use retry::{RetryBudget, RetryPolicy};
 #[derive(Debug, Clone)]
 pub struct StackSettings {
     pub agent_timeout: Duration,
+    /// No call is started with less than this left before the request's deadline.
+    pub min_time_left: Duration,
     pub retry: RetryPolicy,
     pub retry_budget_percent: u32,
     /// One budget for all replicas (with a shared store).
@@ -64,6 +66,7 @@ impl StackSettings {
     pub fn from_config(c: &crate::config::Config) -> Self {
         StackSettings {
             agent_timeout: c.agent_timeout,
+            min_time_left: c.agent_min_time_left,
             retry: RetryPolicy::new(c.http_retries, c.http_backoff),
             retry_budget_percent: c.retry_budget_percent,
             retry_budget_cluster: c.retry_budget_scope == crate::config::BudgetScope::Cluster,

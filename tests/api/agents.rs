@@ -46,6 +46,8 @@ pub struct TestAgent {
     pub received: Arc<Mutex<Vec<Value>>>,
     /// The `traceparent` header of every call.
     pub traceparents: Arc<Mutex<Vec<Option<String>>>>,
+    /// The `x-request-timeout-ms` header of every call.
+    pub timeouts: Arc<Mutex<Vec<Option<String>>>>,
     behaviour: Arc<Mutex<Behaviour>>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -68,17 +70,23 @@ struct Shared {
     calls: Arc<AtomicUsize>,
     received: Arc<Mutex<Vec<Value>>>,
     traceparents: Arc<Mutex<Vec<Option<String>>>>,
+    timeouts: Arc<Mutex<Vec<Option<String>>>>,
     behaviour: Arc<Mutex<Behaviour>>,
 }
 
 #[handler]
 async fn query(req: &poem::Request, Data(s): Data<&Shared>, Json(body): Json<Value>) -> Response {
-    s.traceparents.lock().unwrap().push(
+    let header = |name: &str| {
         req.headers()
-            .get("traceparent")
+            .get(name)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-    );
+            .map(str::to_string)
+    };
+    s.traceparents.lock().unwrap().push(header("traceparent"));
+    s.timeouts
+        .lock()
+        .unwrap()
+        .push(header("x-request-timeout-ms"));
     let n = s.calls.fetch_add(1, Ordering::SeqCst);
     s.received.lock().unwrap().push(body.clone());
     let behaviour = s.behaviour.lock().unwrap().clone();
@@ -163,6 +171,7 @@ pub fn spawn_agent(name: &str, behaviour: Behaviour) -> TestAgent {
         calls: Arc::new(AtomicUsize::new(0)),
         received: Arc::new(Mutex::new(Vec::new())),
         traceparents: Arc::new(Mutex::new(Vec::new())),
+        timeouts: Arc::new(Mutex::new(Vec::new())),
         behaviour: Arc::new(Mutex::new(behaviour)),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -187,6 +196,7 @@ pub fn spawn_agent(name: &str, behaviour: Behaviour) -> TestAgent {
         calls: shared.calls,
         received: shared.received,
         traceparents: shared.traceparents,
+        timeouts: shared.timeouts,
         behaviour: shared.behaviour,
         _stop: stop,
     }

@@ -379,3 +379,96 @@ async fn a_breaker_whose_open_interval_ended_is_shown_half_open_even_with_no_cal
     assert_eq!(agents["agents"][0]["breaker"], "half_open");
     assert_eq!(broken.calls(), 2, "showing the state called nobody");
 }
+
+/// POSTs one `lamp` task, the client saying it waits `timeout_ms` (if given).
+async fn post_with_timeout(app: &TestApp, timeout_ms: Option<&str>) -> (u16, Value) {
+    let mut req = app
+        .client
+        .post(app.url("/process"))
+        .json(&json!({"tasks": [task(1)]}));
+    if let Some(ms) = timeout_ms {
+        req = req.header("x-request-timeout-ms", ms);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+/// Every agent call tells the agent how long the gateway will wait (`x-request-timeout-ms`):
+/// the per-try timeout, or the time the client's own deadline leaves, whichever is less.
+#[tokio::test]
+async fn the_agent_is_told_the_time_left() {
+    let agent = spawn_agent(
+        "Told_AI",
+        Behaviour::Answer {
+            data: json!("ok"),
+            extra: json!({}),
+        },
+    );
+    let app = spawn_with(
+        myriad::config::RawSettings {
+            agent_timeout_ms: Some("1500".into()),
+            ..settings()
+        },
+        Some(seed_with(
+            "lamp",
+            &[("Told_AI", &agent.url(), &["define"], 0.9)],
+        )),
+    )
+    .await;
+    let told = |i: usize| -> u64 {
+        agent.timeouts.lock().unwrap()[i]
+            .as_deref()
+            .expect("the header is sent")
+            .parse()
+            .expect("whole milliseconds")
+    };
+    // No deadline from the client: the per-try timeout (1,500 ms, less than the 10 s left).
+    let (status, body) = post_with_timeout(&app, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!((1_480..=1_500).contains(&told(0)), "told {}", told(0));
+    // The client waits 400 ms: the agent is told what is left of them.
+    let (status, body) = post_with_timeout(&app, Some("400")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!((370..=400).contains(&told(1)), "told {}", told(1));
+    assert_eq!(agent.calls(), 2);
+}
+
+/// With less than `AGENT_MIN_TIME_LEFT_MS` (25 ms by default) left, no call is started: the
+/// task fails at once as timed out, and the agent is never asked. A deadline the header
+/// cannot carry is a 400 that starts nothing.
+#[tokio::test]
+async fn no_call_is_started_without_time_to_answer() {
+    let agent = spawn_agent(
+        "Late_AI",
+        Behaviour::Answer {
+            data: json!("ok"),
+            extra: json!({}),
+        },
+    );
+    let app = spawn_with(
+        settings(),
+        Some(seed_with(
+            "lamp",
+            &[("Late_AI", &agent.url(), &["define"], 0.9)],
+        )),
+    )
+    .await;
+    let started = Instant::now();
+    let (status, body) = post_with_timeout(&app, Some("20")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"]["1"]["status"], "error", "{body}");
+    assert_eq!(body["results"]["1"]["code"], "timeout", "{body}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    for bad in ["0", "abc", "600001", "-5", "1.5"] {
+        let (status, body) = post_with_timeout(&app, Some(bad)).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(error_code(&body), "invalid_parameter", "{bad}: {body}");
+    }
+    assert_eq!(agent.calls(), 0, "no call was started");
+    // With time enough, the same task is answered.
+    let (status, body) = post_with_timeout(&app, Some("2000")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"]["1"]["status"], "success", "{body}");
+    assert_eq!(agent.calls(), 1);
+}

@@ -343,8 +343,11 @@ async fn a_primary_keeps_most_first_picks_over_its_backup_after_both_weights_sat
         share * 100.0,
         all.len()
     );
-    // The backup is still measured.
-    assert!(backup.calls() > 0);
+    // Whether the backup answered any task depends on the first few draws only: once the
+    // primary's evidence dominates, a backup that never failed is not drawn first (its
+    // posterior cannot beat a near-certain primary; it is asked on failover). An
+    // assertion that it was asked failed once in about 30 runs; what holds is below.
+    eprintln!("the backup answered {} tasks", backup.calls());
     // The estimate is visible, and says why.
     let (p, b) = (
         lamp_candidate(&app, "Primary_AI").await,
