@@ -8,7 +8,10 @@ use dashmap::DashMap;
 use serde_json::Value;
 use thread_local::ThreadLocal;
 
-use super::{pool::Target, AgentReply, AgentRequest, AgentTransport, CallError};
+use super::{
+    pool::{retry_after, Target},
+    AgentReply, AgentRequest, AgentTransport, CallError,
+};
 
 pub use super::pool::MAX_AGENT_BODY;
 
@@ -104,7 +107,7 @@ impl HttpAgents {
         endpoint: &Endpoint,
         body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<(u16, Option<Value>), CallError> {
+    ) -> Result<(u16, Option<Duration>, Option<Value>), CallError> {
         let mut headers = reqwest::header::HeaderMap::new();
         crate::telemetry::inject_current(&mut headers);
         headers.insert(
@@ -113,7 +116,11 @@ impl HttpAgents {
         );
         if let Some(target) = &endpoint.plain {
             let answer = self.pool.post(target, headers, body.into()).await?;
-            return Ok((answer.status, serde_json::from_slice(&answer.body).ok()));
+            return Ok((
+                answer.status,
+                answer.retry_after,
+                serde_json::from_slice(&answer.body).ok(),
+            ));
         }
         headers.insert(
             reqwest::header::CONTENT_TYPE,
@@ -128,6 +135,7 @@ impl HttpAgents {
             .await
             .map_err(classify)?;
         let status = resp.status().as_u16();
+        let wait = retry_after(resp.headers().get(reqwest::header::RETRY_AFTER));
         if let Some(len) = resp.content_length() {
             if len as usize > MAX_AGENT_BODY {
                 return Err(CallError::InvalidBody);
@@ -141,7 +149,7 @@ impl HttpAgents {
             }
             bytes.extend_from_slice(&chunk);
         }
-        Ok((status, serde_json::from_slice(&bytes).ok()))
+        Ok((status, wait, serde_json::from_slice(&bytes).ok()))
     }
 }
 
@@ -172,9 +180,10 @@ impl AgentTransport for HttpAgents {
             return Err(CallError::Blocked);
         };
         let body = serde_json::to_vec(req).map_err(|_| CallError::InvalidBody)?;
-        let (status, json) = tokio::time::timeout(timeout, self.exchange(&target, body, timeout))
-            .await
-            .map_err(|_| CallError::Timeout)??;
+        let (status, wait, json) =
+            tokio::time::timeout(timeout, self.exchange(&target, body, timeout))
+                .await
+                .map_err(|_| CallError::Timeout)??;
         let object = match json {
             Some(Value::Object(map)) => Some(map),
             _ => None,
@@ -184,6 +193,10 @@ impl AgentTransport for HttpAgents {
                 Ok(AgentReply { body })
             }
             (200..=299, _) => Err(CallError::InvalidBody),
+            (429, body) => Err(CallError::Throttled {
+                retry_after: wait,
+                body,
+            }),
             (status, body) => Err(CallError::Status { status, body }),
         }
     }
@@ -196,13 +209,36 @@ impl AgentTransport for HttpAgents {
     ) -> Result<Value, CallError> {
         let endpoint = Endpoint::parse(url).ok_or(CallError::Transport)?;
         let body = serde_json::to_vec(body).map_err(|_| CallError::InvalidBody)?;
-        let (status, json) = tokio::time::timeout(timeout, self.exchange(&endpoint, body, timeout))
-            .await
-            .map_err(|_| CallError::Timeout)??;
+        let (status, _, json) =
+            tokio::time::timeout(timeout, self.exchange(&endpoint, body, timeout))
+                .await
+                .map_err(|_| CallError::Timeout)??;
         match (status, json) {
             (200..=299, Some(v)) => Ok(v),
             (200..=299, None) => Err(CallError::InvalidBody),
             (status, _) => Err(CallError::Status { status, body: None }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let h = |s: &str| http::HeaderValue::from_str(s).unwrap();
+        assert_eq!(retry_after(Some(&h("2"))), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(None), None);
+        assert_eq!(retry_after(Some(&h("soon"))), None);
+        assert_eq!(retry_after(Some(&h("-1"))), None);
+        let in_5s = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(5));
+        let wait = retry_after(Some(&h(&in_5s))).unwrap();
+        assert!(wait > Duration::from_secs(3) && wait <= Duration::from_secs(5));
+        // A date already past: no wait.
+        assert_eq!(
+            retry_after(Some(&h("Sun, 06 Nov 1994 08:49:37 GMT"))),
+            Some(Duration::ZERO)
+        );
     }
 }

@@ -66,6 +66,13 @@ pub enum CallError {
         status: u16,
         body: Option<Map<String, Value>>,
     },
+    /// A 429: the agent asks to be sent nothing for a while (`Retry-After`, if it said).
+    /// Neither a fault of the agent nor an answer; not retried.
+    #[error("the agent asked to slow down (HTTP 429)")]
+    Throttled {
+        retry_after: Option<Duration>,
+        body: Option<Map<String, Value>>,
+    },
     /// A 2xx whose body is not a valid agent response.
     #[error("the agent's answer is not a valid agent response")]
     InvalidBody,
@@ -79,7 +86,7 @@ impl CallError {
     pub fn is_upstream_fault(&self) -> bool {
         match self {
             CallError::Status { status, .. } => *status >= 500,
-            CallError::Blocked => false,
+            CallError::Blocked | CallError::Throttled { .. } => false,
             _ => true,
         }
     }
@@ -98,6 +105,7 @@ impl CallError {
         match self {
             CallError::Timeout => FailureCode::Timeout,
             CallError::Blocked => FailureCode::EndpointNotAllowed,
+            CallError::Throttled { .. } => FailureCode::RateLimited,
             CallError::Status { status, .. } if *status < 500 => FailureCode::AgentRejected,
             _ => FailureCode::UpstreamError,
         }
@@ -138,5 +146,11 @@ mod tests {
         assert!(!CallError::Transport.is_retryable());
         assert_eq!(s(404).code().as_str(), "agent_rejected");
         assert_eq!(CallError::Timeout.code().as_str(), "timeout");
+        let throttled = CallError::Throttled {
+            retry_after: None,
+            body: None,
+        };
+        assert!(!throttled.is_upstream_fault() && !throttled.is_retryable());
+        assert_eq!(throttled.code().as_str(), "rate_limited");
     }
 }

@@ -118,9 +118,25 @@ impl Target {
     }
 }
 
+/// The wait an agent's `Retry-After` asks for: delta-seconds or an HTTP date (RFC 9110);
+/// `None` when absent or neither.
+pub fn retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
+    let v = value?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
 /// One agent's answer: status and body.
 pub struct Answer {
     pub status: u16,
+    /// What its `Retry-After` asks for, if it sent one.
+    pub retry_after: Option<Duration>,
     pub body: Bytes,
 }
 
@@ -250,6 +266,7 @@ async fn exchange(
         Err(None) => return Err(Broken::Unused),
     };
     let status = response.status().as_u16();
+    let retry_after = retry_after(response.headers().get(http::header::RETRY_AFTER));
     let too_long = response
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -268,7 +285,14 @@ async fn exchange(
         Ok(Err(_)) | Err(_) => return Err(Broken::During(CallError::Transport)),
     };
     let reusable = !conn.sender.is_closed();
-    Ok((Answer { status, body }, reusable.then_some(conn)))
+    Ok((
+        Answer {
+            status,
+            retry_after,
+            body,
+        },
+        reusable.then_some(conn),
+    ))
 }
 
 #[cfg(test)]

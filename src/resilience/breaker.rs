@@ -278,6 +278,10 @@ impl Permit<'_> {
         self.recorded = true;
         self.breaker.machine.on_error();
     }
+    /// The call says nothing of the agent's health (it asked for time: a 429).
+    pub fn neutral(mut self) {
+        self.recorded = true;
+    }
 }
 
 impl Drop for Permit<'_> {

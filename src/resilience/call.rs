@@ -94,6 +94,10 @@ impl Stack {
         if ctx.remaining() <= self.settings.min_time_left {
             return self.refuse(Some("deadline"), Failure::Deadline);
         }
+        if stages.throttled() {
+            tracing::Span::current().record("breaker.state", "throttled");
+            return self.refuse(Some("throttled"), Failure::Throttled);
+        }
         if let Some(limiter) = &stages.limiter {
             let allowed = limiter.allow().await;
             let verdict = if allowed { "allowed" } else { "limited" };
@@ -221,7 +225,11 @@ impl Stack {
         )
         .await;
         let fault = result.as_ref().is_err_and(CallError::is_upstream_fault);
-        if fault {
+        if let Err(CallError::Throttled { retry_after, .. }) = &result {
+            // Neither a fault nor an answer: the agent asked for time, and gets it.
+            stages.throttle(*retry_after);
+            permit.neutral();
+        } else if fault {
             permit.failure();
         } else {
             permit.success();
@@ -265,7 +273,11 @@ impl Stack {
         } else {
             Attempt::Answered
         };
-        self.signals.observe(&agent.name, seen, sent.elapsed());
+        // A 429 is fast and says nothing of the agent's health or speed: a latency-aware
+        // policy would otherwise prefer the agent that refuses work.
+        if !matches!(result, Err(CallError::Throttled { .. })) {
+            self.signals.observe(&agent.name, seen, sent.elapsed());
+        }
         match &result {
             Ok(reply) => {
                 span.record(

@@ -214,6 +214,7 @@ impl Stack {
                     summarized: AtomicU64::new(0),
                     duration: self.metrics.agent_duration.with_label_values(&[&label]),
                     outcomes: crate::metrics::Memo::new(&self.metrics.agent_calls, &[&label]),
+                    throttled_until: Mutex::new(None),
                 })
             })
             .clone()
@@ -238,7 +239,12 @@ impl Stack {
     pub fn gates(&self, agent: &str) -> Gates {
         let stages = self.stages(agent);
         Gates {
-            admission: stages.breaker.admission(),
+            // An agent that asked for time is offered nothing until it has passed.
+            admission: if stages.throttled() {
+                crate::routing::Admission::Refused
+            } else {
+                stages.breaker.admission()
+            },
             breaker: stages.breaker.state(),
             in_flight: stages.bulkhead.in_flight(),
             closes: stages.breaker.observed().closed.load(Ordering::Relaxed),

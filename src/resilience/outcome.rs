@@ -14,6 +14,7 @@ pub(super) fn attempt_outcome(err: &CallError) -> &'static str {
         CallError::Transport => "connection_broken",
         CallError::InvalidBody => "invalid_body",
         CallError::Blocked => "blocked",
+        CallError::Throttled { .. } => "http_429",
         CallError::Status { status, .. } => match status {
             400 => "http_400",
             404 => "http_404",
@@ -41,6 +42,8 @@ pub enum Failure {
     BulkheadFull,
     /// The request deadline left no time for a call.
     Deadline,
+    /// The agent answered 429 lately and its `Retry-After` has not passed.
+    Throttled,
 }
 
 impl Failure {
@@ -51,6 +54,7 @@ impl Failure {
             Failure::RateLimited => FailureCode::RateLimited,
             Failure::BulkheadFull => FailureCode::BulkheadFull,
             Failure::Deadline => FailureCode::Timeout,
+            Failure::Throttled => FailureCode::RateLimited,
         }
     }
 
@@ -63,12 +67,16 @@ impl Failure {
             Failure::RateLimited => format!("agent {agent} is over its rate limit"),
             Failure::BulkheadFull => format!("agent {agent} has too many calls in flight"),
             Failure::Deadline => "the request deadline passed before an agent answered".to_string(),
+            Failure::Throttled => {
+                format!("agent {agent} asked to be sent nothing for a while (HTTP 429)")
+            }
         }
     }
 
-    /// True when the agent itself was called (so the outcome says something about it).
+    /// True when the agent itself was called and its outcome says something about it (a
+    /// 429 does not: the agent only asked for time).
     pub fn reached_agent(&self) -> bool {
-        matches!(self, Failure::Call(_))
+        matches!(self, Failure::Call(e) if !matches!(e, CallError::Throttled { .. }))
     }
 }
 

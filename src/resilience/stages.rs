@@ -45,9 +45,44 @@ pub struct AgentStages {
     pub(super) duration: prometheus::Histogram,
     /// `myriad_agent_calls_total{agent}`, by outcome.
     pub(super) outcomes: crate::metrics::Memo,
+    /// Until when the agent asked (429 + `Retry-After`) to be sent nothing.
+    pub(super) throttled_until: Mutex<Option<tokio::time::Instant>>,
 }
 
+/// What a 429 without a usable `Retry-After` holds an agent back for.
+pub const THROTTLE_DEFAULT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest an agent's `Retry-After` holds it back.
+pub const THROTTLE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl AgentStages {
+    /// The agent answered 429 asking for `retry_after`: nothing is sent to it until then
+    /// (at most [`THROTTLE_MAX`]; [`THROTTLE_DEFAULT`] when it did not say).
+    pub(super) fn throttle(&self, retry_after: Option<std::time::Duration>) {
+        let wait = retry_after.unwrap_or(THROTTLE_DEFAULT).min(THROTTLE_MAX);
+        let until = tokio::time::Instant::now() + wait;
+        let mut t = self
+            .throttled_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *t = Some(t.map_or(until, |old| old.max(until)));
+    }
+
+    /// Whether the agent's last 429 still holds it back.
+    pub(super) fn throttled(&self) -> bool {
+        let mut t = self
+            .throttled_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match *t {
+            Some(until) if tokio::time::Instant::now() < until => true,
+            Some(_) => {
+                *t = None;
+                false
+            }
+            None => false,
+        }
+    }
+
     pub(super) fn record(&self, fault: bool) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut r = self.recent.lock().unwrap_or_else(|e| e.into_inner());

@@ -31,6 +31,8 @@ pub enum Behaviour {
     FailThenOk { failures: usize, status: u16 },
     /// 200 with a body that is not an agent response.
     Garbage,
+    /// 429 with this `Retry-After` (none if empty) and an agent-shaped body.
+    Throttle(&'static str),
     /// Of every `every` calls, the first `fails` answer `status`; the rest succeed.
     FailSome {
         fails: usize,
@@ -125,6 +127,14 @@ async fn query(req: &poem::Request, Data(s): Data<&Shared>, Json(body): Json<Val
             }
         }
         Behaviour::Garbage => "<html>not json</html>".into_response(),
+        Behaviour::Throttle(retry_after) => {
+            let mut resp = fail(429);
+            if !retry_after.is_empty() {
+                resp.headers_mut()
+                    .insert("retry-after", retry_after.parse().unwrap());
+            }
+            resp
+        }
         Behaviour::FailSome {
             fails,
             every,

@@ -472,3 +472,63 @@ async fn no_call_is_started_without_time_to_answer() {
     assert_eq!(body["results"]["1"]["status"], "success", "{body}");
     assert_eq!(agent.calls(), 1);
 }
+
+/// An agent answering 429 with `Retry-After: 2` is sent nothing for 2 s — every task goes to
+/// the other agent at once — and its health does not drop (breaker closed, health whole);
+/// once the time has passed it is the first choice again.
+#[tokio::test]
+async fn an_agent_that_asks_for_time_gets_it_and_nothing_else() {
+    let busy = spawn_agent("Busy_AI", Behaviour::Throttle("2"));
+    let spare = spawn_agent(
+        "Spare_AI",
+        Behaviour::Answer {
+            data: json!("spare answered"),
+            extra: json!({}),
+        },
+    );
+    let app = spawn_with(
+        myriad::config::RawSettings {
+            routing_policy: Some("weight".into()),
+            ..settings()
+        },
+        Some(seed_with(
+            "lamp",
+            &[
+                ("Busy_AI", &busy.url(), &["define"], 0.9),
+                // Low enough that its successes (+0.05 each) keep it below Busy_AI's 0.9.
+                ("Spare_AI", &spare.url(), &["define"], 0.1),
+            ],
+        )),
+    )
+    .await;
+    let first = Instant::now();
+    let mut served = 0;
+    while first.elapsed() < Duration::from_millis(1_700) {
+        let r = one(&app, served + 1).await;
+        assert_eq!(r["status"], "success", "{r}");
+        assert_eq!(r["agent_name"], "Spare_AI", "{r}");
+        // The 429 cost no retry: one attempt of Busy_AI's on the first task, none after.
+        assert_eq!(r["attempts"], if served == 0 { 2 } else { 1 }, "{r}");
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(busy.calls(), 1, "asked once, then left alone for its 2 s");
+    assert!(served >= 8, "{served} tasks");
+    let candidate = crate::helpers::lamp_candidate(&app, "Busy_AI").await;
+    assert_eq!(candidate["breaker"], "closed", "{candidate}");
+    assert_eq!(candidate["health"], 1.0, "{candidate}");
+    let scrape = app.scrape().await;
+    assert!(
+        scrape.contains("myriad_calls_refused_total{reason=\"throttled\"}"),
+        "{scrape}"
+    );
+    // Its time is up: the graph's first choice again.
+    busy.set(Behaviour::Answer {
+        data: json!("busy answered"),
+        extra: json!({}),
+    });
+    tokio::time::sleep(Duration::from_millis(2_100).saturating_sub(first.elapsed())).await;
+    let r = one(&app, 1_000).await;
+    assert_eq!(r["agent_name"], "Busy_AI", "{r}");
+    assert_eq!(busy.calls(), 2);
+}
