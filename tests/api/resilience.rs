@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::{
-    agents::{dead_url, spawn_agent, spawn_closing_agent, Behaviour},
+    agents::{answering, dead_url, spawn_agent, spawn_closing_agent, Behaviour},
     helpers::{error_code, seed_with, spawn_with, uncached as settings, TestApp},
 };
 
@@ -398,13 +398,7 @@ async fn post_with_timeout(app: &TestApp, timeout_ms: Option<&str>) -> (u16, Val
 /// the per-try timeout, or the time the client's own deadline leaves, whichever is less.
 #[tokio::test]
 async fn the_agent_is_told_the_time_left() {
-    let agent = spawn_agent(
-        "Told_AI",
-        Behaviour::Answer {
-            data: json!("ok"),
-            extra: json!({}),
-        },
-    );
+    let agent = answering("Told_AI");
     let app = spawn_with(
         myriad::config::RawSettings {
             agent_timeout_ms: Some("1500".into()),
@@ -439,13 +433,7 @@ async fn the_agent_is_told_the_time_left() {
 /// cannot carry is a 400 that starts nothing.
 #[tokio::test]
 async fn no_call_is_started_without_time_to_answer() {
-    let agent = spawn_agent(
-        "Late_AI",
-        Behaviour::Answer {
-            data: json!("ok"),
-            extra: json!({}),
-        },
-    );
+    let agent = answering("Late_AI");
     let app = spawn_with(
         settings(),
         Some(seed_with(
@@ -479,13 +467,7 @@ async fn no_call_is_started_without_time_to_answer() {
 #[tokio::test]
 async fn an_agent_that_asks_for_time_gets_it_and_nothing_else() {
     let busy = spawn_agent("Busy_AI", Behaviour::Throttle("2"));
-    let spare = spawn_agent(
-        "Spare_AI",
-        Behaviour::Answer {
-            data: json!("spare answered"),
-            extra: json!({}),
-        },
-    );
+    let spare = answering("Spare_AI");
     let app = spawn_with(
         myriad::config::RawSettings {
             routing_policy: Some("weight".into()),
