@@ -284,12 +284,14 @@ impl Pipeline {
                             plan.reason_at(position, |i| self.local(&candidates[i].agent.name));
                         let span = tracing::Span::current();
                         span.record("chosen_reason", reason.as_str());
-                        let estimate = self.router.estimates().posterior(
-                            &candidate.agent.name,
-                            &task.concept,
-                            candidate.stats.weight,
-                        );
-                        span.record("estimate", estimate.mean());
+                        if !span.is_disabled() {
+                            let estimate = self.router.estimates().posterior(
+                                &candidate.agent.name,
+                                &task.concept,
+                                candidate.stats.weight,
+                            );
+                            span.record("estimate", estimate.mean());
+                        }
                         // Feedback names the task by its request's trace (no trace, no
                         // feedback: tracing off); a cached answer's agent was not asked.
                         if r.cached.is_none() {
@@ -376,12 +378,14 @@ impl Pipeline {
                 estimates.observe_graded(agent, concept, weight, grade);
             }
         }
-        self.learner.record(Outcome {
-            agent: agent.to_string(),
-            concept: concept.to_string(),
-            success,
-            estimate: self.router.estimates().evidence(agent, concept),
-        });
+        if self.learner.enabled() {
+            self.learner.record(Outcome {
+                agent: agent.to_string(),
+                concept: concept.to_string(),
+                success,
+                estimate: self.router.estimates().evidence(agent, concept),
+            });
+        }
     }
 }
 

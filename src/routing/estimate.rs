@@ -351,14 +351,18 @@ impl Estimates {
         persisted: Option<[f64; 2]>,
     ) -> Posterior {
         let now = Instant::now();
-        let k = key(agent, concept);
-        if let Some(e) = self.by_pair.get(&k) {
+        let seen = with_key(agent, concept, |k| {
+            let e = self.by_pair.get(k)?;
             let mut e = e.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(since) = since {
                 e.restart_from(since);
             }
-            return e.posterior(now);
+            Some(e.posterior(now))
+        });
+        if let Some(posterior) = seen {
+            return posterior;
         }
+        let k = key(agent, concept);
         self.insert(agent, concept, weight, now);
         let valid = |x: &f64| x.is_finite() && (0.0..=EVIDENCE_WINDOW).contains(x);
         match (
@@ -388,19 +392,24 @@ impl Estimates {
             1.0
         };
         let now = Instant::now();
-        let k = key(agent, concept);
-        if !self.by_pair.contains_key(&k) {
+        let observed = |k: &str| match self.by_pair.get(k) {
+            Some(e) => {
+                e.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .observe(now, grade);
+                true
+            }
+            None => false,
+        };
+        if !with_key(agent, concept, observed) {
             self.insert(agent, concept, weight, now);
-        }
-        if let Some(e) = self.by_pair.get(&k) {
-            e.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .observe(now, grade);
+            with_key(agent, concept, observed);
         }
         if self.sharing.load(Ordering::Relaxed)
-            && (self.pending.len() < MAX_PAIRS || self.pending.contains_key(&k))
+            && (self.pending.len() < MAX_PAIRS
+                || with_key(agent, concept, |k| self.pending.contains_key(k)))
         {
-            let mut p = self.pending.entry(k).or_insert(Pending {
+            let mut p = self.pending.entry(key(agent, concept)).or_insert(Pending {
                 prior: weight,
                 ok: 0.0,
                 failed: 0.0,
@@ -412,8 +421,11 @@ impl Estimates {
 
     /// The pair's decayed evidence now (successes, failures), to persist with the weight.
     pub fn evidence(&self, agent: &str, concept: &str) -> Option<[f64; 2]> {
-        let e = self.by_pair.get(&key(agent, concept))?;
-        let mut e = e.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut e = with_key(agent, concept, |k| {
+            let e = self.by_pair.get(k)?;
+            let e = e.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            Some(e)
+        })?;
         e.decay(Instant::now());
         Some([e.long.ok, e.long.failed])
     }
@@ -488,6 +500,24 @@ impl Estimates {
     pub fn is_empty(&self) -> bool {
         self.by_pair.is_empty()
     }
+}
+
+thread_local! {
+    /// The key being looked up, built in place: a lookup allocates nothing.
+    static LOOKUP: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// `f` with the key of (`agent`, `concept`) as [`key`] spells it, built in a buffer of
+/// this thread's (for lookups; an insert owns its key).
+fn with_key<R>(agent: &str, concept: &str, f: impl FnOnce(&str) -> R) -> R {
+    LOOKUP.with(|k| {
+        let mut k = k.borrow_mut();
+        k.clear();
+        k.push_str(agent);
+        k.push('\0');
+        k.push_str(concept);
+        f(&k)
+    })
 }
 
 /// `agent` NUL `concept` (neither holds a NUL: names and concepts are validated).
