@@ -4,7 +4,10 @@
 //! is proof of having seen the answer, and one answer moves the estimate once at most.
 //! Bounded by count as well as by time ([`MAX_SERVED`]).
 
-use std::time::Duration;
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
 
 /// How long after its answer a task takes feedback.
 pub const FEEDBACK_WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -22,18 +25,32 @@ pub struct ServedTask {
     pub weight: f64,
 }
 
+/// A key: (trace id, hash of the task id), 24 bytes.
+type Key = (u128, u64);
+
+/// The answered tasks, first in first out. A plain map and queue under one lock: a served
+/// task costs one short critical section (moka's insert, with its admission sketch and
+/// maintenance, cost ~3 µs a traced request).
+#[derive(Default)]
 pub struct Served {
-    /// By (trace id, hash of the task id): 24 bytes a key.
-    tasks: moka::sync::Cache<(u128, u64), ServedTask>,
+    window: std::sync::Mutex<Window>,
 }
 
-impl Default for Served {
-    fn default() -> Self {
-        Served {
-            tasks: moka::sync::Cache::builder()
-                .max_capacity(MAX_SERVED)
-                .time_to_live(FEEDBACK_WINDOW)
-                .build(),
+#[derive(Default)]
+struct Window {
+    tasks: HashMap<Key, (ServedTask, Instant)>,
+    /// Keys in the order they were answered (one of a key answered again is stale; an
+    /// entry leaves the map only with the queue entry of the same instant).
+    order: VecDeque<(Key, Instant)>,
+}
+
+impl Window {
+    /// Forgets the oldest answer, if it is still the map's.
+    fn forget_oldest(&mut self) {
+        if let Some((k, at)) = self.order.pop_front() {
+            if self.tasks.get(&k).is_some_and(|(_, a)| *a == at) {
+                self.tasks.remove(&k);
+            }
         }
     }
 }
@@ -41,14 +58,29 @@ impl Default for Served {
 impl Served {
     /// `task` of the request traced as `trace_id` was answered.
     pub fn record(&self, trace_id: &str, task_id: &str, task: ServedTask) {
-        if let Some(k) = key(trace_id, task_id) {
-            self.tasks.insert(k, task);
+        let Some(k) = key(trace_id, task_id) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        while w
+            .order
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) >= FEEDBACK_WINDOW)
+            || w.order.len() >= MAX_SERVED as usize
+        {
+            w.forget_oldest();
         }
+        w.tasks.insert(k, (task, now));
+        w.order.push_back((k, now));
     }
 
     /// The task, if it was answered within the window and had no feedback yet.
     pub fn take(&self, trace_id: &str, task_id: &str) -> Option<ServedTask> {
-        self.tasks.remove(&key(trace_id, task_id)?)
+        let k = key(trace_id, task_id)?;
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let (task, at) = w.tasks.remove(&k)?;
+        (at.elapsed() < FEEDBACK_WINDOW).then_some(task)
     }
 }
 
@@ -77,5 +109,26 @@ mod tests {
         assert_eq!(s.take("0af7651916cd43dd8448eb211c80319c", "2"), None);
         assert_eq!(s.take("0af7651916cd43dd8448eb211c80319c", "1"), Some(t));
         assert_eq!(s.take("0af7651916cd43dd8448eb211c80319c", "1"), None);
+    }
+
+    #[test]
+    fn the_oldest_answers_are_forgotten_first_past_the_cap() {
+        let s = Served::default();
+        let t = ServedTask {
+            agent: "a".into(),
+            concept: "c".into(),
+            weight: 0.5,
+        };
+        let trace = "0af7651916cd43dd8448eb211c80319c";
+        for i in 0..MAX_SERVED + 10 {
+            s.record(trace, &i.to_string(), t.clone());
+        }
+        let w = s.window.lock().unwrap();
+        assert_eq!(w.tasks.len() as u64, MAX_SERVED);
+        assert_eq!(w.order.len() as u64, MAX_SERVED);
+        drop(w);
+        assert_eq!(s.take(trace, "9"), None, "among the first ten: forgotten");
+        assert_eq!(s.take(trace, "10"), Some(t.clone()));
+        assert_eq!(s.take(trace, &(MAX_SERVED + 9).to_string()), Some(t));
     }
 }
