@@ -76,9 +76,10 @@ pub(super) async fn edge<E: Endpoint>(
     if status >= 500 {
         span.record("otel.status_code", "ERROR");
     }
-    let trace_id = span
-        .in_scope(crate::telemetry::current_trace_id)
-        .filter(|_| state.tracing_enabled);
+    let trace_id = state
+        .tracing_enabled
+        .then(|| span.in_scope(crate::telemetry::current_trace_id))
+        .flatten();
     if let Some(id) = &trace_id {
         if let Ok(v) = poem::http::HeaderValue::from_str(id) {
             resp.headers_mut().insert("x-trace-id", v);
