@@ -749,21 +749,24 @@ const E2E_SECONDS: f64 = 20.0;
 /// Its offered load.
 const E2E_RATE: f64 = 200.0;
 
-/// The end-to-end scenario: a primary seeded 0.9 and its backup seeded 0.5, both always
-/// answering in a log-normal 10 ms (σ 0.3), learning on, 200 req/s.
+/// The end-to-end scenario: the simulation's `primary-backup` (a primary seeded 0.9 and its
+/// backup seeded 0.5, both always answering in a log-normal 10 ms, σ 0.3, learning on, 200
+/// req/s), for [`E2E_SECONDS`].
 fn e2e_scenario() -> Scenario {
+    let base = scenarios()
+        .into_iter()
+        .find(|s| s.name == "primary-backup")
+        .expect("the primary-backup scenario");
+    assert_eq!(
+        base.peak, E2E_RATE,
+        "the end-to-end driver sends at E2E_RATE"
+    );
     Scenario {
         name: "primary-backup (end to end)",
         what: "",
-        agents: vec![
-            agent("A", 0.9, |_| 1.0, 10.0),
-            agent("B", 0.5, |_| 1.0, 10.0),
-        ],
-        rate: |_| E2E_RATE,
-        peak: E2E_RATE,
         seconds: E2E_SECONDS,
-        changes: vec![],
         keeps: None,
+        ..base
     }
 }
 
