@@ -174,7 +174,6 @@ async fn query(
     Data(state): Data<&AgentState>,
     body: poem::Result<Json<Value>>,
 ) -> Response {
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
     if let Some(delay) = state.fault.map(|f| f.delay).filter(|d| !d.is_zero()) {
         tokio::time::sleep(delay).await;
     }
@@ -184,7 +183,7 @@ async fn query(
         agent = state.kind.agent_name(),
         otel.kind = "server"
     );
-    span.set_parent(crate::telemetry::extract(req.headers()));
+    crate::telemetry::continue_trace(&span, req.headers());
     span.in_scope(|| answer_query(state, body))
 }
 

@@ -18,7 +18,6 @@ pub(super) async fn edge<E: Endpoint>(
     state: &Arc<AppState>,
 ) -> poem::Response {
     use tracing::Instrument;
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
 
     let started = std::time::Instant::now();
     let method = req.method().clone();
@@ -32,7 +31,7 @@ pub(super) async fn edge<E: Endpoint>(
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
-    span.set_parent(crate::telemetry::extract(req.headers()));
+    crate::telemetry::continue_trace(&span, req.headers());
     let agent_time = Arc::new(AgentTime::default());
     req.extensions_mut().insert(agent_time.clone());
     let max_body = state.config.max_body_bytes;

@@ -13,9 +13,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use opentelemetry::trace::{SpanContext, TraceContextExt};
 use tokio::{sync::mpsc, time::Instant};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
     config::LearningSettings,
@@ -35,7 +33,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// An outcome and the span context of the task it came from (a link of the learning span),
 /// when that task is traced.
-type Traced = (Outcome, Option<SpanContext>);
+type Traced = (Outcome, Option<crate::telemetry::SpanContext>);
 
 #[derive(Clone, Default)]
 pub struct Learner {
@@ -95,13 +93,8 @@ impl Learner {
 
     pub fn record(&self, outcome: Outcome) {
         if let Some(tx) = &self.tx {
-            let task = tracing::Span::current();
-            let link = if task.is_disabled() {
-                None
-            } else {
-                let sc = task.context().span().span_context().clone();
-                (sc.is_valid() && sc.is_sampled()).then_some(sc)
-            };
+            let link = crate::telemetry::recorder::context_of(&tracing::Span::current())
+                .filter(|cx| cx.sampled);
             if tx.try_send((outcome, link)).is_err() {
                 self.metrics.learning.with_label_values(&["dropped"]).inc();
             }
@@ -201,7 +194,7 @@ struct Pending {
 #[derive(Default)]
 struct Edge {
     outcomes: EdgeOutcomes,
-    links: Vec<SpanContext>,
+    links: Vec<crate::telemetry::SpanContext>,
     links_dropped: usize,
 }
 
@@ -290,7 +283,7 @@ impl Pending {
                     );
                     if !span.is_disabled() {
                         for link in &edge.links {
-                            span.add_link(link.clone());
+                            crate::telemetry::recorder::link(&span, *link);
                         }
                     }
                 }

@@ -1,10 +1,9 @@
-//! The way out for spans: a batch processor sized for load, whose every span is counted —
-//! exported, failed, or dropped because the queue was full — in `myriad_trace_spans_total`.
+//! The way out for spans: a bounded queue and one exporting task that sends OTLP batches
+//! over HTTP/protobuf or gRPC, every span counted — exported, failed, or dropped because
+//! the queue was full — in `myriad_trace_spans_total`.
 //!
-//! The SDK's batch processors drop silently when their queue is full (they log once), and
-//! the one that runs on tokio wakes its task for every span. This one keeps count of the
-//! spans handed over and not yet exported, drops — counted — what would not fit, and wakes
-//! its exporting task once a batch.
+//! A span's end only appends it to the queue; the exporting task is woken once a batch,
+//! encodes it (`otlp`) and sends it, off the request's path.
 
 use std::{
     sync::{
@@ -14,14 +13,17 @@ use std::{
     time::Duration,
 };
 
-use opentelemetry::Context;
-use opentelemetry_sdk::{
-    error::{OTelSdkError, OTelSdkResult},
-    trace::{Span, SpanData, SpanExporter, SpanProcessor},
-    Resource,
-};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::IntCounterVec;
 use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::{
+    otlp::{self, Resource},
+    recorder::SpanRec,
+};
+use crate::config::OtlpProtocol;
 
 /// Spans by how they left: `exported`, `failed` (the backend refused or was unreachable),
 /// `dropped` (the queue was full). Process-wide: one trace pipeline per process.
@@ -54,185 +56,382 @@ fn env_number(var: &str) -> Option<u64> {
         .filter(|&n| n > 0)
 }
 
-/// The batch processor for `exporter`: spans wait in one buffer, and a task on the tokio
-/// runtime this is called on (the exporters' clients need its reactor) sends them every
-/// `DELAY`, or as soon as a full batch waits. A span's end only appends to the buffer — the
-/// exporting task is woken once a batch, not once a span (the SDK's async-runtime processor
-/// sends each span over a channel and wakes its task for each: one thread switch a span).
-pub fn processor<E: SpanExporter + 'static>(exporter: E) -> impl SpanProcessor {
+/// Where batches go: OTLP over HTTP/protobuf or over gRPC.
+pub struct Destination {
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    pub timeout: Duration,
+    pub resource: Resource,
+}
+
+/// Sends one encoded batch; `Err` says why it did not arrive.
+trait Transport: Send + 'static {
+    fn send(
+        &mut self,
+        body: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+/// OTLP/HTTP: `POST <endpoint>/v1/traces`, `application/x-protobuf`.
+struct Http {
+    client: reqwest::Client,
+    url: String,
+    timeout: Duration,
+}
+
+impl Transport for Http {
+    async fn send(&mut self, body: Vec<u8>) -> Result<(), String> {
+        let resp = self
+            .client
+            .post(&self.url)
+            .timeout(self.timeout)
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        // Read to the end: the connection goes back to the pool.
+        let _ = resp.bytes().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("the trace backend answered {status}"))
+        }
+    }
+}
+
+/// OTLP/gRPC: the unary `TraceService/Export` call over one HTTP/2 connection, opened again
+/// after a failure.
+struct Grpc {
+    authority: String,
+    uri: http::Uri,
+    timeout: Duration,
+    sender: Option<hyper::client::conn::http2::SendRequest<Full<Bytes>>>,
+}
+
+impl Grpc {
+    const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+    fn new(endpoint: &str, timeout: Duration) -> Result<Self, String> {
+        let base: http::Uri = endpoint.parse().map_err(|e| format!("{endpoint}: {e}"))?;
+        if base.scheme_str() != Some("http") {
+            return Err(format!(
+                "{endpoint}: OTLP over gRPC is sent to an http:// endpoint"
+            ));
+        }
+        let authority = base
+            .authority()
+            .ok_or_else(|| format!("{endpoint}: no host"))?
+            .to_string();
+        let uri = format!("http://{authority}{}", Self::PATH)
+            .parse()
+            .map_err(|e| format!("{endpoint}: {e}"))?;
+        Ok(Grpc {
+            authority,
+            uri,
+            timeout,
+            sender: None,
+        })
+    }
+
+    async fn call(&mut self, body: Bytes) -> Result<(), String> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let tcp = tokio::net::TcpStream::connect(&self.authority)
+                .await
+                .map_err(|e| format!("{}: {e}", self.authority))?;
+            let _ = tcp.set_nodelay(true);
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.sender = Some(sender);
+        }
+        let sender = self.sender.as_mut().expect("connected above");
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let req = http::Request::post(self.uri.clone())
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        if resp.status() != http::StatusCode::OK {
+            return Err(format!("the trace backend answered {}", resp.status()));
+        }
+        let head = resp.headers().clone();
+        let done = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let trailers = done.trailers().cloned().unwrap_or_default();
+        let status = |h: &http::HeaderMap| {
+            h.get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        match status(&trailers).or_else(|| status(&head)).as_deref() {
+            Some("0") => Ok(()),
+            Some(code) => {
+                let message = trailers
+                    .get("grpc-message")
+                    .or_else(|| head.get("grpc-message"))
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                Err(format!(
+                    "the trace backend answered gRPC status {code} {message}"
+                ))
+            }
+            None => Err("the trace backend's answer had no gRPC status".into()),
+        }
+    }
+}
+
+impl Transport for Grpc {
+    async fn send(&mut self, body: Vec<u8>) -> Result<(), String> {
+        // A gRPC message: not compressed (0), its length (4 bytes, big-endian), itself.
+        let mut framed = Vec::with_capacity(body.len() + 5);
+        framed.push(0);
+        framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&body);
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, self.call(Bytes::from(framed))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.sender = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.sender = None;
+                Err(format!("no answer within {timeout:?}"))
+            }
+        }
+    }
+}
+
+/// Starts exporting to `to` from a task on the tokio runtime this is called on, and
+/// returns the queue the recorder hands closed spans to. Spans wait in one buffer; the task
+/// sends them every `DELAY`, or as soon as a full batch waits — a span's end only appends
+/// it, the task is woken once a batch, not once a span.
+pub fn start(to: Destination) -> Result<Arc<Queue>, String> {
     let capacity = env_number("OTEL_BSP_MAX_QUEUE_SIZE").map_or(QUEUE, |n| n as usize);
     let batch = env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").map_or(BATCH, |n| n as usize);
     let delay = env_number("OTEL_BSP_SCHEDULE_DELAY").map_or(DELAY, Duration::from_millis);
-    batched(exporter, capacity, batch, delay)
-}
-
-fn batched<E: SpanExporter + 'static>(
-    exporter: E,
-    capacity: usize,
-    batch: usize,
-    delay: Duration,
-) -> Batched {
-    let shared = Arc::new(Shared {
-        buffer: Mutex::new(Vec::new()),
-        full: Notify::new(),
-        pending: AtomicUsize::new(0),
-        capacity,
-        batch: batch.min(capacity),
-    });
-    let (control, orders) = mpsc::unbounded_channel();
-    tokio::spawn(export_loop(exporter, shared.clone(), orders, delay));
-    Batched { shared, control }
+    let queue = Queue::new(capacity, batch);
+    let orders = queue.take_orders();
+    match to.protocol {
+        OtlpProtocol::HttpProtobuf => {
+            let client = reqwest::Client::builder()
+                .timeout(to.timeout)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let url = format!("{}/v1/traces", to.endpoint.trim_end_matches('/'));
+            let http = Http {
+                client,
+                url,
+                timeout: to.timeout,
+            };
+            tokio::spawn(export_loop(http, to.resource, queue.clone(), orders, delay));
+        }
+        OtlpProtocol::Grpc => {
+            let grpc = Grpc::new(&to.endpoint, to.timeout)?;
+            tokio::spawn(export_loop(grpc, to.resource, queue.clone(), orders, delay));
+        }
+    }
+    Ok(queue)
 }
 
 /// What the exporting task is asked besides its rounds.
 enum Order {
     /// Export everything buffered now; say how it went.
-    Flush(oneshot::Sender<OTelSdkResult>),
-    /// Export everything buffered, stop the exporter, end.
-    Shutdown(oneshot::Sender<OTelSdkResult>),
-    /// What every exported span is a span of (the service), set once by the provider.
-    Resource(Resource),
+    Flush(oneshot::Sender<Result<(), String>>),
+    /// Export everything buffered, then end.
+    Shutdown(oneshot::Sender<Result<(), String>>),
 }
 
-struct Shared {
-    buffer: Mutex<Vec<SpanData>>,
+/// Closed spans waiting to leave, bounded.
+pub struct Queue {
+    buffer: Mutex<Vec<SpanRec>>,
     /// A full batch waits.
     full: Notify,
     /// Spans handed over and not yet exported (or failed).
     pending: AtomicUsize,
     capacity: usize,
     batch: usize,
+    control: mpsc::UnboundedSender<Order>,
+    orders: Mutex<Option<mpsc::UnboundedReceiver<Order>>>,
 }
 
-async fn export_loop<E: SpanExporter>(
-    mut exporter: E,
-    shared: Arc<Shared>,
+impl Queue {
+    pub(super) fn new(capacity: usize, batch: usize) -> Arc<Self> {
+        let (control, orders) = mpsc::unbounded_channel();
+        Arc::new(Queue {
+            buffer: Mutex::new(Vec::new()),
+            full: Notify::new(),
+            pending: AtomicUsize::new(0),
+            capacity,
+            batch: batch.clamp(1, capacity.max(1)),
+            control,
+            orders: Mutex::new(Some(orders)),
+        })
+    }
+
+    fn take_orders(&self) -> mpsc::UnboundedReceiver<Order> {
+        self.orders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .expect("one exporting task per queue")
+    }
+
+    /// What waits, taken out (tests).
+    #[cfg(test)]
+    pub(super) fn drain(&self) -> Vec<SpanRec> {
+        let spans = std::mem::take(&mut *self.buffer.lock().unwrap());
+        self.pending.fetch_sub(spans.len(), Ordering::AcqRel);
+        spans
+    }
+
+    /// Buffers a closed span while fewer than `capacity` wait; drops it (counted) otherwise.
+    pub fn push(&self, span: SpanRec) {
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            SPANS.with_label_values(&["dropped"]).inc();
+            return;
+        }
+        let waiting = {
+            let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+            buffer.push(span);
+            buffer.len()
+        };
+        if waiting == self.batch {
+            self.full.notify_one();
+        }
+    }
+
+    /// Sends `order` and waits for its answer (called at shutdown, off the exporting
+    /// task's thread).
+    fn ask(
+        &self,
+        order: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Order,
+    ) -> Result<(), String> {
+        let (done, answer) = oneshot::channel();
+        if self.control.send(order(done)).is_err() {
+            return Err("the trace exporter has stopped".into());
+        }
+        futures::executor::block_on(answer)
+            .unwrap_or_else(|_| Err("the trace exporter has stopped".into()))
+    }
+
+    /// Exports everything buffered now.
+    pub fn flush(&self) -> Result<(), String> {
+        self.ask(Order::Flush)
+    }
+
+    /// Exports everything buffered and stops the exporting task.
+    pub fn shutdown(&self) -> Result<(), String> {
+        self.ask(Order::Shutdown)
+    }
+}
+
+async fn export_loop<T: Transport>(
+    mut transport: T,
+    resource: Resource,
+    queue: Arc<Queue>,
     mut orders: mpsc::UnboundedReceiver<Order>,
     delay: Duration,
 ) {
     loop {
         let order = tokio::select! {
             _ = tokio::time::sleep(delay) => None,
-            _ = shared.full.notified() => None,
+            _ = queue.full.notified() => None,
             order = orders.recv() => Some(order),
         };
-        if let Some(Some(Order::Resource(resource))) = &order {
-            exporter.set_resource(resource);
-            continue;
-        }
-        let result = export_buffered(&exporter, &shared).await;
+        let result = export_buffered(&mut transport, &resource, &queue).await;
         match order {
-            None | Some(Some(Order::Resource(_))) => {}
+            None => {}
             Some(Some(Order::Flush(done))) => {
                 let _ = done.send(result);
             }
             Some(Some(Order::Shutdown(done))) => {
-                let _ = done.send(result.and(exporter.shutdown()));
+                let _ = done.send(result);
                 return;
             }
-            // Every handle is gone: nothing more can arrive.
-            Some(None) => {
-                let _ = exporter.shutdown();
-                return;
-            }
+            // Unreachable while the queue (which holds the sender) lives.
+            Some(None) => return,
         }
     }
 }
 
+/// Export failures are logged at most once a second.
+static FAILED: LazyLock<super::Throttle> = LazyLock::new(super::Throttle::default);
+
 /// Exports what the buffer holds, a batch at a time, counting each span's fate.
-async fn export_buffered<E: SpanExporter>(exporter: &E, shared: &Shared) -> OTelSdkResult {
-    let mut spans = std::mem::take(&mut *shared.buffer.lock().unwrap_or_else(|e| e.into_inner()));
+async fn export_buffered<T: Transport>(
+    transport: &mut T,
+    resource: &Resource,
+    queue: &Queue,
+) -> Result<(), String> {
+    let spans = std::mem::take(&mut *queue.buffer.lock().unwrap_or_else(|e| e.into_inner()));
     let mut result = Ok(());
-    while !spans.is_empty() {
-        let rest = spans.split_off(spans.len().min(shared.batch));
-        let n = spans.len();
-        let sent = exporter.export(spans).await;
+    for batch in spans.chunks(queue.batch) {
+        let n = batch.len();
+        let sent = transport.send(otlp::request(resource, batch)).await;
         let label = if sent.is_ok() { "exported" } else { "failed" };
         SPANS.with_label_values(&[label]).inc_by(n as u64);
-        shared.pending.fetch_sub(n, Ordering::AcqRel);
+        if let Err(e) = &sent {
+            if let Some(held) = FAILED.ready() {
+                tracing::warn!(spans = n, held_back = held, error = %e, "trace export failed");
+            }
+        }
+        queue.pending.fetch_sub(n, Ordering::AcqRel);
         result = result.and(sent);
-        spans = rest;
     }
     result
 }
 
-/// The span processor: buffers every ended span while fewer than `capacity` wait, drops the
-/// rest (counted).
-#[derive(Debug)]
-struct Batched {
-    shared: Arc<Shared>,
-    control: mpsc::UnboundedSender<Order>,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("pending", &self.pending)
-            .field("capacity", &self.capacity)
-            .finish()
-    }
-}
-
-impl Batched {
-    /// Sends `order` and waits for its answer (these are called at shutdown, off the
-    /// exporting task's thread).
-    fn ask(&self, order: impl FnOnce(oneshot::Sender<OTelSdkResult>) -> Order) -> OTelSdkResult {
-        let (done, answer) = oneshot::channel();
-        if self.control.send(order(done)).is_err() {
-            return Err(OTelSdkError::AlreadyShutdown);
-        }
-        futures::executor::block_on(answer).unwrap_or(Err(OTelSdkError::AlreadyShutdown))
-    }
-}
-
-impl SpanProcessor for Batched {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        let shared = &self.shared;
-        if shared.pending.fetch_add(1, Ordering::AcqRel) >= shared.capacity {
-            shared.pending.fetch_sub(1, Ordering::AcqRel);
-            SPANS.with_label_values(&["dropped"]).inc();
-            return;
-        }
-        let waiting = {
-            let mut buffer = shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
-            buffer.push(span);
-            buffer.len()
-        };
-        if waiting == shared.batch {
-            shared.full.notify_one();
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.ask(Order::Flush)
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        self.ask(Order::Shutdown)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        let _ = self.control.send(Order::Resource(resource.clone()));
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::{Tracer, TracerProvider as _};
-    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use std::borrow::Cow;
 
     use super::*;
+    use crate::telemetry::recorder::{Attributes, Kind, SpanContext, Status};
 
     /// Records the size of every batch it is handed.
-    #[derive(Debug, Clone, Default)]
+    #[derive(Clone, Default)]
     struct Batches(Arc<Mutex<Vec<usize>>>);
 
-    impl SpanExporter for Batches {
-        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-            self.0.lock().unwrap().push(batch.len());
+    impl Transport for Batches {
+        async fn send(&mut self, body: Vec<u8>) -> Result<(), String> {
+            // Each span is a field 2 of the scope: count them by their span id field.
+            let spans = body.windows(2).filter(|w| w == &[0x12, 0x08]).count();
+            self.0.lock().unwrap().push(spans);
             Ok(())
+        }
+    }
+
+    fn span(n: u64) -> SpanRec {
+        SpanRec {
+            context: SpanContext {
+                trace_id: 1,
+                span_id: n,
+                sampled: true,
+            },
+            parent_id: 0,
+            name: Cow::Borrowed("one"),
+            kind: Kind::Internal,
+            start: 1,
+            end: 2,
+            attributes: Attributes::default(),
+            status: Status::Unset,
+            status_message: None,
+            events: Vec::new(),
+            dropped_events: 0,
+            links: Vec::new(),
+            dropped_links: 0,
         }
     }
 
@@ -240,13 +439,22 @@ mod tests {
     async fn spans_leave_in_batches_and_what_does_not_fit_is_counted_as_dropped() {
         let batches = Batches::default();
         let dropped_before = SPANS.with_label_values(&["dropped"]).get();
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(batched(batches.clone(), 25, 10, Duration::from_secs(3600)))
-            .build();
-        let tracer = provider.tracer("test");
+        let queue = Queue::new(25, 10);
+        let orders = queue.take_orders();
+        let resource = Resource {
+            service_name: "test".into(),
+            service_version: "0",
+        };
         // The exporting task waits an hour between rounds: only a full batch wakes it.
-        for _ in 0..10 {
-            tracer.in_span("one", |_| {});
+        tokio::spawn(export_loop(
+            batches.clone(),
+            resource,
+            queue.clone(),
+            orders,
+            Duration::from_secs(3600),
+        ));
+        for n in 1..=10 {
+            queue.push(span(n));
         }
         for _ in 0..200 {
             if batches.0.lock().unwrap().iter().sum::<usize>() == 10 {
@@ -260,10 +468,11 @@ mod tests {
             "a full batch is exported at once"
         );
         // 30 more, of which 25 fit while none is exported (the task may take some meanwhile).
-        for _ in 0..30 {
-            tracer.in_span("more", |_| {});
+        for n in 11..=40 {
+            queue.push(span(n));
         }
-        let flushed = tokio::task::spawn_blocking(move || provider.force_flush())
+        let q = queue.clone();
+        let flushed = tokio::task::spawn_blocking(move || q.flush())
             .await
             .unwrap();
         assert!(flushed.is_ok());

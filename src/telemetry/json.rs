@@ -3,10 +3,8 @@
 
 use std::fmt;
 
-use opentelemetry::trace::TraceContextExt;
 use serde_json::{Map, Value};
 use tracing::{Event, Subscriber};
-use tracing_opentelemetry::OtelData;
 use tracing_subscriber::{
     field::Visit,
     fmt::{format::Writer, FmtContext, FormatEvent, FormatFields},
@@ -63,18 +61,16 @@ where
         event.record(&mut Fields(&mut line));
         if let Some(span) = ctx.lookup_current() {
             line.insert("span".into(), Value::from(span.name()));
-            if let Some(otel) = span.extensions().get::<OtelData>() {
-                // A parent (the client's traceparent) wins over the id drawn at creation.
-                let parent = otel.parent_cx.span().span_context().clone();
-                let trace_id = if parent.is_valid() {
-                    parent.trace_id()
-                } else {
-                    otel.builder.trace_id.unwrap_or(parent.trace_id())
-                };
-                line.insert("trace_id".into(), Value::from(trace_id.to_string()));
-                if let Some(span_id) = otel.builder.span_id {
-                    line.insert("span_id".into(), Value::from(span_id.to_string()));
-                }
+            if let Some(rec) = span.extensions().get::<super::recorder::SpanRec>() {
+                let cx = rec.context;
+                line.insert(
+                    "trace_id".into(),
+                    Value::from(format!("{:032x}", cx.trace_id)),
+                );
+                line.insert(
+                    "span_id".into(),
+                    Value::from(format!("{:016x}", cx.span_id)),
+                );
             }
         }
         let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;

@@ -1,0 +1,202 @@
+//! Spans to OTLP protobuf (`ExportTraceServiceRequest`), written straight from the
+//! recorder's spans: no intermediate message structs, one buffer per batch.
+//!
+//! Field numbers from opentelemetry-proto `trace/v1/trace.proto`, `common/v1/common.proto`,
+//! `resource/v1/resource.proto` and `collector/trace/v1/trace_service.proto`.
+
+use super::recorder::{Attributes, SpanRec, Value};
+
+const VARINT: u32 = 0;
+const FIXED64: u32 = 1;
+const LEN: u32 = 2;
+const FIXED32: u32 = 5;
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn key(out: &mut Vec<u8>, field: u32, wire: u32) {
+    varint(out, u64::from(field << 3 | wire));
+}
+
+fn bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
+    key(out, field, LEN);
+    varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+fn fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
+    key(out, field, FIXED64);
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn uint(out: &mut Vec<u8>, field: u32, v: u64) {
+    if v != 0 {
+        key(out, field, VARINT);
+        varint(out, v);
+    }
+}
+
+/// A length-delimited field whose body `f` writes: the body goes after a placeholder and
+/// is moved once its length is known (most bodies here are under 128 bytes: no move).
+fn nested(out: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
+    key(out, field, LEN);
+    let at = out.len();
+    out.push(0);
+    f(out);
+    let len = out.len() - at - 1;
+    if len < 0x80 {
+        out[at] = len as u8;
+    } else {
+        let mut prefix = Vec::with_capacity(10);
+        varint(&mut prefix, len as u64);
+        out.splice(at..at + 1, prefix);
+    }
+}
+
+/// `KeyValue { key = 1, value = 2 (AnyValue) }`.
+fn attribute(out: &mut Vec<u8>, field: u32, k: &str, v: AnyValue<'_>) {
+    nested(out, field, |out| {
+        bytes(out, 1, k.as_bytes());
+        nested(out, 2, |out| match v {
+            AnyValue::Str(s) => bytes(out, 1, s.as_bytes()),
+            AnyValue::Bool(b) => {
+                key(out, 2, VARINT);
+                out.push(u8::from(b));
+            }
+            AnyValue::I64(i) => {
+                key(out, 3, VARINT);
+                varint(out, i as u64);
+            }
+            AnyValue::F64(f) => fixed64(out, 4, f.to_bits()),
+        });
+    });
+}
+
+enum AnyValue<'a> {
+    Str(&'a str),
+    Bool(bool),
+    I64(i64),
+    F64(f64),
+}
+
+fn attributes(out: &mut Vec<u8>, field: u32, a: &Attributes) {
+    for &(k, v) in &a.list {
+        let v = match v {
+            Value::Str(..) => AnyValue::Str(a.str(v).unwrap_or("")),
+            Value::I64(i) => AnyValue::I64(i),
+            Value::F64(f) => AnyValue::F64(f),
+            Value::Bool(b) => AnyValue::Bool(b),
+        };
+        attribute(out, field, k, v);
+    }
+}
+
+fn span(out: &mut Vec<u8>, s: &SpanRec) {
+    bytes(out, 1, &s.context.trace_id.to_be_bytes());
+    bytes(out, 2, &s.context.span_id.to_be_bytes());
+    if s.parent_id != 0 {
+        bytes(out, 4, &s.parent_id.to_be_bytes());
+    }
+    bytes(out, 5, s.name.as_bytes());
+    uint(out, 6, s.kind as u64);
+    fixed64(out, 7, s.start);
+    fixed64(out, 8, s.end);
+    attributes(out, 9, &s.attributes);
+    uint(out, 10, u64::from(s.attributes.dropped));
+    for e in &s.events {
+        nested(out, 11, |out| {
+            fixed64(out, 1, e.time);
+            bytes(out, 2, e.name.as_bytes());
+            attributes(out, 3, &e.attributes);
+            uint(out, 4, u64::from(e.attributes.dropped));
+        });
+    }
+    uint(out, 12, u64::from(s.dropped_events));
+    for l in &s.links {
+        nested(out, 13, |out| {
+            bytes(out, 1, &l.trace_id.to_be_bytes());
+            bytes(out, 2, &l.span_id.to_be_bytes());
+            key(out, 6, FIXED32);
+            out.extend_from_slice(&u32::from(l.sampled).to_le_bytes());
+        });
+    }
+    uint(out, 14, u64::from(s.dropped_links));
+    if s.status != super::recorder::Status::Unset || s.status_message.is_some() {
+        nested(out, 15, |out| {
+            if let Some(m) = &s.status_message {
+                bytes(out, 2, m.as_bytes());
+            }
+            uint(out, 3, s.status as u64);
+        });
+    }
+    // W3C trace flags (sampled) in the low byte.
+    key(out, 16, FIXED32);
+    out.extend_from_slice(&u32::from(s.context.sampled).to_le_bytes());
+}
+
+/// What every exported span is a span of.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub service_name: String,
+    pub service_version: &'static str,
+}
+
+/// The scope every span is recorded under.
+pub const SCOPE: &str = "myriad-orchestrator";
+
+/// An `ExportTraceServiceRequest` holding `spans`, all of `resource`.
+pub fn request(resource: &Resource, spans: &[SpanRec]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + spans.len() * 320);
+    nested(&mut out, 1, |out| {
+        nested(out, 1, |out| {
+            attribute(
+                out,
+                1,
+                "service.name",
+                AnyValue::Str(&resource.service_name),
+            );
+            attribute(
+                out,
+                1,
+                "service.version",
+                AnyValue::Str(resource.service_version),
+            );
+            attribute(out, 1, "telemetry.sdk.language", AnyValue::Str("rust"));
+        });
+        nested(out, 2, |out| {
+            nested(out, 1, |out| {
+                bytes(out, 1, SCOPE.as_bytes());
+                bytes(out, 2, crate::VERSION.as_bytes());
+            });
+            for s in spans {
+                nested(out, 2, |out| span(out, s));
+            }
+        });
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_and_lengths_are_protobufs() {
+        let mut v = Vec::new();
+        varint(&mut v, 300);
+        assert_eq!(v, [0xac, 0x02]);
+        // A body of 200 bytes needs a two-byte length: the placeholder grows.
+        let mut out = vec![0xff];
+        nested(&mut out, 3, |out| out.extend(std::iter::repeat_n(7u8, 200)));
+        assert_eq!(&out[..4], &[0xff, 3 << 3 | 2, 0xc8, 0x01]);
+        assert_eq!(out.len(), 4 + 200);
+        let mut small = Vec::new();
+        nested(&mut small, 1, |out| out.extend([1, 2, 3]));
+        assert_eq!(small, [0x0a, 3, 1, 2, 3]);
+    }
+}
