@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{
     otlp::{self, Resource},
-    recorder::SpanRec,
+    span::SpanRec,
 };
 use crate::config::OtlpProtocol;
 
@@ -398,7 +398,7 @@ mod tests {
     use std::borrow::Cow;
 
     use super::*;
-    use crate::telemetry::recorder::{Attributes, Kind, SpanContext, Status};
+    use crate::telemetry::span::{Attributes, Kind, SpanContext, Status};
 
     /// Records the size of every batch it is handed.
     #[derive(Clone, Default)]

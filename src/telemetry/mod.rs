@@ -10,6 +10,7 @@ pub mod export;
 mod json;
 mod otlp;
 pub mod recorder;
+mod span;
 
 /// An INFO span opened with some fields and declaring the ones its stages record later:
 /// `later_span!("task", [task_id = %id], [status, otel.status_code])`.
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use tracing::Level;
 use tracing_subscriber::{filter, fmt, prelude::*, EnvFilter, Layer};
 
-pub use recorder::SpanContext;
+pub use span::SpanContext;
 
 use crate::config::{LogFormat, Sampler, TraceSettings};
 

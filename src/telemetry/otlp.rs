@@ -4,7 +4,7 @@
 //! Field numbers from opentelemetry-proto `trace/v1/trace.proto`, `common/v1/common.proto`,
 //! `resource/v1/resource.proto` and `collector/trace/v1/trace_service.proto`.
 
-use super::recorder::{Attributes, SpanRec, Value};
+use super::span::{Attributes, SpanRec, Status, Value};
 
 const VARINT: u32 = 0;
 const FIXED64: u32 = 1;
@@ -126,7 +126,7 @@ fn span(out: &mut Vec<u8>, s: &SpanRec) {
         });
     }
     uint(out, 14, u64::from(s.dropped_links));
-    if s.status != super::recorder::Status::Unset || s.status_message.is_some() {
+    if s.status != Status::Unset || s.status_message.is_some() {
         nested(out, 15, |out| {
             if let Some(m) = &s.status_message {
                 bytes(out, 2, m.as_bytes());

@@ -1,0 +1,151 @@
+//! What a recorded span is: the data the recorder keeps and OTLP carries.
+
+use std::borrow::Cow;
+
+/// At most this many attributes, events and links a span keeps; the rest are counted as
+/// dropped in what is exported (the OpenTelemetry SDK's default limits).
+pub const MAX_ATTRIBUTES: usize = 128;
+pub const MAX_EVENTS: usize = 128;
+pub const MAX_LINKS: usize = 128;
+
+/// A trace id and a span id, as W3C `traceparent` carries them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanContext {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub sampled: bool,
+}
+
+impl SpanContext {
+    /// `00-<trace id>-<span id>-<flags>`.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id,
+            self.span_id,
+            u8::from(self.sampled)
+        )
+    }
+
+    /// A W3C `traceparent` header (version 00 and later versions' first four fields);
+    /// `None` for anything malformed or the all-zero ids the specification forbids.
+    pub fn parse(header: &str) -> Option<SpanContext> {
+        let mut parts = header.trim().split('-');
+        let version = parts.next()?;
+        let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, len: usize| {
+            (s.len() == len
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .then_some(())
+        };
+        hex(version, 2)?;
+        hex(trace, 32)?;
+        hex(span, 16)?;
+        hex(flags, 2)?;
+        if version == "ff" || (version == "00" && parts.next().is_some()) {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(trace, 16).ok()?;
+        let span_id = u64::from_str_radix(span, 16).ok()?;
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        (trace_id != 0 && span_id != 0).then_some(SpanContext {
+            trace_id,
+            span_id,
+            sampled: flags & 1 == 1,
+        })
+    }
+}
+
+/// One attribute's value; strings are ranges of the span's text buffer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    Str(u32, u32),
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+}
+
+/// Attributes: keys from the callsites, string values in one buffer.
+#[derive(Debug, Default)]
+pub struct Attributes {
+    pub text: String,
+    pub list: Vec<(&'static str, Value)>,
+    pub dropped: u32,
+}
+
+impl Attributes {
+    pub fn str(&self, v: Value) -> Option<&str> {
+        match v {
+            Value::Str(a, b) => self.text.get(a as usize..b as usize),
+            _ => None,
+        }
+    }
+
+    /// The value of `key`, if recorded (tests and logs).
+    pub fn get(&self, key: &str) -> Option<Value> {
+        self.list.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    pub(super) fn set(&mut self, key: &'static str, value: Value) {
+        if let Some(slot) = self.list.iter_mut().find(|(k, _)| *k == key) {
+            slot.1 = value;
+        } else if self.list.len() < MAX_ATTRIBUTES {
+            self.list.push((key, value));
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    pub(super) fn text(&mut self, f: impl FnOnce(&mut String)) -> Value {
+        let start = self.text.len();
+        f(&mut self.text);
+        Value::Str(start as u32, self.text.len() as u32)
+    }
+}
+
+#[derive(Debug)]
+pub struct EventRec {
+    pub time: u64,
+    pub name: String,
+    pub attributes: Attributes,
+}
+
+/// Span kind, as OTLP numbers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Internal = 1,
+    Server = 2,
+    Client = 3,
+    Producer = 4,
+    Consumer = 5,
+}
+
+/// Span status, as OTLP numbers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    Unset = 0,
+    Ok = 1,
+    Error = 2,
+}
+
+/// Everything a span carries to the backend.
+#[derive(Debug)]
+pub struct SpanRec {
+    pub context: SpanContext,
+    /// 0: a root.
+    pub parent_id: u64,
+    pub name: Cow<'static, str>,
+    pub kind: Kind,
+    pub start: u64,
+    pub end: u64,
+    pub attributes: Attributes,
+    pub status: Status,
+    pub status_message: Option<String>,
+    pub events: Vec<EventRec>,
+    pub dropped_events: u32,
+    pub links: Vec<SpanContext>,
+    pub dropped_links: u32,
+}
