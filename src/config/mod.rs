@@ -77,6 +77,10 @@ settings! {
         /// A call to an agent (a first attempt or a retry) is not started with less than
         /// this left before the request's deadline: an answer could not arrive in time.
         agent_min_time_left_ms => agent_min_time_left: Ms(25, 0, 60_000) => "agent_min_time_left_ms";
+        /// When every candidate of a task is refused by its breaker or held by peers, the
+        /// best-ranked one still gets one call (`panic`) at most this often, per agent;
+        /// 0 = never (a concept is black-holed until a breaker lets a probe through).
+        routing_panic_interval_ms => panic_interval: Ms(1_000, 0, 600_000) => "routing_panic_interval_ms";
         /// Most tasks in one batch (more → 413).
         max_tasks => max_tasks: Num<usize>(100, 1, 10_000) => "max_tasks";
         /// Largest request body in bytes (more → 413).
@@ -497,7 +501,8 @@ mod tests {
         assert_eq!(view["region"], serde_json::Value::Null);
         assert_eq!(view["runtime"], "per_core");
         assert_eq!(view["agent_min_time_left_ms"], 25);
-        assert_eq!(view.as_object().unwrap().len(), 52, "{view}");
+        assert_eq!(view["routing_panic_interval_ms"], 1_000);
+        assert_eq!(view.as_object().unwrap().len(), 53, "{view}");
     }
 
     #[test]

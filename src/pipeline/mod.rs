@@ -253,11 +253,30 @@ impl Pipeline {
         let mut attempts = 0;
         let mut last: Option<(Failure, &Candidate)> = None;
         let mut rejected: Option<TaskResult> = None;
-        for (position, &index) in plan.order.iter().enumerate() {
+        // The plan's candidates, then — when every one was refused by its breaker or the
+        // peers' hold — the same again for the floor under ejection (`panic`): the first
+        // whose trickle allows a call now gets one.
+        let mut order: Vec<(usize, bool)> = plan.order.iter().map(|&i| (i, false)).collect();
+        let mut all_refused = true;
+        let mut position = 0;
+        while let Some(&(index, panic)) = order.get(position) {
+            position += 1;
             let candidate = &candidates[index];
             let request = request_for(task, candidate);
-            let outcome = self.stack.call(&candidate.agent, &request, ctx).await;
+            let outcome = if panic {
+                match self
+                    .stack
+                    .call_in_panic(&candidate.agent, &request, ctx)
+                    .await
+                {
+                    Some(outcome) => outcome,
+                    None => continue,
+                }
+            } else {
+                self.stack.call(&candidate.agent, &request, ctx).await
+            };
             attempts += outcome.attempts;
+            all_refused &= matches!(outcome.result, Err(Failure::BreakerOpen));
             match outcome.result {
                 Ok(reply) => {
                     let success = reply.succeeded();
@@ -280,8 +299,11 @@ impl Pipeline {
                     r.cached = outcome.cached.map(Tier::as_str);
                     r.stale = outcome.stale;
                     if success {
-                        let reason =
-                            plan.reason_at(position, |i| self.local(&candidates[i].agent.name));
+                        let reason = if panic {
+                            crate::routing::Reason::Panic
+                        } else {
+                            plan.reason_at(position - 1, |i| self.local(&candidates[i].agent.name))
+                        };
                         let span = tracing::Span::current();
                         span.record("chosen_reason", reason.as_str());
                         if !span.is_disabled() {
@@ -341,8 +363,11 @@ impl Pipeline {
                     last = Some((failure, candidate));
                 }
             }
-            if ctx.remaining().is_zero() {
+            if panic || ctx.remaining().is_zero() {
                 break;
+            }
+            if position == plan.order.len() && all_refused {
+                order.extend(plan.order.iter().map(|&i| (i, true)));
             }
         }
         if let Some(mut r) = rejected {

@@ -40,6 +40,34 @@ impl Stack {
         req: &AgentRequest,
         ctx: &RequestCtx,
     ) -> CallOutcome {
+        self.call_as(agent, req, ctx, false).await
+    }
+
+    /// The floor under ejection: a call to `agent` although its breaker is open or peers
+    /// hold it back — one attempt, past the cache, breaker and hold — made when every
+    /// candidate of a task was refused, at most once per `ROUTING_PANIC_INTERVAL_MS` per
+    /// agent (`None`: not now, or the agent asked for time with a 429). An answer closes
+    /// the breaker and tells the peers: the concept recovers as soon as the agent answers.
+    pub async fn call_in_panic(
+        &self,
+        agent: &AgentInfo,
+        req: &AgentRequest,
+        ctx: &RequestCtx,
+    ) -> Option<CallOutcome> {
+        let stages = self.stages(&agent.name);
+        if stages.throttled() || !stages.try_panic(self.settings.panic_interval) {
+            return None;
+        }
+        Some(self.call_as(agent, req, ctx, true).await)
+    }
+
+    async fn call_as(
+        &self,
+        agent: &AgentInfo,
+        req: &AgentRequest,
+        ctx: &RequestCtx,
+        panic: bool,
+    ) -> CallOutcome {
         // The stages decide in an instant: their verdicts are attributes of this span, not
         // spans of their own (a span costs more than the decision it would record).
         let span = crate::later_span!(
@@ -56,13 +84,17 @@ impl Stack {
                 bulkhead,
                 breaker.state,
                 breaker.admitted,
+                panic,
                 otel.status_code
             ]
         );
+        if panic {
+            span.record("panic", true);
+        }
         let started = std::time::Instant::now();
         let stages = self.stages(&agent.name);
         let outcome = self
-            .call_stages(&stages, agent, req, ctx)
+            .call_stages(&stages, agent, req, ctx, panic)
             .instrument(span.clone())
             .await;
         let label = match &outcome.result {
@@ -90,6 +122,7 @@ impl Stack {
         agent: &AgentInfo,
         req: &AgentRequest,
         ctx: &RequestCtx,
+        panic: bool,
     ) -> CallOutcome {
         if ctx.remaining() <= self.settings.min_time_left {
             return self.refuse(Some("deadline"), Failure::Deadline);
@@ -110,13 +143,13 @@ impl Stack {
                 return self.refuse(None, Failure::RateLimited);
             }
         }
-        if !self.caches.cacheable(&req.intent) {
-            return self.upstream(stages, agent, req, ctx).await;
+        if panic || !self.caches.cacheable(&req.intent) {
+            return self.upstream(stages, agent, req, ctx, panic).await;
         }
         if !ctx.use_cache {
             self.caches.responses.count("none", "bypass");
             tracing::Span::current().record("cache.result", "bypass");
-            return self.upstream(stages, agent, req, ctx).await;
+            return self.upstream(stages, agent, req, ctx, false).await;
         }
         let key = response_key(&agent.name, &req.concept, &req.intent, &req.args);
         let subject = Subject {
@@ -131,7 +164,7 @@ impl Stack {
             .responses
             .get_or_fetch(&key, subject, |_| {
                 async {
-                    let out = self.upstream(stages, agent, req, ctx).await;
+                    let out = self.upstream(stages, agent, req, ctx, false).await;
                     attempts.store(out.attempts, Ordering::Relaxed);
                     out.result.map(|reply| {
                         let keep = reply.succeeded().then_some(ttl);
@@ -183,13 +216,15 @@ impl Stack {
         }
     }
 
-    /// Bulkhead → breaker → retry → per-try timeout → HTTP call.
+    /// Bulkhead → breaker → retry → per-try timeout → HTTP call; in `panic`, past the
+    /// peers' hold and an open breaker, one attempt.
     async fn upstream(
         &self,
         stages: &AgentStages,
         agent: &AgentInfo,
         req: &AgentRequest,
         ctx: &RequestCtx,
+        panic: bool,
     ) -> CallOutcome {
         let deadline = ctx.deadline;
         let Some(_slot) = stages.bulkhead.try_enter() else {
@@ -199,7 +234,8 @@ impl Stack {
         let call_span = tracing::Span::current();
         // A peer's open breaker holds calls back while this replica's own is closed (an
         // open or half-open local breaker decides by itself: local wins).
-        if stages.breaker.state() == breaker::BreakerState::Closed
+        if !panic
+            && stages.breaker.state() == breaker::BreakerState::Closed
             && self.peers.as_ref().is_some_and(|s| s.held(&agent.name))
         {
             call_span.record("breaker.state", "held_by_peer");
@@ -208,31 +244,45 @@ impl Stack {
         }
         let permit = stages.breaker.try_acquire();
         call_span.record("breaker.state", stages.breaker.state().as_str());
-        call_span.record("breaker.admitted", permit.is_some());
-        let Some(mut permit) = permit else {
-            return self.refuse(Some("breaker_open"), Failure::BreakerOpen);
+        call_span.record("breaker.admitted", permit.is_some() || panic);
+        let mut permit = match permit {
+            Some(p) => Some(p),
+            None if panic => None,
+            None => return self.refuse(Some("breaker_open"), Failure::BreakerOpen),
         };
-        permit.cancelled_by(ctx.cancelled.clone());
+        if let Some(p) = &mut permit {
+            p.cancelled_by(ctx.cancelled.clone());
+        }
         stages.budget.deposit();
-        let (result, attempts) = retry::attempts(
-            &self.settings.retry,
-            &stages.budget,
-            &self.metrics.retries,
-            deadline
-                .checked_sub(self.settings.min_time_left)
-                .unwrap_or(deadline),
-            |attempt| self.attempt(agent, req, ctx, attempt),
-        )
-        .await;
-        let fault = result.as_ref().is_err_and(CallError::is_upstream_fault);
-        if let Err(CallError::Throttled { retry_after, .. }) = &result {
-            // Neither a fault nor an answer: the agent asked for time, and gets it.
-            stages.throttle(*retry_after);
-            permit.neutral();
-        } else if fault {
-            permit.failure();
+        let (result, attempts) = if panic {
+            (self.attempt(agent, req, ctx, 1).await.0, 1)
         } else {
-            permit.success();
+            retry::attempts(
+                &self.settings.retry,
+                &stages.budget,
+                &self.metrics.retries,
+                deadline
+                    .checked_sub(self.settings.min_time_left)
+                    .unwrap_or(deadline),
+                |attempt| self.attempt(agent, req, ctx, attempt),
+            )
+            .await
+        };
+        let fault = result.as_ref().is_err_and(CallError::is_upstream_fault);
+        match (&result, permit) {
+            (Err(CallError::Throttled { retry_after, .. }), permit) => {
+                // Neither a fault nor an answer: the agent asked for time, and gets it.
+                stages.throttle(*retry_after);
+                if let Some(p) = permit {
+                    p.neutral();
+                }
+            }
+            (_, Some(p)) if fault => p.failure(),
+            (_, Some(p)) => p.success(),
+            // A panic call past an open breaker: an answer closes it (a probe that came
+            // early); a fault leaves it open.
+            (_, None) if !fault => stages.breaker.reset(),
+            (_, None) => {}
         }
         stages.record(fault);
         if result.is_ok() {

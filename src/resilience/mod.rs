@@ -53,6 +53,8 @@ pub struct StackSettings {
     pub agent_timeout: Duration,
     /// No call is started with less than this left before the request's deadline.
     pub min_time_left: Duration,
+    /// One `panic` call per agent at most this often (zero: never).
+    pub panic_interval: Duration,
     pub retry: RetryPolicy,
     pub retry_budget_percent: u32,
     /// One budget for all replicas (with a shared store).
@@ -67,6 +69,7 @@ impl StackSettings {
         StackSettings {
             agent_timeout: c.agent_timeout,
             min_time_left: c.agent_min_time_left,
+            panic_interval: c.panic_interval,
             retry: RetryPolicy::new(c.http_retries, c.http_backoff),
             retry_budget_percent: c.retry_budget_percent,
             retry_budget_cluster: c.retry_budget_scope == crate::config::BudgetScope::Cluster,
@@ -215,6 +218,7 @@ impl Stack {
                     duration: self.metrics.agent_duration.with_label_values(&[&label]),
                     outcomes: crate::metrics::Memo::new(&self.metrics.agent_calls, &[&label]),
                     throttled_until: Mutex::new(None),
+                    panicked_at: AtomicU64::new(0),
                 })
             })
             .clone()

@@ -47,7 +47,13 @@ pub struct AgentStages {
     pub(super) outcomes: crate::metrics::Memo,
     /// Until when the agent asked (429 + `Retry-After`) to be sent nothing.
     pub(super) throttled_until: Mutex<Option<tokio::time::Instant>>,
+    /// When the last `panic` call went to the agent (ms since [`EPOCH`], 0: never).
+    pub(super) panicked_at: AtomicU64,
 }
+
+/// The origin of [`AgentStages::panicked_at`].
+static EPOCH: std::sync::LazyLock<std::time::Instant> =
+    std::sync::LazyLock::new(std::time::Instant::now);
 
 /// What a 429 without a usable `Retry-After` holds an agent back for.
 pub const THROTTLE_DEFAULT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -65,6 +71,21 @@ impl AgentStages {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         *t = Some(t.map_or(until, |old| old.max(until)));
+    }
+
+    /// Takes the agent's `panic` call if none was taken within `interval` (zero: never).
+    pub(super) fn try_panic(&self, interval: std::time::Duration) -> bool {
+        if interval.is_zero() {
+            return false;
+        }
+        // +1: 0 means never.
+        let now = EPOCH.elapsed().as_millis() as u64 + 1;
+        let last = self.panicked_at.load(Ordering::Acquire);
+        (last == 0 || now.saturating_sub(last) >= interval.as_millis() as u64)
+            && self
+                .panicked_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 
     /// Whether the agent's last 429 still holds it back.

@@ -96,10 +96,13 @@ pub enum Reason {
     LocalRegion,
     /// In another region: none of this replica's region could take the task.
     RegionFailover,
+    /// The floor under ejection: every candidate was refused (breakers, peers' holds), and
+    /// this one got its bounded trickle (`ROUTING_PANIC_INTERVAL_MS`).
+    Panic,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::BestScore,
         Reason::ScoreShare,
         Reason::Explore,
@@ -109,6 +112,7 @@ impl Reason {
         Reason::BestRanked,
         Reason::LocalRegion,
         Reason::RegionFailover,
+        Reason::Panic,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -122,6 +126,7 @@ impl Reason {
             Reason::BestRanked => "best_ranked",
             Reason::LocalRegion => "local_region",
             Reason::RegionFailover => "region_failover",
+            Reason::Panic => "panic",
         }
     }
 }

@@ -514,3 +514,93 @@ async fn an_agent_that_asks_for_time_gets_it_and_nothing_else() {
     assert_eq!(r["agent_name"], "Busy_AI", "{r}");
     assert_eq!(busy.calls(), 2);
 }
+
+/// The floor under ejection: with every candidate's breaker open the concept is not
+/// black-holed — the best-ranked agent still gets one call per `ROUTING_PANIC_INTERVAL_MS`
+/// (`panic`), no more, and its first answer closes its breaker.
+#[tokio::test]
+async fn a_concept_whose_every_breaker_is_open_gets_a_bounded_trickle_and_recovers_at_once() {
+    let down = spawn_agent("Down_AI", Behaviour::Status(503));
+    let gone = spawn_agent("Gone_AI", Behaviour::Status(503));
+    let app = spawn_with(
+        myriad::config::RawSettings {
+            breaker_consecutive_failures: Some("2".into()),
+            // No half-open probe within the test: only the floor lets calls through.
+            breaker_open_ms: Some("600000".into()),
+            routing_panic_interval_ms: Some("300".into()),
+            http_retries: Some("0".into()),
+            ..settings()
+        },
+        Some(seed_with(
+            "lamp",
+            &[
+                ("Down_AI", &down.url(), &["define"], 0.9),
+                ("Gone_AI", &gone.url(), &["define"], 0.5),
+            ],
+        )),
+    )
+    .await;
+    // Two tasks, each trying both agents: both breakers open.
+    for id in 1..=2 {
+        assert_eq!(one(&app, id).await["status"], "error");
+    }
+    for agent in ["Down_AI", "Gone_AI"] {
+        let c = crate::helpers::lamp_candidate(&app, agent).await;
+        assert_eq!(c["breaker"], "open", "{c}");
+    }
+    // Let a full interval pass, so each agent's trickle starts with a call of its own.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = (down.calls(), gone.calls());
+    let started = Instant::now();
+    let mut tasks = 0;
+    while started.elapsed() < Duration::from_millis(1_500) {
+        let r = one(&app, 100 + tasks).await;
+        assert_eq!(r["status"], "error", "{r}");
+        tasks += 1;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let elapsed = started.elapsed().as_millis() as usize;
+    let trickle = (down.calls() - before.0, gone.calls() - before.1);
+    // One call per agent per 300 ms at most; the best-ranked first.
+    let most = elapsed / 300 + 1;
+    assert!(tasks >= 20, "{tasks} tasks");
+    assert!(
+        trickle.0 >= 3 && trickle.0 <= most,
+        "{trickle:?} in {elapsed} ms"
+    );
+    assert!(trickle.1 <= most, "{trickle:?} in {elapsed} ms");
+    let c = crate::helpers::lamp_candidate(&app, "Down_AI").await;
+    assert_eq!(
+        c["breaker"], "open",
+        "a failed panic call leaves it open: {c}"
+    );
+
+    // It answers again: the next panic call is served, closes its breaker, and the tasks
+    // after it are routed as usual.
+    down.set(Behaviour::Answer {
+        data: json!("back"),
+        extra: json!({}),
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = one(&app, 1_000).await;
+    assert_eq!(r["status"], "success", "{r}");
+    assert_eq!(r["agent_name"], "Down_AI", "{r}");
+    let c = crate::helpers::lamp_candidate(&app, "Down_AI").await;
+    assert_eq!(c["breaker"], "closed", "{c}");
+    let calls = (down.calls(), gone.calls());
+    for id in 1_001..=1_005 {
+        let r = one(&app, id).await;
+        assert_eq!(r["status"], "success", "{r}");
+        assert_eq!(r["agent_name"], "Down_AI", "{r}");
+    }
+    assert_eq!(
+        (down.calls() - calls.0, gone.calls() - calls.1),
+        (5, 0),
+        "one call a task"
+    );
+    let scrape = app.scrape().await;
+    assert!(
+        scrape.contains("myriad_routing_decisions_total{reason=\"panic\"} 1"),
+        "{scrape}"
+    );
+}
