@@ -34,6 +34,8 @@ async fn the_breaker_opens_within_the_configured_failures_and_the_agent_stops_be
     raw.breaker_consecutive_failures = Some("3".into());
     raw.breaker_open_ms = Some("60000".into());
     raw.http_retries = Some("0".into());
+    // The breaker alone: no floor under ejection (its own test is below).
+    raw.routing_panic_interval_ms = Some("0".into());
     let app = spawn_with(raw, Some(seed)).await;
     let mut codes = Vec::new();
     for i in 0..10 {
@@ -67,6 +69,8 @@ async fn half_open_probes_are_capped_and_the_breaker_closes_after_recovery() {
     raw.breaker_open_ms = Some("300".into());
     raw.breaker_half_open_probes = Some("1".into());
     raw.http_retries = Some("0".into());
+    // The breaker's own probes alone: no floor under ejection.
+    raw.routing_panic_interval_ms = Some("0".into());
     let app = spawn_with(raw, Some(seed)).await;
     one(&app, 1).await;
     one(&app, 2).await;
