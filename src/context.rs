@@ -45,6 +45,35 @@ impl RequestCtx {
     pub fn remaining(&self) -> Duration {
         remaining(self.deadline)
     }
+
+    /// The same request with a cancel flag of its own, for a call that may be dropped
+    /// while the request goes on (a hedged call that lost): dropped after
+    /// [`RequestCtx::cancel`], it is a cancel, not a failure. [`Forward`] passes a cancel of
+    /// the whole request on to it.
+    pub fn child(&self) -> RequestCtx {
+        RequestCtx {
+            cancelled: Arc::default(),
+            ..self.clone()
+        }
+    }
+}
+
+/// Dropped, raises the children's cancel flags if the parent's is raised: hold it after
+/// the children's calls (locals drop in reverse order), so a request the client left
+/// cancels them before they drop.
+pub struct Forward<'a> {
+    pub parent: &'a RequestCtx,
+    pub children: [&'a RequestCtx; 2],
+}
+
+impl Drop for Forward<'_> {
+    fn drop(&mut self) {
+        if self.parent.cancelled.load(Ordering::Acquire) {
+            for c in self.children {
+                c.cancel();
+            }
+        }
+    }
 }
 
 /// Time left before `deadline`, never negative.

@@ -81,6 +81,14 @@ settings! {
         /// best-ranked one still gets one call (`panic`) at most this often, per agent;
         /// 0 = never (a concept is black-holed until a breaker lets a probe through).
         routing_panic_interval_ms => panic_interval: Ms(1_000, 0, 600_000) => "routing_panic_interval_ms";
+        /// Intents safe to send twice (read-only, idempotent): a task of one that has not
+        /// been answered after its agent's hedge delay goes to the next candidate too, and
+        /// the first answer wins. Empty = no hedging; other intents are never sent twice.
+        hedge_intents => hedge_intents: List("") => "hedge_intents";
+        /// Shortest hedge delay: the agent's measured p95 latency, never below this.
+        hedge_delay_min_ms => hedge_delay_min: Ms(10, 1, 60_000) => "hedge_delay_min_ms";
+        /// Longest hedge delay (and the delay while an agent has too few measured calls).
+        hedge_delay_max_ms => hedge_delay_max: Ms(500, 1, 600_000) => "hedge_delay_max_ms";
         /// Most tasks in one batch (more → 413).
         max_tasks => max_tasks: Num<usize>(100, 1, 10_000) => "max_tasks";
         /// Largest request body in bytes (more → 413).
@@ -502,7 +510,9 @@ mod tests {
         assert_eq!(view["runtime"], "per_core");
         assert_eq!(view["agent_min_time_left_ms"], 25);
         assert_eq!(view["routing_panic_interval_ms"], 1_000);
-        assert_eq!(view.as_object().unwrap().len(), 53, "{view}");
+        assert_eq!(view["hedge_intents"], serde_json::json!([]));
+        assert_eq!(view["hedge_delay_min_ms"], 10);
+        assert_eq!(view.as_object().unwrap().len(), 56, "{view}");
     }
 
     #[test]

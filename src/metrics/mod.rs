@@ -117,6 +117,8 @@ pub struct Metrics {
     pub cache_events: IntCounterVec,
     pub learning: IntCounterVec,
     pub neurogenesis: IntCounterVec,
+    /// `myriad_hedges_total{result}`: hedges sent, won, or not sent for want of budget.
+    pub hedges: IntCounterVec,
     pub routing_decisions: IntCounterVec,
     pub discovery_stale_served: IntCounterVec,
     pub graph_gate: IntCounterVec,
@@ -281,6 +283,12 @@ impl Metrics {
                 "Neurogenesis attempts by outcome.",
                 "outcome",
                 &["created", "existing", "failed", "joined"],
+            ),
+            hedges: r.counter(
+                "hedges_total",
+                "Hedged calls: sent (a second candidate asked too), won (its answer came first), no_budget (not sent: the retry budget was spent).",
+                "result",
+                &["sent", "won", "no_budget"],
             ),
             routing_decisions: r.counter(
                 "routing_decisions_total",

@@ -96,6 +96,9 @@ impl Pipeline {
                 cache_tier,
                 candidates,
                 chosen,
+                // A second candidate was asked too (`HEDGE_INTENTS`), and answered first.
+                hedged,
+                hedge_won,
                 otel.status_code
             ]
         );
@@ -259,108 +262,123 @@ impl Pipeline {
         let mut order: Vec<(usize, bool)> = plan.order.iter().map(|&i| (i, false)).collect();
         let mut all_refused = true;
         let mut position = 0;
+        let hedge = plan.order.len() >= 2 && self.stack.hedges(&task.intent);
         while let Some(&(index, panic)) = order.get(position) {
             position += 1;
-            let candidate = &candidates[index];
-            let request = request_for(task, candidate);
-            let outcome = if panic {
+            let outcomes = if panic {
+                let candidate = &candidates[index];
+                let request = request_for(task, candidate);
                 match self
                     .stack
                     .call_in_panic(&candidate.agent, &request, ctx)
                     .await
                 {
-                    Some(outcome) => outcome,
+                    Some(outcome) => vec![(position - 1, index, outcome, Via::Panic)],
                     None => continue,
                 }
+            } else if hedge && position == 1 {
+                let (outcomes, sent) = self.hedged(task, candidates, &plan.order, ctx).await;
+                if sent {
+                    position = 2;
+                }
+                outcomes
             } else {
-                self.stack.call(&candidate.agent, &request, ctx).await
+                let candidate = &candidates[index];
+                let request = request_for(task, candidate);
+                let outcome = self.stack.call(&candidate.agent, &request, ctx).await;
+                vec![(position - 1, index, outcome, Via::Plan)]
             };
-            attempts += outcome.attempts;
-            all_refused &= matches!(outcome.result, Err(Failure::BreakerOpen));
-            match outcome.result {
-                Ok(reply) => {
-                    let success = reply.succeeded();
-                    if outcome.cached.is_none() {
-                        // A cached answer says nothing new about the agent.
-                        let answer = success.then(|| reply.confidence().unwrap_or(1.0));
-                        self.learn(candidate, &task.concept, answer, outcome.attempts);
-                    }
-                    let mut r = TaskResult::new(
-                        task,
-                        if success {
-                            TaskStatus::Success
-                        } else {
-                            TaskStatus::Error
-                        },
-                    );
-                    r.agent_name = Some(candidate.agent.name.clone());
-                    r.absorb(reply.body);
-                    r.attempts = attempts;
-                    r.cached = outcome.cached.map(Tier::as_str);
-                    r.stale = outcome.stale;
-                    if success {
-                        let reason = if panic {
-                            crate::routing::Reason::Panic
-                        } else {
-                            plan.reason_at(position - 1, |i| self.local(&candidates[i].agent.name))
-                        };
-                        let span = tracing::Span::current();
-                        span.record("chosen_reason", reason.as_str());
-                        if !span.is_disabled() {
-                            let estimate = self.router.estimates().posterior(
-                                &candidate.agent.name,
-                                &task.concept,
-                                candidate.stats.weight,
-                            );
-                            span.record("estimate", estimate.mean());
+            for (at, index, outcome, via) in outcomes {
+                let candidate = &candidates[index];
+                attempts += outcome.attempts;
+                all_refused &= matches!(outcome.result, Err(Failure::BreakerOpen));
+                match outcome.result {
+                    Ok(reply) => {
+                        let success = reply.succeeded();
+                        if outcome.cached.is_none() {
+                            // A cached answer says nothing new about the agent.
+                            let answer = success.then(|| reply.confidence().unwrap_or(1.0));
+                            self.learn(candidate, &task.concept, answer, outcome.attempts);
                         }
-                        // Feedback names the task by its request's trace (no trace, no
-                        // feedback: tracing off); a cached answer's agent was not asked.
-                        if r.cached.is_none() {
-                            if let Some(trace_id) = crate::telemetry::current_trace_id() {
-                                self.router.served().record(
-                                    &trace_id,
-                                    &task.key(),
-                                    crate::routing::ServedTask {
-                                        agent: candidate.agent.name.clone(),
-                                        concept: task.concept.clone(),
-                                        weight: candidate.stats.weight,
-                                    },
+                        let mut r = TaskResult::new(
+                            task,
+                            if success {
+                                TaskStatus::Success
+                            } else {
+                                TaskStatus::Error
+                            },
+                        );
+                        r.agent_name = Some(candidate.agent.name.clone());
+                        r.absorb(reply.body);
+                        r.attempts = attempts;
+                        r.cached = outcome.cached.map(Tier::as_str);
+                        r.stale = outcome.stale;
+                        if success {
+                            let reason = match via {
+                                Via::Panic => crate::routing::Reason::Panic,
+                                Via::Hedge => crate::routing::Reason::Hedge,
+                                Via::Plan => {
+                                    plan.reason_at(at, |i| self.local(&candidates[i].agent.name))
+                                }
+                            };
+                            let span = tracing::Span::current();
+                            span.record("chosen_reason", reason.as_str());
+                            if !span.is_disabled() {
+                                let estimate = self.router.estimates().posterior(
+                                    &candidate.agent.name,
+                                    &task.concept,
+                                    candidate.stats.weight,
                                 );
+                                span.record("estimate", estimate.mean());
+                            }
+                            // Feedback names the task by its request's trace (no trace, no
+                            // feedback: tracing off); a cached answer's agent was not asked.
+                            if r.cached.is_none() {
+                                if let Some(trace_id) = crate::telemetry::current_trace_id() {
+                                    self.router.served().record(
+                                        &trace_id,
+                                        &task.key(),
+                                        crate::routing::ServedTask {
+                                            agent: candidate.agent.name.clone(),
+                                            concept: task.concept.clone(),
+                                            weight: candidate.stats.weight,
+                                        },
+                                    );
+                                }
+                            }
+                            self.counts.decisions.inc(&[reason.as_str()]);
+                            return r;
+                        }
+                        r.code = Some(FailureCode::AgentError);
+                        r.error = Some(format!("agent {} reported an error", candidate.agent.name));
+                        rejected.get_or_insert(r);
+                    }
+                    Err(failure) => {
+                        if failure.reached_agent() {
+                            self.learn(candidate, &task.concept, None, outcome.attempts);
+                        }
+                        if let Failure::Call(crate::agents::CallError::Status {
+                            status,
+                            body: Some(body),
+                        }) = &failure
+                        {
+                            if *status < 500 {
+                                let mut r = TaskResult::failed(
+                                    task,
+                                    FailureCode::AgentRejected,
+                                    format!(
+                                        "agent {} rejected the task (HTTP {status})",
+                                        candidate.agent.name
+                                    ),
+                                );
+                                r.agent_name = Some(candidate.agent.name.clone());
+                                r.absorb(body.clone());
+                                rejected.get_or_insert(r);
                             }
                         }
-                        self.counts.decisions.inc(&[reason.as_str()]);
-                        return r;
+                        tracing::debug!(agent = %candidate.agent.name, code = failure.code().as_str(), "candidate failed; trying the next one");
+                        last = Some((failure, candidate));
                     }
-                    r.code = Some(FailureCode::AgentError);
-                    r.error = Some(format!("agent {} reported an error", candidate.agent.name));
-                    rejected.get_or_insert(r);
-                }
-                Err(failure) => {
-                    if failure.reached_agent() {
-                        self.learn(candidate, &task.concept, None, outcome.attempts);
-                    }
-                    if let Failure::Call(crate::agents::CallError::Status {
-                        status,
-                        body: Some(body),
-                    }) = &failure
-                    {
-                        if *status < 500 {
-                            let mut r = TaskResult::failed(
-                                task,
-                                FailureCode::AgentRejected,
-                                format!(
-                                    "agent {} rejected the task (HTTP {status})",
-                                    candidate.agent.name
-                                ),
-                            );
-                            r.agent_name = Some(candidate.agent.name.clone());
-                            r.absorb(body.clone());
-                            rejected.get_or_insert(r);
-                        }
-                    }
-                    tracing::debug!(agent = %candidate.agent.name, code = failure.code().as_str(), "candidate failed; trying the next one");
-                    last = Some((failure, candidate));
                 }
             }
             if panic || ctx.remaining().is_zero() {
@@ -416,6 +434,87 @@ impl Pipeline {
 
 /// The agent protocol body for one candidate: a dynamic agent also gets what neurogenesis
 /// learned, as `args.facts`, unless the client sent facts itself.
+/// How a candidate came to be called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// In the routing policy's order.
+    Plan,
+    /// As a hedge of the first candidate's call.
+    Hedge,
+    /// By the floor under ejection.
+    Panic,
+}
+
+impl Pipeline {
+    /// The first candidate's call, hedged: if it has not answered after its agent's hedge
+    /// delay (and the hedge is allowed: time and retry budget), the second candidate is
+    /// asked too, and the first success wins — the other call is cancelled (its breaker
+    /// does not count it). Returns the outcomes in the order they are to be judged (the
+    /// winner, or every one that completed when none succeeded) and whether the hedge was
+    /// sent.
+    async fn hedged(
+        &self,
+        task: &TaskSpec,
+        candidates: &[Candidate],
+        order: &[usize],
+        ctx: &RequestCtx,
+    ) -> (
+        Vec<(usize, usize, crate::resilience::CallOutcome, Via)>,
+        bool,
+    ) {
+        let (a, b) = (&candidates[order[0]], &candidates[order[1]]);
+        let (req_a, req_b) = (request_for(task, a), request_for(task, b));
+        let (ctx_a, ctx_b) = (ctx.child(), ctx.child());
+        let first = self.stack.call(&a.agent, &req_a, &ctx_a);
+        let second = self.stack.call(&b.agent, &req_b, &ctx_b);
+        // Declared after the calls: dropped before them, so a request the client left
+        // cancels both.
+        let _forward = crate::context::Forward {
+            parent: ctx,
+            children: [&ctx_a, &ctx_b],
+        };
+        tokio::pin!(first, second);
+        let delay = self.stack.hedge_delay(&a.agent.name);
+        let early = tokio::select! {
+            out = &mut first => Some(out),
+            _ = tokio::time::sleep(delay) => None,
+        };
+        if let Some(out) = early {
+            return (vec![(0, order[0], out, Via::Plan)], false);
+        }
+        if !self.stack.try_hedge(&a.agent.name, ctx) {
+            return (vec![(0, order[0], first.await, Via::Plan)], false);
+        }
+        let span = tracing::Span::current();
+        span.record("hedged", true);
+        let answered =
+            |o: &crate::resilience::CallOutcome| o.result.as_ref().is_ok_and(|r| r.succeeded());
+        let (winner, loser_ctx) = tokio::select! {
+            out = &mut first => ((0, order[0], out, Via::Plan), &ctx_b),
+            out = &mut second => ((1, order[1], out, Via::Hedge), &ctx_a),
+        };
+        if answered(&winner.2) {
+            // The other call is dropped with this function: a cancel, not a failure.
+            loser_ctx.cancel();
+            if winner.3 == Via::Hedge {
+                span.record("hedge_won", true);
+                self.stack.count_hedge_won();
+            }
+            return (vec![winner], true);
+        }
+        let other = if winner.3 == Via::Hedge {
+            (0, order[0], first.await, Via::Plan)
+        } else {
+            (1, order[1], second.await, Via::Hedge)
+        };
+        if other.3 == Via::Hedge && answered(&other.2) {
+            span.record("hedge_won", true);
+            self.stack.count_hedge_won();
+        }
+        (vec![winner, other], true)
+    }
+}
+
 fn request_for(task: &TaskSpec, candidate: &Candidate) -> AgentRequest {
     let mut args = task.args.clone();
     if let (Some(facts), Value::Object(map)) = (&candidate.agent.facts, &mut args) {

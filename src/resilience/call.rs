@@ -22,6 +22,42 @@ use crate::{
 };
 
 impl Stack {
+    /// Whether tasks of `intent` may be hedged.
+    pub fn hedges(&self, intent: &str) -> bool {
+        self.settings.hedge_intents.iter().any(|i| i == intent)
+    }
+
+    /// How long a call to `agent` runs before it is hedged: its measured p95 latency within
+    /// `HEDGE_DELAY_MIN_MS..=HEDGE_DELAY_MAX_MS` (the maximum until it has enough samples).
+    pub fn hedge_delay(&self, agent: &str) -> std::time::Duration {
+        let (min, max) = self.settings.hedge_delay;
+        let p95 = self
+            .stages(agent)
+            .latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .p95();
+        p95.map_or(max, |d| d.clamp(min, max))
+    }
+
+    /// Whether a hedge of a call to `agent` may be sent now: time enough left for an
+    /// answer, and a withdrawal from `agent`'s retry budget (a hedge is extra load, as a
+    /// retry is). Counted as `myriad_hedges_total{result="sent"|"no_budget"}`.
+    pub fn try_hedge(&self, agent: &str, ctx: &RequestCtx) -> bool {
+        if ctx.remaining() <= self.settings.min_time_left {
+            return false;
+        }
+        let sent = self.stages(agent).budget.try_withdraw();
+        let label = if sent { "sent" } else { "no_budget" };
+        self.metrics.hedges.with_label_values(&[label]).inc();
+        sent
+    }
+
+    /// A hedge's answer came first.
+    pub fn count_hedge_won(&self) {
+        self.metrics.hedges.with_label_values(&["won"]).inc();
+    }
+
     /// Refuses a call before any attempt; `reason` labels `myriad_calls_refused_total`
     /// (agent rate limits are counted by the limiter's own series).
     fn refuse(&self, reason: Option<&str>, failure: Failure) -> CallOutcome {
@@ -327,6 +363,13 @@ impl Stack {
         // policy would otherwise prefer the agent that refuses work.
         if !matches!(result, Err(CallError::Throttled { .. })) {
             self.signals.observe(&agent.name, seen, sent.elapsed());
+        }
+        if result.is_ok() && !self.settings.hedge_intents.is_empty() {
+            self.stages(&agent.name)
+                .latencies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(sent.elapsed());
         }
         match &result {
             Ok(reply) => {

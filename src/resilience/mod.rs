@@ -55,6 +55,10 @@ pub struct StackSettings {
     pub min_time_left: Duration,
     /// One `panic` call per agent at most this often (zero: never).
     pub panic_interval: Duration,
+    /// Intents whose tasks may be hedged (sent to a second candidate too).
+    pub hedge_intents: Vec<String>,
+    /// Bounds of the hedge delay (the agent's measured p95 latency between them).
+    pub hedge_delay: (Duration, Duration),
     pub retry: RetryPolicy,
     pub retry_budget_percent: u32,
     /// One budget for all replicas (with a shared store).
@@ -70,6 +74,8 @@ impl StackSettings {
             agent_timeout: c.agent_timeout,
             min_time_left: c.agent_min_time_left,
             panic_interval: c.panic_interval,
+            hedge_intents: c.hedge_intents.clone(),
+            hedge_delay: (c.hedge_delay_min, c.hedge_delay_max.max(c.hedge_delay_min)),
             retry: RetryPolicy::new(c.http_retries, c.http_backoff),
             retry_budget_percent: c.retry_budget_percent,
             retry_budget_cluster: c.retry_budget_scope == crate::config::BudgetScope::Cluster,
@@ -219,6 +225,7 @@ impl Stack {
                     outcomes: crate::metrics::Memo::new(&self.metrics.agent_calls, &[&label]),
                     throttled_until: Mutex::new(None),
                     panicked_at: AtomicU64::new(0),
+                    latencies: Mutex::new(stages::Latencies::default()),
                 })
             })
             .clone()

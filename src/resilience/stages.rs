@@ -49,6 +49,49 @@ pub struct AgentStages {
     pub(super) throttled_until: Mutex<Option<tokio::time::Instant>>,
     /// When the last `panic` call went to the agent (ms since [`EPOCH`], 0: never).
     pub(super) panicked_at: AtomicU64,
+    /// Its latest answered calls' latencies, for the hedge delay.
+    pub(super) latencies: Mutex<Latencies>,
+}
+
+/// The latencies of an agent's last [`Latencies::WINDOW`] answered calls, and their p95
+/// (computed again every [`Latencies::EVERY`] samples: a sort of 128 numbers).
+#[derive(Debug, Default)]
+pub struct Latencies {
+    samples: Vec<u32>,
+    next: usize,
+    since: usize,
+    p95_us: Option<u32>,
+}
+
+impl Latencies {
+    pub const WINDOW: usize = 128;
+    pub const EVERY: usize = 16;
+    /// Fewer samples than this: no p95 yet.
+    pub const MIN_SAMPLES: usize = 20;
+
+    pub fn record(&mut self, latency: std::time::Duration) {
+        let us = latency.as_micros().min(u128::from(u32::MAX)) as u32;
+        if self.samples.len() < Self::WINDOW {
+            self.samples.push(us);
+        } else {
+            self.samples[self.next] = us;
+        }
+        self.next = (self.next + 1) % Self::WINDOW;
+        self.since += 1;
+        if self.samples.len() >= Self::MIN_SAMPLES
+            && (self.since >= Self::EVERY || self.p95_us.is_none())
+        {
+            self.since = 0;
+            let mut sorted = self.samples.clone();
+            sorted.sort_unstable();
+            self.p95_us = Some(sorted[(sorted.len() * 95).div_ceil(100) - 1]);
+        }
+    }
+
+    pub fn p95(&self) -> Option<std::time::Duration> {
+        self.p95_us
+            .map(|us| std::time::Duration::from_micros(u64::from(us)))
+    }
 }
 
 /// The origin of [`AgentStages::panicked_at`].

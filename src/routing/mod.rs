@@ -99,10 +99,12 @@ pub enum Reason {
     /// The floor under ejection: every candidate was refused (breakers, peers' holds), and
     /// this one got its bounded trickle (`ROUTING_PANIC_INTERVAL_MS`).
     Panic,
+    /// A hedge: asked because the first choice was slow (`HEDGE_INTENTS`), it answered first.
+    Hedge,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::BestScore,
         Reason::ScoreShare,
         Reason::Explore,
@@ -113,6 +115,7 @@ impl Reason {
         Reason::LocalRegion,
         Reason::RegionFailover,
         Reason::Panic,
+        Reason::Hedge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -127,6 +130,7 @@ impl Reason {
             Reason::LocalRegion => "local_region",
             Reason::RegionFailover => "region_failover",
             Reason::Panic => "panic",
+            Reason::Hedge => "hedge",
         }
     }
 }

@@ -33,6 +33,12 @@ pub enum Behaviour {
     Garbage,
     /// 429 with this `Retry-After` (none if empty) and an agent-shaped body.
     Throttle(&'static str),
+    /// Of every `every` calls, the first `stalls` answer after `delay`; the rest at once.
+    StallSome {
+        stalls: usize,
+        every: usize,
+        delay: Duration,
+    },
     /// Of every `every` calls, the first `fails` answer `status`; the rest succeed.
     FailSome {
         fails: usize,
@@ -134,6 +140,16 @@ async fn query(req: &poem::Request, Data(s): Data<&Shared>, Json(body): Json<Val
                     .insert("retry-after", retry_after.parse().unwrap());
             }
             resp
+        }
+        Behaviour::StallSome {
+            stalls,
+            every,
+            delay,
+        } => {
+            if n % every.max(1) < stalls {
+                tokio::time::sleep(delay).await;
+            }
+            ok(json!(format!("{} answered", s.name)), json!({}))
         }
         Behaviour::FailSome {
             fails,

@@ -608,3 +608,125 @@ async fn a_concept_whose_every_breaker_is_open_gets_a_bounded_trickle_and_recove
         "{scrape}"
     );
 }
+
+/// Hedged calls: an agent that stalls 1 % of its calls for 500 ms puts none of it into the
+/// tasks of an intent safe to repeat (`HEDGE_INTENTS`) — the next candidate is asked after
+/// the hedge delay and answers first — at a few percent more calls; a task of any other
+/// intent is never sent twice, and waits the stall out.
+#[tokio::test]
+async fn a_stalling_agent_is_hedged_for_safe_intents_and_never_for_others() {
+    let stalling = spawn_agent(
+        "Stalling_AI",
+        Behaviour::StallSome {
+            stalls: 1,
+            every: 100,
+            delay: Duration::from_millis(500),
+        },
+    );
+    let spare = answering("Spare_AI");
+    let app = spawn_with(
+        myriad::config::RawSettings {
+            // The graph's order: the stalling agent is always asked first.
+            routing_policy: Some("weight".into()),
+            hedge_intents: Some("define".into()),
+            // Only a real stall is hedged, whatever this machine's load does to latency.
+            hedge_delay_min_ms: Some("50".into()),
+            ..settings()
+        },
+        Some(seed_with(
+            "lamp",
+            &[
+                ("Stalling_AI", &stalling.url(), &["define", "function"], 0.9),
+                ("Spare_AI", &spare.url(), &["define", "function"], 0.1),
+            ],
+        )),
+    )
+    .await;
+    // 300 one-task requests at 200 a second; each task's latency as the client sees it.
+    let run = |intent: &'static str| {
+        let app = &app;
+        futures::future::join_all((0..300u64).map(move |i| async move {
+            tokio::time::sleep(Duration::from_millis(5 * i)).await;
+            let started = Instant::now();
+            let (status, body) = app
+                .post(
+                    "/process",
+                    &json!({"tasks": [{"task_id": i, "concept": "lamp", "intent": intent}]}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let r = &body["results"][i.to_string()];
+            assert_eq!(r["status"], "success", "{r}");
+            (
+                started.elapsed(),
+                r["agent_name"].as_str().unwrap().to_string(),
+            )
+        }))
+    };
+
+    // Until an agent has answered 20 calls its hedge delay is the longest: measure it first
+    // (its call 0 stalls).
+    for i in 0..30 {
+        let (status, _) = app
+            .post(
+                "/process",
+                &json!({"tasks": [{"task_id": 1_000 + i, "concept": "lamp", "intent": "function"}]}),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!((stalling.calls(), spare.calls()), (30, 0));
+
+    let safe = run("define").await;
+    let stalls = 3; // calls 100, 200 and 300 of the stalling agent
+    let slowest = safe.iter().map(|(d, _)| *d).max().unwrap();
+    assert!(
+        slowest < Duration::from_millis(400),
+        "a stall reached a hedged task: {slowest:?}"
+    );
+    let hedged = spare.calls();
+    let won = safe.iter().filter(|(_, a)| a == "Spare_AI").count();
+    println!("hedged {hedged}, won {won}, slowest {slowest:?}");
+    // The stalled calls the hedges beat were cancelled, not failed.
+    let c = crate::helpers::lamp_candidate(&app, "Stalling_AI").await;
+    assert_eq!(
+        (&c["breaker"], &c["health"]),
+        (&json!("closed"), &json!(1.0)),
+        "{c}"
+    );
+    assert!(won >= stalls, "{won} tasks answered by the hedge");
+    assert!(
+        hedged <= 300 * 5 / 100,
+        "{hedged} extra calls for 300 tasks (at most 5 %)"
+    );
+    assert_eq!(
+        stalling.calls(),
+        330,
+        "every task asked the first choice once"
+    );
+    let scrape = app.scrape().await;
+    assert!(
+        scrape.contains(&format!("myriad_hedges_total{{result=\"sent\"}} {hedged}")),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains(&format!(
+            "myriad_routing_decisions_total{{reason=\"hedge\"}} {won}"
+        )),
+        "{scrape}"
+    );
+
+    // Not safe to repeat: one call a task, and the stalls are waited out.
+    let unsafe_ = run("function").await;
+    assert_eq!(
+        spare.calls(),
+        hedged,
+        "a task not safe to repeat was sent twice"
+    );
+    assert_eq!(stalling.calls(), 630);
+    let stalled = unsafe_
+        .iter()
+        .filter(|(d, _)| *d >= Duration::from_millis(450))
+        .count();
+    assert!(stalled >= stalls, "{stalled} tasks waited out a stall");
+}
