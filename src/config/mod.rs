@@ -134,6 +134,12 @@ settings! {
         agent_rate_limit => agent_rate_limit: Num<u32>(0, 0, 1_000_000) => "agent_rate_limit";
         /// Calls in flight per agent before new ones fail fast.
         agent_max_inflight => agent_max_inflight: Num<u32>(64, 1, 100_000) => "agent_max_inflight";
+        /// `fixed`: at most `AGENT_MAX_INFLIGHT` calls in flight per agent. `adaptive`: the
+        /// limit follows the agent's measured latency (a gradient limit) between
+        /// `AGENT_MIN_INFLIGHT` and `AGENT_MAX_INFLIGHT`.
+        agent_concurrency => concurrency: Choice<Concurrency>(Concurrency::Fixed) => "agent_concurrency";
+        /// The least an adaptive concurrency limit falls to, per agent.
+        agent_min_inflight => agent_min_inflight: Num<u32>(4, 1, 100_000) => "agent_min_inflight";
         /// Retries allowed as a percentage of calls over the last 10 s, per agent (plus 3).
         retry_budget_percent => retry_budget_percent: Num<u32>(20, 0, 1_000);
         /// `cluster`: with `REDIS_URL`, one retry budget per agent for all replicas, so N
@@ -300,6 +306,11 @@ named!(
         "parentbased_always_off" => ParentBasedAlwaysOff,
         "parentbased_traceidratio" => ParentBasedTraceIdRatio,
     }
+);
+
+named!(
+    /// How an agent's in-flight limit is set (`AGENT_CONCURRENCY`).
+    Concurrency { "fixed" => Fixed, "adaptive" => Adaptive }
 );
 
 named!(
@@ -512,7 +523,8 @@ mod tests {
         assert_eq!(view["routing_panic_interval_ms"], 1_000);
         assert_eq!(view["hedge_intents"], serde_json::json!([]));
         assert_eq!(view["hedge_delay_min_ms"], 10);
-        assert_eq!(view.as_object().unwrap().len(), 56, "{view}");
+        assert_eq!(view["agent_concurrency"], "fixed");
+        assert_eq!(view.as_object().unwrap().len(), 58, "{view}");
     }
 
     #[test]

@@ -290,6 +290,7 @@ impl Stack {
             p.cancelled_by(ctx.cancelled.clone());
         }
         stages.budget.deposit();
+        let sent = Instant::now();
         let (result, attempts) = if panic {
             (self.attempt(agent, req, ctx, 1).await.0, 1)
         } else {
@@ -304,6 +305,12 @@ impl Stack {
             )
             .await
         };
+        // The adaptive limit learns from first attempts: an answer's latency, a timeout.
+        match &result {
+            Ok(_) if attempts == 1 => stages.bulkhead.answered(sent.elapsed()),
+            Err(CallError::Timeout) => stages.bulkhead.timed_out(),
+            _ => {}
+        }
         let fault = result.as_ref().is_err_and(CallError::is_upstream_fault);
         match (&result, permit) {
             (Err(CallError::Throttled { retry_after, .. }), permit) => {

@@ -66,6 +66,8 @@ pub struct StackSettings {
     pub breaker: BreakerSettings,
     pub agent_rate_limit: u32,
     pub agent_max_inflight: u32,
+    /// `Some(floor)`: the in-flight limit adapts between it and `agent_max_inflight`.
+    pub adaptive_floor: Option<u32>,
 }
 
 impl StackSettings {
@@ -82,6 +84,8 @@ impl StackSettings {
             breaker: c.breaker.clone(),
             agent_rate_limit: c.agent_rate_limit,
             agent_max_inflight: c.agent_max_inflight,
+            adaptive_floor: (c.concurrency == crate::config::Concurrency::Adaptive)
+                .then_some(c.agent_min_inflight),
         }
     }
 }
@@ -211,7 +215,10 @@ impl Stack {
                         self.settings.agent_rate_limit,
                         self.global.clone(),
                     ),
-                    bulkhead: Bulkhead::new(self.settings.agent_max_inflight),
+                    bulkhead: match self.settings.adaptive_floor {
+                        Some(floor) => Bulkhead::adaptive(floor, self.settings.agent_max_inflight),
+                        None => Bulkhead::new(self.settings.agent_max_inflight),
+                    },
                     breaker: Breaker::new(
                         agent,
                         &self.settings.breaker,
@@ -281,6 +288,7 @@ impl Stack {
             Some(g) => AgentLoad {
                 breaker: g.breaker.advance(),
                 in_flight: g.bulkhead.in_flight(),
+                concurrency_limit: g.bulkhead.limit(),
                 recent_failure_rate: g.recent_failure_rate(),
                 calls_total: g.calls.load(Ordering::Relaxed),
                 breaker_opened_total: g.breaker.observed().opened.load(Ordering::Relaxed),

@@ -20,6 +20,8 @@ use super::{
 pub struct AgentLoad {
     pub breaker: breaker::BreakerState,
     pub in_flight: u32,
+    /// Calls in flight allowed now (`AGENT_MAX_INFLIGHT`, or the adaptive limit).
+    pub concurrency_limit: u32,
     /// Share of upstream faults among the last 100 calls.
     pub recent_failure_rate: f64,
     pub calls_total: u64,

@@ -33,6 +33,12 @@ pub enum Behaviour {
     Garbage,
     /// 429 with this `Retry-After` (none if empty) and an agent-shaped body.
     Throttle(&'static str),
+    /// Serves `slots` calls at a time, each taking `service`; the rest wait their turn (an
+    /// agent with a capacity: `slots / service` calls a second).
+    Capacity {
+        slots: Arc<tokio::sync::Semaphore>,
+        service: Duration,
+    },
     /// Of every `every` calls, the first `stalls` answer after `delay`; the rest at once.
     StallSome {
         stalls: usize,
@@ -56,6 +62,8 @@ pub struct TestAgent {
     pub traceparents: Arc<Mutex<Vec<Option<String>>>>,
     /// The `x-request-timeout-ms` header of every call.
     pub timeouts: Arc<Mutex<Vec<Option<String>>>>,
+    /// How long each call took here, from its arrival to its answer.
+    pub latencies: Arc<Mutex<Vec<Duration>>>,
     behaviour: Arc<Mutex<Behaviour>>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -79,11 +87,19 @@ struct Shared {
     received: Arc<Mutex<Vec<Value>>>,
     traceparents: Arc<Mutex<Vec<Option<String>>>>,
     timeouts: Arc<Mutex<Vec<Option<String>>>>,
+    latencies: Arc<Mutex<Vec<Duration>>>,
     behaviour: Arc<Mutex<Behaviour>>,
 }
 
 #[handler]
 async fn query(req: &poem::Request, Data(s): Data<&Shared>, Json(body): Json<Value>) -> Response {
+    let arrived = std::time::Instant::now();
+    let resp = answer(req, s, body).await;
+    s.latencies.lock().unwrap().push(arrived.elapsed());
+    resp
+}
+
+async fn answer(req: &poem::Request, s: &Shared, body: Value) -> Response {
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -140,6 +156,11 @@ async fn query(req: &poem::Request, Data(s): Data<&Shared>, Json(body): Json<Val
                     .insert("retry-after", retry_after.parse().unwrap());
             }
             resp
+        }
+        Behaviour::Capacity { slots, service } => {
+            let _slot = slots.acquire().await.unwrap();
+            tokio::time::sleep(service).await;
+            ok(json!(format!("{} answered", s.name)), json!({}))
         }
         Behaviour::StallSome {
             stalls,
@@ -198,6 +219,7 @@ pub fn spawn_agent(name: &str, behaviour: Behaviour) -> TestAgent {
         received: Arc::new(Mutex::new(Vec::new())),
         traceparents: Arc::new(Mutex::new(Vec::new())),
         timeouts: Arc::new(Mutex::new(Vec::new())),
+        latencies: Arc::new(Mutex::new(Vec::new())),
         behaviour: Arc::new(Mutex::new(behaviour)),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -223,6 +245,7 @@ pub fn spawn_agent(name: &str, behaviour: Behaviour) -> TestAgent {
         received: shared.received,
         traceparents: shared.traceparents,
         timeouts: shared.timeouts,
+        latencies: shared.latencies,
         behaviour: shared.behaviour,
         _stop: stop,
     }

@@ -730,3 +730,103 @@ async fn a_stalling_agent_is_hedged_for_safe_intents_and_never_for_others() {
         .count();
     assert!(stalled >= stalls, "{stalled} tasks waited out a stall");
 }
+
+/// Sends `rate` one-task requests a second for `seconds` (an open loop: arrivals do not wait
+/// for answers), with `headers`; returns each request's status and latency.
+async fn offered(
+    app: &TestApp,
+    rate: u64,
+    seconds: u64,
+    headers: &[(&'static str, &'static str)],
+) -> Vec<(u16, Duration)> {
+    let n = rate * seconds;
+    let gap = Duration::from_secs(1) / rate as u32;
+    futures::future::join_all((0..n).map(|i| async move {
+        tokio::time::sleep(gap * i as u32).await;
+        let mut req = app
+            .client
+            .post(app.url("/process"))
+            .json(&json!({"tasks": [{"task_id": i, "concept": "lamp", "intent": "define"}]}));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let started = Instant::now();
+        let status = match req.send().await {
+            Ok(r) => {
+                let s = r.status().as_u16();
+                let _ = r.bytes().await;
+                s
+            }
+            Err(_) => 0,
+        };
+        (status, started.elapsed())
+    }))
+    .await
+}
+
+fn quantile(mut v: Vec<Duration>, q: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+/// Adaptive concurrency: offered twice what an agent sustains (4 calls at a time of 20 ms:
+/// 200 a second; offered 400), an adaptive limit keeps the agent's latency within twice its
+/// unloaded latency — the excess is refused at once — while the fixed limit (64) lets a queue
+/// build at the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adaptive_limit_keeps_an_overloaded_agents_latency_and_a_fixed_one_does_not() {
+    let service = Duration::from_millis(20);
+    let mut seen_latency = Vec::new();
+    for mode in ["adaptive", "fixed"] {
+        let agent = spawn_agent(
+            "Busy_AI",
+            Behaviour::Capacity {
+                slots: std::sync::Arc::new(tokio::sync::Semaphore::new(4)),
+                service,
+            },
+        );
+        let app = crate::helpers::spawn_process(
+            &[
+                ("AGENT_CONCURRENCY", mode.into()),
+                ("AGENT_MAX_INFLIGHT", "64".into()),
+                ("CACHE_ENABLED", "false".into()),
+                ("HTTP_RETRIES", "0".into()),
+                ("ROUTING_PANIC_INTERVAL_MS", "0".into()),
+            ],
+            Some(seed_with(
+                "lamp",
+                &[("Busy_AI", &agent.url(), &["define"], 0.9)],
+            )),
+        );
+        let answers = offered(&app, 400, 4, &[]).await;
+        assert!(
+            answers.iter().all(|(s, _)| *s == 200),
+            "{mode}: every request answered"
+        );
+        // The last 2 s: the limit has learned.
+        let seen = agent.latencies.lock().unwrap().clone();
+        let settled = seen[seen.len() / 2..].to_vec();
+        let (q50, q99) = (quantile(settled.clone(), 0.5), quantile(settled, 0.99));
+        let (_, status) = app.get("/status").await;
+        let limit = &status["dependencies"]["agents"]["Busy_AI"]["concurrency_limit"];
+        println!(
+            "{mode}: {} calls reached the agent, its latency p50 {q50:?} p99 {q99:?}, limit {limit}",
+            seen.len()
+        );
+        seen_latency.push((q50, q99));
+    }
+    let ((adaptive50, adaptive99), (fixed50, _)) = (seen_latency[0], seen_latency[1]);
+    assert!(
+        adaptive50 <= service * 2,
+        "adaptive: the agent's latency {adaptive50:?} is within twice its unloaded latency"
+    );
+    // Its tail: a call waits at most for the slots ahead of it (settled limit 6, 4 slots).
+    assert!(
+        adaptive99 <= service * 5 / 2,
+        "adaptive: p99 {adaptive99:?}"
+    );
+    assert!(
+        fixed50 > service * 4,
+        "fixed: a queue builds at the agent ({fixed50:?})"
+    );
+}

@@ -142,6 +142,9 @@ pub struct TelemetryDependency {
 pub struct AgentState {
     pub breaker: Breaker,
     pub in_flight: u32,
+    /// Calls in flight allowed now: `AGENT_MAX_INFLIGHT`, or with `AGENT_CONCURRENCY=adaptive`
+    /// the limit the agent's latency sets.
+    pub concurrency_limit: u32,
     /// Share of upstream faults among the last 100 calls.
     pub recent_failure_rate: f64,
     pub calls_total: u64,
@@ -155,6 +158,7 @@ impl From<crate::resilience::AgentLoad> for AgentState {
         AgentState {
             breaker: l.breaker.into(),
             in_flight: l.in_flight,
+            concurrency_limit: l.concurrency_limit,
             recent_failure_rate: l.recent_failure_rate,
             calls_total: l.calls_total,
             breaker_opened_total: l.breaker_opened_total,
