@@ -11,6 +11,27 @@ use std::{
 
 use tokio::time::Instant;
 
+/// How a request ranks under overload (`X-Priority`): `low` is shed first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    /// `high`, `normal` or `low`.
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s {
+            "high" => Some(Priority::High),
+            "normal" => Some(Priority::Normal),
+            "low" => Some(Priority::Low),
+            _ => None,
+        }
+    }
+}
+
 /// What the client's request decided for every task it holds.
 #[derive(Debug, Clone)]
 pub struct RequestCtx {
@@ -24,6 +45,8 @@ pub struct RequestCtx {
     /// Raised when the client went away: work dropped from here on is a cancel, not a
     /// failure.
     pub cancelled: Arc<AtomicBool>,
+    /// Its rank under overload.
+    pub priority: Priority,
 }
 
 impl RequestCtx {
@@ -33,7 +56,14 @@ impl RequestCtx {
             use_cache,
             agent_time,
             cancelled: Arc::default(),
+            priority: Priority::Normal,
         }
+    }
+
+    /// The same request, ranked `priority`.
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
     }
 
     /// The client went away: what is dropped from now on was cancelled.

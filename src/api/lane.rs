@@ -20,7 +20,7 @@ use serde::{
 
 use super::{
     auth::presented_key,
-    batch::{Prepared, Progress},
+    batch::Progress,
     dto::{BatchRequest, Checked, ConceptRule, IntentRule, JsonObject, Nullable, Text},
     dto::{ProcessRequest, TaskId, TaskInput},
     errors::ApiError,
@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     agents::http::TIMEOUT_HEADER,
-    context::{AgentTime, RequestCtx},
+    context::{AgentTime, Priority, RequestCtx},
 };
 
 /// Whether `req` is one the lane may take, before its body is looked at: `POST /process`
@@ -63,12 +63,14 @@ pub(super) async fn serve(
     body: &[u8],
 ) -> Result<Response, Request> {
     let [served, declined] = &state.metrics.process_lane;
-    let (Some(tasks), Ok(timeout)) = (parse(body), client_timeout(&req)) else {
+    let (Some(tasks), Ok(timeout), Some(priority)) =
+        (parse(body), client_timeout(&req), client_priority(&req))
+    else {
         declined.inc();
         return Err(req);
     };
     served.inc();
-    Ok(match run(state, &req, tasks, timeout).await {
+    Ok(match run(state, &req, tasks, timeout, priority).await {
         Ok(reply) => reply.into_response(),
         Err(e) => e.into_response(),
     })
@@ -79,6 +81,7 @@ async fn run(
     req: &Request,
     tasks: Vec<TaskInput>,
     timeout: Option<u64>,
+    priority: Priority,
 ) -> Result<ProcessReply, ApiError> {
     state.authenticate_key(presented_key(req))?;
     // Boxed: a shared limiter's check is a store round trip, a large future to carry inline.
@@ -90,7 +93,8 @@ async fn run(
             .get::<Arc<AgentTime>>()
             .cloned()
             .unwrap_or_default(),
-    );
+    )
+    .with_priority(priority);
     let prepared = state
         .prepare(
             ProcessRequest::Batch(BatchRequest {
@@ -100,12 +104,17 @@ async fn run(
             &ctx,
         )
         .await?;
-    Ok(complete(state, prepared, ctx).await)
+    let body = Progress::new(state.clone(), prepared, ctx).complete().await;
+    super::process::shed(priority, body)
 }
 
-async fn complete(state: &Arc<AppState>, prepared: Prepared, ctx: RequestCtx) -> ProcessReply {
-    let body = Progress::new(state.clone(), prepared, ctx).complete().await;
-    ProcessReply::Body(Box::new(poem_openapi::payload::Json(body)))
+/// The client's `X-Priority`: `normal` when absent, `None` for a value the operation must
+/// refuse.
+fn client_priority(req: &Request) -> Option<Priority> {
+    match req.headers().get("x-priority") {
+        None => Some(Priority::Normal),
+        Some(v) => v.to_str().ok().and_then(Priority::parse),
+    }
 }
 
 /// The client's `X-Request-Timeout-Ms`, if it sent one the operation accepts (an integer

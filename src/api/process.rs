@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     agents::endpoint::redact_endpoint,
-    context::RequestCtx,
+    context::{Priority, RequestCtx},
     graph::{AgentRecord, Candidate},
     routing::Admission,
 };
@@ -220,15 +220,22 @@ impl ProcessApi {
             validator(minimum(value = "1"), maximum(value = "600000"))
         )]
         timeout: Header<Option<u64>>,
+        /// The request's rank under overload: `low` requests get at most half of each
+        /// agent's in-flight limit, and one whose every task was refused for it is answered
+        /// 503 `overloaded` with `Retry-After`. Default `normal`.
+        #[oai(name = "X-Priority")]
+        priority: Header<Option<PriorityParam>>,
         body: Json<ProcessBody>,
     ) -> Result<ProcessReply, ApiError> {
         state.authenticate(&auth)?;
         state.admit(req).await?;
+        let priority = priority.0.map(Priority::from).unwrap_or_default();
         let ctx = RequestCtx::new(
             state.request_timeout(timeout.0),
             use_cache(req),
             req.extensions().get().cloned().unwrap_or_default(),
-        );
+        )
+        .with_priority(priority);
         let prepared = state.prepare(body.0 .0, &ctx).await?;
         if stream::wants_events(req) {
             return Ok(stream::events(state.0.clone(), prepared, ctx));
@@ -236,7 +243,7 @@ impl ProcessApi {
         let body = Progress::new(state.0.clone(), prepared, ctx)
             .complete()
             .await;
-        Ok(ProcessReply::Body(Box::new(Json(body))))
+        shed(priority, body)
     }
 
     /// Alias of `POST /process`, kept for existing clients.
@@ -252,8 +259,34 @@ impl ProcessApi {
             validator(minimum(value = "1"), maximum(value = "600000"))
         )]
         timeout: Header<Option<u64>>,
+        /// As for `POST /process`.
+        #[oai(name = "X-Priority")]
+        priority: Header<Option<PriorityParam>>,
         body: Json<ProcessBody>,
     ) -> Result<ProcessReply, ApiError> {
-        self.process(state, req, auth, timeout, body).await
+        self.process(state, req, auth, timeout, priority, body)
+            .await
     }
+}
+
+/// The answer to a finished batch: its body, or — for a `low` priority request none of
+/// whose tasks was served and some refused for want of capacity — 503 `overloaded` with
+/// `Retry-After: 1`, so the client backs off instead of reading a batch of failures.
+pub(super) fn shed(priority: Priority, body: ProcessResponse) -> Result<ProcessReply, ApiError> {
+    use crate::{failure::FailureCode, pipeline::TaskStatus};
+    let results = body.results.values().map(|r| &r.0);
+    let served = results.clone().any(|r| r.status == TaskStatus::Success);
+    let refused = results
+        .clone()
+        .any(|r| r.code == Some(FailureCode::BulkheadFull));
+    if priority == Priority::Low && !served && refused {
+        let ApiError::Unavailable(b, _) = ApiError::new(
+            ErrorCode::Overloaded,
+            "the agents are at capacity and low priority requests are shed; retry later",
+        ) else {
+            unreachable!("overloaded is a 503")
+        };
+        return Err(ApiError::Unavailable(b, Some(1)));
+    }
+    Ok(ProcessReply::Body(Box::new(Json(body))))
 }

@@ -235,7 +235,7 @@ impl Metrics {
                 "calls_refused_total",
                 "Agent calls refused before any attempt, by the stage that refused them.",
                 "reason",
-                &["breaker_open", "held_by_peer", "bulkhead_full", "deadline", "throttled"],
+                &["breaker_open", "held_by_peer", "bulkhead_full", "shed", "deadline", "throttled"],
             ),
             retries: r.counter(
                 "retries_total",

@@ -19,6 +19,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::context::Priority;
+
 pub struct Bulkhead {
     in_flight: AtomicU32,
     /// The limit now (the ceiling when fixed).
@@ -59,9 +61,10 @@ impl Bulkhead {
         }
     }
 
-    /// A slot, or `None` when the agent already has `limit` calls in flight.
-    pub fn try_enter(&self) -> Option<Slot<'_>> {
-        let limit = self.limit.load(Ordering::Acquire);
+    /// A slot, or `None` when the agent already has `limit` calls in flight — or, for a
+    /// `low` priority call, half of it (the rest is kept for the others).
+    pub fn try_enter(&self, priority: Priority) -> Option<Slot<'_>> {
+        let limit = self.limit_for(priority);
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
@@ -72,6 +75,15 @@ impl Bulkhead {
 
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// The calls in flight a call of `priority` may join.
+    pub fn limit_for(&self, priority: Priority) -> u32 {
+        let limit = self.limit.load(Ordering::Acquire);
+        match priority {
+            Priority::Low => limit.div_ceil(2),
+            Priority::Normal | Priority::High => limit,
+        }
     }
 
     /// The limit now.
@@ -175,19 +187,21 @@ mod tests {
     #[test]
     fn the_slot_after_the_last_fails_fast_and_frees_on_drop() {
         let b = Bulkhead::new(2);
-        let one = b.try_enter().unwrap();
-        let _two = b.try_enter().unwrap();
-        assert!(b.try_enter().is_none());
+        let one = b.try_enter(Priority::Normal).unwrap();
+        let _two = b.try_enter(Priority::Normal).unwrap();
+        assert!(b.try_enter(Priority::Normal).is_none());
         assert_eq!(b.in_flight(), 2);
         drop(one);
-        assert!(b.try_enter().is_some());
+        assert!(b.try_enter(Priority::Normal).is_some());
     }
 
     #[test]
     fn an_adaptive_limit_shrinks_when_latency_grows_and_grows_back_when_it_falls() {
         let b = Bulkhead::adaptive(2, 64);
         assert_eq!(b.limit(), 20);
-        let busy: Vec<Slot<'_>> = (0..20).map(|_| b.try_enter().unwrap()).collect();
+        let busy: Vec<Slot<'_>> = (0..20)
+            .map(|_| b.try_enter(Priority::Normal).unwrap())
+            .collect();
         // Unloaded: 10 ms, the limit in use: it grows toward the ceiling.
         for _ in 0..50 {
             b.answered(Duration::from_millis(10));
@@ -196,7 +210,7 @@ mod tests {
         assert!(grown > 40, "{grown}");
         // Queueing at the agent (every slot taken): 4× its unloaded latency. The limit
         // falls to the floor.
-        let more: Vec<Slot<'_>> = std::iter::from_fn(|| b.try_enter()).collect();
+        let more: Vec<Slot<'_>> = std::iter::from_fn(|| b.try_enter(Priority::Normal)).collect();
         assert_eq!(b.in_flight(), grown);
         for _ in 0..100 {
             b.answered(Duration::from_millis(40));
@@ -209,8 +223,10 @@ mod tests {
         }
         assert_eq!(b.limit(), 2);
         // Latency back to normal and the limit in use: it grows again.
-        let _busy: Vec<Slot<'_>> = (0..2).map(|_| b.try_enter().unwrap()).collect();
-        assert!(b.try_enter().is_none(), "the limit holds");
+        let _busy: Vec<Slot<'_>> = (0..2)
+            .map(|_| b.try_enter(Priority::Normal).unwrap())
+            .collect();
+        assert!(b.try_enter(Priority::Normal).is_none(), "the limit holds");
         for _ in 0..20 {
             b.answered(Duration::from_millis(10));
         }
@@ -219,6 +235,16 @@ mod tests {
         fixed.answered(Duration::from_secs(5));
         fixed.timed_out();
         assert_eq!(fixed.limit(), 8, "a fixed limit does not move");
+    }
+
+    #[test]
+    fn a_low_priority_call_gets_half_the_limit_and_the_others_the_rest() {
+        let b = Bulkhead::new(5);
+        let low: Vec<Slot<'_>> = std::iter::from_fn(|| b.try_enter(Priority::Low)).collect();
+        assert_eq!(low.len(), 3);
+        assert!(b.try_enter(Priority::Normal).is_some());
+        assert!(b.try_enter(Priority::High).is_some());
+        assert!(b.try_enter(Priority::High).is_none());
     }
 
     #[test]

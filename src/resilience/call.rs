@@ -263,9 +263,12 @@ impl Stack {
         panic: bool,
     ) -> CallOutcome {
         let deadline = ctx.deadline;
-        let Some(_slot) = stages.bulkhead.try_enter() else {
-            tracing::Span::current().record("bulkhead", "full");
-            return self.refuse(Some("bulkhead_full"), Failure::BulkheadFull);
+        let Some(_slot) = stages.bulkhead.try_enter(ctx.priority) else {
+            // A low priority call the others' share would still take: shed.
+            let shed = stages.bulkhead.in_flight() < stages.bulkhead.limit();
+            let reason = if shed { "shed" } else { "bulkhead_full" };
+            tracing::Span::current().record("bulkhead", if shed { "shed" } else { "full" });
+            return self.refuse(Some(reason), Failure::BulkheadFull);
         };
         let call_span = tracing::Span::current();
         // A peer's open breaker holds calls back while this replica's own is closed (an

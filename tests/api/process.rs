@@ -324,7 +324,7 @@ async fn lane_and_operation_answer_alike() {
         String::new(),
     ])
     .collect();
-    let send = |body: String, operation: bool, timeout: Option<&str>| {
+    let send = |body: String, operation: bool, timeout: Option<&str>, priority: Option<&str>| {
         let mut req = app
             .client
             .post(app.url("/process"))
@@ -336,6 +336,9 @@ async fn lane_and_operation_answer_alike() {
         if let Some(ms) = timeout {
             req = req.header("x-request-timeout-ms", ms);
         }
+        if let Some(p) = priority {
+            req = req.header("x-priority", p);
+        }
         async move {
             let resp = req.send().await.unwrap();
             let status = resp.status().as_u16();
@@ -346,16 +349,22 @@ async fn lane_and_operation_answer_alike() {
         }
     };
     for body in &bodies {
-        let lane = send(body.clone(), false, None).await;
-        let operation = send(body.clone(), true, None).await;
+        let lane = send(body.clone(), false, None, None).await;
+        let operation = send(body.clone(), true, None, None).await;
         assert_eq!(lane, operation, "{body}");
     }
     // The client's deadline: taken by the lane when the operation would accept it.
     let one = &bodies[0];
     for timeout in ["2000", "20", "0", "x", "600001"] {
-        let lane = send(one.clone(), false, Some(timeout)).await;
-        let operation = send(one.clone(), true, Some(timeout)).await;
+        let lane = send(one.clone(), false, Some(timeout), None).await;
+        let operation = send(one.clone(), true, Some(timeout), None).await;
         assert_eq!(lane, operation, "{timeout}");
+    }
+    // The client's priority: likewise.
+    for priority in ["high", "normal", "low", "HIGH", "urgent", ""] {
+        let lane = send(one.clone(), false, None, Some(priority)).await;
+        let operation = send(one.clone(), true, None, Some(priority)).await;
+        assert_eq!(lane, operation, "{priority}");
     }
     let scrape = app.scrape().await;
     let count = |outcome: &str| {
@@ -372,6 +381,10 @@ async fn lane_and_operation_answer_alike() {
     // Taken by the lane: the well-formed batches (6 answered, 1 naming an unknown concept,
     // and 5 the use case refuses: empty, too many, duplicate ids, a task id too long, args
     // too deep); declined: everything the schema must judge.
-    assert_eq!(count("served"), 12 + 2, "{scrape}");
-    assert_eq!(count("declined"), bodies.len() as u64 - 12 + 3, "{scrape}");
+    assert_eq!(count("served"), 12 + 2 + 3, "{scrape}");
+    assert_eq!(
+        count("declined"),
+        bodies.len() as u64 - 12 + 3 + 3,
+        "{scrape}"
+    );
 }

@@ -732,7 +732,8 @@ async fn a_stalling_agent_is_hedged_for_safe_intents_and_never_for_others() {
 }
 
 /// Sends `rate` one-task requests a second for `seconds` (an open loop: arrivals do not wait
-/// for answers), with `headers`; returns each request's status and latency.
+/// for answers), with `headers`; returns each request's status and latency (a 503's
+/// `Retry-After` and error code are kept in [`SHED`]).
 async fn offered(
     app: &TestApp,
     rate: u64,
@@ -754,7 +755,16 @@ async fn offered(
         let status = match req.send().await {
             Ok(r) => {
                 let s = r.status().as_u16();
-                let _ = r.bytes().await;
+                let retry_after = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_string());
+                let body: Value = r.json().await.unwrap_or_default();
+                if s == 503 {
+                    SHED.lock()
+                        .unwrap()
+                        .push((retry_after, body["code"].as_str().map(str::to_string)));
+                }
                 s
             }
             Err(_) => 0,
@@ -763,6 +773,10 @@ async fn offered(
     }))
     .await
 }
+
+/// The `Retry-After` and error code of every 503 [`offered`] saw.
+static SHED: std::sync::Mutex<Vec<(Option<String>, Option<String>)>> =
+    std::sync::Mutex::new(Vec::new());
 
 fn quantile(mut v: Vec<Duration>, q: f64) -> Duration {
     v.sort();
@@ -829,4 +843,86 @@ async fn an_adaptive_limit_keeps_an_overloaded_agents_latency_and_a_fixed_one_do
         fixed50 > service * 4,
         "fixed: a queue builds at the agent ({fixed50:?})"
     );
+}
+
+/// Priority under overload: offered twice what an agent sustains, `low` requests are shed
+/// with 503 `overloaded` and `Retry-After`, and `high` ones keep their latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_overload_low_priority_is_shed_and_high_priority_keeps_its_latency() {
+    let agent = spawn_agent(
+        "Busy_AI",
+        Behaviour::Capacity {
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(4)),
+            service: Duration::from_millis(20),
+        },
+    );
+    let app = crate::helpers::spawn_process(
+        &[
+            ("AGENT_CONCURRENCY", "adaptive".into()),
+            ("CACHE_ENABLED", "false".into()),
+            ("HTTP_RETRIES", "0".into()),
+            ("ROUTING_PANIC_INTERVAL_MS", "0".into()),
+        ],
+        Some(seed_with(
+            "lamp",
+            &[("Busy_AI", &agent.url(), &["define"], 0.9)],
+        )),
+    );
+    // Unloaded: one request at a time.
+    let mut alone = Vec::new();
+    for _ in 0..20 {
+        let (status, took) = offered(&app, 1, 1, &[("x-priority", "high")]).await[0];
+        assert_eq!(status, 200);
+        alone.push(took);
+    }
+    let unloaded = quantile(alone, 0.5);
+    // 100 high and 300 low a second: twice the agent's 200.
+    let (high, low) = tokio::join!(
+        offered(&app, 100, 4, &[("x-priority", "high")]),
+        offered(&app, 300, 4, &[("x-priority", "low")]),
+    );
+    let settled = |v: &[(u16, Duration)]| v[v.len() / 4..].to_vec();
+    let (high, low) = (settled(&high), settled(&low));
+    assert!(high.iter().all(|(s, _)| *s == 200), "high is never shed");
+    let shed = low.iter().filter(|(s, _)| *s == 503).count();
+    let high99 = quantile(high.iter().map(|(_, d)| *d).collect(), 0.99);
+    println!(
+        "unloaded {unloaded:?}; high p99 {high99:?}; low: {shed} of {} shed",
+        low.len()
+    );
+    assert!(
+        shed * 4 >= low.len(),
+        "low is shed under overload: {shed} of {}",
+        low.len()
+    );
+    assert!(
+        high99 <= unloaded * 2,
+        "high p99 {high99:?} within twice its unloaded {unloaded:?}"
+    );
+    // A shed request says why, and when to come back.
+    let seen = SHED.lock().unwrap().clone();
+    assert!(
+        seen.len() >= shed
+            && seen
+                .iter()
+                .all(|s| *s == (Some("1".into()), Some("overloaded".into()))),
+        "{seen:?}"
+    );
+    let scrape = app.scrape().await;
+    assert!(
+        scrape.contains("myriad_calls_refused_total{reason=\"shed\"}"),
+        "{scrape}"
+    );
+    // A priority the API does not know is a clear 400.
+    let bad = app
+        .client
+        .post(app.url("/process"))
+        .header("x-priority", "urgent")
+        .json(&json!({"tasks": [{"task_id": 1, "concept": "lamp", "intent": "define"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_parameter", "{body}");
 }

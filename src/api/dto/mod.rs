@@ -610,3 +610,23 @@ mod direct {
         }
     }
 }
+
+/// A request's rank under overload (`X-Priority`): `low` requests are shed first (503 with
+/// `Retry-After`) and get at most half of an agent's in-flight limit.
+#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+pub enum PriorityParam {
+    High,
+    Normal,
+    Low,
+}
+
+impl From<PriorityParam> for crate::context::Priority {
+    fn from(p: PriorityParam) -> Self {
+        match p {
+            PriorityParam::High => crate::context::Priority::High,
+            PriorityParam::Normal => crate::context::Priority::Normal,
+            PriorityParam::Low => crate::context::Priority::Low,
+        }
+    }
+}

@@ -108,6 +108,8 @@ error_codes! {
     DuplicateBatchId,
     /// `/ws`: more batches in flight on one socket than it allows.
     TooManyBatches,
+    /// A `low` priority request shed under overload; retry after `Retry-After`.
+    Overloaded,
 }
 
 impl ErrorCode {
@@ -132,7 +134,7 @@ impl ErrorCode {
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             InputProcessorUnavailable | InputProcessorInvalid => StatusCode::BAD_GATEWAY,
-            GraphUnavailable | NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            GraphUnavailable | NotReady | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             NoAgentFound => StatusCode::NOT_FOUND,
             UnknownMessage | DuplicateBatchId => StatusCode::BAD_REQUEST,
             TooManyBatches => StatusCode::TOO_MANY_REQUESTS,
@@ -179,6 +181,7 @@ impl ErrorCode {
             InputProcessorUnavailable => "input_processor_unavailable",
             InputProcessorInvalid => "input_processor_invalid",
             GraphUnavailable => "graph_unavailable",
+            Overloaded => "overloaded",
             NotReady => "not_ready",
             NoAgentFound => "no_agent_found",
             UnknownMessage => "unknown_message",

@@ -96,9 +96,15 @@ pub enum ApiError {
     /// A processor the request depends on failed.
     #[oai(status = 502)]
     BadGateway(Json<ErrorBody>),
-    /// A dependency (the knowledge graph) is unavailable.
+    /// A dependency (the knowledge graph) is unavailable, or a `low` priority request was
+    /// shed under overload (`overloaded`, with `Retry-After`).
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(
+        Json<ErrorBody>,
+        /// Seconds after which the request may succeed (a shed request).
+        #[oai(header = "Retry-After")]
+        Option<u64>,
+    ),
 }
 
 error_responses! {
@@ -142,7 +148,7 @@ impl ApiError {
             | ApiError::HeadersTooLarge(b)
             | ApiError::TooManyRequests(b, ..)
             | ApiError::BadGateway(b)
-            | ApiError::Unavailable(b) => b,
+            | ApiError::Unavailable(b, _) => b,
         }
     }
 
@@ -156,7 +162,7 @@ impl ApiError {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ApiError::HeadersTooLarge(body),
             StatusCode::TOO_MANY_REQUESTS => ApiError::TooManyRequests(body, 1, 0, 0),
             StatusCode::BAD_GATEWAY => ApiError::BadGateway(body),
-            StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(body),
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(body, None),
             _ => ApiError::BadRequest(body),
         }
     }
