@@ -242,9 +242,13 @@ mod tests {
         let b = Bulkhead::new(5);
         let low: Vec<Slot<'_>> = std::iter::from_fn(|| b.try_enter(Priority::Low)).collect();
         assert_eq!(low.len(), 3);
-        assert!(b.try_enter(Priority::Normal).is_some());
-        assert!(b.try_enter(Priority::High).is_some());
-        assert!(b.try_enter(Priority::High).is_none());
+        let normal = b.try_enter(Priority::Normal);
+        let high = b.try_enter(Priority::High);
+        assert!(normal.is_some() && high.is_some());
+        assert!(
+            b.try_enter(Priority::High).is_none(),
+            "the limit holds for all"
+        );
     }
 
     #[test]
