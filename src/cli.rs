@@ -83,6 +83,15 @@ pub struct DemoAgentArgs {
     /// Delay every answer by this many milliseconds (a slow agent).
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
+    /// A slow tail: one call in this many (the first, then every N-th) waits `--stall-ms`.
+    #[arg(long, default_value_t = 0)]
+    pub stall_every: u64,
+    /// How long a stalled call waits, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub stall_ms: u64,
+    /// Serve at most this many calls at once; the rest wait their turn (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub capacity: u32,
 }
 
 fn load(raw: &RawSettings) -> Result<Config, ExitCode> {
@@ -201,6 +210,9 @@ async fn demo_agent(args: DemoAgentArgs) -> ExitCode {
         fail_for_s,
         fail_status,
         delay_ms,
+        stall_every,
+        stall_ms,
+        capacity,
     } = args;
     let delay = std::time::Duration::from_millis(delay_ms);
     let fault = match fail_after_s {
@@ -208,11 +220,17 @@ async fn demo_agent(args: DemoAgentArgs) -> ExitCode {
             after: std::time::Duration::from_secs_f64(after.max(0.0)),
             duration: fail_for_s.map(|d| std::time::Duration::from_secs_f64(d.max(0.0))),
             status: fail_status,
-            delay,
+            ..demo::Fault::delay(delay)
         }),
-        None if delay_ms > 0 => Some(demo::Fault::delay(delay)),
+        None if delay_ms > 0 || stall_every > 0 || capacity > 0 => Some(demo::Fault::delay(delay)),
         None => None,
-    };
+    }
+    .map(|f| demo::Fault {
+        stall_every,
+        stall: std::time::Duration::from_millis(stall_ms),
+        capacity,
+        ..f
+    });
     telemetry::init_logs(LogFormat::Text);
     let listener = match std::net::TcpListener::bind((host, port)) {
         Ok(l) => l,

@@ -80,6 +80,13 @@ pub struct Fault {
     pub status: u16,
     /// Added to every answer (a slow agent, for benchmarks).
     pub delay: std::time::Duration,
+    /// One call in `stall_every` (the first, then every `stall_every`-th) waits `stall`
+    /// before answering: a slow tail (0: none).
+    pub stall_every: u64,
+    pub stall: std::time::Duration,
+    /// At most this many calls are served at once; the rest wait their turn (an agent with
+    /// a capacity: `capacity ÷ delay` calls a second; 0: no limit).
+    pub capacity: u32,
 }
 
 impl Fault {
@@ -90,6 +97,9 @@ impl Fault {
             duration: None,
             status: 500,
             delay,
+            stall_every: 0,
+            stall: std::time::Duration::ZERO,
+            capacity: 0,
         }
     }
 }
@@ -100,6 +110,8 @@ struct AgentState {
     bulb: Arc<Mutex<Bulb>>,
     fault: Option<Fault>,
     started: std::time::Instant,
+    calls: Arc<std::sync::atomic::AtomicU64>,
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl AgentState {
@@ -126,6 +138,10 @@ pub fn app_with_fault(kind: DemoKind, fault: Option<Fault>) -> impl poem::Endpoi
         })),
         fault,
         started: std::time::Instant::now(),
+        calls: Arc::default(),
+        slots: fault
+            .filter(|f| f.capacity > 0)
+            .map(|f| Arc::new(tokio::sync::Semaphore::new(f.capacity as usize))),
     };
     Route::new()
         .at("/query", post(query))
@@ -174,8 +190,20 @@ async fn query(
     Data(state): Data<&AgentState>,
     body: poem::Result<Json<Value>>,
 ) -> Response {
+    let n = state
+        .calls
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _slot = match &state.slots {
+        Some(slots) => slots.acquire().await.ok(),
+        None => None,
+    };
     if let Some(delay) = state.fault.map(|f| f.delay).filter(|d| !d.is_zero()) {
         tokio::time::sleep(delay).await;
+    }
+    if let Some(f) = state.fault.filter(|f| f.stall_every > 0) {
+        if n % f.stall_every == 0 {
+            tokio::time::sleep(f.stall).await;
+        }
     }
     // Continue the caller's trace (W3C traceparent).
     let span = tracing::info_span!(
