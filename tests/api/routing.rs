@@ -522,30 +522,44 @@ async fn a_clients_feedback_moves_traffic_away_from_an_agent_whose_answers_are_w
         }
     };
 
-    // Bad feedback is refused, and changes nothing.
-    let (trace, agent) = served(ask(1).await.unwrap()).await;
+    // Before clients speak, the primary takes most first picks.
+    let mut answered = Vec::new();
+    for id in 1..=20u64 {
+        answered.push((id, served(ask(id).await.unwrap()).await));
+    }
+    let early_wrong = answered
+        .iter()
+        .filter(|(_, (_, a))| a == "Wrong_AI")
+        .count();
+    assert!(
+        early_wrong >= 14,
+        "Wrong_AI answered {early_wrong} of 20 tasks"
+    );
+    // Bad feedback is refused, and changes nothing (after the first picks: a word on this
+    // task is a client speaking).
+    let (trace, agent) = served(ask(21).await.unwrap()).await;
     let name: &'static str = if agent == "Wrong_AI" {
         "Wrong_AI"
     } else {
         "Right_AI"
     };
     let before = evidence(name).await;
-    let good = json!({"trace_id": trace, "task_id": 1, "success": false});
+    let good = json!({"trace_id": trace, "task_id": 21, "success": false});
     let refused = [
         (
-            json!({"trace_id": "not-a-trace", "task_id": 1, "success": false}),
+            json!({"trace_id": "not-a-trace", "task_id": 21, "success": false}),
             Some(KEY),
             400,
             "invalid_body",
         ),
         (
-            json!({"trace_id": trace, "task_id": 1, "success": false, "score": 2}),
+            json!({"trace_id": trace, "task_id": 21, "success": false, "score": 2}),
             Some(KEY),
             400,
             "invalid_body",
         ),
         (
-            json!({"trace_id": trace, "task_id": 2, "success": false}),
+            json!({"trace_id": trace, "task_id": 22, "success": false}),
             Some(KEY),
             404,
             "task_not_found",
@@ -579,19 +593,6 @@ async fn a_clients_feedback_moves_traffic_away_from_an_agent_whose_answers_are_w
     let resp = post("/feedback", good, Some(KEY)).await.unwrap();
     assert_eq!(resp.status(), 404);
 
-    // Before clients speak, the primary takes most first picks.
-    let mut answered = Vec::new();
-    for id in 2..=21u64 {
-        answered.push((id, served(ask(id).await.unwrap()).await));
-    }
-    let early_wrong = answered
-        .iter()
-        .filter(|(_, (_, a))| a == "Wrong_AI")
-        .count();
-    assert!(
-        early_wrong >= 14,
-        "Wrong_AI answered {early_wrong} of 20 tasks"
-    );
     // Then every answer of Wrong_AI is called wrong, those and the ones after: it loses
     // the first picks.
     let feedback = |id: u64, trace: String| {
@@ -607,7 +608,7 @@ async fn a_clients_feedback_moves_traffic_away_from_an_agent_whose_answers_are_w
         }
     }
     let mut late_wrong = 0;
-    for id in 22..=81u64 {
+    for id in 23..=82u64 {
         let (trace, agent) = served(ask(id).await.unwrap()).await;
         if agent == "Wrong_AI" {
             late_wrong += 1;
