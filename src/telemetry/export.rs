@@ -398,7 +398,7 @@ mod tests {
     use std::borrow::Cow;
 
     use super::*;
-    use crate::telemetry::span::{Attributes, Kind, SpanContext, Status};
+    use crate::telemetry::span::SpanContext;
 
     /// Records the size of every batch it is handed.
     #[derive(Clone, Default)]
@@ -414,24 +414,15 @@ mod tests {
     }
 
     fn span(n: u64) -> SpanRec {
+        let context = SpanContext {
+            trace_id: 1,
+            span_id: n,
+            sampled: true,
+        };
         SpanRec {
-            context: SpanContext {
-                trace_id: 1,
-                span_id: n,
-                sampled: true,
-            },
-            parent_id: 0,
-            name: Cow::Borrowed("one"),
-            kind: Kind::Internal,
             start: 1,
             end: 2,
-            attributes: Attributes::default(),
-            status: Status::Unset,
-            status_message: None,
-            events: Vec::new(),
-            dropped_events: 0,
-            links: Vec::new(),
-            dropped_links: 0,
+            ..SpanRec::new(context, 0, Cow::Borrowed("one"))
         }
     }
 

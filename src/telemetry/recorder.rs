@@ -118,41 +118,64 @@ impl Visit for Fields<'_> {
                 }
             }
             "otel.status_message" => rec.status_message = Some(value.to_string()),
-            key => {
-                let v = rec.attributes.text(|t| t.push_str(value));
-                rec.attributes.set(key, v);
-            }
+            _ => rec.attributes.record_str(field, value),
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        match field.name() {
-            name if name.starts_with("otel.") => self.record_str(field, &format!("{value:?}")),
-            key => {
-                let attributes = &mut self.rec.attributes;
-                let v = attributes.text(|t| {
-                    let _ = write!(t, "{value:?}");
-                });
-                attributes.set(key, v);
-            }
+        if field.name().starts_with("otel.") {
+            self.record_str(field, &format!("{value:?}"));
+        } else {
+            self.rec.attributes.record_debug(field, value);
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.rec.attributes.set(field.name(), Value::I64(value));
+        self.rec.attributes.record_i64(field, value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.rec.attributes.record_u64(field, value);
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.rec.attributes.record_f64(field, value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.rec.attributes.record_bool(field, value);
+    }
+}
+
+/// Plain attributes: strings into the text buffer, numbers as they are.
+impl Visit for Attributes {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let v = self.text(|t| t.push_str(value));
+        self.set(field.name(), v);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let v = self.text(|t| {
+            let _ = write!(t, "{value:?}");
+        });
+        self.set(field.name(), v);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.set(field.name(), Value::I64(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         let v = i64::try_from(value).map_or(Value::F64(value as f64), Value::I64);
-        self.rec.attributes.set(field.name(), v);
+        self.set(field.name(), v);
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.rec.attributes.set(field.name(), Value::F64(value));
+        self.set(field.name(), Value::F64(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.rec.attributes.set(field.name(), Value::Bool(value));
+        self.set(field.name(), Value::Bool(value));
     }
 }
 
@@ -164,9 +187,7 @@ impl Visit for EventFields<'_> {
         if field.name() == "message" {
             self.0.name = value.to_string();
         } else {
-            let a = &mut self.0.attributes;
-            let v = a.text(|t| t.push_str(value));
-            a.set(field.name(), v);
+            self.0.attributes.record_str(field, value);
         }
     }
 
@@ -174,29 +195,24 @@ impl Visit for EventFields<'_> {
         if field.name() == "message" {
             self.0.name = format!("{value:?}");
         } else {
-            let a = &mut self.0.attributes;
-            let v = a.text(|t| {
-                let _ = write!(t, "{value:?}");
-            });
-            a.set(field.name(), v);
+            self.0.attributes.record_debug(field, value);
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.attributes.set(field.name(), Value::I64(value));
+        self.0.attributes.record_i64(field, value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        let v = i64::try_from(value).map_or(Value::F64(value as f64), Value::I64);
-        self.0.attributes.set(field.name(), v);
+        self.0.attributes.record_u64(field, value);
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.attributes.set(field.name(), Value::F64(value));
+        self.0.attributes.record_f64(field, value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.attributes.set(field.name(), Value::Bool(value));
+        self.0.attributes.record_bool(field, value);
     }
 }
 
@@ -213,25 +229,13 @@ where
         let sampled = self
             .sampler
             .samples(trace_id, parent.map(|p| p.sampled), self.ratio);
-        let mut rec = SpanRec {
-            context: SpanContext {
-                trace_id,
-                span_id: nonzero(rand::random::<u64>),
-                sampled,
-            },
-            parent_id: parent.map_or(0, |p| p.span_id),
-            name: Cow::Borrowed(attrs.metadata().name()),
-            kind: Kind::Internal,
-            start: 0,
-            end: 0,
-            attributes: Attributes::default(),
-            status: Status::Unset,
-            status_message: None,
-            events: Vec::new(),
-            dropped_events: 0,
-            links: Vec::new(),
-            dropped_links: 0,
+        let context = SpanContext {
+            trace_id,
+            span_id: nonzero(rand::random::<u64>),
+            sampled,
         };
+        let parent_id = parent.map_or(0, |p| p.span_id);
+        let mut rec = SpanRec::new(context, parent_id, Cow::Borrowed(attrs.metadata().name()));
         if self.recording(sampled) {
             rec.start = now_nanos();
             rec.attributes.list.reserve(attrs.metadata().fields().len());

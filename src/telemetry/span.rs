@@ -149,3 +149,24 @@ pub struct SpanRec {
     pub links: Vec<SpanContext>,
     pub dropped_links: u32,
 }
+
+impl SpanRec {
+    /// A span of `context` under `parent_id` (0: a root), nothing recorded yet.
+    pub fn new(context: SpanContext, parent_id: u64, name: Cow<'static, str>) -> Self {
+        SpanRec {
+            context,
+            parent_id,
+            name,
+            kind: Kind::Internal,
+            start: 0,
+            end: 0,
+            attributes: Attributes::default(),
+            status: Status::Unset,
+            status_message: None,
+            events: Vec::new(),
+            dropped_events: 0,
+            links: Vec::new(),
+            dropped_links: 0,
+        }
+    }
+}
