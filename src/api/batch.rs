@@ -87,7 +87,7 @@ impl AppState {
                 specs: self.task_specs(tasks)?,
                 query: None,
             }),
-            ProcessRequest::Query(QueryRequest { query, user_id }) => {
+            ProcessRequest::Query(QueryRequest { query, user_id, .. }) => {
                 let query = query.trim().to_string();
                 let user_id = user_id
                     .as_ref()

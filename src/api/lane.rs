@@ -63,12 +63,13 @@ pub(super) async fn serve(
     body: &[u8],
 ) -> Result<Response, Request> {
     let [served, declined] = &state.metrics.process_lane;
-    let (Some(tasks), Ok(timeout), Some(priority)) =
+    let (Some((tasks, asked)), Ok(timeout), Some(header)) =
         (parse(body), client_timeout(&req), client_priority(&req))
     else {
         declined.inc();
         return Err(req);
     };
+    let priority = asked.unwrap_or(header);
     served.inc();
     Ok(match run(state, &req, tasks, timeout, priority).await {
         Ok(reply) => reply.into_response(),
@@ -100,6 +101,7 @@ async fn run(
             ProcessRequest::Batch(BatchRequest {
                 tasks,
                 user_id: None,
+                priority: None,
             }),
             &ctx,
         )
@@ -133,14 +135,18 @@ fn client_timeout(req: &Request) -> Result<Option<u64>, ()> {
 
 /// The tasks of a batch body the schema accepts, or `None` for anything the operation
 /// should judge (see the module's notes).
-pub(super) fn parse(body: &[u8]) -> Option<Vec<TaskInput>> {
+pub(super) fn parse(body: &[u8]) -> Option<(Vec<TaskInput>, Option<Priority>)> {
     let batch: WireBatch = serde_json::from_slice(body).ok()?;
     if let Some(user) = &batch.user_id {
         if user.chars().count() > MAX_ID_CHARS {
             return None;
         }
     }
-    batch
+    let priority = match batch.priority.as_deref() {
+        None => None,
+        Some(p) => Some(Priority::parse(p)?),
+    };
+    let tasks = batch
         .tasks
         .into_iter()
         .map(|t| {
@@ -154,7 +160,8 @@ pub(super) fn parse(body: &[u8]) -> Option<Vec<TaskInput>> {
                 },
             })
         })
-        .collect()
+        .collect::<Option<Vec<_>>>()?;
+    Some((tasks, priority))
 }
 
 /// A batch body, as the schema declares it (any other member: not the lane's).
@@ -164,6 +171,8 @@ struct WireBatch {
     tasks: Vec<WireTask>,
     #[serde(default)]
     user_id: Option<String>,
+    #[serde(default)]
+    priority: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -222,14 +222,21 @@ impl ProcessApi {
         timeout: Header<Option<u64>>,
         /// The request's rank under overload: `low` requests get at most half of each
         /// agent's in-flight limit, and one whose every task was refused for it is answered
-        /// 503 `overloaded` with `Retry-After`. Default `normal`.
+        /// 503 `overloaded` with `Retry-After`. Default `normal`; the body's `priority`
+        /// overrides it.
         #[oai(name = "X-Priority")]
         priority: Header<Option<PriorityParam>>,
         body: Json<ProcessBody>,
     ) -> Result<ProcessReply, ApiError> {
         state.authenticate(&auth)?;
         state.admit(req).await?;
-        let priority = priority.0.map(Priority::from).unwrap_or_default();
+        let priority = body
+            .0
+             .0
+            .priority()
+            .or(priority.0)
+            .map(Priority::from)
+            .unwrap_or_default();
         let ctx = RequestCtx::new(
             state.request_timeout(timeout.0),
             use_cache(req),

@@ -309,6 +309,11 @@ async fn lane_and_operation_answer_alike() {
         json!({"tasks": [{"task_id": 1, "concept": "lightbulb", "intent": "define", "extra": 1}]}),
         json!({"tasks": [task(json!(1), "lightbulb", "define")], "user_id": "u".repeat(129)}),
         json!({"tasks": [task(json!(1), "lightbulb", "define")], "user_id": 5}),
+        json!({"tasks": [task(json!(1), "lightbulb", "define")], "priority": "low"}),
+        json!({"tasks": [task(json!(1), "lightbulb", "define")], "priority": null}),
+        json!({"tasks": [task(json!(1), "lightbulb", "define")], "priority": "urgent"}),
+        json!({"tasks": [task(json!(1), "lightbulb", "define")], "priority": 5}),
+        json!({"query": "Define a lightbulb", "priority": "high"}),
         json!({"tasks": [task(json!(1), "lightbulb", "define")], "query": "what is a lightbulb"}),
         json!({"query": "Define a lightbulb"}),
         json!({"tasks": "not a list"}),
@@ -378,13 +383,14 @@ async fn lane_and_operation_answer_alike() {
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .unwrap()
     };
-    // Taken by the lane: the well-formed batches (6 answered, 1 naming an unknown concept,
+    // Taken by the lane: the well-formed batches (8 answered, 1 naming an unknown concept,
     // and 5 the use case refuses: empty, too many, duplicate ids, a task id too long, args
-    // too deep); declined: everything the schema must judge.
-    assert_eq!(count("served"), 12 + 2 + 3, "{scrape}");
+    // too deep); declined: everything the schema must judge. Then 2 of the deadlines and
+    // 3 of the priorities.
+    assert_eq!(count("served"), 14 + 2 + 3, "{scrape}");
     assert_eq!(
         count("declined"),
-        bodies.len() as u64 - 12 + 3 + 3,
+        bodies.len() as u64 - 14 + 3 + 3,
         "{scrape}"
     );
 }

@@ -740,14 +740,26 @@ async fn offered(
     seconds: u64,
     headers: &[(&'static str, &'static str)],
 ) -> Vec<(u16, Duration)> {
+    offered_as(app, rate, seconds, headers, None).await
+}
+
+/// [`offered`], the body carrying `priority` when given.
+async fn offered_as(
+    app: &TestApp,
+    rate: u64,
+    seconds: u64,
+    headers: &[(&'static str, &'static str)],
+    priority: Option<&'static str>,
+) -> Vec<(u16, Duration)> {
     let n = rate * seconds;
     let gap = Duration::from_secs(1) / rate as u32;
     futures::future::join_all((0..n).map(|i| async move {
         tokio::time::sleep(gap * i as u32).await;
-        let mut req = app
-            .client
-            .post(app.url("/process"))
-            .json(&json!({"tasks": [{"task_id": i, "concept": "lamp", "intent": "define"}]}));
+        let mut body = json!({"tasks": [{"task_id": i, "concept": "lamp", "intent": "define"}]});
+        if let Some(p) = priority {
+            body["priority"] = json!(p);
+        }
+        let mut req = app.client.post(app.url("/process")).json(&body);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -876,10 +888,10 @@ async fn under_overload_low_priority_is_shed_and_high_priority_keeps_its_latency
         alone.push(took);
     }
     let unloaded = quantile(alone, 0.5);
-    // 100 high and 300 low a second: twice the agent's 200.
+    // 100 high and 300 low a second: twice the agent's 200 (low says so in its body).
     let (high, low) = tokio::join!(
         offered(&app, 100, 4, &[("x-priority", "high")]),
-        offered(&app, 300, 4, &[("x-priority", "low")]),
+        offered_as(&app, 300, 4, &[], Some("low")),
     );
     let settled = |v: &[(u16, Duration)]| v[v.len() / 4..].to_vec();
     let (high, low) = (settled(&high), settled(&low));

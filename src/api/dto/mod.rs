@@ -233,6 +233,8 @@ pub struct BatchRequest {
     /// Who asks.
     #[oai(validator(max_length = 128))]
     pub user_id: Option<Nullable<Text>>,
+    /// The request's rank under overload (as `X-Priority`, which it overrides).
+    pub priority: Option<PriorityParam>,
 }
 
 /// A question in English.
@@ -243,6 +245,8 @@ pub struct QueryRequest {
     /// Who asks.
     #[oai(validator(max_length = 128))]
     pub user_id: Option<Nullable<Text>>,
+    /// The request's rank under overload (as `X-Priority`, which it overrides).
+    pub priority: Option<PriorityParam>,
 }
 
 /// Exactly one of: a batch (`tasks`) or a question (`query`).
@@ -253,11 +257,22 @@ pub enum ProcessRequest {
     Query(QueryRequest),
 }
 
+impl ProcessRequest {
+    /// The rank the body asks for, if it asks.
+    pub fn priority(&self) -> Option<PriorityParam> {
+        match self {
+            ProcessRequest::Batch(b) => b.priority,
+            ProcessRequest::Query(q) => q.priority,
+        }
+    }
+}
+
 /// What `/process` accepts, with every limit the schema enforces.
 pub const PROCESS_SHAPE: &str = "send exactly one of {\"query\": \"a question\"} (1–2000 characters, not blank) \
 or {\"tasks\": [{\"task_id\", \"concept\", \"intent\", \"args\"?}]} (at least one task; task_id an integer \
 or at most 128 characters; concept 1–128 characters, not blank, no control characters; intent 1–64 of \
-a-z A-Z 0-9 _ -; args a JSON object), each with an optional user_id of at most 128 characters";
+a-z A-Z 0-9 _ -; args a JSON object), each with an optional user_id of at most 128 characters \
+and an optional priority (high, normal or low)";
 
 /// The `/process` body, with the `ProcessRequest` schema. A body matching neither shape is
 /// answered with what is accepted, not with the union's echo of the input.
