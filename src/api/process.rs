@@ -220,7 +220,7 @@ impl ProcessApi {
             validator(minimum(value = "1"), maximum(value = "600000"))
         )]
         timeout: Header<Option<u64>>,
-        /// The request's rank under overload: `low` requests get at most half of each
+        /// The request's rank under overload: `low` requests get at most a quarter of each
         /// agent's in-flight limit, and one whose every task was refused for it is answered
         /// 503 `overloaded` with `Retry-After`. Default `normal`; the body's `priority`
         /// overrides it.

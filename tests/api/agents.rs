@@ -62,8 +62,8 @@ pub struct TestAgent {
     pub traceparents: Arc<Mutex<Vec<Option<String>>>>,
     /// The `x-request-timeout-ms` header of every call.
     pub timeouts: Arc<Mutex<Vec<Option<String>>>>,
-    /// How long each call took here, from its arrival to its answer.
-    pub latencies: Arc<Mutex<Vec<Duration>>>,
+    /// Each call's task id and how long it took here, from its arrival to its answer.
+    pub latencies: Arc<Mutex<Vec<(Value, Duration)>>>,
     behaviour: Arc<Mutex<Behaviour>>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -87,15 +87,16 @@ struct Shared {
     received: Arc<Mutex<Vec<Value>>>,
     traceparents: Arc<Mutex<Vec<Option<String>>>>,
     timeouts: Arc<Mutex<Vec<Option<String>>>>,
-    latencies: Arc<Mutex<Vec<Duration>>>,
+    latencies: Arc<Mutex<Vec<(Value, Duration)>>>,
     behaviour: Arc<Mutex<Behaviour>>,
 }
 
 #[handler]
 async fn query(req: &poem::Request, Data(s): Data<&Shared>, Json(body): Json<Value>) -> Response {
     let arrived = std::time::Instant::now();
+    let id = body["task_id"].clone();
     let resp = answer(req, s, body).await;
-    s.latencies.lock().unwrap().push(arrived.elapsed());
+    s.latencies.lock().unwrap().push((id, arrived.elapsed()));
     resp
 }
 

@@ -627,7 +627,7 @@ mod direct {
 }
 
 /// A request's rank under overload (`X-Priority`): `low` requests are shed first (503 with
-/// `Retry-After`) and get at most half of an agent's in-flight limit.
+/// `Retry-After`) and get at most a quarter of an agent's in-flight limit.
 #[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
 #[oai(rename_all = "lowercase")]
 pub enum PriorityParam {
