@@ -612,7 +612,7 @@ async fn a_concept_whose_every_breaker_is_open_gets_a_bounded_trickle_and_recove
 /// Hedged calls: an agent that stalls 1 % of its calls for 500 ms puts none of it into the
 /// tasks of an intent safe to repeat (`HEDGE_INTENTS`) — the next candidate is asked after
 /// the hedge delay and answers first — at a few percent more calls; a task of any other
-/// intent is never sent twice, and waits the stall out.
+/// intent is never sent twice, and waits the stall out. k6 sends 200 a second.
 #[tokio::test]
 async fn a_stalling_agent_is_hedged_for_safe_intents_and_never_for_others() {
     let stalling = spawn_agent(
@@ -642,28 +642,6 @@ async fn a_stalling_agent_is_hedged_for_safe_intents_and_never_for_others() {
         )),
     )
     .await;
-    // 300 one-task requests at 200 a second; each task's latency as the client sees it.
-    let run = |intent: &'static str| {
-        let app = &app;
-        futures::future::join_all((0..300u64).map(move |i| async move {
-            tokio::time::sleep(Duration::from_millis(5 * i)).await;
-            let started = Instant::now();
-            let (status, body) = app
-                .post(
-                    "/process",
-                    &json!({"tasks": [{"task_id": i, "concept": "lamp", "intent": intent}]}),
-                )
-                .await;
-            assert_eq!(status, 200, "{body}");
-            let r = &body["results"][i.to_string()];
-            assert_eq!(r["status"], "success", "{r}");
-            (
-                started.elapsed(),
-                r["agent_name"].as_str().unwrap().to_string(),
-            )
-        }))
-    };
-
     // Until an agent has answered 20 calls its hedge delay is the longest: measure it first
     // (its call 0 stalls).
     for i in 0..30 {
@@ -677,16 +655,47 @@ async fn a_stalling_agent_is_hedged_for_safe_intents_and_never_for_others() {
     }
     assert_eq!((stalling.calls(), spare.calls()), (30, 0));
 
-    let safe = run("define").await;
-    let stalls = 3; // calls 100, 200 and 300 of the stalling agent
-    let slowest = safe.iter().map(|(d, _)| *d).max().unwrap();
+    // k6: 400 one-task requests at 200 a second.
+    let safe = k6_tail(&app, 200, 2, &[("INTENT", "define")]).await;
+    let stalls = 4; // calls 100, 200, 300 and 400 of the stalling agent
+    let slowest = safe["served_ms"]["max"].as_f64().unwrap();
+    assert_eq!(count(&safe, "unserved"), 0.0, "every task served");
     assert!(
-        slowest < Duration::from_millis(400),
-        "a stall reached a hedged task: {slowest:?}"
+        slowest < 400.0,
+        "a stall reached a hedged task: {slowest} ms"
     );
     let hedged = spare.calls();
-    let won = safe.iter().filter(|(_, a)| a == "Spare_AI").count();
-    println!("hedged {hedged}, won {won}, slowest {slowest:?}");
+    let scrape = app.scrape().await;
+    let series = |name: &str| {
+        scrape
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    let won = series("myriad_hedges_total{result=\"won\"}");
+    println!(
+        "hedged {hedged}, won {won}, p99 {} ms, slowest {slowest} ms",
+        safe["served_ms"]["p(99)"]
+    );
+    let p99 = safe["served_ms"]["p(99)"].as_f64().unwrap();
+    assert!(p99 <= 30.0, "hedged p99 {p99} ms");
+    assert!(won >= stalls, "{won} tasks answered by the hedge");
+    let sent = count(&safe, "http_reqs") as usize;
+    assert!(
+        hedged * 100 <= sent * 5,
+        "{hedged} extra calls for {sent} tasks (at most 5 %)"
+    );
+    assert_eq!(series("myriad_hedges_total{result=\"sent\"}"), hedged);
+    assert_eq!(
+        series("myriad_routing_decisions_total{reason=\"hedge\"}"),
+        won
+    );
+    assert_eq!(
+        stalling.calls(),
+        30 + sent,
+        "every task asked the first choice once"
+    );
     // The stalled calls the hedges beat were cancelled, not failed.
     let c = crate::helpers::lamp_candidate(&app, "Stalling_AI").await;
     assert_eq!(
@@ -694,41 +703,20 @@ async fn a_stalling_agent_is_hedged_for_safe_intents_and_never_for_others() {
         (&json!("closed"), &json!(1.0)),
         "{c}"
     );
-    assert!(won >= stalls, "{won} tasks answered by the hedge");
-    assert!(
-        hedged <= 300 * 5 / 100,
-        "{hedged} extra calls for 300 tasks (at most 5 %)"
-    );
-    assert_eq!(
-        stalling.calls(),
-        330,
-        "every task asked the first choice once"
-    );
-    let scrape = app.scrape().await;
-    assert!(
-        scrape.contains(&format!("myriad_hedges_total{{result=\"sent\"}} {hedged}")),
-        "{scrape}"
-    );
-    assert!(
-        scrape.contains(&format!(
-            "myriad_routing_decisions_total{{reason=\"hedge\"}} {won}"
-        )),
-        "{scrape}"
-    );
 
     // Not safe to repeat: one call a task, and the stalls are waited out.
-    let unsafe_ = run("function").await;
+    let unsafe_ = k6_tail(&app, 200, 2, &[("INTENT", "function")]).await;
     assert_eq!(
         spare.calls(),
         hedged,
         "a task not safe to repeat was sent twice"
     );
-    assert_eq!(stalling.calls(), 630);
-    let stalled = unsafe_
-        .iter()
-        .filter(|(d, _)| *d >= Duration::from_millis(450))
-        .count();
-    assert!(stalled >= stalls, "{stalled} tasks waited out a stall");
+    assert_eq!(
+        stalling.calls(),
+        30 + sent + count(&unsafe_, "http_reqs") as usize
+    );
+    let slowest = unsafe_["served_ms"]["max"].as_f64().unwrap();
+    assert!(slowest >= 450.0, "a task waited out a stall: {slowest} ms");
 }
 
 /// k6 (`loadtests/tail.js`) sending `rate` one-task `/process` requests a second to `app`
