@@ -234,8 +234,7 @@ impl ProcessApi {
             .0
              .0
             .priority()
-            .or(priority.0)
-            .map(Priority::from)
+            .or(priority.0.map(Priority::from))
             .unwrap_or_default();
         let ctx = RequestCtx::new(
             state.request_timeout(timeout.0),

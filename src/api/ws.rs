@@ -306,7 +306,7 @@ impl Session {
             .map_err(|_| error(Some(&id), ErrorCode::InvalidBody, PROCESS_SHAPE))?
             .0;
         let app = self.app.clone();
-        let priority = request.priority().map(Into::into).unwrap_or_default();
+        let priority = request.priority().unwrap_or_default();
         let ctx = RequestCtx::new(app.config.request_timeout, true, Arc::default())
             .with_priority(priority);
         let (out, finished) = (out.clone(), finished.clone());

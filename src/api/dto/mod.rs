@@ -233,8 +233,10 @@ pub struct BatchRequest {
     /// Who asks.
     #[oai(validator(max_length = 128))]
     pub user_id: Option<Nullable<Text>>,
-    /// The request's rank under overload (as `X-Priority`, which it overrides).
-    pub priority: Option<PriorityParam>,
+    /// The request's rank under overload: `high`, `normal` or `low` (as `X-Priority`,
+    /// which it overrides).
+    #[oai(validator(pattern = "^(high|normal|low)$"))]
+    pub priority: Option<Nullable<String>>,
 }
 
 /// A question in English.
@@ -245,8 +247,10 @@ pub struct QueryRequest {
     /// Who asks.
     #[oai(validator(max_length = 128))]
     pub user_id: Option<Nullable<Text>>,
-    /// The request's rank under overload (as `X-Priority`, which it overrides).
-    pub priority: Option<PriorityParam>,
+    /// The request's rank under overload: `high`, `normal` or `low` (as `X-Priority`,
+    /// which it overrides).
+    #[oai(validator(pattern = "^(high|normal|low)$"))]
+    pub priority: Option<Nullable<String>>,
 }
 
 /// Exactly one of: a batch (`tasks`) or a question (`query`).
@@ -259,11 +263,15 @@ pub enum ProcessRequest {
 
 impl ProcessRequest {
     /// The rank the body asks for, if it asks.
-    pub fn priority(&self) -> Option<PriorityParam> {
-        match self {
-            ProcessRequest::Batch(b) => b.priority,
-            ProcessRequest::Query(q) => q.priority,
-        }
+    pub fn priority(&self) -> Option<crate::context::Priority> {
+        let asked = match self {
+            ProcessRequest::Batch(b) => &b.priority,
+            ProcessRequest::Query(q) => &q.priority,
+        };
+        asked
+            .as_ref()
+            .and_then(|p| p.0.as_deref())
+            .and_then(crate::context::Priority::parse)
     }
 }
 
