@@ -120,12 +120,23 @@ impl Pipeline {
         } else {
             "error"
         };
-        span.record("status", status);
-        span.record("attempts", result.attempts);
-        span.record("cached", result.cached.unwrap_or("none"));
-        if let Some(agent) = &result.agent_name {
-            span.record("agent", agent.as_str());
-        }
+        // One dispatch for the fields every task has (a `record` each is a span lookup).
+        let cached = result.cached.unwrap_or("none");
+        match &result.agent_name {
+            Some(agent) => tracing::record_all!(
+                span,
+                status = status,
+                attempts = result.attempts,
+                cached = cached,
+                agent = agent.as_str(),
+            ),
+            None => tracing::record_all!(
+                span,
+                status = status,
+                attempts = result.attempts,
+                cached = cached,
+            ),
+        };
         if let Some(code) = result.code {
             span.record("code", code.as_str());
             span.record("otel.status_code", "ERROR");

@@ -140,10 +140,13 @@ impl Stack {
             Ok(_) => "agent_error",
             Err(f) => f.code().as_str(),
         };
-        span.record("outcome", label);
-        span.record("attempts", outcome.attempts);
-        span.record("cached", outcome.cached.map_or("none", Tier::as_str));
-        span.record("stale", outcome.stale);
+        tracing::record_all!(
+            span,
+            outcome = label,
+            attempts = outcome.attempts,
+            cached = outcome.cached.map_or("none", Tier::as_str),
+            stale = outcome.stale,
+        );
         if outcome.result.is_err() {
             span.record("otel.status_code", "ERROR");
         }
@@ -282,8 +285,11 @@ impl Stack {
             return self.refuse(Some("held_by_peer"), Failure::BreakerOpen);
         }
         let permit = stages.breaker.try_acquire();
-        call_span.record("breaker.state", stages.breaker.state().as_str());
-        call_span.record("breaker.admitted", permit.is_some() || panic);
+        tracing::record_all!(
+            call_span,
+            breaker.state = stages.breaker.state().as_str(),
+            breaker.admitted = permit.is_some() || panic,
+        );
         let mut permit = match permit {
             Some(p) => Some(p),
             None if panic => None,
