@@ -43,5 +43,10 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 
+/// A concurrent map keyed by what every request looks up (agent names, estimate pairs,
+/// request series): `DashMap` hashed with foldhash, seeded per process — SipHash cost more
+/// than the lookup itself.
+pub type NameMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
+
 /// The crate version, reported by `/health`, `/status` and `/metrics`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -4,7 +4,6 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use dashmap::DashMap;
 use serde_json::Value;
 use thread_local::ThreadLocal;
 
@@ -47,7 +46,7 @@ impl Endpoint {
 
 pub struct HttpAgents {
     /// Each endpoint called: where its calls go when `hosts` allows it, `None` when not.
-    urls: DashMap<String, Option<Arc<Endpoint>>>,
+    urls: crate::NameMap<String, Option<Arc<Endpoint>>>,
     /// Plain-HTTP agents: connections per thread, driven by the calling task.
     pool: super::pool::AgentPool,
     /// Idle connections kept per agent host, per thread.
@@ -59,7 +58,7 @@ pub struct HttpAgents {
 impl HttpAgents {
     pub fn new(pool_max: usize, hosts: super::endpoint::HostGuard) -> Result<Self, reqwest::Error> {
         let agents = HttpAgents {
-            urls: DashMap::new(),
+            urls: Default::default(),
             pool: super::pool::AgentPool::new(pool_max),
             pool_max,
             clients: ThreadLocal::new(),

@@ -251,8 +251,12 @@ impl Progress {
                 let (app, specs, ctx) = (app.clone(), specs.clone(), ctx.clone());
                 move |i| {
                     let (app, specs, ctx) = (app.clone(), specs.clone(), ctx.clone());
-                    async move { (i, app.pipeline.run_task(&specs[i], &ctx).await) }
-                        .instrument(span.clone())
+                    // Boxed where it begins: the stream moves what it holds, and a
+                    // task's future is kilobytes.
+                    Box::pin(
+                        async move { (i, app.pipeline.run_task(&specs[i], &ctx).await) }
+                            .instrument(span.clone()),
+                    )
                 }
             })
             .buffer_unordered(app.pipeline.task_concurrency)

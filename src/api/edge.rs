@@ -77,7 +77,7 @@ pub(super) async fn edge<E: Endpoint>(
     }
     let trace_id = state
         .tracing_enabled
-        .then(|| span.in_scope(crate::telemetry::current_trace_id))
+        .then(|| crate::telemetry::trace_id_of(&span))
         .flatten();
     if let Some(id) = &trace_id {
         if let Ok(v) = poem::http::HeaderValue::from_str(id) {
@@ -112,9 +112,38 @@ pub(super) async fn edge<E: Endpoint>(
 /// `Server-Timing` (the header browsers' devtools show): `gateway` is the time the request
 /// spent outside agent calls, `agent` the time at least one agent call was in flight, in ms.
 fn server_timing(gateway: Duration, agent: Option<Duration>) -> String {
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    match agent {
-        Some(a) => format!("gateway;dur={:.3}, agent;dur={:.3}", ms(gateway), ms(a)),
-        None => format!("gateway;dur={:.3}", ms(gateway)),
+    use std::fmt::Write;
+    // Milliseconds with three decimals, rounded to the microsecond, in integers (a float
+    // with a precision is the slow path of `fmt`).
+    let ms = |s: &mut String, d: Duration| {
+        let us = (d.as_nanos() + 500) / 1000;
+        let _ = write!(s, "{}.{:03}", us / 1000, us % 1000);
+    };
+    let mut s = String::with_capacity(48);
+    s.push_str("gateway;dur=");
+    ms(&mut s, gateway);
+    if let Some(a) = agent {
+        s.push_str(", agent;dur=");
+        ms(&mut s, a);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn server_timing_is_in_milliseconds_with_three_decimals() {
+        let t = |us| Duration::from_micros(us);
+        assert_eq!(super::server_timing(t(1234), None), "gateway;dur=1.234");
+        assert_eq!(
+            super::server_timing(t(5), Some(t(12_000_070))),
+            "gateway;dur=0.005, agent;dur=12000.070"
+        );
+        assert_eq!(
+            super::server_timing(Duration::from_nanos(1_999_600), None),
+            "gateway;dur=2.000"
+        );
     }
 }

@@ -17,7 +17,6 @@ use std::{
     time::Instant,
 };
 
-use dashmap::DashMap;
 use poem::http::Method;
 
 use prometheus::{
@@ -129,7 +128,7 @@ pub struct Metrics {
     pub process_lane: [IntCounter; 2],
     agents_seen: Mutex<HashSet<String>>,
     /// Each (route, method, status) request series, resolved on first use.
-    by_request: DashMap<(&'static str, &'static str, u16), Arc<RequestSeries>>,
+    by_request: crate::NameMap<(&'static str, &'static str, u16), Arc<RequestSeries>>,
 }
 
 /// Registers series on one registry; every name gets the `myriad_` prefix.
@@ -335,7 +334,7 @@ impl Metrics {
             registry,
             started: Instant::now(),
             agents_seen: Mutex::new(HashSet::new()),
-            by_request: DashMap::new(),
+            by_request: Default::default(),
         }
     }
 

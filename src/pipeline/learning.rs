@@ -93,8 +93,7 @@ impl Learner {
 
     pub fn record(&self, outcome: Outcome) {
         if let Some(tx) = &self.tx {
-            let link = crate::telemetry::recorder::context_of(&tracing::Span::current())
-                .filter(|cx| cx.sampled);
+            let link = crate::telemetry::subscriber::current_context().filter(|cx| cx.sampled);
             if tx.try_send((outcome, link)).is_err() {
                 self.metrics.learning.with_label_values(&["dropped"]).inc();
             }
@@ -283,7 +282,7 @@ impl Pending {
                     );
                     if !span.is_disabled() {
                         for link in &edge.links {
-                            crate::telemetry::recorder::link(&span, *link);
+                            crate::telemetry::subscriber::link(&span, *link);
                         }
                     }
                 }

@@ -345,9 +345,9 @@ impl Pipeline {
                             // Feedback names the task by its request's trace (no trace, no
                             // feedback: tracing off); a cached answer's agent was not asked.
                             if r.cached.is_none() {
-                                if let Some(trace_id) = crate::telemetry::current_trace_id() {
+                                if let Some(trace_id) = crate::telemetry::current_trace() {
                                     self.router.served().record(
-                                        &trace_id,
+                                        trace_id,
                                         &task.key(),
                                         crate::routing::ServedTask {
                                             agent: candidate.agent.name.clone(),

@@ -31,7 +31,6 @@ use std::{
     time::Duration,
 };
 
-use dashmap::DashMap;
 use tokio::time::Instant;
 
 use crate::{
@@ -96,7 +95,7 @@ pub struct Stack {
     pub caches: Arc<Caches>,
     global: Option<Global>,
     /// One entry per agent name the graph has routed to (graph-controlled, so bounded).
-    by_agent: DashMap<String, Arc<AgentStages>>,
+    by_agent: crate::NameMap<String, Arc<AgentStages>>,
     metrics: Arc<Metrics>,
     /// Routing's live signals, told of every attempt's outcome.
     signals: Arc<LiveSignals>,
@@ -118,7 +117,7 @@ impl Stack {
             settings,
             caches,
             global,
-            by_agent: DashMap::new(),
+            by_agent: Default::default(),
             metrics,
             signals,
             peers: None,

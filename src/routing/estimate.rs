@@ -35,7 +35,6 @@ use std::{
     time::Duration,
 };
 
-use dashmap::DashMap;
 use rand::Rng;
 use rand_distr::{Beta, Distribution};
 use serde::Serialize;
@@ -325,9 +324,9 @@ struct Pending {
 /// Every (agent, concept) estimate this replica has routed.
 #[derive(Default)]
 pub struct Estimates {
-    by_pair: DashMap<String, Mutex<Evidence>>,
+    by_pair: crate::NameMap<String, Mutex<Evidence>>,
     /// With peers: outcomes not yet told to them.
-    pending: DashMap<String, Pending>,
+    pending: crate::NameMap<String, Pending>,
     sharing: AtomicBool,
 }
 

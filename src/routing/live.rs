@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use dashmap::DashMap;
 use tokio::time::Instant;
 
 use super::{folded_health, Admission, Signals};
@@ -89,7 +88,7 @@ impl Entry {
 /// Every agent's live signals. One entry per agent name the graph has offered (graph
 /// controlled, so bounded).
 pub struct LiveSignals {
-    by_agent: DashMap<String, Arc<Entry>>,
+    by_agent: crate::NameMap<String, Arc<Entry>>,
     started: Instant,
     slow_start: Duration,
 }
@@ -98,7 +97,7 @@ impl LiveSignals {
     /// Agents first seen within `slow_start` of now are not new: they skip the slow start.
     pub fn new(slow_start: Duration) -> Self {
         LiveSignals {
-            by_agent: DashMap::new(),
+            by_agent: Default::default(),
             started: Instant::now(),
             slow_start,
         }

@@ -251,7 +251,9 @@ pub fn plan_learned(candidates: &[Inputs], rng: &mut impl Rng) -> Plan {
 /// The policy with its settings, its source of randomness and the live signals it reads.
 pub struct Router {
     pub settings: RoutingSettings,
-    rng: Mutex<rand::rngs::StdRng>,
+    /// `Some` when `ROUTING_SEED` is set: one sequence, shared (reproducible); otherwise
+    /// each thread draws from its own generator (no lock, no line shared between cores).
+    rng: Option<Mutex<rand::rngs::SmallRng>>,
     signals: Arc<LiveSignals>,
     estimates: Estimates,
     served: Served,
@@ -259,14 +261,13 @@ pub struct Router {
 
 impl Router {
     pub fn new(settings: RoutingSettings) -> Self {
-        let rng = match settings.seed {
-            Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
-            None => rand::rngs::StdRng::from_entropy(),
-        };
+        let rng = settings
+            .seed
+            .map(|seed| Mutex::new(rand::rngs::SmallRng::seed_from_u64(seed)));
         Router {
             signals: Arc::new(LiveSignals::new(settings.slow_start)),
             settings,
-            rng: Mutex::new(rng),
+            rng,
             estimates: Estimates::default(),
             served: Served::default(),
         }
@@ -335,10 +336,21 @@ impl Router {
 
     /// Fresh random draws (seeded by `ROUTING_SEED` when set).
     pub fn draws(&self) -> Draws {
-        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        Draws {
+        self.with_rng(|rng| Draws {
             explore: rng.gen(),
             pick: rng.gen(),
+        })
+    }
+
+    /// Runs `f` with the seeded sequence, or this thread's own generator.
+    fn with_rng<T>(&self, f: impl FnOnce(&mut rand::rngs::SmallRng) -> T) -> T {
+        thread_local! {
+            static RNG: std::cell::RefCell<rand::rngs::SmallRng> =
+                std::cell::RefCell::new(rand::rngs::SmallRng::from_entropy());
+        }
+        match &self.rng {
+            Some(shared) => f(&mut shared.lock().unwrap_or_else(|e| e.into_inner())),
+            None => RNG.with(|rng| f(&mut rng.borrow_mut())),
         }
     }
 
@@ -354,12 +366,9 @@ impl Router {
             PolicyKind::Learned => match sticky {
                 Some(key) => {
                     let seed = (Draws::from_key(key).pick * 4_294_967_296.0) as u64;
-                    plan_learned(candidates, &mut rand::rngs::StdRng::seed_from_u64(seed))
+                    plan_learned(candidates, &mut rand::rngs::SmallRng::seed_from_u64(seed))
                 }
-                None => {
-                    let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-                    plan_learned(candidates, &mut *rng)
-                }
+                None => self.with_rng(|rng| plan_learned(candidates, rng)),
             },
         }
     }

@@ -57,10 +57,8 @@ impl Window {
 
 impl Served {
     /// `task` of the request traced as `trace_id` was answered.
-    pub fn record(&self, trace_id: &str, task_id: &str, task: ServedTask) {
-        let Some(k) = key(trace_id, task_id) else {
-            return;
-        };
+    pub fn record(&self, trace_id: u128, task_id: &str, task: ServedTask) {
+        let k = (trace_id, task_hash(task_id));
         let now = Instant::now();
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
         while w
@@ -86,11 +84,15 @@ impl Served {
 
 /// A trace id is 32 hexadecimal digits; a task id is hashed (ids of one trace are few).
 fn key(trace_id: &str, task_id: &str) -> Option<(u128, u64)> {
-    use std::hash::{Hash, Hasher};
     let trace = u128::from_str_radix(trace_id, 16).ok()?;
+    Some((trace, task_hash(task_id)))
+}
+
+fn task_hash(task_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
     task_id.hash(&mut h);
-    Some((trace, h.finish()))
+    h.finish()
 }
 
 #[cfg(test)]
@@ -105,7 +107,7 @@ mod tests {
             concept: "c".into(),
             weight: 0.5,
         };
-        s.record("0af7651916cd43dd8448eb211c80319c", "1", t.clone());
+        s.record(0x0af7651916cd43dd8448eb211c80319c, "1", t.clone());
         assert_eq!(s.take("0af7651916cd43dd8448eb211c80319c", "2"), None);
         assert_eq!(s.take("0af7651916cd43dd8448eb211c80319c", "1"), Some(t));
         assert_eq!(s.take("0af7651916cd43dd8448eb211c80319c", "1"), None);
@@ -121,7 +123,11 @@ mod tests {
         };
         let trace = "0af7651916cd43dd8448eb211c80319c";
         for i in 0..MAX_SERVED + 10 {
-            s.record(trace, &i.to_string(), t.clone());
+            s.record(
+                0x0af7651916cd43dd8448eb211c80319c,
+                &i.to_string(),
+                t.clone(),
+            );
         }
         let w = s.window.lock().unwrap();
         assert_eq!(w.tasks.len() as u64, MAX_SERVED);

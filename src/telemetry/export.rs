@@ -255,6 +255,9 @@ enum Order {
 /// Closed spans waiting to leave, bounded.
 pub struct Queue {
     buffer: Mutex<Vec<SpanRec>>,
+    /// The buffer exported last, emptied, to take the next spans (no growing a new one
+    /// span by span).
+    spare: Mutex<Vec<SpanRec>>,
     /// A full batch waits.
     full: Notify,
     /// Spans handed over and not yet exported (or failed).
@@ -270,6 +273,7 @@ impl Queue {
         let (control, orders) = mpsc::unbounded_channel();
         Arc::new(Queue {
             buffer: Mutex::new(Vec::new()),
+            spare: Mutex::new(Vec::new()),
             full: Notify::new(),
             pending: AtomicUsize::new(0),
             capacity,
@@ -375,7 +379,11 @@ async fn export_buffered<T: Transport>(
     resource: &Resource,
     queue: &Queue,
 ) -> Result<(), String> {
-    let spans = std::mem::take(&mut *queue.buffer.lock().unwrap_or_else(|e| e.into_inner()));
+    let spare = std::mem::take(&mut *queue.spare.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut spans = std::mem::replace(
+        &mut *queue.buffer.lock().unwrap_or_else(|e| e.into_inner()),
+        spare,
+    );
     let mut result = Ok(());
     for batch in spans.chunks(queue.batch) {
         let n = batch.len();
@@ -390,6 +398,8 @@ async fn export_buffered<T: Transport>(
         queue.pending.fetch_sub(n, Ordering::AcqRel);
         result = result.and(sent);
     }
+    spans.clear();
+    *queue.spare.lock().unwrap_or_else(|e| e.into_inner()) = spans;
     result
 }
 

@@ -1,81 +1,113 @@
 //! JSON log lines that carry the OpenTelemetry `trace_id` and `span_id` of the span they
-//! were written in, so a log line leads straight to its trace.
+//! were written in, so a log line leads straight to its trace; and the text lines beside
+//! them.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use serde_json::{Map, Value};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::{
-    field::Visit,
-    fmt::{format::Writer, FmtContext, FormatEvent, FormatFields},
-    registry::LookupSpan,
-};
+use tracing::{field::Visit, Event, Metadata};
 
-pub struct JsonWithTrace;
+use super::recorder::SpanContext;
 
+/// An event's fields as JSON members (`log.*`: what the `log` bridge adds, already in the
+/// line's own members).
 struct Fields<'a>(&'a mut Map<String, Value>);
 
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
-        self.0.insert(
-            field.name().to_string(),
-            Value::String(format!("{value:?}")),
-        );
-    }
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().to_string(), Value::from(value));
-    }
-    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
-        self.0.insert(field.name().to_string(), Value::from(value));
-    }
-    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        self.0.insert(field.name().to_string(), Value::from(value));
-    }
-    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
-        self.0.insert(field.name().to_string(), Value::from(value));
-    }
-    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
-        self.0.insert(field.name().to_string(), Value::from(value));
+impl Fields<'_> {
+    fn put(&mut self, field: &tracing::field::Field, value: Value) {
+        if !field.name().starts_with("log.") {
+            self.0.insert(field.name().to_string(), value);
+        }
     }
 }
 
-impl<S, N> FormatEvent<S, N> for JsonWithTrace
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let meta = event.metadata();
-        let mut line = Map::new();
-        line.insert(
-            "timestamp".into(),
-            Value::from(humantime_rfc3339(std::time::SystemTime::now())),
-        );
-        line.insert("level".into(), Value::from(meta.level().as_str()));
-        line.insert("target".into(), Value::from(meta.target()));
-        event.record(&mut Fields(&mut line));
-        if let Some(span) = ctx.lookup_current() {
-            line.insert("span".into(), Value::from(span.name()));
-            if let Some(rec) = span.extensions().get::<super::recorder::SpanRec>() {
-                let cx = rec.context;
-                line.insert(
-                    "trace_id".into(),
-                    Value::from(format!("{:032x}", cx.trace_id)),
-                );
-                line.insert(
-                    "span_id".into(),
-                    Value::from(format!("{:016x}", cx.span_id)),
-                );
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        self.put(field, Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.put(field, Value::from(value));
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.put(field, Value::from(value));
+    }
+}
+
+/// A JSON log line: time, level, target, the event's fields and, written in a span, its
+/// name and ids.
+pub fn line(
+    event: &Event<'_>,
+    meta: &Metadata<'_>,
+    span: Option<(&str, Option<SpanContext>)>,
+) -> String {
+    let mut line = Map::new();
+    line.insert(
+        "timestamp".into(),
+        Value::from(humantime_rfc3339(std::time::SystemTime::now())),
+    );
+    line.insert("level".into(), Value::from(meta.level().as_str()));
+    line.insert("target".into(), Value::from(meta.target()));
+    event.record(&mut Fields(&mut line));
+    if let Some((name, cx)) = span {
+        line.insert("span".into(), Value::from(name));
+        if let Some(cx) = cx {
+            line.insert("trace_id".into(), Value::from(cx.trace_id_hex()));
+            line.insert(
+                "span_id".into(),
+                Value::from(format!("{:016x}", cx.span_id)),
+            );
+        }
+    }
+    let mut text = serde_json::to_string(&line).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// A text log line: `<time> <LEVEL> <span>:<span>: <message> <key>=<value>…`, strings
+/// quoted.
+pub fn text_line(event: &Event<'_>, meta: &Metadata<'_>, scope: &str) -> String {
+    struct Text(String, String);
+    impl Visit for Text {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+            match field.name() {
+                "message" => {
+                    let _ = write!(self.0, "{value:?}");
+                }
+                n if n.starts_with("log.") => {}
+                n => {
+                    let _ = write!(self.1, " {n}={value:?}");
+                }
             }
         }
-        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
-        writeln!(writer, "{text}")
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            if field.name() == "message" {
+                self.0.push_str(value);
+            } else {
+                self.record_debug(field, &value);
+            }
+        }
     }
+    let mut fields = Text(String::new(), String::new());
+    event.record(&mut fields);
+    let mut line = humantime_rfc3339(std::time::SystemTime::now());
+    let _ = write!(line, " {:>5} ", meta.level().as_str());
+    if !scope.is_empty() {
+        line.push_str(scope);
+        line.push(' ');
+    }
+    line.push_str(&fields.0);
+    line.push_str(&fields.1);
+    line.push('\n');
+    line
 }
 
 /// RFC 3339 UTC timestamp with microseconds, without pulling in a date crate.

@@ -11,6 +11,7 @@ mod json;
 mod otlp;
 pub mod recorder;
 mod span;
+pub mod subscriber;
 
 /// An INFO span opened with some fields and declaring the ones its stages record later:
 /// `later_span!("task", [task_id = %id], [status, otel.status_code])`.
@@ -25,9 +26,6 @@ macro_rules! later_span {
 }
 
 use std::sync::Arc;
-
-use tracing::Level;
-use tracing_subscriber::{filter, fmt, prelude::*, EnvFilter, Layer};
 
 pub use span::SpanContext;
 
@@ -76,39 +74,17 @@ fn exporter(t: &TraceSettings) -> Option<Arc<export::Queue>> {
 
 /// Installs logging and, when configured, trace export. Call once, inside the runtime.
 pub fn init(format: LogFormat, traces: &TraceSettings) -> Telemetry {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let queue = exporter(traces);
-    // With JSON logs, spans carry trace ids even when nothing is exported.
-    let recorder = match (&queue, format) {
-        (Some(q), _) => Some(recorder::Recorder::new(
-            traces.sampler,
-            traces.sampler_ratio,
-            Some(q.clone()),
-        )),
-        (None, LogFormat::Json) => Some(recorder::Recorder::new(Sampler::AlwaysOff, 0.0, None)),
-        (None, LogFormat::Text) => None,
+    // Without export spans still get ids (JSON logs carry them), and nothing is recorded.
+    let recorder = match &queue {
+        Some(q) => recorder::Recorder::new(traces.sampler, traces.sampler_ratio, Some(q.clone())),
+        None => recorder::Recorder::new(Sampler::AlwaysOff, 0.0, None),
     };
-    // Each layer filters for itself: RUST_LOG governs log lines only, so quiet logs do
-    // not silence the spans that traces are made of. A span carries what it was opened
-    // with and what its stages recorded, and WARN and ERROR events as its events (lower
-    // ones go to the log only).
-    let recorder = recorder.map(|r| {
-        r.with_filter(filter::filter_fn(|meta| {
-            meta.is_span() && *meta.level() <= Level::INFO
-                || meta.is_event() && *meta.level() <= Level::WARN
-        }))
-    });
-    let fmt_layer = match format {
-        LogFormat::Json => fmt::layer()
-            .event_format(json::JsonWithTrace)
-            .with_filter(filter)
-            .boxed(),
-        LogFormat::Text => fmt::layer().with_target(false).with_filter(filter).boxed(),
-    };
-    let _ = tracing_subscriber::registry()
-        .with(recorder)
-        .with(fmt_layer)
-        .try_init();
+    let spans = subscriber::Spans::new(recorder, subscriber::Logs::from_env(format));
+    if tracing::subscriber::set_global_default(spans).is_ok() {
+        // Libraries that log through `log` are heard too.
+        let _ = tracing_log::LogTracer::init();
+    }
     Telemetry { queue }
 }
 
@@ -159,22 +135,28 @@ pub fn extract(headers: &http::HeaderMap) -> Option<SpanContext> {
 /// Makes `span` (just opened) continue the trace a client sent in `headers`, if it sent one.
 pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     if let Some(remote) = extract(headers) {
-        recorder::set_remote_parent(span, remote);
+        subscriber::set_remote_parent(span, remote);
     }
 }
 
 /// Writes the current span's context (`traceparent`) into outgoing headers.
 pub fn inject_current(headers: &mut http::HeaderMap) {
-    if let Some(cx) = recorder::context_of(&tracing::Span::current()) {
+    static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+    if let Some(cx) = subscriber::current_context() {
         if let Ok(v) = http::HeaderValue::from_str(&cx.traceparent()) {
-            headers.insert("traceparent", v);
+            headers.insert(TRACEPARENT.clone(), v);
         }
     }
 }
 
-/// The current trace id (hex), when the current span belongs to a trace.
-pub fn current_trace_id() -> Option<String> {
-    recorder::context_of(&tracing::Span::current()).map(|cx| format!("{:032x}", cx.trace_id))
+/// The current trace id, when the current span belongs to a trace.
+pub fn current_trace() -> Option<u128> {
+    subscriber::current_context().map(|cx| cx.trace_id)
+}
+
+/// The trace id (hex) of `span`, when it belongs to a trace.
+pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    subscriber::context_of(span).map(|cx| cx.trace_id_hex())
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! The span recorder: a `tracing` layer that keeps, for each span, what OTLP will carry —
-//! ids, parent, name, kind, times, attributes, events, links, status — and hands every
-//! sampled span, once closed, to the exporter's queue.
+//! The span recorder: what the subscriber ([`super::subscriber`]) keeps of each span for
+//! OTLP — ids, parent, name, kind, times, attributes, events, links, status — and the
+//! hand-over of every sampled span, once closed, to the exporter's queue.
 //!
 //! It takes the place of `tracing-opentelemetry` and the OpenTelemetry SDK's tracer, whose
 //! span builder, contexts and attribute values cost a traced request more CPU than the
@@ -21,27 +21,39 @@ use std::{
 
 use tracing::{
     field::{Field, Visit},
-    span, Event, Subscriber,
+    span, Event,
 };
-use tracing_subscriber::{layer::Context, registry::LookupSpan, Layer, Registry};
 
 use super::export::Queue;
 pub use super::span::*;
 use crate::config::Sampler;
 
-fn now_nanos() -> u64 {
+pub(super) fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn nonzero<T: Default + PartialEq>(mut draw: impl FnMut() -> T) -> T {
-    loop {
-        let v = draw();
-        if v != T::default() {
-            return v;
-        }
+/// A random id, never zero, from this thread's generator (seeded from the OS once per
+/// thread; ids need to be unique, not secret).
+fn random_id<T: Default + PartialEq>() -> T
+where
+    rand::distributions::Standard: rand::distributions::Distribution<T>,
+{
+    use rand::{Rng, SeedableRng};
+    thread_local! {
+        static IDS: std::cell::RefCell<rand::rngs::SmallRng> =
+            std::cell::RefCell::new(rand::rngs::SmallRng::from_entropy());
     }
+    IDS.with(|rng| {
+        let mut rng = rng.borrow_mut();
+        loop {
+            let v: T = rng.gen();
+            if v != T::default() {
+                return v;
+            }
+        }
+    })
 }
 
 impl Sampler {
@@ -69,12 +81,16 @@ impl Sampler {
     }
 }
 
-/// The layer. Without a queue it still gives spans ids (for JSON logs and propagation) and
-/// records nothing else.
+/// Bytes of string values a recorded span starts with room for (a request's spans hold
+/// 30–90), so recording them does not grow the buffer value by value.
+const TEXT_RESERVE: usize = 96;
+
+/// The sampler and the exporter's queue. Without a queue spans still get ids (for JSON
+/// logs and propagation) and nothing else is recorded.
 pub struct Recorder {
-    sampler: Sampler,
-    ratio: f64,
-    queue: Option<Arc<Queue>>,
+    pub(super) sampler: Sampler,
+    pub(super) ratio: f64,
+    pub(super) queue: Option<Arc<Queue>>,
 }
 
 impl Recorder {
@@ -216,22 +232,27 @@ impl Visit for EventFields<'_> {
     }
 }
 
-impl<S> Layer<S> for Recorder
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let parent = span
-            .parent()
-            .and_then(|p| p.extensions().get::<SpanRec>().map(|r| r.context));
-        let trace_id = parent.map_or_else(|| nonzero(rand::random::<u128>), |p| p.trace_id);
+impl Recorder {
+    /// Spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// Whether an event of `level` is kept in its span (WARN and ERROR, when exporting).
+    pub fn keeps_event(&self, level: &tracing::Level) -> bool {
+        self.queue.is_some() && *level <= tracing::Level::WARN
+    }
+
+    /// The record of a span opened with `attrs` under a parent of context `parent` (`None`:
+    /// a root): its ids, the sampler's decision and, when recorded, its fields.
+    pub fn open(&self, attrs: &span::Attributes<'_>, parent: Option<SpanContext>) -> SpanRec {
+        let trace_id = parent.map_or_else(random_id::<u128>, |p| p.trace_id);
         let sampled = self
             .sampler
             .samples(trace_id, parent.map(|p| p.sampled), self.ratio);
         let context = SpanContext {
             trace_id,
-            span_id: nonzero(rand::random::<u64>),
+            span_id: random_id::<u64>(),
             sampled,
         };
         let parent_id = parent.map_or(0, |p| p.span_id);
@@ -239,43 +260,21 @@ where
         if self.recording(sampled) {
             rec.start = now_nanos();
             rec.attributes.list.reserve(attrs.metadata().fields().len());
+            rec.attributes.text.reserve(TEXT_RESERVE);
             attrs.record(&mut Fields { rec: &mut rec });
         }
-        span.extensions_mut().insert(rec);
+        rec
     }
 
-    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let mut ext = span.extensions_mut();
-        if let Some(rec) = ext.get_mut::<SpanRec>() {
-            if self.recording(rec.context.sampled) {
-                values.record(&mut Fields { rec });
-            }
+    /// Values recorded on an open span.
+    pub fn record(&self, rec: &mut SpanRec, values: &span::Record<'_>) {
+        if self.recording(rec.context.sampled) {
+            values.record(&mut Fields { rec });
         }
     }
 
-    fn on_follows_from(&self, id: &span::Id, follows: &span::Id, ctx: Context<'_, S>) {
-        let Some(other) = ctx
-            .span(follows)
-            .and_then(|s| s.extensions().get::<SpanRec>().map(|r| r.context))
-        else {
-            return;
-        };
-        if let Some(span) = ctx.span(id) {
-            if let Some(rec) = span.extensions_mut().get_mut::<SpanRec>() {
-                add_link(rec, other);
-            }
-        }
-    }
-
-    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let Some(span) = ctx.event_span(event) else {
-            return;
-        };
-        let mut ext = span.extensions_mut();
-        let Some(rec) = ext.get_mut::<SpanRec>() else {
-            return;
-        };
+    /// An event (WARN or ERROR) in the span of `rec`.
+    pub fn event(&self, rec: &mut SpanRec, event: &Event<'_>) {
         if !self.recording(rec.context.sampled) {
             return;
         }
@@ -300,67 +299,23 @@ where
         rec.events.push(e);
     }
 
-    fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
-        let Some(queue) = &self.queue else { return };
-        let Some(span) = ctx.span(&id) else { return };
-        let Some(mut rec) = span.extensions_mut().remove::<SpanRec>() else {
-            return;
-        };
-        if rec.context.sampled {
-            rec.end = now_nanos();
-            queue.push(rec);
+    /// A span closed: a sampled one leaves for the exporter.
+    pub fn close(&self, mut rec: SpanRec) {
+        if let Some(queue) = &self.queue {
+            if rec.context.sampled {
+                rec.end = now_nanos();
+                queue.push(rec);
+            }
         }
     }
 }
 
-fn add_link(rec: &mut SpanRec, link: SpanContext) {
+pub(super) fn add_link(rec: &mut SpanRec, link: SpanContext) {
     if rec.links.len() < MAX_LINKS {
         rec.links.push(link);
     } else {
         rec.dropped_links += 1;
     }
-}
-
-/// Runs `f` on `span`'s record, if the recorder is installed and the span enabled.
-fn with_record<T>(span: &tracing::Span, f: impl FnOnce(&mut SpanRec, &Recorder) -> T) -> Option<T> {
-    span.with_subscriber(|(id, dispatch)| {
-        let recorder = dispatch.downcast_ref::<Recorder>()?;
-        let registry = dispatch.downcast_ref::<Registry>()?;
-        let data = registry.span(id)?;
-        let mut ext = data.extensions_mut();
-        let rec = ext.get_mut::<SpanRec>()?;
-        Some(f(rec, recorder))
-    })
-    .flatten()
-}
-
-/// The ids of `span`, if it has any.
-pub fn context_of(span: &tracing::Span) -> Option<SpanContext> {
-    with_record(span, |rec, _| rec.context)
-}
-
-/// Makes `span` — just opened, no child yet — continue the trace of a remote caller: its
-/// trace id and parent are the caller's, and whether it is recorded is decided again with
-/// the caller's decision as its parent's.
-pub fn set_remote_parent(span: &tracing::Span, remote: SpanContext) {
-    with_record(span, |rec, recorder| {
-        rec.context.trace_id = remote.trace_id;
-        rec.parent_id = remote.span_id;
-        let sampled =
-            recorder
-                .sampler
-                .samples(remote.trace_id, Some(remote.sampled), recorder.ratio);
-        if sampled && !rec.context.sampled && recorder.queue.is_some() {
-            // Its fields were not kept; its times and what comes next are.
-            rec.start = now_nanos();
-        }
-        rec.context.sampled = sampled;
-    });
-}
-
-/// Links `span` to another span (e.g. the tasks whose outcomes a batch applied).
-pub fn link(span: &tracing::Span, to: SpanContext) {
-    with_record(span, |rec, _| add_link(rec, to));
 }
 
 #[cfg(test)]
@@ -375,6 +330,16 @@ mod tests {
         assert_eq!(cx.span_id, 0x00f067aa0ba902b7);
         assert!(cx.sampled);
         assert_eq!(cx.traceparent(), tp);
+        assert_eq!(cx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let unsampled = SpanContext {
+            trace_id: 1,
+            span_id: 2,
+            sampled: false,
+        };
+        assert_eq!(
+            unsampled.traceparent(),
+            "00-00000000000000000000000000000001-0000000000000002-00"
+        );
         assert!(
             !SpanContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
                 .unwrap()
@@ -420,95 +385,5 @@ mod tests {
         assert!(!Sampler::ParentBasedAlwaysOn.samples(1, Some(false), 1.0));
         assert!(Sampler::ParentBasedAlwaysOn.samples(1, None, 1.0));
         assert!(Sampler::AlwaysOn.samples(1, Some(false), 1.0));
-    }
-
-    fn recorded(sampler: Sampler, f: impl FnOnce()) -> Vec<SpanRec> {
-        use tracing_subscriber::prelude::*;
-        let queue = super::super::export::Queue::new(100, 100);
-        let subscriber =
-            tracing_subscriber::registry().with(Recorder::new(sampler, 1.0, Some(queue.clone())));
-        tracing::subscriber::with_default(subscriber, f);
-        queue.drain()
-    }
-
-    #[test]
-    fn a_span_carries_its_fields_kind_status_events_parent_and_links() {
-        let remote =
-            SpanContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        let mut learned = None;
-        let spans = recorded(Sampler::ParentBasedAlwaysOn, || {
-            let root = tracing::info_span!(
-                "request",
-                otel.name = "POST /process",
-                otel.kind = "server",
-                route = "/process",
-                status = tracing::field::Empty,
-                otel.status_code = tracing::field::Empty,
-            );
-            set_remote_parent(&root, remote);
-            root.in_scope(|| {
-                let task = tracing::info_span!("task", task_id = 7u64, ok = true, share = 0.5, agent = %"Good_AI");
-                task.in_scope(|| tracing::error!(code = "timeout", "the agent did not answer"));
-                learned = context_of(&task);
-            });
-            root.record("status", 503);
-            root.record("status", 504);
-            root.record("otel.status_code", "ERROR");
-            let learn = tracing::info_span!(parent: None, "learn");
-            link(&learn, learned.unwrap());
-        });
-        let by_name = |n: &str| spans.iter().find(|s| s.name == n).unwrap();
-        let root = by_name("POST /process");
-        assert_eq!(root.kind, Kind::Server);
-        assert_eq!(root.context.trace_id, remote.trace_id);
-        assert_eq!(root.parent_id, remote.span_id);
-        assert_eq!(root.status, Status::Error);
-        assert_eq!(
-            root.attributes.get("status"),
-            Some(Value::I64(504)),
-            "the last value recorded wins"
-        );
-        assert_eq!(
-            root.attributes.str(root.attributes.get("route").unwrap()),
-            Some("/process")
-        );
-        assert!(root.start > 0 && root.end >= root.start);
-        let task = by_name("task");
-        assert_eq!(task.parent_id, root.context.span_id);
-        assert_eq!(task.context.trace_id, remote.trace_id);
-        assert_eq!(task.kind, Kind::Internal);
-        assert_eq!(task.attributes.get("task_id"), Some(Value::I64(7)));
-        assert_eq!(task.attributes.get("ok"), Some(Value::Bool(true)));
-        assert_eq!(task.attributes.get("share"), Some(Value::F64(0.5)));
-        assert_eq!(
-            task.attributes.str(task.attributes.get("agent").unwrap()),
-            Some("Good_AI")
-        );
-        assert_eq!(task.status, Status::Error, "an ERROR event marks its span");
-        assert_eq!(task.events.len(), 1);
-        assert_eq!(task.events[0].name, "the agent did not answer");
-        let e = &task.events[0].attributes;
-        assert_eq!(e.str(e.get("code").unwrap()), Some("timeout"));
-        let learn = by_name("learn");
-        assert_eq!(learn.parent_id, 0);
-        assert_ne!(learn.context.trace_id, remote.trace_id);
-        assert_eq!(learn.links, vec![task.context]);
-    }
-
-    #[test]
-    fn a_caller_that_did_not_sample_is_followed_and_nothing_is_kept() {
-        let remote =
-            SpanContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
-        let mut child = None;
-        let spans = recorded(Sampler::ParentBasedAlwaysOn, || {
-            let root = tracing::info_span!("request");
-            set_remote_parent(&root, remote);
-            root.in_scope(|| child = context_of(&tracing::info_span!("task")));
-        });
-        assert!(spans.is_empty());
-        let child = child.unwrap();
-        assert_eq!(child.trace_id, remote.trace_id, "ids still travel");
-        assert!(!child.sampled);
-        assert!(recorded(Sampler::AlwaysOff, || drop(tracing::info_span!("x"))).is_empty());
     }
 }

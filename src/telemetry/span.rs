@@ -19,12 +19,20 @@ pub struct SpanContext {
 impl SpanContext {
     /// `00-<trace id>-<span id>-<flags>`.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id,
-            self.span_id,
-            u8::from(self.sampled)
-        )
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        hex(&mut s, self.trace_id, 32);
+        s.push('-');
+        hex(&mut s, u128::from(self.span_id), 16);
+        s.push_str(if self.sampled { "-01" } else { "-00" });
+        s
+    }
+
+    /// The trace id as 32 lower-case hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        let mut s = String::with_capacity(32);
+        hex(&mut s, self.trace_id, 32);
+        s
     }
 
     /// A W3C `traceparent` header (version 00 and later versions' first four fields);
@@ -54,6 +62,15 @@ impl SpanContext {
             span_id,
             sampled: flags & 1 == 1,
         })
+    }
+}
+
+/// Appends the low `digits` hex digits of `v`, lower case, zero-padded (`format!` with a
+/// width is the slow path of `fmt`).
+fn hex(s: &mut String, v: u128, digits: u32) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        s.push(char::from(DIGITS[((v >> (i * 4)) & 0xf) as usize]));
     }
 }
 
