@@ -114,7 +114,7 @@ impl Posterior {
     }
 
     /// One draw of the success share (Thompson sampling).
-    pub fn sample(&self, rng: &mut impl Rng) -> f64 {
+    pub fn sample(&self, rng: &mut (impl Rng + ?Sized)) -> f64 {
         match Beta::new(self.alpha.max(1e-3), self.beta.max(1e-3)) {
             Ok(b) => b.sample(rng),
             Err(_) => self.mean(),

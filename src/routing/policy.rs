@@ -185,7 +185,7 @@ fn latency_draw_sd(age_s: f64) -> f64 {
 /// a candidate is tried in proportion to the chance that it is the best, and an unsure one
 /// in proportion to its uncertainty. A candidate in slow start takes part in a draw with
 /// probability `ramp`. The rest follow by expected value.
-pub fn plan_learned(candidates: &[Inputs], rng: &mut impl Rng) -> Plan {
+pub fn plan_learned(candidates: &[Inputs], rng: &mut (impl Rng + ?Sized)) -> Plan {
     let order = rank_learned(candidates);
     let all_admitted: Vec<usize> = order
         .iter()
@@ -253,7 +253,7 @@ pub struct Router {
     pub settings: RoutingSettings,
     /// `Some` when `ROUTING_SEED` is set: one sequence, shared (reproducible); otherwise
     /// each thread draws from its own generator (no lock, no line shared between cores).
-    rng: Option<Mutex<rand::rngs::SmallRng>>,
+    rng: Option<Mutex<rand::rngs::StdRng>>,
     signals: Arc<LiveSignals>,
     estimates: Estimates,
     served: Served,
@@ -263,7 +263,7 @@ impl Router {
     pub fn new(settings: RoutingSettings) -> Self {
         let rng = settings
             .seed
-            .map(|seed| Mutex::new(rand::rngs::SmallRng::seed_from_u64(seed)));
+            .map(|seed| Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)));
         Router {
             signals: Arc::new(LiveSignals::new(settings.slow_start)),
             settings,
@@ -342,15 +342,16 @@ impl Router {
         })
     }
 
-    /// Runs `f` with the seeded sequence, or this thread's own generator.
-    fn with_rng<T>(&self, f: impl FnOnce(&mut rand::rngs::SmallRng) -> T) -> T {
+    /// Runs `f` with the seeded sequence (the same one as ever for a seed), or this thread's
+    /// own generator.
+    fn with_rng<T>(&self, f: impl FnOnce(&mut dyn rand::RngCore) -> T) -> T {
         thread_local! {
             static RNG: std::cell::RefCell<rand::rngs::SmallRng> =
                 std::cell::RefCell::new(rand::rngs::SmallRng::from_entropy());
         }
         match &self.rng {
-            Some(shared) => f(&mut shared.lock().unwrap_or_else(|e| e.into_inner())),
-            None => RNG.with(|rng| f(&mut rng.borrow_mut())),
+            Some(shared) => f(&mut *shared.lock().unwrap_or_else(|e| e.into_inner())),
+            None => RNG.with(|rng| f(&mut *rng.borrow_mut())),
         }
     }
 
