@@ -150,11 +150,16 @@ impl Pipeline {
                 );
                 // Only build the list when someone records it (it is per task).
                 if !span.is_disabled() {
-                    let listed: Vec<String> = candidates
-                        .iter()
-                        .map(|c| format!("{}:{:.3}", c.agent.name, c.stats.weight))
-                        .collect();
-                    span.record("candidates", listed.join(",").as_str());
+                    let mut listed = String::with_capacity(candidates.len() * 24);
+                    for (i, c) in candidates.iter().enumerate() {
+                        if i > 0 {
+                            listed.push(',');
+                        }
+                        listed.push_str(&c.agent.name);
+                        listed.push(':');
+                        push_fixed3(&mut listed, c.stats.weight);
+                    }
+                    span.record("candidates", listed.as_str());
                 }
                 span.record(
                     "chosen",
@@ -288,6 +293,46 @@ impl Pipeline {
                 Ok((decode(value), Some(tier)))
             }
             Lookup::Failed(e) => Err(e),
+        }
+    }
+}
+
+/// `v` with three decimals, as `{:.3}` writes it for the weights a graph holds, in integer
+/// arithmetic (a float with a precision is the slow path of `fmt`).
+fn push_fixed3(s: &mut String, v: f64) {
+    use std::fmt::Write;
+    let milli = (v * 1000.0).round();
+    if !milli.is_finite() || milli.abs() >= 1e15 {
+        let _ = write!(s, "{v:.3}");
+        return;
+    }
+    let milli = milli as i64;
+    if milli < 0 {
+        s.push('-');
+    }
+    let m = milli.unsigned_abs();
+    let _ = write!(s, "{}.{:03}", m / 1000, m % 1000);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn weights_are_written_with_three_decimals_as_fmt_would() {
+        for v in [
+            0.0,
+            0.9,
+            0.85,
+            1.0,
+            0.12345,
+            0.9996,
+            12.5,
+            -0.25,
+            f64::NAN,
+            1e300,
+        ] {
+            let mut s = String::new();
+            super::push_fixed3(&mut s, v);
+            assert_eq!(s, format!("{v:.3}"), "{v}");
         }
     }
 }

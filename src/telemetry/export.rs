@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{
     otlp::{self, Resource},
-    span::SpanRec,
+    span::Rec,
 };
 use crate::config::OtlpProtocol;
 
@@ -48,6 +48,8 @@ const QUEUE: usize = 16_384;
 const BATCH: usize = 2_048;
 /// Longest wait before a partial batch goes out (`OTEL_BSP_SCHEDULE_DELAY` overrides).
 const DELAY: Duration = Duration::from_millis(500);
+/// Exported records kept for new spans to reuse (~2 MB at most, their buffers included).
+const SPARE_RECORDS: usize = 4_096;
 
 fn env_number(var: &str) -> Option<u64> {
     std::env::var(var)
@@ -254,10 +256,12 @@ enum Order {
 
 /// Closed spans waiting to leave, bounded.
 pub struct Queue {
-    buffer: Mutex<Vec<SpanRec>>,
+    buffer: Mutex<Vec<Rec>>,
     /// The buffer exported last, emptied, to take the next spans (no growing a new one
     /// span by span).
-    spare: Mutex<Vec<SpanRec>>,
+    spare: Mutex<Vec<Rec>>,
+    /// Records exported, for new spans to reuse (at most [`SPARE_RECORDS`]).
+    spent: Mutex<Vec<Rec>>,
     /// A full batch waits.
     full: Notify,
     /// Spans handed over and not yet exported (or failed).
@@ -274,6 +278,7 @@ impl Queue {
         Arc::new(Queue {
             buffer: Mutex::new(Vec::new()),
             spare: Mutex::new(Vec::new()),
+            spent: Mutex::new(Vec::new()),
             full: Notify::new(),
             pending: AtomicUsize::new(0),
             capacity,
@@ -293,14 +298,21 @@ impl Queue {
 
     /// What waits, taken out (tests).
     #[cfg(test)]
-    pub(super) fn drain(&self) -> Vec<SpanRec> {
+    pub(super) fn drain(&self) -> Vec<super::span::SpanRec> {
         let spans = std::mem::take(&mut *self.buffer.lock().unwrap());
         self.pending.fetch_sub(spans.len(), Ordering::AcqRel);
-        spans
+        spans.into_iter().map(|b| *b).collect()
+    }
+
+    /// Moves up to `n` exported records into `to`, for new spans.
+    pub fn spares(&self, to: &mut Vec<Rec>, n: usize) {
+        let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+        let from = spent.len().saturating_sub(n);
+        to.extend(spent.drain(from..));
     }
 
     /// Buffers a closed span while fewer than `capacity` wait; drops it (counted) otherwise.
-    pub fn push(&self, span: SpanRec) {
+    pub fn push(&self, span: Rec) {
         if self.pending.fetch_add(1, Ordering::AcqRel) >= self.capacity {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             SPANS.with_label_values(&["dropped"]).inc();
@@ -398,6 +410,11 @@ async fn export_buffered<T: Transport>(
         queue.pending.fetch_sub(n, Ordering::AcqRel);
         result = result.and(sent);
     }
+    {
+        let mut spent = queue.spent.lock().unwrap_or_else(|e| e.into_inner());
+        let room = SPARE_RECORDS.saturating_sub(spent.len());
+        spent.extend(spans.drain(..).take(room));
+    }
     spans.clear();
     *queue.spare.lock().unwrap_or_else(|e| e.into_inner()) = spans;
     result
@@ -408,7 +425,7 @@ mod tests {
     use std::borrow::Cow;
 
     use super::*;
-    use crate::telemetry::span::SpanContext;
+    use crate::telemetry::span::{SpanContext, SpanRec};
 
     /// Records the size of every batch it is handed.
     #[derive(Clone, Default)]
@@ -423,17 +440,17 @@ mod tests {
         }
     }
 
-    fn span(n: u64) -> SpanRec {
+    fn span(n: u64) -> Rec {
         let context = SpanContext {
             trace_id: 1,
             span_id: n,
             sampled: true,
         };
-        SpanRec {
+        Box::new(SpanRec {
             start: 1,
             end: 2,
             ..SpanRec::new(context, 0, Cow::Borrowed("one"))
-        }
+        })
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 //! Field numbers from opentelemetry-proto `trace/v1/trace.proto`, `common/v1/common.proto`,
 //! `resource/v1/resource.proto` and `collector/trace/v1/trace_service.proto`.
 
-use super::span::{Attributes, SpanRec, Status, Value};
+use super::span::{Attributes, Rec, SpanRec, Status, Value};
 
 const VARINT: u32 = 0;
 const FIXED64: u32 = 1;
@@ -150,7 +150,7 @@ pub struct Resource {
 pub const SCOPE: &str = "myriad-orchestrator";
 
 /// An `ExportTraceServiceRequest` holding `spans`, all of `resource`.
-pub fn request(resource: &Resource, spans: &[SpanRec]) -> Vec<u8> {
+pub fn request(resource: &Resource, spans: &[Rec]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + spans.len() * 320);
     nested(&mut out, 1, |out| {
         nested(out, 1, |out| {

@@ -85,6 +85,13 @@ impl Sampler {
 /// 30–90), so recording them does not grow the buffer value by value.
 const TEXT_RESERVE: usize = 96;
 
+/// Records a thread keeps for its next spans (refilled this many at a time).
+const THREAD_SPARES: usize = 32;
+
+thread_local! {
+    static SPARES: std::cell::RefCell<Vec<Rec>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The sampler and the exporter's queue. Without a queue spans still get ids (for JSON
 /// logs and propagation) and nothing else is recorded.
 pub struct Recorder {
@@ -245,7 +252,7 @@ impl Recorder {
 
     /// The record of a span opened with `attrs` under a parent of context `parent` (`None`:
     /// a root): its ids, the sampler's decision and, when recorded, its fields.
-    pub fn open(&self, attrs: &span::Attributes<'_>, parent: Option<SpanContext>) -> SpanRec {
+    pub fn open(&self, attrs: &span::Attributes<'_>, parent: Option<SpanContext>) -> Rec {
         let trace_id = parent.map_or_else(random_id::<u128>, |p| p.trace_id);
         let sampled = self
             .sampler
@@ -256,7 +263,14 @@ impl Recorder {
             sampled,
         };
         let parent_id = parent.map_or(0, |p| p.span_id);
-        let mut rec = SpanRec::new(context, parent_id, Cow::Borrowed(attrs.metadata().name()));
+        let name = Cow::Borrowed(attrs.metadata().name());
+        let mut rec = match self.reused() {
+            Some(mut rec) => {
+                rec.reset(context, parent_id, name);
+                rec
+            }
+            None => Box::new(SpanRec::new(context, parent_id, name)),
+        };
         if self.recording(sampled) {
             rec.start = now_nanos();
             rec.attributes.list.reserve(attrs.metadata().fields().len());
@@ -264,6 +278,21 @@ impl Recorder {
             attrs.record(&mut Fields { rec: &mut rec });
         }
         rec
+    }
+
+    /// A record from this thread's spares, refilled from the ones the exporter is done
+    /// with: in steady state a span allocates nothing, and a record is freed on the thread
+    /// that made it.
+    fn reused(&self) -> Option<Rec> {
+        SPARES.with(|spares| {
+            let mut spares = spares.borrow_mut();
+            if spares.is_empty() {
+                if let Some(queue) = &self.queue {
+                    queue.spares(&mut spares, THREAD_SPARES);
+                }
+            }
+            spares.pop()
+        })
     }
 
     /// Values recorded on an open span.
@@ -299,13 +328,20 @@ impl Recorder {
         rec.events.push(e);
     }
 
-    /// A span closed: a sampled one leaves for the exporter.
-    pub fn close(&self, mut rec: SpanRec) {
-        if let Some(queue) = &self.queue {
-            if rec.context.sampled {
+    /// A span closed: a sampled one leaves for the exporter, any other is kept for the
+    /// next span of this thread.
+    pub fn close(&self, mut rec: Rec) {
+        match &self.queue {
+            Some(queue) if rec.context.sampled => {
                 rec.end = now_nanos();
                 queue.push(rec);
             }
+            _ => SPARES.with(|spares| {
+                let mut spares = spares.borrow_mut();
+                if spares.len() < THREAD_SPARES {
+                    spares.push(rec);
+                }
+            }),
         }
     }
 }

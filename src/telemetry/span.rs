@@ -167,7 +167,30 @@ pub struct SpanRec {
     pub dropped_links: u32,
 }
 
+/// A span's record, boxed: it moves between the span, the exporter and the pool as a
+/// pointer, and its buffers are kept from one span to the next.
+pub type Rec = Box<SpanRec>;
+
 impl SpanRec {
+    /// Made a record of a new span (as [`SpanRec::new`]), keeping the buffers' room.
+    pub fn reset(&mut self, context: SpanContext, parent_id: u64, name: Cow<'static, str>) {
+        self.context = context;
+        self.parent_id = parent_id;
+        self.name = name;
+        self.kind = Kind::Internal;
+        self.start = 0;
+        self.end = 0;
+        self.attributes.text.clear();
+        self.attributes.list.clear();
+        self.attributes.dropped = 0;
+        self.status = Status::Unset;
+        self.status_message = None;
+        self.events.clear();
+        self.dropped_events = 0;
+        self.links.clear();
+        self.dropped_links = 0;
+    }
+
     /// A span of `context` under `parent_id` (0: a root), nothing recorded yet.
     pub fn new(context: SpanContext, parent_id: u64, name: Cow<'static, str>) -> Self {
         SpanRec {

@@ -38,7 +38,7 @@ use tracing_subscriber::filter::Targets;
 
 use super::{
     json,
-    recorder::{add_link, now_nanos, Recorder, SpanContext, SpanRec},
+    recorder::{add_link, now_nanos, Rec, Recorder, SpanContext, SpanRec},
 };
 use crate::config::LogFormat;
 
@@ -48,7 +48,7 @@ struct Data {
     /// Handles to it (its `Span`s and clones); it closes when the last one goes.
     refs: AtomicUsize,
     /// Its ids and what is recorded of it; taken when it closes.
-    rec: Mutex<Option<SpanRec>>,
+    rec: Mutex<Option<Rec>>,
 }
 
 thread_local! {
@@ -115,7 +115,7 @@ impl Spans {
     ) -> Option<T> {
         let data = self.slab.get(key(id))?;
         let mut rec = data.rec.lock().unwrap_or_else(|e| e.into_inner());
-        rec.as_mut().map(f)
+        rec.as_deref_mut().map(f)
     }
 
     pub(super) fn recorder(&self) -> &Recorder {
