@@ -434,7 +434,10 @@ async fn serve_connection<E>(
                 poem::http::uri::Scheme::HTTP,
             )
                 .into();
-            Ok::<_, Infallible>(hyper::Response::from(ep.get_response(req).await))
+            // Boxed: hyper moves the future it is handed into its slot, so it should be
+            // small; the endpoint's is kilobytes.
+            let resp = Box::pin(ep.get_response(req)).await;
+            Ok::<_, Infallible>(hyper::Response::from(resp))
         }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

@@ -224,6 +224,10 @@ impl Update {
 /// with tasks left, it cancels them.
 pub(super) struct Progress {
     runs: Option<BoxStream<'static, (usize, TaskResult)>>,
+    /// A batch of one task runs it here, not through `runs` (a stream's task slots move a
+    /// task's future and its result around): still to run. A field, as `runs` is, so a
+    /// client that leaves raises the cancel flag before it is dropped.
+    single: Option<futures::future::BoxFuture<'static, TaskResult>>,
     results: Vec<Option<TaskResult>>,
     /// Tasks not yet completed.
     left: usize,
@@ -246,6 +250,24 @@ impl Progress {
         };
         let specs: Arc<[TaskSpec]> = specs.into();
         let span = tracing::Span::current();
+        if specs.len() == 1 {
+            let run = {
+                let (app, specs, ctx) = (app.clone(), specs.clone(), ctx.clone());
+                async move { app.pipeline.run_task(&specs[0], &ctx).await }
+            };
+            return Progress {
+                results: vec![None],
+                left: 1,
+                runs: None,
+                single: Some(Box::pin(run.instrument(span))),
+                specs,
+                query,
+                answered,
+                app,
+                ctx,
+                sent: 0,
+            };
+        }
         let runs = futures::stream::iter(0..specs.len())
             .map({
                 let (app, specs, ctx) = (app.clone(), specs.clone(), ctx.clone());
@@ -265,6 +287,7 @@ impl Progress {
             results: vec![None; specs.len()],
             left: specs.len(),
             runs: Some(runs),
+            single: None,
             specs,
             query,
             answered,
@@ -277,6 +300,10 @@ impl Progress {
     /// The next update, and whether another follows.
     pub(super) async fn next(&mut self) -> (Update, bool) {
         self.sent += 1;
+        if let Some(result) = self.run_single().await {
+            self.results[0] = Some(result.clone());
+            return (Update::Task(result), true);
+        }
         if let Some(runs) = &mut self.runs {
             if let Some((i, result)) = runs.next().await {
                 self.left -= 1;
@@ -306,6 +333,9 @@ impl Progress {
 
     /// Every task's result, in the batch's order.
     async fn run_all(&mut self) -> Vec<TaskResult> {
+        if let Some(result) = self.run_single().await {
+            self.results[0] = Some(result);
+        }
         if let Some(runs) = &mut self.runs {
             while let Some((i, result)) = runs.next().await {
                 self.left -= 1;
@@ -317,6 +347,14 @@ impl Progress {
             .into_iter()
             .flatten()
             .collect()
+    }
+
+    /// The one task of a batch of one, if it is still to run.
+    async fn run_single(&mut self) -> Option<TaskResult> {
+        let result = self.single.as_mut()?.await;
+        self.single = None;
+        self.left = 0;
+        Some(result)
     }
 
     /// The body `/process` answers with, from every task's result.
@@ -337,7 +375,7 @@ impl Drop for Progress {
     /// The client went away with tasks left: they are cancelled, not failed. The flag is
     /// raised before the runs (a field) are dropped, so their breaker permits see it.
     fn drop(&mut self) {
-        if self.left > 0 && self.runs.is_some() {
+        if self.left > 0 && (self.runs.is_some() || self.single.is_some()) {
             self.ctx.cancel();
             self.app
                 .metrics
