@@ -123,8 +123,9 @@ settings! {
         metrics_require_auth => metrics_require_auth: Flag(false) => "metrics_require_auth";
         /// Host names and CIDRs agent endpoints may point at, comma-separated (SSRF guard).
         agent_allowed_hosts => agent_allowed_hosts: Hosts(DEFAULT_ALLOWED) => "agent_allowed_hosts";
-        /// `text` or `json` (JSON lines carrying `trace_id`/`span_id`); filter with `RUST_LOG`
-        /// (default `info`).
+        /// `text` (`<time> <LEVEL> <spans>: <message> <fields>`) or `json` (JSON lines carrying
+        /// `trace_id`/`span_id`); filter with `RUST_LOG`, `target=level` directives such as
+        /// `warn,myriad=debug` (default `info`).
         log_format => log_format: Choice<LogFormat>(LogFormat::Text);
         /// Inbound requests per second per client, API key else IP (`0` = off).
         rate_limit_per_client => rate_limit_per_client: Num<u32>(0, 0, 1_000_000) => "rate_limit_per_client";
