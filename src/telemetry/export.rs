@@ -48,7 +48,8 @@ const QUEUE: usize = 16_384;
 const BATCH: usize = 2_048;
 /// Longest wait before a partial batch goes out (`OTEL_BSP_SCHEDULE_DELAY` overrides).
 const DELAY: Duration = Duration::from_millis(500);
-/// Exported records kept for new spans to reuse (~2 MB at most, their buffers included).
+/// Exported records kept for new spans to reuse (a few MB at most, their buffers
+/// included); never more than the last round exported.
 const SPARE_RECORDS: usize = 4_096;
 
 fn env_number(var: &str) -> Option<u64> {
@@ -260,7 +261,8 @@ pub struct Queue {
     /// The buffer exported last, emptied, to take the next spans (no growing a new one
     /// span by span).
     spare: Mutex<Vec<Rec>>,
-    /// Records exported, for new spans to reuse (at most [`SPARE_RECORDS`]).
+    /// Records exported, for new spans to reuse (at most [`SPARE_RECORDS`], and no more
+    /// than the last round exported).
     spent: Mutex<Vec<Rec>>,
     /// A full batch waits.
     full: Notify,
@@ -410,11 +412,18 @@ async fn export_buffered<T: Transport>(
         queue.pending.fetch_sub(n, Ordering::AcqRel);
         result = result.and(sent);
     }
-    {
-        let mut spent = queue.spent.lock().unwrap_or_else(|e| e.into_inner());
-        let room = SPARE_RECORDS.saturating_sub(spent.len());
-        spent.extend(spans.drain(..).take(room));
+    // The stock follows the load: no more records than this round exported (what the
+    // next round's spans will want), so after a burst it goes back to the allocator rather
+    // than stay in the process's memory.
+    let keep = spans.len().min(SPARE_RECORDS);
+    let mut spent = queue.spent.lock().unwrap_or_else(|e| e.into_inner());
+    if spent.len() > keep {
+        spent.truncate(keep);
+        spent.shrink_to(keep);
     }
+    let room = keep - spent.len();
+    spent.extend(spans.drain(..).take(room));
+    drop(spent);
     spans.clear();
     *queue.spare.lock().unwrap_or_else(|e| e.into_inner()) = spans;
     result
@@ -501,6 +510,34 @@ mod tests {
             sizes.iter().sum::<usize>() as u64 + dropped,
             40,
             "{sizes:?}, {dropped} dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn exported_records_are_kept_for_new_spans_as_many_as_the_last_round_sent() {
+        let queue = Queue::new(100, 10);
+        let resource = Resource {
+            service_name: "test".into(),
+            service_version: "0",
+        };
+        let mut batches = Batches::default();
+        for n in 1..=15 {
+            queue.push(span(n));
+        }
+        export_buffered(&mut batches, &resource, &queue)
+            .await
+            .unwrap();
+        assert_eq!(*batches.0.lock().unwrap(), vec![10, 5]);
+        let mut reused = Vec::new();
+        queue.spares(&mut reused, 4);
+        assert_eq!(reused.len(), 4, "exported records are handed out again");
+        assert_eq!(queue.spent.lock().unwrap().len(), 11);
+        export_buffered(&mut batches, &resource, &queue)
+            .await
+            .unwrap();
+        assert!(
+            queue.spent.lock().unwrap().is_empty(),
+            "a round with nothing to send gives the stock back"
         );
     }
 }
