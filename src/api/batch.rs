@@ -250,44 +250,37 @@ impl Progress {
         };
         let specs: Arc<[TaskSpec]> = specs.into();
         let span = tracing::Span::current();
-        if specs.len() == 1 {
+        let (runs, single) = if specs.len() == 1 {
             let run = {
                 let (app, specs, ctx) = (app.clone(), specs.clone(), ctx.clone());
                 async move { app.pipeline.run_task(&specs[0], &ctx).await }
             };
-            return Progress {
-                results: vec![None],
-                left: 1,
-                runs: None,
-                single: Some(Box::pin(run.instrument(span))),
-                specs,
-                query,
-                answered,
-                app,
-                ctx,
-                sent: 0,
-            };
-        }
-        let runs = futures::stream::iter(0..specs.len())
-            .map({
-                let (app, specs, ctx) = (app.clone(), specs.clone(), ctx.clone());
-                move |i| {
+            let single: futures::future::BoxFuture<'static, TaskResult> =
+                Box::pin(run.instrument(span));
+            (None, Some(single))
+        } else {
+            let runs = futures::stream::iter(0..specs.len())
+                .map({
                     let (app, specs, ctx) = (app.clone(), specs.clone(), ctx.clone());
-                    // Boxed where it begins: the stream moves what it holds, and a
-                    // task's future is kilobytes.
-                    Box::pin(
-                        async move { (i, app.pipeline.run_task(&specs[i], &ctx).await) }
-                            .instrument(span.clone()),
-                    )
-                }
-            })
-            .buffer_unordered(app.pipeline.task_concurrency)
-            .boxed();
+                    move |i| {
+                        let (app, specs, ctx) = (app.clone(), specs.clone(), ctx.clone());
+                        // Boxed where it begins: the stream moves what it holds, and a
+                        // task's future is kilobytes.
+                        Box::pin(
+                            async move { (i, app.pipeline.run_task(&specs[i], &ctx).await) }
+                                .instrument(span.clone()),
+                        )
+                    }
+                })
+                .buffer_unordered(app.pipeline.task_concurrency)
+                .boxed();
+            (Some(runs), None)
+        };
         Progress {
             results: vec![None; specs.len()],
             left: specs.len(),
-            runs: Some(runs),
-            single: None,
+            runs,
+            single,
             specs,
             query,
             answered,
