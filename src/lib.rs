@@ -48,5 +48,17 @@ pub mod telemetry;
 /// than the lookup itself.
 pub type NameMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
 
+/// Runs `f` with this thread's random generator (seeded from the OS once per thread; no
+/// lock, no cache line shared between cores). For draws that need to be unpredictable
+/// enough, not secret: routing's exploration, span ids.
+pub fn with_thread_rng<T>(f: impl FnOnce(&mut rand::rngs::SmallRng) -> T) -> T {
+    use rand::SeedableRng;
+    thread_local! {
+        static RNG: std::cell::RefCell<rand::rngs::SmallRng> =
+            std::cell::RefCell::new(rand::rngs::SmallRng::from_entropy());
+    }
+    RNG.with(|rng| f(&mut rng.borrow_mut()))
+}
+
 /// The crate version, reported by `/health`, `/status` and `/metrics`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

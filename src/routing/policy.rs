@@ -345,13 +345,9 @@ impl Router {
     /// Runs `f` with the seeded sequence (the same one as ever for a seed), or this thread's
     /// own generator.
     fn with_rng<T>(&self, f: impl FnOnce(&mut dyn rand::RngCore) -> T) -> T {
-        thread_local! {
-            static RNG: std::cell::RefCell<rand::rngs::SmallRng> =
-                std::cell::RefCell::new(rand::rngs::SmallRng::from_entropy());
-        }
         match &self.rng {
             Some(shared) => f(&mut *shared.lock().unwrap_or_else(|e| e.into_inner())),
-            None => RNG.with(|rng| f(&mut *rng.borrow_mut())),
+            None => crate::with_thread_rng(|rng| f(rng)),
         }
     }
 

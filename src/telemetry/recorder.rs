@@ -34,24 +34,17 @@ pub(super) fn now_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// A random id, never zero, from this thread's generator (seeded from the OS once per
-/// thread; ids need to be unique, not secret).
+/// A random id, never zero, from this thread's generator (ids need to be unique, not
+/// secret).
 fn random_id<T: Default + PartialEq>() -> T
 where
     rand::distributions::Standard: rand::distributions::Distribution<T>,
 {
-    use rand::{Rng, SeedableRng};
-    thread_local! {
-        static IDS: std::cell::RefCell<rand::rngs::SmallRng> =
-            std::cell::RefCell::new(rand::rngs::SmallRng::from_entropy());
-    }
-    IDS.with(|rng| {
-        let mut rng = rng.borrow_mut();
-        loop {
-            let v: T = rng.gen();
-            if v != T::default() {
-                return v;
-            }
+    use rand::Rng;
+    crate::with_thread_rng(|rng| loop {
+        let v: T = rng.gen();
+        if v != T::default() {
+            return v;
         }
     })
 }
