@@ -2,8 +2,9 @@
 //! over HTTP/protobuf or gRPC, every span counted — exported, failed, or dropped because
 //! the queue was full — in `myriad_trace_spans_total`.
 //!
-//! A span's end only appends it to the queue; the exporting task is woken once a batch,
-//! encodes it (`otlp`) and sends it, off the request's path.
+//! A span is encoded (`otlp`) when it closes, into its thread's outbox; full outboxes are
+//! handed over whole, and the exporting task, woken once a batch, puts them behind one
+//! header and sends them, off the request's path.
 
 use std::{
     sync::{
@@ -21,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{
     otlp::{self, Resource},
-    span::Rec,
+    span::SpanRec,
 };
 use crate::config::OtlpProtocol;
 
@@ -48,12 +49,6 @@ const QUEUE: usize = 16_384;
 const BATCH: usize = 2_048;
 /// Longest wait before a partial batch goes out (`OTEL_BSP_SCHEDULE_DELAY` overrides).
 const DELAY: Duration = Duration::from_millis(500);
-/// Exported records kept for new spans to reuse (~1 MB at most, their buffers included);
-/// never more than the last round exported. Records are freed on the exporting thread,
-/// and memory freed off the thread that took it returns to the system only once that
-/// thread allocates again: a stock of 4,096 left ~5 MB in an idle process after a burst.
-const SPARE_RECORDS: usize = 1_024;
-
 fn env_number(var: &str) -> Option<u64> {
     std::env::var(var)
         .ok()
@@ -218,9 +213,9 @@ impl Transport for Grpc {
 }
 
 /// Starts exporting to `to` from a task on the tokio runtime this is called on, and
-/// returns the queue the recorder hands closed spans to. Spans wait in one buffer; the task
-/// sends them every `DELAY`, or as soon as a full batch waits — a span's end only appends
-/// it, the task is woken once a batch, not once a span.
+/// returns the queue the recorder hands closed spans to. The task sends what waits every
+/// `DELAY` (threads' outboxes included), or as soon as a full batch is handed over — the
+/// task is woken once a batch, not once a span.
 pub fn start(to: Destination) -> Result<Arc<Queue>, String> {
     let capacity = env_number("OTEL_BSP_MAX_QUEUE_SIZE").map_or(QUEUE, |n| n as usize);
     let batch = env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").map_or(BATCH, |n| n as usize);
@@ -257,15 +252,40 @@ enum Order {
     Shutdown(oneshot::Sender<Result<(), String>>),
 }
 
-/// Closed spans waiting to leave, bounded.
+/// Spans closed on one thread, encoded (OTLP `ScopeSpans.spans` entries), until handed over.
+#[derive(Default)]
+struct Outbox {
+    bytes: Vec<u8>,
+    spans: usize,
+}
+
+/// Bytes a thread's outbox holds at most before it is handed to the exporter (spans hand
+/// over at [`Queue::batch`] spans too, whichever comes first).
+const OUTBOX_BYTES: usize = 64 * 1024;
+/// Emptied buffers kept for threads' next outboxes.
+const SPARE_BUFFERS: usize = 8;
+
+/// Queues get ids, so a thread's outbox is found for its own queue (tests make several).
+static QUEUE_IDS: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// This thread's outbox and the id of the queue it belongs to.
+    static OUTBOX: std::cell::RefCell<Option<(usize, Arc<Mutex<Outbox>>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Closed spans waiting to leave, bounded. A span is encoded when it closes, into an
+/// outbox of its thread's own (a lock no other thread takes but the exporter's rounds); a
+/// full outbox is handed over whole. Nothing is shared span by span between threads, and a
+/// span's record stays on its thread for the next span.
 pub struct Queue {
-    buffer: Mutex<Vec<Rec>>,
-    /// The buffer exported last, emptied, to take the next spans (no growing a new one
-    /// span by span).
-    spare: Mutex<Vec<Rec>>,
-    /// Records exported, for new spans to reuse (at most [`SPARE_RECORDS`], and no more
-    /// than the last round exported).
-    spent: Mutex<Vec<Rec>>,
+    id: usize,
+    /// Every thread's outbox, for the exporter's rounds to empty.
+    outboxes: Mutex<Vec<Arc<Mutex<Outbox>>>>,
+    /// Outboxes handed over full, waiting for the exporter, and how many spans they hold.
+    ready: Mutex<(Vec<Outbox>, usize)>,
+    /// Buffers the exporter emptied, for threads' next outboxes.
+    spare: Mutex<Vec<Vec<u8>>>,
     /// A full batch waits.
     full: Notify,
     /// Spans handed over and not yet exported (or failed).
@@ -274,62 +294,131 @@ pub struct Queue {
     batch: usize,
     control: mpsc::UnboundedSender<Order>,
     orders: Mutex<Option<mpsc::UnboundedReceiver<Order>>>,
+    /// Spans as recorded, kept instead of encoded (the subscriber's tests read them).
+    #[cfg(test)]
+    kept: Option<Mutex<Vec<SpanRec>>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Queue {
     pub(super) fn new(capacity: usize, batch: usize) -> Arc<Self> {
         let (control, orders) = mpsc::unbounded_channel();
         Arc::new(Queue {
-            buffer: Mutex::new(Vec::new()),
+            id: QUEUE_IDS.fetch_add(1, Ordering::Relaxed),
+            outboxes: Mutex::new(Vec::new()),
+            ready: Mutex::new((Vec::new(), 0)),
             spare: Mutex::new(Vec::new()),
-            spent: Mutex::new(Vec::new()),
             full: Notify::new(),
             pending: AtomicUsize::new(0),
             capacity,
             batch: batch.clamp(1, capacity.max(1)),
             control,
             orders: Mutex::new(Some(orders)),
+            #[cfg(test)]
+            kept: None,
         })
     }
 
+    /// A queue that keeps spans as recorded (tests of what the subscriber records).
+    #[cfg(test)]
+    pub(super) fn keeping() -> Self {
+        let mut queue = Arc::into_inner(Queue::new(1, 1)).expect("not shared yet");
+        queue.kept = Some(Mutex::new(Vec::new()));
+        queue
+    }
+
+    /// What a [`Queue::keeping`] kept, taken out.
+    #[cfg(test)]
+    pub(super) fn kept(&self) -> Vec<SpanRec> {
+        std::mem::take(&mut *locked(self.kept.as_ref().expect("a keeping queue")))
+    }
+
     fn take_orders(&self) -> mpsc::UnboundedReceiver<Order> {
-        self.orders
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        locked(&self.orders)
             .take()
             .expect("one exporting task per queue")
     }
 
-    /// What waits, taken out (tests).
-    #[cfg(test)]
-    pub(super) fn drain(&self) -> Vec<super::span::SpanRec> {
-        let spans = std::mem::take(&mut *self.buffer.lock().unwrap());
-        self.pending.fetch_sub(spans.len(), Ordering::AcqRel);
-        spans.into_iter().map(|b| *b).collect()
+    /// Encodes a closed span into this thread's outbox; hands the outbox over once full.
+    pub fn push(&self, span: &SpanRec) {
+        #[cfg(test)]
+        if let Some(kept) = &self.kept {
+            locked(kept).push(span.clone());
+            return;
+        }
+        OUTBOX.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if slot.as_ref().is_none_or(|(id, _)| *id != self.id) {
+                let outbox = Arc::new(Mutex::new(Outbox::default()));
+                locked(&self.outboxes).push(outbox.clone());
+                *slot = Some((self.id, outbox));
+            }
+            let Some((_, outbox)) = slot.as_ref() else {
+                return;
+            };
+            let mut outbox = locked(outbox);
+            if outbox.bytes.capacity() == 0 {
+                outbox.bytes = locked(&self.spare)
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(OUTBOX_BYTES + 1024));
+            }
+            otlp::scope_span(&mut outbox.bytes, span);
+            outbox.spans += 1;
+            if outbox.spans >= self.batch || outbox.bytes.len() >= OUTBOX_BYTES {
+                let full = std::mem::take(&mut *outbox);
+                drop(outbox);
+                self.hand_over(full);
+            }
+        });
     }
 
-    /// Moves up to `n` exported records into `to`, for new spans.
-    pub fn spares(&self, to: &mut Vec<Rec>, n: usize) {
-        let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
-        let from = spent.len().saturating_sub(n);
-        to.extend(spent.drain(from..));
-    }
-
-    /// Buffers a closed span while fewer than `capacity` wait; drops it (counted) otherwise.
-    pub fn push(&self, span: Rec) {
-        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.capacity {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-            SPANS.with_label_values(&["dropped"]).inc();
+    /// Queues a full outbox while its spans fit under `capacity`; drops them (counted)
+    /// otherwise.
+    fn hand_over(&self, outbox: Outbox) {
+        let n = outbox.spans;
+        let before = self.pending.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.capacity {
+            self.pending.fetch_sub(n, Ordering::AcqRel);
+            SPANS.with_label_values(&["dropped"]).inc_by(n as u64);
+            self.recycle(outbox.bytes);
             return;
         }
         let waiting = {
-            let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-            buffer.push(span);
-            buffer.len()
+            let mut ready = locked(&self.ready);
+            ready.0.push(outbox);
+            ready.1 += n;
+            ready.1
         };
-        if waiting == self.batch {
+        if waiting >= self.batch && waiting - n < self.batch {
             self.full.notify_one();
         }
+    }
+
+    fn recycle(&self, mut bytes: Vec<u8>) {
+        bytes.clear();
+        let mut spare = locked(&self.spare);
+        if spare.len() < SPARE_BUFFERS && bytes.capacity() <= 2 * OUTBOX_BYTES {
+            spare.push(bytes);
+        }
+    }
+
+    /// Everything waiting, taken out: the outboxes handed over and what every thread's
+    /// outbox holds now (outboxes of threads that ended are forgotten once emptied).
+    fn take(&self) -> Vec<Outbox> {
+        let (mut taken, _) = std::mem::take(&mut *locked(&self.ready));
+        let mut outboxes = locked(&self.outboxes);
+        for outbox in outboxes.iter() {
+            let mut outbox = locked(outbox);
+            if outbox.spans > 0 {
+                self.pending.fetch_add(outbox.spans, Ordering::AcqRel);
+                taken.push(std::mem::take(&mut *outbox));
+            }
+        }
+        outboxes.retain(|o| Arc::strong_count(o) > 1);
+        taken
     }
 
     /// Sends `order` and waits for its answer (called at shutdown, off the exporting
@@ -389,21 +478,25 @@ async fn export_loop<T: Transport>(
 /// Export failures are logged at most once a second.
 static FAILED: LazyLock<super::Throttle> = LazyLock::new(super::Throttle::default);
 
-/// Exports what the buffer holds, a batch at a time, counting each span's fate.
+/// Exports what waits, a batch (at most `batch` spans) a request, counting each span's fate.
 async fn export_buffered<T: Transport>(
     transport: &mut T,
     resource: &Resource,
     queue: &Queue,
 ) -> Result<(), String> {
-    let spare = std::mem::take(&mut *queue.spare.lock().unwrap_or_else(|e| e.into_inner()));
-    let mut spans = std::mem::replace(
-        &mut *queue.buffer.lock().unwrap_or_else(|e| e.into_inner()),
-        spare,
-    );
+    let outboxes = queue.take();
     let mut result = Ok(());
-    for batch in spans.chunks(queue.batch) {
-        let n = batch.len();
-        let sent = transport.send(otlp::request(resource, batch)).await;
+    let mut from = 0;
+    while from < outboxes.len() {
+        // Whole outboxes (each at most a batch) while the batch has room.
+        let mut to = from + 1;
+        let mut n = outboxes[from].spans;
+        while to < outboxes.len() && n + outboxes[to].spans <= queue.batch {
+            n += outboxes[to].spans;
+            to += 1;
+        }
+        let parts: Vec<&[u8]> = outboxes[from..to].iter().map(|o| &o.bytes[..]).collect();
+        let sent = transport.send(otlp::request(resource, &parts)).await;
         let label = if sent.is_ok() { "exported" } else { "failed" };
         SPANS.with_label_values(&[label]).inc_by(n as u64);
         if let Err(e) = &sent {
@@ -413,21 +506,11 @@ async fn export_buffered<T: Transport>(
         }
         queue.pending.fetch_sub(n, Ordering::AcqRel);
         result = result.and(sent);
+        from = to;
     }
-    // The stock follows the load: no more records than this round exported (what the
-    // next round's spans will want), so after a burst it goes back to the allocator rather
-    // than stay in the process's memory.
-    let keep = spans.len().min(SPARE_RECORDS);
-    let mut spent = queue.spent.lock().unwrap_or_else(|e| e.into_inner());
-    if spent.len() > keep {
-        spent.truncate(keep);
-        spent.shrink_to(keep);
+    for outbox in outboxes {
+        queue.recycle(outbox.bytes);
     }
-    let room = keep - spent.len();
-    spent.extend(spans.drain(..).take(room));
-    drop(spent);
-    spans.clear();
-    *queue.spare.lock().unwrap_or_else(|e| e.into_inner()) = spans;
     result
 }
 
@@ -451,17 +534,17 @@ mod tests {
         }
     }
 
-    fn span(n: u64) -> Rec {
+    fn span(n: u64) -> SpanRec {
         let context = SpanContext {
             trace_id: 1,
             span_id: n,
             sampled: true,
         };
-        Box::new(SpanRec {
+        SpanRec {
             start: 1,
             end: 2,
             ..SpanRec::new(context, 0, Cow::Borrowed("one"))
-        })
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,7 +566,7 @@ mod tests {
             Duration::from_secs(3600),
         ));
         for n in 1..=10 {
-            queue.push(span(n));
+            queue.push(&span(n));
         }
         for _ in 0..200 {
             if batches.0.lock().unwrap().iter().sum::<usize>() == 10 {
@@ -498,7 +581,7 @@ mod tests {
         );
         // 30 more, of which 25 fit while none is exported (the task may take some meanwhile).
         for n in 11..=40 {
-            queue.push(span(n));
+            queue.push(&span(n));
         }
         let q = queue.clone();
         let flushed = tokio::task::spawn_blocking(move || q.flush())
@@ -516,30 +599,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn exported_records_are_kept_for_new_spans_as_many_as_the_last_round_sent() {
+    async fn a_round_takes_what_every_thread_holds_and_forgets_threads_that_ended() {
         let queue = Queue::new(100, 10);
         let resource = Resource {
             service_name: "test".into(),
             service_version: "0",
         };
         let mut batches = Batches::default();
-        for n in 1..=15 {
-            queue.push(span(n));
+        // Under a batch on each of two threads, the second of which ends: nothing handed over.
+        for n in 1..=3 {
+            queue.push(&span(n));
         }
+        let q = queue.clone();
+        std::thread::spawn(move || (4..=7).for_each(|n| q.push(&span(n))))
+            .join()
+            .unwrap();
+        assert_eq!(locked(&queue.outboxes).len(), 2);
+        assert_eq!(locked(&queue.ready).1, 0);
         export_buffered(&mut batches, &resource, &queue)
             .await
             .unwrap();
-        assert_eq!(*batches.0.lock().unwrap(), vec![10, 5]);
-        let mut reused = Vec::new();
-        queue.spares(&mut reused, 4);
-        assert_eq!(reused.len(), 4, "exported records are handed out again");
-        assert_eq!(queue.spent.lock().unwrap().len(), 11);
+        assert_eq!(*batches.0.lock().unwrap(), vec![7]);
+        assert_eq!(
+            locked(&queue.outboxes).len(),
+            1,
+            "the ended thread's outbox is let go"
+        );
+        assert_eq!(queue.pending.load(Ordering::Acquire), 0);
+        // 25 on this thread: two outboxes handed over full, five held; sent 10, 10, 5.
+        for n in 8..=32 {
+            queue.push(&span(n));
+        }
+        assert_eq!(locked(&queue.ready).1, 20);
         export_buffered(&mut batches, &resource, &queue)
             .await
             .unwrap();
+        assert_eq!(*batches.0.lock().unwrap(), vec![7, 10, 10, 5]);
         assert!(
-            queue.spent.lock().unwrap().is_empty(),
-            "a round with nothing to send gives the stock back"
+            !locked(&queue.spare).is_empty(),
+            "emptied buffers are kept for the next outboxes"
         );
     }
 }

@@ -1,10 +1,11 @@
 //! Spans to OTLP protobuf (`ExportTraceServiceRequest`), written straight from the
-//! recorder's spans: no intermediate message structs, one buffer per batch.
+//! recorder's spans: no intermediate message structs. A span is encoded when it closes, on
+//! its own thread ([`scope_span`]); a batch is those bytes behind one header ([`request`]).
 //!
 //! Field numbers from opentelemetry-proto `trace/v1/trace.proto`, `common/v1/common.proto`,
 //! `resource/v1/resource.proto` and `collector/trace/v1/trace_service.proto`.
 
-use super::span::{Attributes, Rec, SpanRec, Status, Value};
+use super::span::{Attributes, SpanRec, Status, Value};
 
 const VARINT: u32 = 0;
 const FIXED64: u32 = 1;
@@ -52,9 +53,15 @@ fn nested(out: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
     if len < 0x80 {
         out[at] = len as u8;
     } else {
-        let mut prefix = Vec::with_capacity(10);
-        varint(&mut prefix, len as u64);
-        out.splice(at..at + 1, prefix);
+        let mut prefix = [0u8; 10];
+        let (mut v, mut n) = (len as u64, 0);
+        while v >= 0x80 {
+            prefix[n] = v as u8 | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        prefix[n] = v as u8;
+        out.splice(at..at + 1, prefix[..=n].iter().copied());
     }
 }
 
@@ -149,36 +156,56 @@ pub struct Resource {
 /// The scope every span is recorded under.
 pub const SCOPE: &str = "myriad-orchestrator";
 
-/// An `ExportTraceServiceRequest` holding `spans`, all of `resource`.
-pub fn request(resource: &Resource, spans: &[Rec]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + spans.len() * 320);
-    nested(&mut out, 1, |out| {
-        nested(out, 1, |out| {
-            attribute(
-                out,
-                1,
-                "service.name",
-                AnyValue::Str(&resource.service_name),
-            );
-            attribute(
-                out,
-                1,
-                "service.version",
-                AnyValue::Str(resource.service_version),
-            );
-            attribute(out, 1, "telemetry.sdk.language", AnyValue::Str("rust"));
-        });
-        nested(out, 2, |out| {
-            nested(out, 1, |out| {
-                bytes(out, 1, SCOPE.as_bytes());
-                bytes(out, 2, crate::VERSION.as_bytes());
-            });
-            for s in spans {
-                nested(out, 2, |out| span(out, s));
-            }
-        });
-    });
+/// `span` as one `ScopeSpans.spans` entry, appended to `out` (a thread's encoded spans).
+pub fn scope_span(out: &mut Vec<u8>, s: &SpanRec) {
+    nested(out, 2, |out| span(out, s));
+}
+
+/// An `ExportTraceServiceRequest` holding the spans encoded in `parts` (each a run of
+/// [`scope_span`]s), all of `resource`.
+pub fn request(resource: &Resource, parts: &[&[u8]]) -> Vec<u8> {
+    let mut about = Vec::with_capacity(128);
+    attribute(
+        &mut about,
+        1,
+        "service.name",
+        AnyValue::Str(&resource.service_name),
+    );
+    attribute(
+        &mut about,
+        1,
+        "service.version",
+        AnyValue::Str(resource.service_version),
+    );
+    attribute(
+        &mut about,
+        1,
+        "telemetry.sdk.language",
+        AnyValue::Str("rust"),
+    );
+    let mut scope = Vec::with_capacity(48);
+    bytes(&mut scope, 1, SCOPE.as_bytes());
+    bytes(&mut scope, 2, crate::VERSION.as_bytes());
+    // The lengths are known before the spans are copied: each byte of them is written once.
+    let field = |len: usize| 1 + varint_len(len as u64) + len;
+    let spans: usize = parts.iter().map(|p| p.len()).sum();
+    let scope_spans = field(scope.len()) + spans;
+    let resource_spans = field(about.len()) + field(scope_spans);
+    let mut out = Vec::with_capacity(field(resource_spans));
+    key(&mut out, 1, LEN);
+    varint(&mut out, resource_spans as u64);
+    bytes(&mut out, 1, &about);
+    key(&mut out, 2, LEN);
+    varint(&mut out, scope_spans as u64);
+    bytes(&mut out, 1, &scope);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
     out
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 #[cfg(test)]
@@ -198,5 +225,67 @@ mod tests {
         let mut small = Vec::new();
         nested(&mut small, 1, |out| out.extend([1, 2, 3]));
         assert_eq!(small, [0x0a, 3, 1, 2, 3]);
+        for v in [0, 1, 127, 128, 16_383, 16_384, u64::MAX] {
+            let mut b = Vec::new();
+            varint(&mut b, v);
+            assert_eq!(varint_len(v), b.len(), "{v}");
+        }
+    }
+
+    #[test]
+    fn a_request_is_its_spans_encoded_apart_behind_one_header() {
+        use super::super::span::SpanContext;
+        let resource = Resource {
+            service_name: "svc".into(),
+            service_version: "1.2.3",
+        };
+        let spans: Vec<SpanRec> = (1..=40)
+            .map(|n| {
+                let mut s = SpanRec::new(
+                    SpanContext {
+                        trace_id: n,
+                        span_id: n as u64,
+                        sampled: true,
+                    },
+                    0,
+                    std::borrow::Cow::Borrowed("a span with a name long enough to matter"),
+                );
+                (s.start, s.end) = (1, 2);
+                s
+            })
+            .collect();
+        // Encoded on two threads' buffers, joined in one request ...
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for (i, s) in spans.iter().enumerate() {
+            scope_span(if i % 2 == 0 { &mut a } else { &mut b }, s);
+        }
+        let got = request(&resource, &[&a, &b]);
+        // ... is the message written in one go, nested field by nested field.
+        let mut want = Vec::new();
+        nested(&mut want, 1, |out| {
+            nested(out, 1, |out| {
+                attribute(out, 1, "service.name", AnyValue::Str("svc"));
+                attribute(out, 1, "service.version", AnyValue::Str("1.2.3"));
+                attribute(out, 1, "telemetry.sdk.language", AnyValue::Str("rust"));
+            });
+            nested(out, 2, |out| {
+                nested(out, 1, |out| {
+                    bytes(out, 1, SCOPE.as_bytes());
+                    bytes(out, 2, crate::VERSION.as_bytes());
+                });
+                for s in spans
+                    .iter()
+                    .step_by(2)
+                    .chain(spans.iter().skip(1).step_by(2))
+                {
+                    nested(out, 2, |out| span(out, s));
+                }
+            });
+        });
+        assert!(
+            want.len() > 2_000,
+            "lengths of two bytes and more are exercised"
+        );
+        assert_eq!(got, want);
     }
 }

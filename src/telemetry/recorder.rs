@@ -1,6 +1,6 @@
 //! The span recorder: what the subscriber ([`super::subscriber`]) keeps of each span for
-//! OTLP — ids, parent, name, kind, times, attributes, events, links, status — and the
-//! hand-over of every sampled span, once closed, to the exporter's queue.
+//! OTLP — ids, parent, name, kind, times, attributes, events, links, status — and, once a
+//! sampled span closes, its encoding into the exporter's queue.
 //!
 //! It takes the place of `tracing-opentelemetry` and the OpenTelemetry SDK's tracer, whose
 //! span builder, contexts and attribute values cost a traced request more CPU than the
@@ -78,7 +78,7 @@ impl Sampler {
 /// 30–90), so recording them does not grow the buffer value by value.
 const TEXT_RESERVE: usize = 96;
 
-/// Records a thread keeps for its next spans (refilled this many at a time).
+/// Records a thread keeps for its next spans.
 const THREAD_SPARES: usize = 32;
 
 thread_local! {
@@ -273,19 +273,9 @@ impl Recorder {
         rec
     }
 
-    /// A record from this thread's spares, refilled from the ones the exporter is done
-    /// with: in steady state a span allocates nothing, and a record is freed on the thread
-    /// that made it.
+    /// A record from this thread's spares: in steady state a span allocates nothing.
     fn reused(&self) -> Option<Rec> {
-        SPARES.with(|spares| {
-            let mut spares = spares.borrow_mut();
-            if spares.is_empty() {
-                if let Some(queue) = &self.queue {
-                    queue.spares(&mut spares, THREAD_SPARES);
-                }
-            }
-            spares.pop()
-        })
+        SPARES.with(|spares| spares.borrow_mut().pop())
     }
 
     /// Values recorded on an open span.
@@ -321,21 +311,19 @@ impl Recorder {
         rec.events.push(e);
     }
 
-    /// A span closed: a sampled one leaves for the exporter, any other is kept for the
-    /// next span of this thread.
+    /// A span closed: a sampled one is encoded for the exporter; the record is kept for
+    /// the next span of this thread.
     pub fn close(&self, mut rec: Rec) {
-        match &self.queue {
-            Some(queue) if rec.context.sampled => {
-                rec.end = now_nanos();
-                queue.push(rec);
-            }
-            _ => SPARES.with(|spares| {
-                let mut spares = spares.borrow_mut();
-                if spares.len() < THREAD_SPARES {
-                    spares.push(rec);
-                }
-            }),
+        if let Some(queue) = self.queue.as_ref().filter(|_| rec.context.sampled) {
+            rec.end = now_nanos();
+            queue.push(&rec);
         }
+        SPARES.with(|spares| {
+            let mut spares = spares.borrow_mut();
+            if spares.len() < THREAD_SPARES {
+                spares.push(rec);
+            }
+        });
     }
 }
 

@@ -84,7 +84,7 @@ pub enum Value {
 }
 
 /// Attributes: keys from the callsites, string values in one buffer.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Attributes {
     pub text: String,
     pub list: Vec<(&'static str, Value)>,
@@ -121,7 +121,7 @@ impl Attributes {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct EventRec {
     pub time: u64,
     pub name: String,
@@ -149,7 +149,7 @@ pub enum Status {
 }
 
 /// Everything a span carries to the backend.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SpanRec {
     pub context: SpanContext,
     /// 0: a root.

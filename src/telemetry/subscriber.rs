@@ -344,7 +344,7 @@ mod tests {
     use crate::telemetry::span::{Kind, Status, Value};
 
     fn recorded(sampler: Sampler, f: impl FnOnce()) -> Vec<SpanRec> {
-        let queue = super::super::export::Queue::new(100, 100);
+        let queue = std::sync::Arc::new(super::super::export::Queue::keeping());
         let subscriber = Spans::new(
             Recorder::new(sampler, 1.0, Some(queue.clone())),
             Logs {
@@ -353,7 +353,7 @@ mod tests {
             },
         );
         tracing::subscriber::with_default(subscriber, f);
-        queue.drain()
+        queue.kept()
     }
 
     #[test]
