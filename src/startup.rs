@@ -129,7 +129,7 @@ impl Application {
                     .await
                     .map_err(StartupError::Graph)?;
                 Arc::new(GatedGraph::new(
-                    TimedGraph(g, metrics.clone()),
+                    TimedGraph::new(g, metrics.clone()),
                     config.graph_timeout,
                     metrics.clone(),
                 ))
@@ -140,7 +140,7 @@ impl Application {
                     None => Seed::parse(DEFAULT_SEED)?,
                 };
                 let g = MemoryGraph::from_seed(&seed, |id| demos.url(id))?;
-                Arc::new(TimedGraph(g, metrics.clone()))
+                Arc::new(TimedGraph::new(g, metrics.clone()))
             }
         };
         check_endpoints(&config, &*graph, &demos).await?;

@@ -165,7 +165,7 @@ impl ProcessApi {
             })));
         };
         let record = AgentRecord {
-            agent: candidates[best].agent.clone(),
+            agent: crate::graph::AgentInfo::clone(&candidates[best].agent),
             concepts: vec![(concept.clone(), candidates[best].stats.clone())],
         };
         Ok(DiscoverResponse::Found(Json(Discovered {

@@ -89,7 +89,7 @@ mod tests {
 
     fn candidate(name: &str) -> Candidate {
         Candidate {
-            agent: AgentInfo {
+            agent: std::sync::Arc::new(AgentInfo {
                 name: name.into(),
                 agent_type: "t".into(),
                 endpoint: "http://127.0.0.1:9/q".into(),
@@ -97,7 +97,7 @@ mod tests {
                 intents: vec!["define".into()],
                 capabilities: vec![],
                 facts: None,
-            },
+            }),
             stats: EdgeStats::new(0.5),
         }
     }
@@ -108,7 +108,11 @@ mod tests {
         m.remember("lamp/define", "lamp", &[candidate("A"), candidate("B")])
             .await;
         m.remember("sun/define", "sun", &[candidate("C")]).await;
-        let names = |c: Vec<Candidate>| c.into_iter().map(|c| c.agent.name).collect::<Vec<_>>();
+        let names = |c: Vec<Candidate>| {
+            c.into_iter()
+                .map(|c| c.agent.name.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(m.recall("lamp/define").await.unwrap()), ["A", "B"]);
         // An empty answer forgets it.
         m.remember("sun/define", "sun", &[]).await;

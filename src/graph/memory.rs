@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use super::{
     hebbian,
@@ -16,9 +16,10 @@ use super::{
 struct State {
     /// concept name → primary definition
     concepts: BTreeMap<String, String>,
-    agents: BTreeMap<String, AgentInfo>,
-    /// (agent, concept) → edge statistics
-    edges: HashMap<(String, String), EdgeStats>,
+    /// Shared with the candidates discovery hands out (no copy of an agent per task).
+    agents: BTreeMap<String, Arc<AgentInfo>>,
+    /// concept → agent → edge statistics: discovery reads one concept's edges, not all.
+    edges: HashMap<String, BTreeMap<String, EdgeStats>>,
     /// region name → what belongs to it
     regions: BTreeMap<String, RegionRecord>,
 }
@@ -82,17 +83,18 @@ impl MemoryGraph {
             };
             state.agents.insert(
                 a.name.clone(),
-                AgentInfo {
+                Arc::new(AgentInfo {
                     endpoint,
                     ..a.info()
-                },
+                }),
             );
         }
         for h in &seed.handles {
-            state.edges.insert(
-                (h.agent.clone(), h.concept.clone()),
-                EdgeStats::new(h.weight),
-            );
+            state
+                .edges
+                .entry(h.concept.clone())
+                .or_default()
+                .insert(h.agent.clone(), EdgeStats::new(h.weight));
         }
         Ok(MemoryGraph {
             state: RwLock::new(state),
@@ -112,11 +114,12 @@ impl MemoryGraph {
 impl KnowledgeGraph for MemoryGraph {
     async fn discover(&self, concept: &str, intent: &str) -> Result<Vec<Candidate>, GraphError> {
         let state = self.read();
-        let mut found: Vec<Candidate> = state
-            .edges
+        let Some(edges) = state.edges.get(concept) else {
+            return Ok(Vec::new());
+        };
+        let mut found: Vec<Candidate> = edges
             .iter()
-            .filter(|((_, c), _)| c == concept)
-            .filter_map(|((a, _), stats)| {
+            .filter_map(|(a, stats)| {
                 let agent = state.agents.get(a)?;
                 (agent.status == "active" && agent.intents.iter().any(|i| i == intent)).then(|| {
                     Candidate {
@@ -143,12 +146,11 @@ impl KnowledgeGraph for MemoryGraph {
                 let mut concepts: Vec<(String, EdgeStats)> = state
                     .edges
                     .iter()
-                    .filter(|((a, _), _)| a == &agent.name)
-                    .map(|((_, c), s)| (c.clone(), s.clone()))
+                    .filter_map(|(c, edges)| Some((c.clone(), edges.get(&agent.name)?.clone())))
                     .collect();
                 concepts.sort_by(|a, b| a.0.cmp(&b.0));
                 AgentRecord {
-                    agent: agent.clone(),
+                    agent: AgentInfo::clone(agent),
                     concepts,
                 }
             })
@@ -160,7 +162,11 @@ impl KnowledgeGraph for MemoryGraph {
         let mut changes = Vec::with_capacity(edges.len());
         for e in edges {
             // Only existing edges learn: an outcome never invents an agent→concept link.
-            let Some(stats) = state.edges.get_mut(&(e.agent.clone(), e.concept.clone())) else {
+            let Some(stats) = state
+                .edges
+                .get_mut(&e.concept)
+                .and_then(|edges| edges.get_mut(&e.agent))
+            else {
                 continue;
             };
             let old = stats.weight;
@@ -188,17 +194,22 @@ impl KnowledgeGraph for MemoryGraph {
         let mut state = self.write();
         let existed = state.agents.contains_key(&agent.name);
         let name = agent.name.clone();
-        state
-            .edges
-            .retain(|(a, c), _| a != &name || concepts.iter().any(|(k, _)| k == c));
+        for (c, edges) in state.edges.iter_mut() {
+            if !concepts.iter().any(|(k, _)| k == c) {
+                edges.remove(&name);
+            }
+        }
+        state.edges.retain(|_, edges| !edges.is_empty());
         for (concept, weight) in concepts {
             state.concepts.entry(concept.clone()).or_default();
             state
                 .edges
-                .entry((name.clone(), concept.clone()))
+                .entry(concept.clone())
+                .or_default()
+                .entry(name.clone())
                 .or_insert_with(|| EdgeStats::new(*weight));
         }
-        state.agents.insert(name, agent);
+        state.agents.insert(name, Arc::new(agent));
         Ok(existed)
     }
 
@@ -219,12 +230,11 @@ impl KnowledgeGraph for MemoryGraph {
             region.agents.retain(|a| a != name);
         }
         let mut concepts = Vec::new();
-        state.edges.retain(|(a, c), _| {
-            let keep = a != name;
-            if !keep {
+        state.edges.retain(|c, edges| {
+            if edges.remove(name).is_some() {
                 concepts.push(c.clone());
             }
-            keep
+            !edges.is_empty()
         });
         concepts.sort();
         Ok(Some(concepts))
@@ -233,10 +243,16 @@ impl KnowledgeGraph for MemoryGraph {
     async fn decay(&self, rate: f64) -> Result<usize, GraphError> {
         let mut state = self.write();
         let factor = (1.0 - rate).clamp(0.0, 1.0);
-        for stats in state.edges.values_mut() {
+        let mut n = 0;
+        for stats in state
+            .edges
+            .values_mut()
+            .flat_map(|edges| edges.values_mut())
+        {
             stats.weight *= factor;
+            n += 1;
         }
-        Ok(state.edges.len())
+        Ok(n)
     }
 
     async fn ping(&self) -> Result<(), GraphError> {
@@ -270,7 +286,11 @@ mod tests {
     #[tokio::test]
     async fn discovery_honours_the_intent_and_ranks_deterministically() {
         let g = graph();
-        let names = |c: Vec<Candidate>| c.into_iter().map(|c| c.agent.name).collect::<Vec<_>>();
+        let names = |c: Vec<Candidate>| {
+            c.into_iter()
+                .map(|c| c.agent.name.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
             names(g.discover("lamp", "define").await.unwrap()),
             ["A", "B"]

@@ -56,7 +56,8 @@ impl EdgeStats {
 /// One agent able to serve a (concept, intent), with its edge statistics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
-    pub agent: AgentInfo,
+    /// Shared with the graph's own record (cloning a candidate copies no agent).
+    pub agent: std::sync::Arc<AgentInfo>,
     pub stats: EdgeStats,
 }
 
@@ -237,12 +238,28 @@ pub fn hebbian(stats: &mut EdgeStats, success: bool, deltas: Deltas) {
 pub type Learned = Result<Vec<WeightChange>, GraphError>;
 
 /// Times every call of a graph backend into the `graph_query_duration_seconds` histogram.
-pub struct TimedGraph<G>(pub G, pub std::sync::Arc<crate::metrics::Metrics>);
+pub struct TimedGraph<G> {
+    graph: G,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// `discover`'s series, looked up once (discovery runs once a task).
+    discover: prometheus::Histogram,
+}
+
+impl<G> TimedGraph<G> {
+    pub fn new(graph: G, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        let discover = metrics.graph_queries.with_label_values(&["discover"]);
+        TimedGraph {
+            graph,
+            metrics,
+            discover,
+        }
+    }
+}
 
 macro_rules! timed {
     ($self:ident, $op:literal, $e:expr) => {{
         let _t = $self
-            .1
+            .metrics
             .graph_queries
             .with_label_values(&[$op])
             .start_timer();
@@ -253,16 +270,17 @@ macro_rules! timed {
 #[async_trait]
 impl<G: KnowledgeGraph> KnowledgeGraph for TimedGraph<G> {
     async fn discover(&self, concept: &str, intent: &str) -> Result<Vec<Candidate>, GraphError> {
-        timed!(self, "discover", self.0.discover(concept, intent).await)
+        let _t = self.discover.start_timer();
+        self.graph.discover(concept, intent).await
     }
     async fn regions(&self) -> Result<Vec<RegionRecord>, GraphError> {
-        timed!(self, "regions", self.0.regions().await)
+        timed!(self, "regions", self.graph.regions().await)
     }
     async fn agents(&self) -> Result<Vec<AgentRecord>, GraphError> {
-        timed!(self, "agents", self.0.agents().await)
+        timed!(self, "agents", self.graph.agents().await)
     }
     async fn learn(&self, edges: &[EdgeOutcomes], deltas: Deltas) -> Learned {
-        timed!(self, "learn", self.0.learn(edges, deltas).await)
+        timed!(self, "learn", self.graph.learn(edges, deltas).await)
     }
     async fn upsert_agent(
         &self,
@@ -272,30 +290,30 @@ impl<G: KnowledgeGraph> KnowledgeGraph for TimedGraph<G> {
         timed!(
             self,
             "upsert_agent",
-            self.0.upsert_agent(agent, concepts).await
+            self.graph.upsert_agent(agent, concepts).await
         )
     }
     async fn add_concept(&self, name: &str, definition: &str) -> Result<(), GraphError> {
         timed!(
             self,
             "add_concept",
-            self.0.add_concept(name, definition).await
+            self.graph.add_concept(name, definition).await
         )
     }
     async fn remove_agent(&self, name: &str) -> Result<Option<Vec<String>>, GraphError> {
-        timed!(self, "remove_agent", self.0.remove_agent(name).await)
+        timed!(self, "remove_agent", self.graph.remove_agent(name).await)
     }
     async fn decay(&self, rate: f64) -> Result<usize, GraphError> {
-        timed!(self, "decay", self.0.decay(rate).await)
+        timed!(self, "decay", self.graph.decay(rate).await)
     }
     async fn ping(&self) -> Result<(), GraphError> {
-        timed!(self, "ping", self.0.ping().await)
+        timed!(self, "ping", self.graph.ping().await)
     }
     fn backend(&self) -> &'static str {
-        self.0.backend()
+        self.graph.backend()
     }
     fn is_remote(&self) -> bool {
-        self.0.is_remote()
+        self.graph.is_remote()
     }
 }
 

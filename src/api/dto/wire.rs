@@ -83,41 +83,53 @@ impl ToJSON for Text {
     }
 }
 
-/// A string rule: the pattern and length declared in the spec, checked with a regex
-/// compiled once (poem-openapi's `pattern` validator compiles its regex on every check).
+/// A string rule: the pattern and length declared in the spec, checked by a test of the
+/// characters that says the same as the pattern (a unit test holds the two to each other
+/// over every character class the patterns name).
 pub trait Rule: Send + Sync + 'static {
     const NAME: &'static str;
     const PATTERN: &'static str;
     const MAX_LENGTH: usize;
-    fn regex() -> &'static regex::Regex;
+    /// Whether `s` matches [`Rule::PATTERN`].
+    fn matches(s: &str) -> bool;
 }
 
 macro_rules! rule {
-    ($ty:ident, $name:literal, $pattern:literal, $max:literal) => {
+    ($ty:ident, $name:literal, $pattern:literal, $max:literal, $matches:expr) => {
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct $ty;
         impl Rule for $ty {
             const NAME: &'static str = $name;
             const PATTERN: &'static str = $pattern;
             const MAX_LENGTH: usize = $max;
-            fn regex() -> &'static regex::Regex {
-                static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-                    regex::Regex::new($pattern).expect("valid pattern")
-                });
-                &RE
+            fn matches(s: &str) -> bool {
+                let matches: fn(&str) -> bool = $matches;
+                matches(s)
             }
         }
     };
+}
+
+/// C0 and C1 control characters and DEL.
+fn control(c: char) -> bool {
+    matches!(c, '\x00'..='\x1F' | '\x7F' | '\u{80}'..='\u{9F}')
 }
 
 rule!(
     ConceptRule,
     "concept",
     r"^[^\x00-\x1F\x7F\u0080-\u009F]*[^\s\x00-\x1F\x7F\u0080-\u009F][^\x00-\x1F\x7F\u0080-\u009F]*$",
-    128
+    128,
+    |s| !s.chars().any(control) && s.chars().any(|c| !c.is_whitespace())
 );
-rule!(IntentRule, "intent", r"^[A-Za-z0-9_-]{1,64}$", 64);
-rule!(QueryRule, "query", r"\S", 2000);
+rule!(IntentRule, "intent", r"^[A-Za-z0-9_-]{1,64}$", 64, |s| {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+});
+rule!(QueryRule, "query", r"\S", 2000, |s| s
+    .chars()
+    .any(|c| !c.is_whitespace()));
 
 /// A string that satisfies `R` (else the body is a 400 naming the rule).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +157,7 @@ wrapper_type!(
 impl<R: Rule> Checked<R> {
     /// `s`, if it satisfies the rule.
     pub fn check(s: String) -> Option<Self> {
-        (s.chars().count() <= R::MAX_LENGTH && R::regex().is_match(&s))
+        (s.chars().count() <= R::MAX_LENGTH && R::matches(&s))
             .then_some(Checked(s, std::marker::PhantomData))
     }
 }
@@ -313,5 +325,48 @@ impl TaskId {
             TaskId::Int(i) => Value::from(*i),
             TaskId::Text(s) => Value::from(s.0.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Characters from every class the patterns name: controls (C0, DEL, C1 — NEL is also
+    /// whitespace), ASCII and Unicode whitespace, the intent alphabet, and others.
+    fn text() -> impl Strategy<Value = String> {
+        let chars = prop::sample::select(vec![
+            '\x00', '\x09', '\x0A', '\x1F', '\x7F', '\u{80}', '\u{85}', '\u{9F}', ' ', '\u{A0}',
+            '\u{2003}', '\u{3000}', 'a', 'Z', '0', '9', '_', '-', '.', 'é', '字', '🙂',
+        ]);
+        prop::collection::vec(chars, 0..70).prop_map(|v| v.into_iter().collect())
+    }
+
+    fn agree<R: Rule>(s: &str) -> Result<(), TestCaseError> {
+        let re = regex::Regex::new(R::PATTERN).unwrap();
+        prop_assert_eq!(R::matches(s), re.is_match(s), "{} {:?}", R::NAME, s);
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn each_rule_says_what_its_pattern_says(s in text()) {
+            agree::<ConceptRule>(&s)?;
+            agree::<IntentRule>(&s)?;
+            agree::<QueryRule>(&s)?;
+        }
+    }
+
+    #[test]
+    fn the_rules_accept_and_refuse_what_the_spec_says() {
+        assert!(ConceptRule::matches("light bulb"));
+        assert!(!ConceptRule::matches("   "));
+        assert!(!ConceptRule::matches("a\u{85}b"));
+        assert!(IntentRule::matches("define_2-x"));
+        assert!(!IntentRule::matches(&"a".repeat(65)));
+        assert!(!IntentRule::matches(""));
+        assert!(QueryRule::matches("  x "));
+        assert!(!QueryRule::matches(" \u{3000}"));
     }
 }

@@ -90,7 +90,7 @@ impl KnowledgeGraph for Neo4jGraph {
             .iter()
             .filter_map(|r| {
                 Some(Candidate {
-                    agent: self.agent(r)?,
+                    agent: std::sync::Arc::new(self.agent(r)?),
                     stats: stats(r),
                 })
             })
