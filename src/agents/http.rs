@@ -107,20 +107,30 @@ impl HttpAgents {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<(u16, Option<Duration>, Option<Value>), CallError> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        crate::telemetry::inject_current(&mut headers);
-        headers.insert(
-            TIMEOUT_HEADER,
-            reqwest::header::HeaderValue::from(timeout_ms(timeout)),
-        );
+        let wait_ms = timeout_ms(timeout).to_string();
         if let Some(target) = &endpoint.plain {
-            let answer = self.pool.post(target, headers, body.into()).await?;
+            let traceparent = crate::telemetry::current_traceparent();
+            let mut headers = [(TIMEOUT_HEADER, wait_ms.as_str()), ("", "")];
+            let n = match &traceparent {
+                Some(tp) => {
+                    headers[1] = ("traceparent", tp.as_str());
+                    2
+                }
+                None => 1,
+            };
+            let answer = self.pool.post(target, &headers[..n], &body).await?;
             return Ok((
                 answer.status,
                 answer.retry_after,
                 serde_json::from_slice(&answer.body).ok(),
             ));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        crate::telemetry::inject_current(&mut headers);
+        headers.insert(
+            TIMEOUT_HEADER,
+            reqwest::header::HeaderValue::from_str(&wait_ms).expect("digits"),
+        );
         headers.insert(
             reqwest::header::CONTENT_TYPE,
             reqwest::header::HeaderValue::from_static("application/json"),

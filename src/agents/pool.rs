@@ -1,42 +1,45 @@
 //! HTTP/1.1 connections to agents, kept per thread (so per core under `RUNTIME=per_core`)
-//! and driven by the task of the request that uses them: an agent call is written, and its
-//! answer read, by the request's own task — no connection task, no channel, no wake-up of
-//! another task or core. A connection rests in its thread's pool between calls (at most
+//! and used by the task of the request that calls: the request is written to the socket,
+//! and the answer read from it, by the request's own task — no connection task, no
+//! channel, no wake-up of another task or core, and no request or response object between
+//! the bytes and the call. A connection rests in its thread's pool between calls (at most
 //! `max_idle` per host, none older than [`IDLE_FOR`]); one the agent closed meanwhile is
-//! noticed when it is taken (its end of stream is read) and replaced.
+//! noticed when it is taken (its end of stream is seen) and replaced.
 //!
-//! Plain `http://` only; `https://` endpoints go through the TLS client (`http.rs`).
+//! Answers are framed as RFC 9112 says: `Transfer-Encoding: chunked`, else `Content-Length`,
+//! else to the end of the connection (which then is not reused); `1xx` interim answers are
+//! skipped; heads are parsed by `httparse`. Plain `http://` only; `https://` endpoints go
+//! through the TLS client (`http.rs`).
 
-use std::{
-    cell::RefCell,
-    collections::HashMap,
-    future::{poll_fn, Future},
-    pin::{pin, Pin},
-    task::Poll,
-    time::Duration,
-};
+use std::{cell::RefCell, collections::HashMap, io::Write as _, time::Duration};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes, BytesMut};
 use thread_local::ThreadLocal;
-use tokio::{net::TcpStream, time::Instant};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::Instant,
+};
 
 use super::CallError;
 
 /// Largest agent answer read; anything bigger is an invalid answer, not an OOM.
 pub const MAX_AGENT_BODY: usize = 1024 * 1024;
+/// Largest answer head (status line and headers) read.
+const MAX_HEAD: usize = 64 * 1024;
+/// Headers an answer may carry.
+const MAX_HEADERS: usize = 64;
 /// A connection idle longer than this is closed rather than reused.
 pub const IDLE_FOR: Duration = Duration::from_secs(60);
 /// How long opening a connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-type Driver = Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>;
+/// Room a connection's read buffer starts with (and keeps between calls).
+const READ_ROOM: usize = 8 * 1024;
 
 struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-    driver: Driver,
+    stream: TcpStream,
+    /// Bytes read and not yet consumed; its room is kept from one call to the next.
+    buf: BytesMut,
     idle_since: Instant,
 }
 
@@ -47,34 +50,6 @@ enum Broken {
     Unused,
     /// The call failed under way.
     During(CallError),
-}
-
-fn failed(e: &hyper::Error) -> CallError {
-    if e.is_parse() || e.is_parse_status() {
-        CallError::InvalidBody
-    } else {
-        CallError::Transport
-    }
-}
-
-/// Runs `fut` while driving the connection; `Err` if the connection ends first.
-async fn driving<F: Future>(
-    driver: &mut Driver,
-    fut: F,
-) -> Result<F::Output, Option<hyper::Error>> {
-    let mut fut = pin!(fut);
-    poll_fn(|cx| {
-        let ended = driver.as_mut().poll(cx);
-        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Ok(out));
-        }
-        match ended {
-            Poll::Ready(Ok(())) => Poll::Ready(Err(None)),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(Some(e))),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await
 }
 
 /// Idle connections of one thread, by `host:port`.
@@ -90,10 +65,9 @@ pub struct AgentPool {
 pub struct Target {
     /// `host:port` to connect to (the pool's key).
     host: String,
-    /// Path and query of the request line.
-    path: String,
-    /// The `Host` header.
-    authority: String,
+    /// The request line and the headers every call to it carries, up to the ones a call
+    /// adds.
+    head: Vec<u8>,
 }
 
 impl Target {
@@ -104,16 +78,22 @@ impl Target {
         }
         let name = url.host_str()?;
         let port = url.port_or_known_default()?;
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        let authority = match url.port() {
+            Some(p) => format!("{name}:{p}"),
+            None => name.to_string(),
+        };
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\n\
+             user-agent: myriad-orchestrator/{}\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
         Some(Target {
             host: format!("{name}:{port}"),
-            path: match url.query() {
-                Some(q) => format!("{}?{q}", url.path()),
-                None => url.path().to_string(),
-            },
-            authority: match url.port() {
-                Some(p) => format!("{name}:{p}"),
-                None => name.to_string(),
-            },
+            head: head.into_bytes(),
         })
     }
 }
@@ -121,7 +101,11 @@ impl Target {
 /// The wait an agent's `Retry-After` asks for: delta-seconds or an HTTP date (RFC 9110);
 /// `None` when absent or neither.
 pub fn retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
-    let v = value?.to_str().ok()?.trim();
+    retry_after_text(value?.to_str().ok()?)
+}
+
+fn retry_after_text(v: &str) -> Option<Duration> {
+    let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
@@ -154,7 +138,7 @@ impl AgentPool {
         let conns = idle.get_mut(host)?;
         let now = Instant::now();
         while let Some(conn) = conns.pop() {
-            if now.saturating_duration_since(conn.idle_since) < IDLE_FOR {
+            if now.saturating_duration_since(conn.idle_since) < IDLE_FOR && conn.open() {
                 return Some(conn);
             }
         }
@@ -181,41 +165,34 @@ impl AgentPool {
             .map_err(|_| CallError::Connect)?
             .map_err(|_| CallError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (sender, driver) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| CallError::Connect)?;
         Ok(Conn {
-            sender,
-            driver: Box::pin(driver),
+            stream,
+            buf: BytesMut::with_capacity(READ_ROOM),
             idle_since: Instant::now(),
         })
     }
 
-    /// POSTs `body` to `target` with `headers`, on a pooled connection to its host (a new
-    /// one when none is idle, or when the idle one turns out closed).
+    /// POSTs `body` to `target` with `headers` (`name`, `value`) besides the target's own,
+    /// on a pooled connection to its host (a new one when none is idle, or when the idle
+    /// one turns out closed).
     pub async fn post(
         &self,
         target: &Target,
-        headers: http::HeaderMap,
-        body: Bytes,
+        headers: &[(&str, &str)],
+        body: &[u8],
     ) -> Result<Answer, CallError> {
-        let Target {
-            host,
-            path,
-            authority,
-        } = target;
+        let request = request(target, headers, body)?;
         // An idle connection may have been closed by the agent since: then the call is
         // tried again on a new one (it was never written).
         loop {
-            let (conn, reused) = match self.take(host) {
+            let (conn, reused) = match self.take(&target.host) {
                 Some(conn) => (conn, true),
-                None => (Self::connect(host).await?, false),
+                None => (Self::connect(&target.host).await?, false),
             };
-            let request = build(path, authority, &headers, body.clone())?;
-            match exchange(conn, request).await {
+            match exchange(conn, &request).await {
                 Ok((answer, conn)) => {
                     if let Some(conn) = conn {
-                        self.give_back(host, conn);
+                        self.give_back(&target.host, conn);
                     }
                     return Ok(answer);
                 }
@@ -227,72 +204,235 @@ impl AgentPool {
     }
 }
 
-fn build(
-    path: &str,
-    authority: &str,
-    headers: &http::HeaderMap,
-    body: Bytes,
-) -> Result<http::Request<Full<Bytes>>, CallError> {
-    let mut request = http::Request::post(path)
-        .header(http::header::HOST, authority)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(
-            http::header::USER_AGENT,
-            concat!("myriad-orchestrator/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Full::new(body))
-        .map_err(|_| CallError::Connect)?;
-    request
-        .headers_mut()
-        .extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-    Ok(request)
+/// The request's bytes: the target's head, `headers`, the body's length, the body. A
+/// header that would break the head (a line break in it) is refused.
+fn request(target: &Target, headers: &[(&str, &str)], body: &[u8]) -> Result<Vec<u8>, CallError> {
+    let mut out = Vec::with_capacity(target.head.len() + 160 + body.len());
+    out.extend_from_slice(&target.head);
+    for (name, value) in headers {
+        if [name, value]
+            .iter()
+            .any(|s| s.bytes().any(|b| b == b'\r' || b == b'\n'))
+        {
+            return Err(CallError::Connect);
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let _ = write!(out, "content-length: {}\r\n\r\n", body.len());
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+impl Conn {
+    /// Whether an idle connection can still carry a call: the agent has not closed it nor
+    /// sent anything unasked (a readiness check; a read only when the socket has something).
+    fn open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Reads more of the answer; `false` at the end of the stream.
+    async fn fill(&mut self) -> Result<bool, Broken> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_ROOM);
+        }
+        match self.stream.read_buf(&mut self.buf).await {
+            Ok(0) => Ok(false),
+            Ok(_) => Ok(true),
+            Err(_) => Err(Broken::During(CallError::Transport)),
+        }
+    }
+}
+
+/// How an answer's body is delimited.
+enum Framing {
+    Length(usize),
+    Chunked,
+    ToEnd,
+}
+
+/// What the head of an answer says.
+struct Head {
+    status: u16,
+    retry_after: Option<Duration>,
+    framing: Framing,
+    /// The connection may carry another call after this answer.
+    keep_alive: bool,
+    /// Bytes of the head.
+    len: usize,
+}
+
+/// The head at the start of `buf`: `None` while incomplete.
+fn head(buf: &[u8]) -> Result<Option<Head>, Broken> {
+    let invalid = || Broken::During(CallError::InvalidBody);
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
+        _ => return Err(invalid()),
+    };
+    let status = parsed.code.ok_or_else(invalid)?;
+    let mut keep_alive = parsed.version == Some(1);
+    let (mut length, mut chunked, mut retry_after) = (None, false, None);
+    for h in parsed.headers.iter() {
+        let value = std::str::from_utf8(h.value).map_err(|_| invalid())?.trim();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n: usize = value.parse().map_err(|_| invalid())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(invalid());
+            }
+            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value
+                .rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            if !chunked {
+                return Err(invalid());
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") && parsed.version == Some(0) {
+                    keep_alive = true;
+                }
+            }
+        } else if h.name.eq_ignore_ascii_case("retry-after") {
+            retry_after = retry_after_text(value);
+        }
+    }
+    let framing = if matches!(status, 100..=199 | 204 | 304) {
+        Framing::Length(0)
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        if n > MAX_AGENT_BODY {
+            return Err(invalid());
+        }
+        Framing::Length(n)
+    } else {
+        keep_alive = false;
+        Framing::ToEnd
+    };
+    Ok(Some(Head {
+        status,
+        retry_after,
+        framing,
+        keep_alive,
+        len,
+    }))
 }
 
 /// One request and its whole answer on `conn`; the connection back when it can carry
 /// another call.
-async fn exchange(
-    mut conn: Conn,
-    request: http::Request<Full<Bytes>>,
-) -> Result<(Answer, Option<Conn>), Broken> {
-    match driving(&mut conn.driver, conn.sender.ready()).await {
-        Ok(Ok(())) => {}
-        _ => return Err(Broken::Unused),
+async fn exchange(mut conn: Conn, request: &[u8]) -> Result<(Answer, Option<Conn>), Broken> {
+    if conn.stream.write_all(request).await.is_err() {
+        return Err(Broken::Unused);
     }
-    let sent = conn.sender.send_request(request);
-    let response = match driving(&mut conn.driver, sent).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) if e.is_canceled() => return Err(Broken::Unused),
-        Ok(Err(e)) | Err(Some(e)) => return Err(Broken::During(failed(&e))),
-        Err(None) => return Err(Broken::Unused),
-    };
-    let status = response.status().as_u16();
-    let retry_after = retry_after(response.headers().get(http::header::RETRY_AFTER));
-    let too_long = response
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|len| len > MAX_AGENT_BODY);
-    if too_long {
-        return Err(Broken::During(CallError::InvalidBody));
-    }
-    let body = Limited::new(response.into_body(), MAX_AGENT_BODY).collect();
-    let body = match driving(&mut conn.driver, body).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(Broken::During(CallError::InvalidBody))
+    conn.buf.clear();
+    let head = loop {
+        match head(&conn.buf)? {
+            // An interim answer (`100 Continue` and the like): the real one follows.
+            Some(h) if (100..=199).contains(&h.status) && h.status != 101 => {
+                conn.buf.advance(h.len);
+            }
+            Some(h) if h.status == 101 => return Err(Broken::During(CallError::InvalidBody)),
+            Some(h) => break h,
+            None => {
+                if !conn.fill().await? {
+                    return Err(Broken::During(CallError::Transport));
+                }
+            }
         }
-        Ok(Err(_)) | Err(_) => return Err(Broken::During(CallError::Transport)),
     };
-    let reusable = !conn.sender.is_closed();
+    conn.buf.advance(head.len);
+    let body = match head.framing {
+        Framing::Length(n) => {
+            while conn.buf.len() < n {
+                if !conn.fill().await? {
+                    return Err(Broken::During(CallError::Transport));
+                }
+            }
+            conn.buf.split_to(n).freeze()
+        }
+        Framing::Chunked => chunked(&mut conn).await?,
+        Framing::ToEnd => {
+            while conn.fill().await? {
+                if conn.buf.len() > MAX_AGENT_BODY {
+                    return Err(Broken::During(CallError::InvalidBody));
+                }
+            }
+            conn.buf.split().freeze()
+        }
+    };
+    // Anything left over was not asked for: the connection is not trusted with another call.
+    let reusable = head.keep_alive && conn.buf.is_empty();
     Ok((
         Answer {
-            status,
-            retry_after,
+            status: head.status,
+            retry_after: head.retry_after,
             body,
         },
         reusable.then_some(conn),
     ))
+}
+
+/// A chunked body (RFC 9112 §7.1), its trailers read and dropped.
+async fn chunked(conn: &mut Conn) -> Result<Bytes, Broken> {
+    let invalid = || Broken::During(CallError::InvalidBody);
+    let mut body = BytesMut::new();
+    loop {
+        let (skip, size) = match httparse::parse_chunk_size(&conn.buf) {
+            Ok(httparse::Status::Complete(found)) => found,
+            Ok(httparse::Status::Partial) if conn.buf.len() < MAX_HEAD => {
+                if !conn.fill().await? {
+                    return Err(Broken::During(CallError::Transport));
+                }
+                continue;
+            }
+            _ => return Err(invalid()),
+        };
+        if size == 0 {
+            conn.buf.advance(skip);
+            break;
+        }
+        let size = usize::try_from(size).map_err(|_| invalid())?;
+        if body.len() + size > MAX_AGENT_BODY {
+            return Err(invalid());
+        }
+        // The chunk's data and its CRLF.
+        while conn.buf.len() < skip + size + 2 {
+            if !conn.fill().await? {
+                return Err(Broken::During(CallError::Transport));
+            }
+        }
+        if &conn.buf[skip + size..skip + size + 2] != b"\r\n" {
+            return Err(invalid());
+        }
+        body.extend_from_slice(&conn.buf[skip..skip + size]);
+        conn.buf.advance(skip + size + 2);
+    }
+    // Trailer lines, up to an empty one.
+    loop {
+        match conn.buf.windows(2).position(|w| w == b"\r\n") {
+            Some(0) => {
+                conn.buf.advance(2);
+                return Ok(body.freeze());
+            }
+            Some(end) => conn.buf.advance(end + 2),
+            None if conn.buf.len() < MAX_HEAD => {
+                if !conn.fill().await? {
+                    return Err(Broken::During(CallError::Transport));
+                }
+            }
+            None => return Err(invalid()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -359,8 +499,7 @@ mod tests {
 
     async fn post(pool: &AgentPool, url: &reqwest::Url) -> Result<Answer, CallError> {
         let target = Target::of(url).expect("a plain-HTTP URL");
-        pool.post(&target, http::HeaderMap::new(), Bytes::from_static(b"{}"))
-            .await
+        pool.post(&target, &[], b"{}").await
     }
 
     #[tokio::test]
@@ -411,5 +550,69 @@ mod tests {
         drop(listener);
         let pool = AgentPool::new(4);
         assert!(matches!(post(&pool, &url).await, Err(CallError::Connect)));
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_is_put_together_and_its_connection_reused() {
+        let (url, accepted) = agent(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+             b\r\n{\"status\":\"\r\n9;ext=1\r\nsuccess\"}\r\n0\r\nx-trailer: 1\r\n\r\n",
+            false,
+        )
+        .await;
+        let pool = AgentPool::new(4);
+        for _ in 0..3 {
+            let answer = post(&pool, &url).await.expect("answered");
+            assert_eq!(&answer.body[..], b"{\"status\":\"success\"}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_a_length_ends_with_its_connection_which_is_not_reused() {
+        let (url, accepted) = agent(
+            "HTTP/1.1 503 Service Unavailable\r\nretry-after: 7\r\n\r\n{\"status\":\"busy\"}",
+            true,
+        )
+        .await;
+        let pool = AgentPool::new(4);
+        for _ in 0..2 {
+            let answer = post(&pool, &url).await.expect("answered");
+            assert_eq!(answer.status, 503);
+            assert_eq!(answer.retry_after, Some(Duration::from_secs(7)));
+            assert_eq!(&answer.body[..], b"{\"status\":\"busy\"}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_interim_answer_is_skipped_and_a_close_is_honoured() {
+        let (url, accepted) = agent(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}",
+            false,
+        )
+        .await;
+        let pool = AgentPool::new(4);
+        for _ in 0..2 {
+            let answer = post(&pool, &url).await.expect("answered");
+            assert_eq!((answer.status, &answer.body[..]), (200, &b"{}"[..]));
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "connection: close is not reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_or_a_cut_answer_is_an_error_not_a_hang() {
+        let (garbage, _) = agent("SMTP ready\r\n\r\n", false).await;
+        let (cut, _) = agent("HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n{\"st", true).await;
+        let pool = AgentPool::new(4);
+        assert!(matches!(
+            post(&pool, &garbage).await,
+            Err(CallError::InvalidBody)
+        ));
+        assert!(matches!(post(&pool, &cut).await, Err(CallError::Transport)));
     }
 }

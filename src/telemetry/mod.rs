@@ -142,11 +142,16 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
 /// Writes the current span's context (`traceparent`) into outgoing headers.
 pub fn inject_current(headers: &mut http::HeaderMap) {
     static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
-    if let Some(cx) = subscriber::current_context() {
-        if let Ok(v) = http::HeaderValue::from_str(&cx.traceparent()) {
+    if let Some(tp) = current_traceparent() {
+        if let Ok(v) = http::HeaderValue::from_str(&tp) {
             headers.insert(TRACEPARENT.clone(), v);
         }
     }
+}
+
+/// The current span's context as a `traceparent` header value.
+pub fn current_traceparent() -> Option<String> {
+    subscriber::current_context().map(|cx| cx.traceparent())
 }
 
 /// The current trace id, when the current span belongs to a trace.
