@@ -103,17 +103,20 @@ impl Pipeline {
             ]
         );
         let started = Instant::now();
-        let mut result = match tokio::time::timeout_at(ctx.deadline, self.serve(task, ctx))
-            .instrument(span.clone())
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => TaskResult::failed(
-                task,
-                FailureCode::Timeout,
-                "the request deadline passed before an agent answered",
-            ),
-        };
+        // Boxed once here: built in place, it was copied whole at each level above it
+        // (kilobytes a task).
+        let mut result =
+            match tokio::time::timeout_at(ctx.deadline, Box::pin(self.serve(task, ctx)))
+                .instrument(span.clone())
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => TaskResult::failed(
+                    task,
+                    FailureCode::Timeout,
+                    "the request deadline passed before an agent answered",
+                ),
+            };
         result.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let status = if result.succeeded() {
             "success"
@@ -171,7 +174,8 @@ impl Pipeline {
         };
         if candidates.is_empty() {
             if let Some(ng) = &self.neurogenesis {
-                let outcome = ng.ensure(&task.concept, &task.intent).await;
+                // Boxed: the rare path does not size every task's future.
+                let outcome = Box::pin(ng.ensure(&task.concept, &task.intent)).await;
                 if outcome != neurogenesis::Grown::Failed {
                     candidates = self
                         .discover(&task.concept, &task.intent, false)
