@@ -283,16 +283,14 @@ impl Pipeline {
             let outcomes = if panic {
                 let candidate = &candidates[index];
                 let request = request_for(task, candidate);
-                match self
-                    .stack
-                    .call_in_panic(&candidate.agent, &request, ctx)
-                    .await
-                {
+                // Boxed, as the hedge below: a rare path's future does not size every task's.
+                match Box::pin(self.stack.call_in_panic(&candidate.agent, &request, ctx)).await {
                     Some(outcome) => vec![(position - 1, index, outcome, Via::Panic)],
                     None => continue,
                 }
             } else if hedge && position == 1 {
-                let (outcomes, sent) = self.hedged(task, candidates, &plan.order, ctx).await;
+                let (outcomes, sent) =
+                    Box::pin(self.hedged(task, candidates, &plan.order, ctx)).await;
                 if sent {
                     position = 2;
                 }

@@ -198,21 +198,20 @@ impl Stack {
         let attempts = AtomicU32::new(0);
         let ttl = self.caches.settings.ttl;
         let call_span = tracing::Span::current();
-        let lookup = self
-            .caches
-            .responses
-            .get_or_fetch(&key, subject, |_| {
-                async {
-                    let out = self.upstream(stages, agent, req, ctx, false).await;
-                    attempts.store(out.attempts, Ordering::Relaxed);
-                    out.result.map(|reply| {
-                        let keep = reply.succeeded().then_some(ttl);
-                        (Value::Object(reply.body), keep)
-                    })
-                }
-                .instrument(tracing::Span::current())
-            })
-            .await;
+        // Boxed: the caches' lookups (a shared tier's round trip among them) do not size
+        // the future of every call, cached or not.
+        let lookup = Box::pin(self.caches.responses.get_or_fetch(&key, subject, |_| {
+            async {
+                let out = self.upstream(stages, agent, req, ctx, false).await;
+                attempts.store(out.attempts, Ordering::Relaxed);
+                out.result.map(|reply| {
+                    let keep = reply.succeeded().then_some(ttl);
+                    (Value::Object(reply.body), keep)
+                })
+            }
+            .instrument(tracing::Span::current())
+        }))
+        .await;
         let attempts = attempts.load(Ordering::Relaxed);
         let reply = |value: Value| AgentReply {
             body: match value {
