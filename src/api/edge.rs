@@ -84,7 +84,7 @@ pub(super) async fn edge<E: Endpoint>(
             resp.headers_mut().insert("x-trace-id", v);
         }
         if status >= 400 {
-            resp = errors::with_trace_id(resp, id).await;
+            resp = Box::pin(errors::with_trace_id(resp, id)).await;
         }
     }
     let elapsed = started.elapsed();
