@@ -254,7 +254,14 @@ impl Stack {
     /// (an open breaker whose interval ended turns half-open here), the calls in flight,
     /// and what the peers said.
     pub fn gates(&self, agent: &str) -> Gates {
-        let stages = self.stages(agent);
+        match self.by_agent.get(agent) {
+            // Read in place: no handle taken on an entry every core touches.
+            Some(stages) => self.gates_of(agent, &stages),
+            None => self.gates_of(agent, &self.stages(agent)),
+        }
+    }
+
+    fn gates_of(&self, agent: &str, stages: &AgentStages) -> Gates {
         Gates {
             // An agent that asked for time is offered nothing until it has passed.
             admission: if stages.throttled() {

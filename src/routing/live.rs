@@ -103,6 +103,15 @@ impl LiveSignals {
         }
     }
 
+    /// `f` of `agent`'s entry, read in place (no handle taken: the entries are shared by
+    /// every core, and a handle is two atomic writes on a line they all touch).
+    fn with_entry<R>(&self, agent: &str, f: impl FnOnce(&Entry) -> R) -> R {
+        if let Some(e) = self.by_agent.get(agent) {
+            return f(&e);
+        }
+        f(&self.entry(agent))
+    }
+
     fn entry(&self, agent: &str) -> Arc<Entry> {
         if let Some(e) = self.by_agent.get(agent) {
             return e.clone();
@@ -123,16 +132,17 @@ impl LiveSignals {
 
     /// One upstream attempt of `agent` that took `latency`.
     pub fn observe(&self, agent: &str, attempt: Attempt, latency: Duration) {
-        self.entry(agent)
-            .signals()
-            .observe(Instant::now(), attempt == Attempt::Fault, latency);
+        self.with_entry(agent, |e| {
+            e.signals()
+                .observe(Instant::now(), attempt == Attempt::Fault, latency)
+        });
     }
 
     /// One routing decision among `agents`, whose first was chosen.
     pub fn offered<'a>(&self, agents: impl IntoIterator<Item = &'a str>, first: &str) {
         let now = Instant::now();
         for agent in agents {
-            self.entry(agent).signals().offered(now, agent == first);
+            self.with_entry(agent, |e| e.signals().offered(now, agent == first));
         }
     }
 
@@ -149,7 +159,10 @@ impl LiveSignals {
     /// a recovery a peer saw, restarts its slow start; a peer's open breaker holds back an
     /// agent whose own breaker lets calls pass.
     pub fn live(&self, agent: &str, gates: Gates) -> Live {
-        let entry = self.entry(agent);
+        self.with_entry(agent, |entry| self.live_of(entry, gates))
+    }
+
+    fn live_of(&self, entry: &Entry, gates: Gates) -> Live {
         let now = Instant::now();
         let mut signals = entry.signals();
         let peers = gates.peers;
