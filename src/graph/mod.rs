@@ -168,10 +168,18 @@ impl GraphError {
 
 /// Canonical form of a concept name: trimmed, lower case, inner whitespace collapsed.
 pub fn normalize_concept(name: &str) -> String {
-    name.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
+    let mut out = String::with_capacity(name.len());
+    for word in name.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        if word.is_ascii() {
+            out.extend(word.chars().map(|c| c.to_ascii_lowercase()));
+        } else {
+            out.push_str(&word.to_lowercase());
+        }
+    }
+    out
 }
 
 #[async_trait]
@@ -369,5 +377,20 @@ mod tests {
     #[test]
     fn concepts_are_normalized() {
         assert_eq!(normalize_concept("  Light   Bulb "), "light bulb");
+        // Word by word, as the whole string lowercased (Greek final sigma included).
+        for s in [
+            "ΟΔΟΣ  ΣΟΦΟΣ Σ",
+            "İstanbul\tÉTÉ",
+            " \u{3000}Ab\u{85}CD ",
+            "",
+            "   ",
+        ] {
+            let whole = s
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_lowercase();
+            assert_eq!(normalize_concept(s), whole, "{s:?}");
+        }
     }
 }

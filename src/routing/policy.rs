@@ -37,6 +37,9 @@ impl Draws {
 /// healthiest admitted one — `None` unless there are some and some admitted one is elsewhere
 /// (then the pick happens among them, and the others are the failover).
 pub fn local_equals(candidates: &[Inputs], admitted: &[usize]) -> Option<Vec<usize>> {
+    if !admitted.iter().any(|&i| candidates[i].local == Some(true)) {
+        return None;
+    }
     let healthiest = admitted
         .iter()
         .map(|&i| candidates[i].health)
@@ -199,7 +202,7 @@ pub fn plan_learned(candidates: &[Inputs], rng: &mut (impl Rng + ?Sized)) -> Pla
         };
     };
     let tier = local_equals(candidates, &all_admitted);
-    let pool = tier.clone().unwrap_or_else(|| all_admitted.clone());
+    let pool: &[usize] = tier.as_deref().unwrap_or(&all_admitted);
     let (first, reason) = if let Some(&probe) = all_admitted
         .iter()
         .find(|&&i| candidates[i].admission == Admission::Probe)
@@ -207,7 +210,7 @@ pub fn plan_learned(candidates: &[Inputs], rng: &mut (impl Rng + ?Sized)) -> Pla
         (probe, Reason::Probe)
     } else {
         let mut drawn: Option<(usize, f64)> = None;
-        for &i in &pool {
+        for &i in pool {
             let c = &candidates[i];
             // The latency average of an agent called rarely is its last few calls: drawn
             // with its spread too, so a stale unlucky sample does not shut it out.
