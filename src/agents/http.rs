@@ -188,7 +188,8 @@ impl AgentTransport for HttpAgents {
             );
             return Err(CallError::Blocked);
         };
-        let body = serde_json::to_vec(req).map_err(|_| CallError::InvalidBody)?;
+        let mut body = Vec::with_capacity(256);
+        serde_json::to_writer(&mut body, req).map_err(|_| CallError::InvalidBody)?;
         let (status, wait, json) =
             tokio::time::timeout(timeout, self.exchange(&target, body, timeout))
                 .await

@@ -11,6 +11,11 @@ use super::{
 };
 use crate::{context::AgentTime, metrics::routes};
 
+/// Header names set on every answer, made once (a name given as a string that is not a
+/// standard header is copied into a new buffer at each insert).
+static SERVER_TIMING: poem::http::HeaderName = poem::http::HeaderName::from_static("server-timing");
+static X_TRACE_ID: poem::http::HeaderName = poem::http::HeaderName::from_static("x-trace-id");
+
 /// Everything every request goes through, once.
 pub(super) async fn edge<E: Endpoint>(
     ep: &E,
@@ -81,7 +86,7 @@ pub(super) async fn edge<E: Endpoint>(
         .flatten();
     if let Some(id) = &trace_id {
         if let Ok(v) = poem::http::HeaderValue::from_str(id) {
-            resp.headers_mut().insert("x-trace-id", v);
+            resp.headers_mut().insert(X_TRACE_ID.clone(), v);
         }
         if status >= 400 {
             resp = Box::pin(errors::with_trace_id(resp, id)).await;
@@ -90,8 +95,12 @@ pub(super) async fn edge<E: Endpoint>(
     let elapsed = started.elapsed();
     let (waited, agent_calls) = agent_time.total();
     let overhead = elapsed.saturating_sub(waited);
-    if let Ok(v) = server_timing(overhead, (agent_calls > 0).then_some(waited)).parse() {
-        resp.headers_mut().insert("server-timing", v);
+    // The string's own buffer becomes the value (a parse would copy it).
+    if let Ok(v) = poem::http::HeaderValue::try_from(server_timing(
+        overhead,
+        (agent_calls > 0).then_some(waited),
+    )) {
+        resp.headers_mut().insert(SERVER_TIMING.clone(), v);
     }
     span.in_scope(|| {
         tracing::info!(

@@ -53,7 +53,10 @@ impl IntoResponse for ProcessReply {
     fn into_response(self) -> Response {
         match self {
             ProcessReply::Body(body) => Response::builder()
-                .content_type("application/json; charset=utf-8")
+                .header(
+                    poem::http::header::CONTENT_TYPE,
+                    poem::http::HeaderValue::from_static("application/json; charset=utf-8"),
+                )
                 .body(body.0.to_bytes()),
             ProcessReply::Events(events) => events.into_response(),
         }

@@ -374,7 +374,13 @@ impl ToJSON for TaskResultBody {
 impl ProcessResponse {
     /// The JSON body, without a `serde_json::Value` of it in between.
     pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(&Direct(self)).unwrap_or_default()
+        // Room for a one-task answer up front: the buffer does not grow byte count by byte
+        // count through five reallocations.
+        let mut out = Vec::with_capacity(512);
+        match serde_json::to_writer(&mut out, &Direct(self)) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
     }
 }
 
