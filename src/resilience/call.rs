@@ -130,7 +130,7 @@ impl Stack {
         let started = std::time::Instant::now();
         let stages = self.stages(&agent.name);
         let outcome = self
-            .call_stages(&stages, agent, req, ctx, panic)
+            .call_stages(&span, &stages, agent, req, ctx, panic)
             .instrument(span.clone())
             .await;
         let label = match &outcome.result {
@@ -155,8 +155,10 @@ impl Stack {
         outcome
     }
 
+    /// `span`: the call's own (what the stages decide is recorded on it).
     async fn call_stages(
         &self,
+        span: &tracing::Span,
         stages: &Arc<AgentStages>,
         agent: &AgentInfo,
         req: &AgentRequest,
@@ -167,13 +169,13 @@ impl Stack {
             return self.refuse(Some("deadline"), Failure::Deadline);
         }
         if stages.throttled() {
-            tracing::Span::current().record("breaker.state", "throttled");
+            span.record("breaker.state", "throttled");
             return self.refuse(Some("throttled"), Failure::Throttled);
         }
         if let Some(limiter) = &stages.limiter {
             let allowed = limiter.allow().await;
             let verdict = if allowed { "allowed" } else { "limited" };
-            tracing::Span::current().record("rate_limit", verdict);
+            span.record("rate_limit", verdict);
             if !allowed {
                 self.metrics
                     .rate_limited
@@ -183,12 +185,12 @@ impl Stack {
             }
         }
         if panic || !self.caches.cacheable(&req.intent) {
-            return self.upstream(stages, agent, req, ctx, panic).await;
+            return self.upstream(span, stages, agent, req, ctx, panic).await;
         }
         if !ctx.use_cache {
             self.caches.responses.count("none", "bypass");
-            tracing::Span::current().record("cache.result", "bypass");
-            return self.upstream(stages, agent, req, ctx, false).await;
+            span.record("cache.result", "bypass");
+            return self.upstream(span, stages, agent, req, ctx, false).await;
         }
         let key = response_key(&agent.name, &req.concept, &req.intent, &req.args);
         let subject = Subject {
@@ -197,19 +199,19 @@ impl Stack {
         };
         let attempts = AtomicU32::new(0);
         let ttl = self.caches.settings.ttl;
-        let call_span = tracing::Span::current();
+        let call_span = span;
         // Boxed: the caches' lookups (a shared tier's round trip among them) do not size
         // the future of every call, cached or not.
         let lookup = Box::pin(self.caches.responses.get_or_fetch(&key, subject, |_| {
             async {
-                let out = self.upstream(stages, agent, req, ctx, false).await;
+                let out = self.upstream(span, stages, agent, req, ctx, false).await;
                 attempts.store(out.attempts, Ordering::Relaxed);
                 out.result.map(|reply| {
                     let keep = reply.succeeded().then_some(ttl);
                     (Value::Object(reply.body), keep)
                 })
             }
-            .instrument(tracing::Span::current())
+            .instrument(span.clone())
         }))
         .await;
         let attempts = attempts.load(Ordering::Relaxed);
@@ -256,8 +258,10 @@ impl Stack {
 
     /// Bulkhead → breaker → retry → per-try timeout → HTTP call; in `panic`, past the
     /// peers' hold and an open breaker, one attempt.
+    /// `call_span`: the call's own.
     async fn upstream(
         &self,
+        call_span: &tracing::Span,
         stages: &AgentStages,
         agent: &AgentInfo,
         req: &AgentRequest,
@@ -269,10 +273,9 @@ impl Stack {
             // A low priority call the others' share would still take: shed.
             let shed = stages.bulkhead.in_flight() < stages.bulkhead.limit();
             let reason = if shed { "shed" } else { "bulkhead_full" };
-            tracing::Span::current().record("bulkhead", if shed { "shed" } else { "full" });
+            call_span.record("bulkhead", if shed { "shed" } else { "full" });
             return self.refuse(Some(reason), Failure::BulkheadFull);
         };
-        let call_span = tracing::Span::current();
         // A peer's open breaker holds calls back while this replica's own is closed (an
         // open or half-open local breaker decides by itself: local wins).
         if !panic
