@@ -13,7 +13,8 @@ use std::{
 pub const FEEDBACK_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Answered tasks kept at most (beyond, the least recently answered are forgotten first):
 /// about 2 MB. Under load the window is the shorter of 15 minutes and the last 10,000
-/// answers (50 s at 200 tasks/s); 100,000 kept 19 MB after a burst at 3,000 req/s.
+/// answers (50 s at 200 tasks/s), each core keeping its share; 100,000 kept 19 MB after a
+/// burst at 3,000 req/s.
 pub const MAX_SERVED: u64 = 10_000;
 
 /// Who answered one task, and on which concept.
@@ -28,12 +29,28 @@ pub struct ServedTask {
 /// A key: (trace id, hash of the task id), 24 bytes.
 type Key = (u128, u64);
 
-/// The answered tasks, first in first out. A plain map and queue under one lock: a served
-/// task costs one short critical section (moka's insert, with its admission sketch and
-/// maintenance, cost ~3 µs a traced request).
-#[derive(Default)]
+/// The answered tasks, first in first out. A plain map and queue under a lock, one of each
+/// per core: a served task costs one short critical section on its own core's window (one
+/// window for all cores had them take its lock and its lines from each other at every
+/// traced task; moka's insert, with its admission sketch and maintenance, cost ~3 µs a
+/// traced request). Feedback, rare, looks in every window.
 pub struct Served {
-    window: std::sync::Mutex<Window>,
+    windows: Box<[std::sync::Mutex<Window>]>,
+    /// Answers each window keeps at most.
+    cap: usize,
+}
+
+impl Default for Served {
+    fn default() -> Self {
+        Served::with_windows(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+static NEXT_WINDOW: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    /// The window this thread records in (threads take them in turn).
+    static WINDOW: usize = NEXT_WINDOW.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[derive(Default)]
@@ -56,16 +73,26 @@ impl Window {
 }
 
 impl Served {
+    /// `n` windows (at least one), [`MAX_SERVED`] answers among them.
+    pub fn with_windows(n: usize) -> Self {
+        let n = n.clamp(1, 64);
+        Served {
+            windows: (0..n).map(|_| Default::default()).collect(),
+            cap: (MAX_SERVED as usize).div_ceil(n),
+        }
+    }
+
     /// `task` of the request traced as `trace_id` was answered.
     pub fn record(&self, trace_id: u128, task_id: &str, task: ServedTask) {
         let k = (trace_id, task_hash(task_id));
         let now = Instant::now();
-        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let window = &self.windows[WINDOW.with(|w| *w) % self.windows.len()];
+        let mut w = window.lock().unwrap_or_else(|e| e.into_inner());
         while w
             .order
             .front()
             .is_some_and(|(_, at)| now.duration_since(*at) >= FEEDBACK_WINDOW)
-            || w.order.len() >= MAX_SERVED as usize
+            || w.order.len() >= self.cap
         {
             w.forget_oldest();
         }
@@ -76,8 +103,10 @@ impl Served {
     /// The task, if it was answered within the window and had no feedback yet.
     pub fn take(&self, trace_id: &str, task_id: &str) -> Option<ServedTask> {
         let k = key(trace_id, task_id)?;
-        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
-        let (task, at) = w.tasks.remove(&k)?;
+        let (task, at) = self.windows.iter().find_map(|window| {
+            let mut w = window.lock().unwrap_or_else(|e| e.into_inner());
+            w.tasks.remove(&k)
+        })?;
         (at.elapsed() < FEEDBACK_WINDOW).then_some(task)
     }
 }
@@ -115,7 +144,7 @@ mod tests {
 
     #[test]
     fn the_oldest_answers_are_forgotten_first_past_the_cap() {
-        let s = Served::default();
+        let s = Served::with_windows(1);
         let t = ServedTask {
             agent: "a".into(),
             concept: "c".into(),
@@ -129,12 +158,44 @@ mod tests {
                 t.clone(),
             );
         }
-        let w = s.window.lock().unwrap();
+        let w = s.windows[0].lock().unwrap();
         assert_eq!(w.tasks.len() as u64, MAX_SERVED);
         assert_eq!(w.order.len() as u64, MAX_SERVED);
         drop(w);
         assert_eq!(s.take(trace, "9"), None, "among the first ten: forgotten");
         assert_eq!(s.take(trace, "10"), Some(t.clone()));
         assert_eq!(s.take(trace, &(MAX_SERVED + 9).to_string()), Some(t));
+    }
+
+    #[test]
+    fn each_thread_records_in_the_window_of_its_turn_and_feedback_finds_every_one() {
+        let s = std::sync::Arc::new(Served::with_windows(2));
+        let t = |agent: &str| ServedTask {
+            agent: agent.into(),
+            concept: "c".into(),
+            weight: 0.5,
+        };
+        let trace = 0x0af7651916cd43dd8448eb211c80319c;
+        let mut turns = Vec::new();
+        for (i, agent) in ["a", "b"].into_iter().enumerate() {
+            let s = s.clone();
+            let task = t(agent);
+            let turn = std::thread::spawn(move || {
+                s.record(trace, &i.to_string(), task);
+                WINDOW.with(|w| *w)
+            })
+            .join()
+            .unwrap();
+            turns.push(turn);
+        }
+        for (i, turn) in turns.iter().enumerate() {
+            let w = s.windows[turn % 2].lock().unwrap();
+            assert!(w.tasks.contains_key(&(trace, task_hash(&i.to_string()))));
+        }
+        let hex = "0af7651916cd43dd8448eb211c80319c";
+        assert_eq!(s.take(hex, "1"), Some(t("b")));
+        assert_eq!(s.take(hex, "0"), Some(t("a")));
+        assert_eq!(s.take(hex, "0"), None);
+        assert_eq!(s.cap, 5_000, "the windows share the bound");
     }
 }
