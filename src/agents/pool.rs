@@ -35,6 +35,9 @@ pub const IDLE_FOR: Duration = Duration::from_secs(60);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Room a connection's read buffer starts with (and keeps between calls).
 const READ_ROOM: usize = 8 * 1024;
+/// Room a resting connection may keep: one that read a large answer starts again small, so
+/// the idle connections of a pool do not each hold the largest answer they ever read.
+const KEPT_ROOM: usize = 64 * 1024;
 
 struct Conn {
     stream: TcpStream,
@@ -372,6 +375,9 @@ async fn exchange(mut conn: Conn, request: &[u8]) -> Result<(Answer, Option<Conn
     };
     // Anything left over was not asked for: the connection is not trusted with another call.
     let reusable = head.keep_alive && conn.buf.is_empty();
+    if conn.buf.capacity() > KEPT_ROOM {
+        conn.buf = BytesMut::with_capacity(READ_ROOM);
+    }
     Ok((
         Answer {
             status: head.status,
@@ -614,5 +620,32 @@ mod tests {
             Err(CallError::InvalidBody)
         ));
         assert!(matches!(post(&pool, &cut).await, Err(CallError::Transport)));
+    }
+
+    #[tokio::test]
+    async fn a_resting_connection_does_not_keep_the_room_of_a_large_answer() {
+        let big: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n\"{}\"",
+                300_002,
+                "x".repeat(300_000)
+            )
+            .into_boxed_str(),
+        );
+        let (url, accepted) = agent(big, false).await;
+        let pool = AgentPool::new(4);
+        for _ in 0..2 {
+            let answer = post(&pool, &url).await.expect("answered");
+            assert_eq!(answer.body.len(), 300_002);
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the connection is reused"
+        );
+        let idle = pool.idle.get_or_default().borrow();
+        let rooms: Vec<usize> = idle.values().flatten().map(|c| c.buf.capacity()).collect();
+        assert_eq!(rooms.len(), 1);
+        assert!(rooms[0] <= KEPT_ROOM, "{rooms:?}");
     }
 }
