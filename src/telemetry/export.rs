@@ -49,6 +49,7 @@ const QUEUE: usize = 16_384;
 const BATCH: usize = 2_048;
 /// Longest wait before a partial batch goes out (`OTEL_BSP_SCHEDULE_DELAY` overrides).
 const DELAY: Duration = Duration::from_millis(500);
+
 fn env_number(var: &str) -> Option<u64> {
     std::env::var(var)
         .ok()

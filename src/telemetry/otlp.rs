@@ -12,12 +12,21 @@ const FIXED64: u32 = 1;
 const LEN: u32 = 2;
 const FIXED32: u32 = 5;
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
+/// `v` as a protobuf varint: its bytes and how many there are.
+fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
+    let (mut b, mut n) = ([0u8; 10], 0);
     while v >= 0x80 {
-        out.push(v as u8 | 0x80);
+        b[n] = v as u8 | 0x80;
         v >>= 7;
+        n += 1;
     }
-    out.push(v as u8);
+    b[n] = v as u8;
+    (b, n + 1)
+}
+
+fn varint(out: &mut Vec<u8>, v: u64) {
+    let (b, n) = varint_bytes(v);
+    out.extend_from_slice(&b[..n]);
 }
 
 fn key(out: &mut Vec<u8>, field: u32, wire: u32) {
@@ -53,15 +62,8 @@ fn nested(out: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
     if len < 0x80 {
         out[at] = len as u8;
     } else {
-        let mut prefix = [0u8; 10];
-        let (mut v, mut n) = (len as u64, 0);
-        while v >= 0x80 {
-            prefix[n] = v as u8 | 0x80;
-            v >>= 7;
-            n += 1;
-        }
-        prefix[n] = v as u8;
-        out.splice(at..at + 1, prefix[..=n].iter().copied());
+        let (prefix, n) = varint_bytes(len as u64);
+        out.splice(at..at + 1, prefix[..n].iter().copied());
     }
 }
 

@@ -167,8 +167,8 @@ pub struct SpanRec {
     pub dropped_links: u32,
 }
 
-/// A span's record, boxed: it moves between the span, the exporter and the pool as a
-/// pointer, and its buffers are kept from one span to the next.
+/// A span's record, boxed: it moves between the span and its thread's spares as a pointer,
+/// and its buffers are kept from one span to the next.
 pub type Rec = Box<SpanRec>;
 
 impl SpanRec {
