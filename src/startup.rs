@@ -216,7 +216,8 @@ impl Application {
             limits,
             crate::server::ConnectionStats::new(&self.state.metrics),
             config.shutdown_drain,
-        );
+        )
+        .with_shortcut(api::shortcut(self.state.clone()));
         let result = match config.runtime {
             RuntimeKind::PerCore => {
                 let cores = crate::cores::count(config.runtime_cores);

@@ -1,6 +1,5 @@
 //! Who may come in: client keys, the admin key, and the inbound rate limit.
 
-use poem::Request;
 use poem_openapi::{
     auth::{ApiKey, Bearer},
     payload::Json,
@@ -9,7 +8,7 @@ use poem_openapi::{
 
 use super::{
     errors::{ApiError, AuthError, ErrorBody, ErrorCode},
-    AppState,
+    AppState, Asked,
 };
 use crate::resilience::limit::Verdict;
 
@@ -49,25 +48,19 @@ impl ClientAuth {
 pub(super) struct AdminKey(ApiKey);
 
 /// The client key a request carries (`X-API-Key`, or `Authorization: Bearer`).
-pub(super) fn presented_key(req: &Request) -> Option<&str> {
-    let headers = req.headers();
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-        })
+pub(super) fn presented_key<R: Asked + ?Sized>(req: &R) -> Option<&str> {
+    req.header("x-api-key").or_else(|| {
+        req.header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+    })
 }
 
 /// Who a request counts against: its API key when it has one, else its IP.
-pub(super) fn client_key(req: &Request) -> String {
+pub(super) fn client_key<R: Asked + ?Sized>(req: &R) -> String {
     match presented_key(req) {
         Some(k) => format!("key:{k}"),
-        None => match req.remote_addr().as_socket_addr() {
-            Some(addr) => format!("ip:{}", addr.ip()),
+        None => match req.remote_ip() {
+            Some(ip) => format!("ip:{ip}"),
             None => "ip:unknown".to_string(),
         },
     }
@@ -133,7 +126,7 @@ impl AppState {
     }
 
     /// The inbound rate limit; `Err` is the 429 to answer with.
-    pub(super) async fn admit(&self, req: &Request) -> Result<(), ApiError> {
+    pub(super) async fn admit<R: Asked + Sync + ?Sized>(&self, req: &R) -> Result<(), ApiError> {
         if self.client_limiter.is_none() {
             return Ok(());
         }

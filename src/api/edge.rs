@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use poem::{Endpoint, Request};
+use poem::{http::Method, Endpoint, Request};
 
 use super::{
     errors::{self, ErrorCode},
@@ -24,21 +24,12 @@ pub(super) async fn edge<E: Endpoint>(
 ) -> poem::Response {
     use tracing::Instrument;
 
-    let started = std::time::Instant::now();
-    let method = req.method().clone();
-    let route = routes::route_template(req.uri().path());
-    let span = tracing::info_span!(
-        "request",
-        otel.name = format!("{method} {route}").as_str(),
-        otel.kind = "server",
-        http.request.method = method.as_str(),
-        http.route = route,
-        http.response.status_code = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
+    let passage = Passage::open(
+        req.method().clone(),
+        req.uri().path(),
+        req.header("traceparent"),
     );
-    crate::telemetry::continue_trace(&span, req.headers());
-    let agent_time = Arc::new(AgentTime::default());
-    req.extensions_mut().insert(agent_time.clone());
+    req.extensions_mut().insert(passage.agent_time.clone());
     let max_body = state.config.max_body_bytes;
     let header_bytes: usize = req
         .headers()
@@ -49,7 +40,7 @@ pub(super) async fn edge<E: Endpoint>(
     let max_headers = state.config.max_header_bytes;
     // Boxed, as is each way on below: the futures behind them are kilobytes, and a future
     // held inline is copied whole each time the one holding it moves.
-    let mut resp = Box::pin(async {
+    let resp = Box::pin(async {
         if header_bytes > max_headers {
             return errors::error_response(
                 ErrorCode::HeadersTooLarge,
@@ -68,54 +59,107 @@ pub(super) async fn edge<E: Endpoint>(
             Err(resp) => resp,
         }
     })
-    .instrument(span.clone())
+    .instrument(passage.span.clone())
     .await;
-    let status = resp.status().as_u16();
-    if status == 405 {
-        if let Ok(v) = poem::http::HeaderValue::from_str(routes::allowed_methods(route)) {
-            resp.headers_mut().insert(poem::http::header::ALLOW, v);
-        }
-    }
-    span.record("http.response.status_code", status);
-    if status >= 500 {
-        span.record("otel.status_code", "ERROR");
-    }
-    let trace_id = state
-        .tracing_enabled
-        .then(|| crate::telemetry::trace_id_of(&span))
-        .flatten();
-    if let Some(id) = &trace_id {
-        if let Ok(v) = poem::http::HeaderValue::from_str(id) {
-            resp.headers_mut().insert(X_TRACE_ID.clone(), v);
-        }
-        if status >= 400 {
-            resp = Box::pin(errors::with_trace_id(resp, id)).await;
-        }
-    }
-    let elapsed = started.elapsed();
-    let (waited, agent_calls) = agent_time.total();
-    let overhead = elapsed.saturating_sub(waited);
-    // The string's own buffer becomes the value (a parse would copy it).
-    if let Ok(v) = poem::http::HeaderValue::try_from(server_timing(
-        overhead,
-        (agent_calls > 0).then_some(waited),
-    )) {
-        resp.headers_mut().insert(SERVER_TIMING.clone(), v);
-    }
-    span.in_scope(|| {
-        tracing::info!(
+    passage.finish(state, resp).await
+}
+
+/// One request's way through the edge, whichever server read it: its span (continuing the
+/// client's trace), its clock and the time its agent calls took; closed on the answer.
+pub(super) struct Passage {
+    started: std::time::Instant,
+    method: Method,
+    route: &'static str,
+    pub(super) span: tracing::Span,
+    pub(super) agent_time: Arc<AgentTime>,
+}
+
+/// What a closed passage adds to the answer.
+pub(super) struct Closed {
+    /// `x-trace-id` (when spans are exported).
+    pub(super) trace_id: Option<String>,
+    /// `Server-Timing`.
+    pub(super) timing: String,
+}
+
+impl Passage {
+    pub(super) fn open(method: Method, path: &str, traceparent: Option<&str>) -> Self {
+        let route = routes::route_template(path);
+        let span = tracing::info_span!(
+            "request",
+            otel.name = format!("{method} {route}").as_str(),
+            otel.kind = "server",
+            http.request.method = method.as_str(),
+            http.route = route,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        crate::telemetry::continue_trace_from(&span, traceparent);
+        Passage {
+            started: std::time::Instant::now(),
+            method,
             route,
-            method = %method,
-            status,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            "request completed"
-        )
-    });
-    let series = state.metrics.request_series(route, &method, status);
-    series.requests.inc();
-    series.duration.observe(elapsed.as_secs_f64());
-    series.overhead.observe(overhead.as_secs_f64());
-    resp
+            span,
+            agent_time: Arc::new(AgentTime::default()),
+        }
+    }
+
+    /// Records the answer's status on the span, its log line and its request series.
+    pub(super) fn close(self, state: &AppState, status: u16) -> Closed {
+        let span = &self.span;
+        span.record("http.response.status_code", status);
+        if status >= 500 {
+            span.record("otel.status_code", "ERROR");
+        }
+        let trace_id = state
+            .tracing_enabled
+            .then(|| crate::telemetry::trace_id_of(span))
+            .flatten();
+        let elapsed = self.started.elapsed();
+        let (waited, agent_calls) = self.agent_time.total();
+        let overhead = elapsed.saturating_sub(waited);
+        let timing = server_timing(overhead, (agent_calls > 0).then_some(waited));
+        let (route, method) = (self.route, &self.method);
+        span.in_scope(|| {
+            tracing::info!(
+                route,
+                method = %method,
+                status,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                "request completed"
+            )
+        });
+        let series = state.metrics.request_series(route, method, status);
+        series.requests.inc();
+        series.duration.observe(elapsed.as_secs_f64());
+        series.overhead.observe(overhead.as_secs_f64());
+        Closed { trace_id, timing }
+    }
+
+    /// Closes the passage on a poem answer: `Allow` on a 405, `x-trace-id` (and the trace
+    /// id in an error's body), `Server-Timing`.
+    pub(super) async fn finish(self, state: &AppState, mut resp: poem::Response) -> poem::Response {
+        let status = resp.status().as_u16();
+        if status == 405 {
+            if let Ok(v) = poem::http::HeaderValue::from_str(routes::allowed_methods(self.route)) {
+                resp.headers_mut().insert(poem::http::header::ALLOW, v);
+            }
+        }
+        let Closed { trace_id, timing } = self.close(state, status);
+        if let Some(id) = &trace_id {
+            if let Ok(v) = poem::http::HeaderValue::from_str(id) {
+                resp.headers_mut().insert(X_TRACE_ID.clone(), v);
+            }
+            if status >= 400 {
+                resp = Box::pin(errors::with_trace_id(resp, id)).await;
+            }
+        }
+        // The string's own buffer becomes the value (a parse would copy it).
+        if let Ok(v) = poem::http::HeaderValue::try_from(timing) {
+            resp.headers_mut().insert(SERVER_TIMING.clone(), v);
+        }
+        resp
+    }
 }
 
 /// `Server-Timing` (the header browsers' devtools show): `gateway` is the time the request

@@ -9,10 +9,16 @@
 //! schema refuses, a `Bearer` key, a request for events — goes to the operation, which
 //! gives the answer or the error the contract defines. So the lane changes speed, never an
 //! answer; `lane_and_operation_answer_alike` checks it.
+//!
+//! It is taken in two places. On the server's own path ([`Lane`], a
+//! [`crate::server::Shortcut`]): the request is read and answered without hyper or a poem
+//! request, the edge's passage (span, metrics, `Server-Timing`) kept; a request it hands
+//! back goes to the general server, whose edge tries the lane again (and counts it declined).
+//! And at the edge, for requests the general server read (a connection it took over).
 
-use std::{fmt, sync::Arc};
+use std::{fmt, pin::Pin, sync::Arc, time::Duration};
 
-use poem::{IntoResponse, Request, Response};
+use poem::{http::Method, IntoResponse, Request, Response};
 use serde::{
     de::{self, Visitor},
     Deserialize, Deserializer,
@@ -22,37 +28,37 @@ use super::{
     auth::presented_key,
     batch::Progress,
     dto::{BatchRequest, Checked, ConceptRule, IntentRule, JsonObject, Nullable, Text},
-    dto::{ProcessRequest, TaskId, TaskInput},
+    dto::{ProcessRequest, ProcessResponse, TaskId, TaskInput},
+    edge::Passage,
     errors::ApiError,
     process::use_cache,
     stream::{self, ProcessReply},
     validate::MAX_ID_CHARS,
-    AppState, MAX_CLIENT_TIMEOUT_MS,
+    AppState, Asked, MAX_CLIENT_TIMEOUT_MS,
 };
 use crate::{
     agents::http::TIMEOUT_HEADER,
     context::{AgentTime, Priority, RequestCtx},
+    server::{Head, Reply},
 };
 
-/// Whether `req` is one the lane may take, before its body is looked at: `POST /process`
+/// Whether a request may be the lane's, before its body is looked at: `POST /process`
 /// (or `/process_query`) with a JSON body, asking for JSON, and no `Authorization` header
 /// (a `Bearer` key is read by the operation's security scheme).
-pub(super) fn wants(req: &Request) -> bool {
-    let path = req.uri().path();
-    req.method() == poem::http::Method::POST
+fn wants_request<R: Asked + ?Sized>(method: &str, path: &str, req: &R) -> bool {
+    method == "POST"
         && (path == "/process" || path == "/process_query")
-        && req
-            .headers()
-            .get(poem::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                let essence = v.split(';').next().unwrap_or_default().trim();
-                essence.eq_ignore_ascii_case("application/json")
-            })
-        && !req
-            .headers()
-            .contains_key(poem::http::header::AUTHORIZATION)
+        && req.header("content-type").is_some_and(|v| {
+            let essence = v.split(';').next().unwrap_or_default().trim();
+            essence.eq_ignore_ascii_case("application/json")
+        })
+        && req.raw_values("authorization").next().is_none()
         && !stream::wants_events(req)
+}
+
+/// [`wants_request`] for a request the general server read.
+pub(super) fn wants(req: &Request) -> bool {
+    wants_request(req.method().as_str(), req.uri().path(), req)
 }
 
 /// Serves `req` (its body already read into memory) when the lane can; otherwise hands it
@@ -71,31 +77,146 @@ pub(super) async fn serve(
     };
     let priority = asked.unwrap_or(header);
     served.inc();
-    Ok(match run(state, &req, tasks, timeout, priority).await {
-        Ok(reply) => reply.into_response(),
-        Err(e) => e.into_response(),
-    })
+    let agent_time = req
+        .extensions()
+        .get::<Arc<AgentTime>>()
+        .cloned()
+        .unwrap_or_default();
+    Ok(
+        match run(state, &req, agent_time, tasks, timeout, priority).await {
+            Ok(body) => {
+                ProcessReply::Body(Box::new(poem_openapi::payload::Json(body))).into_response()
+            }
+            Err(e) => e.into_response(),
+        },
+    )
 }
 
-async fn run(
+/// The lane on the server's own path.
+pub struct Lane {
+    state: Arc<AppState>,
+}
+
+impl Lane {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Lane { state }
+    }
+}
+
+impl crate::server::Shortcut for Lane {
+    fn takes(&self, head: &Head<'_>) -> bool {
+        // Past the header limit: the edge's 431.
+        let header_bytes = head
+            .headers
+            .iter()
+            .map(|h| h.name.len() + h.value.len() + 4)
+            .sum::<usize>()
+            + head.target.len();
+        header_bytes <= self.state.config.max_header_bytes
+            && wants_request(head.method, head.path(), head)
+    }
+
+    fn max_body(&self) -> usize {
+        self.state.config.max_body_bytes
+    }
+
+    fn body_timeout(&self) -> Duration {
+        self.state.config.body_read_timeout
+    }
+
+    fn answer<'a>(
+        &'a self,
+        head: &'a Head<'a>,
+        body: Option<&'a [u8]>,
+        reply: &'a mut Reply,
+    ) -> Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(answer(&self.state, head, body, reply))
+    }
+}
+
+async fn answer(
     state: &Arc<AppState>,
-    req: &Request,
+    head: &Head<'_>,
+    body: Option<&[u8]>,
+    reply: &mut Reply,
+) -> bool {
+    use tracing::Instrument;
+
+    let passage = || Passage::open(Method::POST, head.path(), head.header("traceparent"));
+    let Some(body) = body else {
+        let passage = passage();
+        let late = super::errors::late_body(state.config.body_read_timeout);
+        write(reply, passage.finish(state, late).await).await;
+        return true;
+    };
+    let (Some((tasks, asked)), Ok(timeout), Some(header)) =
+        (parse(body), client_timeout(head), client_priority(head))
+    else {
+        return false;
+    };
+    let passage = passage();
+    state.metrics.process_lane[0].inc();
+    let priority = asked.unwrap_or(header);
+    let ran = run(
+        state,
+        head,
+        passage.agent_time.clone(),
+        tasks,
+        timeout,
+        priority,
+    )
+    .instrument(passage.span.clone());
+    match Box::pin(ran).await {
+        Ok(body) => {
+            let bytes = body.to_bytes();
+            let closed = passage.close(state, 200);
+            reply.status(poem::http::StatusCode::OK);
+            reply.header("content-type", b"application/json; charset=utf-8");
+            if let Some(id) = &closed.trace_id {
+                reply.header("x-trace-id", id.as_bytes());
+            }
+            reply.header("server-timing", closed.timing.as_bytes());
+            reply.body(&bytes);
+        }
+        Err(e) => write(reply, passage.finish(state, e.into_response()).await).await,
+    }
+    true
+}
+
+/// Writes a poem answer (one of the lane's errors: a small body in memory) into `reply`.
+async fn write(reply: &mut Reply, resp: Response) {
+    use poem::http::header;
+    let (parts, body) = resp.into_parts();
+    let body = body.into_bytes().await.unwrap_or_default();
+    reply.status(parts.status);
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION {
+            if value.as_bytes().eq_ignore_ascii_case(b"close") {
+                reply.close();
+            }
+        } else if name != header::CONTENT_LENGTH
+            && name != header::DATE
+            && name != header::TRANSFER_ENCODING
+        {
+            reply.header(name.as_str(), value.as_bytes());
+        }
+    }
+    reply.body(&body);
+}
+
+async fn run<R: Asked + Sync + ?Sized>(
+    state: &Arc<AppState>,
+    req: &R,
+    agent_time: Arc<AgentTime>,
     tasks: Vec<TaskInput>,
     timeout: Option<u64>,
     priority: Priority,
-) -> Result<ProcessReply, ApiError> {
+) -> Result<ProcessResponse, ApiError> {
     state.authenticate_key(presented_key(req))?;
     // Boxed: a shared limiter's check is a store round trip, a large future to carry inline.
     Box::pin(state.admit(req)).await?;
-    let ctx = RequestCtx::new(
-        state.request_timeout(timeout),
-        use_cache(req),
-        req.extensions()
-            .get::<Arc<AgentTime>>()
-            .cloned()
-            .unwrap_or_default(),
-    )
-    .with_priority(priority);
+    let ctx = RequestCtx::new(state.request_timeout(timeout), use_cache(req), agent_time)
+        .with_priority(priority);
     let prepared = state
         .prepare(
             ProcessRequest::Batch(BatchRequest {
@@ -112,20 +233,20 @@ async fn run(
 
 /// The client's `X-Priority`: `normal` when absent, `None` for a value the operation must
 /// refuse.
-fn client_priority(req: &Request) -> Option<Priority> {
-    match req.headers().get("x-priority") {
+fn client_priority<R: Asked + ?Sized>(req: &R) -> Option<Priority> {
+    match req.raw_values("x-priority").next() {
         None => Some(Priority::Normal),
-        Some(v) => v.to_str().ok().and_then(Priority::parse),
+        Some(v) => std::str::from_utf8(v).ok().and_then(Priority::parse),
     }
 }
 
 /// The client's `X-Request-Timeout-Ms`, if it sent one the operation accepts (an integer
 /// from 1 to [`MAX_CLIENT_TIMEOUT_MS`]); `Err` for one the operation must refuse.
-fn client_timeout(req: &Request) -> Result<Option<u64>, ()> {
-    let Some(v) = req.headers().get(TIMEOUT_HEADER) else {
+fn client_timeout<R: Asked + ?Sized>(req: &R) -> Result<Option<u64>, ()> {
+    let Some(v) = req.raw_values(TIMEOUT_HEADER).next() else {
         return Ok(None);
     };
-    v.to_str()
+    std::str::from_utf8(v)
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|ms| (1..=MAX_CLIENT_TIMEOUT_MS).contains(ms))

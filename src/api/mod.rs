@@ -70,6 +70,57 @@ impl AppState {
     }
 }
 
+/// The headers and peer of a request, whichever server read it: poem's request, or the
+/// server's own head (the `/process` lane's path in [`crate::server::h1`]).
+pub(super) trait Asked {
+    /// Every value of the header `name` (lowercase), as sent.
+    fn raw_values<'s>(&'s self, name: &'static str) -> impl Iterator<Item = &'s [u8]> + 's;
+
+    /// The client's address.
+    fn remote_ip(&self) -> Option<std::net::IpAddr>;
+
+    /// Every value of the header `name` that is visible ASCII (as `HeaderValue::to_str`).
+    fn values<'s>(&'s self, name: &'static str) -> impl Iterator<Item = &'s str> + 's {
+        self.raw_values(name).filter_map(header_text)
+    }
+
+    /// The first value of the header `name`, if it is visible ASCII.
+    fn header(&self, name: &'static str) -> Option<&str> {
+        self.raw_values(name).next().and_then(header_text)
+    }
+}
+
+/// A header value as text, when every byte is visible ASCII or a tab (`HeaderValue::to_str`).
+fn header_text(v: &[u8]) -> Option<&str> {
+    v.iter()
+        .all(|&b| b == b'\t' || (32..127).contains(&b))
+        .then(|| std::str::from_utf8(v).ok())
+        .flatten()
+}
+
+impl Asked for poem::Request {
+    fn raw_values<'s>(&'s self, name: &'static str) -> impl Iterator<Item = &'s [u8]> + 's {
+        self.headers()
+            .get_all(name)
+            .into_iter()
+            .map(|v| v.as_bytes())
+    }
+
+    fn remote_ip(&self) -> Option<std::net::IpAddr> {
+        self.remote_addr().as_socket_addr().map(|a| a.ip())
+    }
+}
+
+impl Asked for crate::server::Head<'_> {
+    fn raw_values<'s>(&'s self, name: &'static str) -> impl Iterator<Item = &'s [u8]> + 's {
+        self.all(name)
+    }
+
+    fn remote_ip(&self) -> Option<std::net::IpAddr> {
+        Some(self.remote.ip())
+    }
+}
+
 /// The most a client may ask for in `X-Request-Timeout-Ms` (the header's declared maximum).
 pub(super) const MAX_CLIENT_TIMEOUT_MS: u64 = 600_000;
 
@@ -119,6 +170,11 @@ pub fn service() -> OpenApiService<Api, ()> {
         "Routes questions and concept/intent tasks to agent services found in a knowledge graph, \
          through rate limits, circuit breakers, retries and caches.",
     )
+}
+
+/// The `/process` lane on the server's own path (see [`lane`]).
+pub fn shortcut(state: Arc<AppState>) -> Arc<dyn crate::server::Shortcut> {
+    Arc::new(lane::Lane::new(state))
 }
 
 /// The whole HTTP application: API, `/openapi.json`, Swagger UI at `/docs`, and the edge

@@ -33,19 +33,15 @@ pub(super) enum DiscoverResponse {
 }
 
 /// False when the client asked to bypass caches (`Cache-Control: no-cache` or `no-store`).
-pub(super) fn use_cache(req: &Request) -> bool {
-    !req.headers()
-        .get_all("cache-control")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',').any(|d| {
-                matches!(
-                    d.trim().to_ascii_lowercase().as_str(),
-                    "no-cache" | "no-store"
-                )
-            })
+pub(super) fn use_cache<R: super::Asked + ?Sized>(req: &R) -> bool {
+    !req.values("cache-control").any(|v| {
+        v.split(',').any(|d| {
+            matches!(
+                d.trim().to_ascii_lowercase().as_str(),
+                "no-cache" | "no-store"
+            )
         })
+    })
 }
 
 #[derive(ApiResponse)]
@@ -249,7 +245,7 @@ impl ProcessApi {
         let body = Progress::new(state.0.clone(), prepared, ctx)
             .complete()
             .await;
-        shed(priority, body)
+        shed(priority, body).map(|body| ProcessReply::Body(Box::new(Json(body))))
     }
 
     /// Alias of `POST /process`, kept for existing clients.
@@ -278,7 +274,7 @@ impl ProcessApi {
 /// The answer to a finished batch: its body, or — for a `low` priority request none of
 /// whose tasks was served and some refused for want of capacity — 503 `overloaded` with
 /// `Retry-After: 1`, so the client backs off instead of reading a batch of failures.
-pub(super) fn shed(priority: Priority, body: ProcessResponse) -> Result<ProcessReply, ApiError> {
+pub(super) fn shed(priority: Priority, body: ProcessResponse) -> Result<ProcessResponse, ApiError> {
     use crate::{failure::FailureCode, pipeline::TaskStatus};
     let results = body.results.values().map(|r| &r.0);
     let served = results.clone().any(|r| r.status == TaskStatus::Success);
@@ -294,5 +290,5 @@ pub(super) fn shed(priority: Priority, body: ProcessResponse) -> Result<ProcessR
         };
         return Err(ApiError::Unavailable(b, Some(1)));
     }
-    Ok(ProcessReply::Body(Box::new(Json(body))))
+    Ok(body)
 }

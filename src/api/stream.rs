@@ -8,7 +8,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use poem::{web::sse::Event, IntoResponse, Request, Response};
+use poem::{web::sse::Event, IntoResponse, Response};
 use poem_openapi::{
     registry::{MetaMediaType, MetaResponses, MetaSchema, MetaSchemaRef, Registry},
     types::Type,
@@ -29,11 +29,8 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 const RETRY_MS: u64 = 2_000;
 
 /// True when the client asked for an event stream (`Accept: text/event-stream`).
-pub(super) fn wants_events(req: &Request) -> bool {
-    req.headers()
-        .get_all(poem::http::header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+pub(super) fn wants_events<R: super::Asked + ?Sized>(req: &R) -> bool {
+    req.values("accept")
         .flat_map(|v| v.split(','))
         .any(|range| {
             range

@@ -134,7 +134,16 @@ pub fn extract(headers: &http::HeaderMap) -> Option<SpanContext> {
 
 /// Makes `span` (just opened) continue the trace a client sent in `headers`, if it sent one.
 pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
-    if let Some(remote) = extract(headers) {
+    continue_trace_from(
+        span,
+        headers.get("traceparent").and_then(|v| v.to_str().ok()),
+    );
+}
+
+/// Makes `span` (just opened) continue the trace of a `traceparent` value, if one was sent
+/// and is valid.
+pub fn continue_trace_from(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(remote) = traceparent.and_then(SpanContext::parse) {
         subscriber::set_remote_parent(span, remote);
     }
 }

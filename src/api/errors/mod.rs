@@ -266,6 +266,23 @@ pub async fn normalize<E: Endpoint>(next: &E, req: Request) -> Response {
     }
 }
 
+/// The answer to a body that did not arrive within `read_timeout`: a body trickled in too
+/// slowly holds a connection and a task, so it is refused and the connection closed.
+pub fn late_body(read_timeout: std::time::Duration) -> Response {
+    let mut resp = error_response(
+        ErrorCode::BodyTimeout,
+        format!(
+            "the request body did not arrive within {} ms (BODY_READ_TIMEOUT_MS)",
+            read_timeout.as_millis()
+        ),
+    );
+    resp.headers_mut().insert(
+        poem::http::header::CONNECTION,
+        poem::http::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
 /// A body announced at most this many times over the limit is read and discarded before
 /// its 413; a larger one is refused without reading it.
 const DRAIN_FACTOR: u64 = 4;
@@ -333,19 +350,7 @@ pub async fn limit_body(
     }
     let read = collect_limited(req.take_body(), max);
     let Ok(read) = tokio::time::timeout(read_timeout, read).await else {
-        // A body trickled in too slowly holds a connection and a task: refuse it.
-        let mut resp = error_response(
-            ErrorCode::BodyTimeout,
-            format!(
-                "the request body did not arrive within {} ms (BODY_READ_TIMEOUT_MS)",
-                read_timeout.as_millis()
-            ),
-        );
-        resp.headers_mut().insert(
-            poem::http::header::CONNECTION,
-            poem::http::HeaderValue::from_static("close"),
-        );
-        return Err(resp);
+        return Err(late_body(read_timeout));
     };
     match read {
         Ok(bytes) => {

@@ -19,6 +19,14 @@
 //!   finishes its in-flight request, and whatever is left after the drain is dropped.
 //!
 //! The body-read timeout (408) lives with the body limit in `api::errors::limit_body`.
+//!
+//! A connection begins on the server's own HTTP/1.1 path ([`h1`]) when a [`Shortcut`] is
+//! set: the requests it answers itself never meet hyper or the endpoint; the first other
+//! one takes the connection to them.
+
+pub mod h1;
+
+pub use h1::{Head, Reply, Shortcut};
 
 use std::{
     collections::HashMap,
@@ -264,6 +272,7 @@ where
 /// and one registry of open connections for all of them.
 pub struct Server<E> {
     ep: Arc<E>,
+    shortcut: Option<Arc<dyn Shortcut>>,
     registry: Arc<Registry>,
     limits: crate::config::ConnectionLimits,
     stats: ConnectionStats,
@@ -274,6 +283,7 @@ impl<E> Clone for Server<E> {
     fn clone(&self) -> Self {
         Server {
             ep: self.ep.clone(),
+            shortcut: self.shortcut.clone(),
             registry: self.registry.clone(),
             limits: self.limits.clone(),
             stats: self.stats.clone(),
@@ -294,6 +304,7 @@ where
     ) -> Self {
         Server {
             ep: Arc::new(ep),
+            shortcut: None,
             registry: Arc::new(Registry {
                 epoch: Instant::now(),
                 conns: Mutex::new(HashMap::new()),
@@ -304,6 +315,12 @@ where
             stats,
             drain,
         }
+    }
+
+    /// Requests `shortcut` takes are answered by it on the server's own path (see [`h1`]).
+    pub fn with_shortcut(mut self, shortcut: Arc<dyn Shortcut>) -> Self {
+        self.shortcut = Some(shortcut);
+        self
     }
 
     /// Accepts on `listener` (its connections served by the runtime this runs on) until
@@ -317,6 +334,7 @@ where
     ) -> io::Result<()> {
         let Server {
             ep,
+            shortcut,
             registry,
             limits,
             stats,
@@ -338,8 +356,9 @@ where
             let _ = socket.set_nodelay(true);
             stats.accepted.inc();
             let (id, conn) = registry.add();
-            let (ep, registry, stats, limits, stop) = (
+            let (ep, shortcut, registry, stats, limits, stop) = (
                 ep.clone(),
+                shortcut.clone(),
                 registry.clone(),
                 stats.clone(),
                 limits.clone(),
@@ -353,7 +372,7 @@ where
                     registry: registry.clone(),
                 };
                 serve_connection(
-                    io, ep, local, remote, &limits, &conn, &registry, &stats, stop,
+                    io, ep, shortcut, local, remote, &limits, &conn, &registry, &stats, stop,
                 )
                 .await;
                 stats.open.dec();
@@ -410,8 +429,9 @@ where
 
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection<E>(
-    io: Tracked,
+    mut io: Tracked,
     ep: Arc<E>,
+    shortcut: Option<Arc<dyn Shortcut>>,
     local: SocketAddr,
     remote: SocketAddr,
     limits: &crate::config::ConnectionLimits,
@@ -422,7 +442,69 @@ async fn serve_connection<E>(
 ) where
     E: Endpoint<Output = Response> + 'static,
 {
-    let begun = io.conn.clone();
+    let work = async {
+        let read = match &shortcut {
+            Some(shortcut) => {
+                let served = h1::serve(
+                    &mut io,
+                    &**shortcut,
+                    remote,
+                    limits.header_read_timeout,
+                    conn,
+                    &mut stop,
+                );
+                match Box::pin(served).await {
+                    h1::Next::Close => return,
+                    h1::Next::Hand(read) => read,
+                }
+            }
+            None => Vec::new(),
+        };
+        let begun = io.conn.clone();
+        let io = h1::Prefixed::new(read, io);
+        general(io, ep, local, remote, limits, begun, stop).await;
+    };
+    let idle = limits.idle_timeout;
+    let idle_watch = async {
+        loop {
+            let last = conn.last_activity.load(Ordering::Relaxed);
+            let quiet = Duration::from_millis(registry.now_ms().saturating_sub(last));
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - quiet).await;
+        }
+    };
+    // A connection that never sends a byte gets the header-read timeout too.
+    let silent_watch = async {
+        tokio::time::sleep(limits.header_read_timeout).await;
+        if conn.spoke.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = work => {}
+        _ = silent_watch => stats.idle_closed.inc(),
+        _ = idle_watch => stats.idle_closed.inc(),
+        _ = conn.close.notified() => {}
+    }
+}
+
+/// The general server: hyper (HTTP/1.1 and HTTP/2) and the endpoint, with a graceful end at
+/// the stop.
+async fn general<E, I>(
+    io: I,
+    ep: Arc<E>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    limits: &crate::config::ConnectionLimits,
+    conn: Arc<Conn>,
+    mut stop: watch::Receiver<bool>,
+) where
+    E: Endpoint<Output = Response> + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let begun = conn.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let ep = ep.clone();
         begun.requests.fetch_add(1, Ordering::Relaxed);
@@ -449,35 +531,8 @@ async fn serve_connection<E>(
     builder.http2().timer(TokioTimer::new());
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let idle = limits.idle_timeout;
-    let idle_watch = async {
-        loop {
-            let last = conn.last_activity.load(Ordering::Relaxed);
-            let quiet = Duration::from_millis(registry.now_ms().saturating_sub(last));
-            if quiet >= idle {
-                return;
-            }
-            tokio::time::sleep(idle - quiet).await;
-        }
-    };
-    // A connection that never sends a byte gets the header-read timeout too.
-    let silent_watch = async {
-        tokio::time::sleep(limits.header_read_timeout).await;
-        if conn.spoke.load(Ordering::Relaxed) {
-            std::future::pending::<()>().await;
-        }
-    };
     tokio::select! {
         _ = connection.as_mut() => return,
-        _ = silent_watch => {
-            stats.idle_closed.inc();
-            return;
-        }
-        _ = idle_watch => {
-            stats.idle_closed.inc();
-            return;
-        }
-        _ = conn.close.notified() => return,
         _ = stop.wait_for(|s| *s) => {}
     }
     // Shutting down. A connection that has not begun a request yet may be carrying one
