@@ -8,7 +8,8 @@
 //! - [`agents`]: `GET /agents` (clients); `POST /agents`, `DELETE /agents/{name}` (admin).
 //! - [`auth`]: client and admin keys, the inbound rate limit, the admin operations' errors.
 //! - [`validate`]: every limit on client input, and the DTO → domain step.
-//! - [`edge`]: what every request goes through once (span, limits, error bodies, metrics).
+//! - [`edge`]: what every request goes through once (span, limits, error bodies, metrics);
+//!   [`passage`]: its span, clock and closing headers, shared with the server's own path.
 //! - [`dto`], [`errors`]: the wire types and the one error body.
 
 #[macro_use]
@@ -21,6 +22,7 @@ pub mod edge;
 pub mod graphql;
 mod lane;
 pub mod ops;
+mod passage;
 pub mod process;
 pub mod stream;
 pub mod validate;
