@@ -13,6 +13,7 @@ const LEN: u32 = 2;
 const FIXED32: u32 = 5;
 
 /// `v` as a protobuf varint: its bytes and how many there are.
+#[inline]
 fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
     let (mut b, mut n) = ([0u8; 10], 0);
     while v >= 0x80 {
@@ -24,26 +25,37 @@ fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
     (b, n + 1)
 }
 
+#[inline]
 fn varint(out: &mut Vec<u8>, v: u64) {
     let (b, n) = varint_bytes(v);
     out.extend_from_slice(&b[..n]);
 }
 
+/// A field's key: one byte for the fields here below 16 (inlined, a constant).
+#[inline(always)]
 fn key(out: &mut Vec<u8>, field: u32, wire: u32) {
-    varint(out, u64::from(field << 3 | wire));
+    let k = field << 3 | wire;
+    if k < 0x80 {
+        out.push(k as u8);
+    } else {
+        varint(out, u64::from(k));
+    }
 }
 
+#[inline]
 fn bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
     key(out, field, LEN);
     varint(out, b.len() as u64);
     out.extend_from_slice(b);
 }
 
+#[inline]
 fn fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
     key(out, field, FIXED64);
     out.extend_from_slice(&v.to_le_bytes());
 }
 
+#[inline]
 fn uint(out: &mut Vec<u8>, field: u32, v: u64) {
     if v != 0 {
         key(out, field, VARINT);
@@ -53,6 +65,7 @@ fn uint(out: &mut Vec<u8>, field: u32, v: u64) {
 
 /// A length-delimited field whose body `f` writes: the body goes after a placeholder and
 /// is moved once its length is known (most bodies here are under 128 bytes: no move).
+#[inline]
 fn nested(out: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
     key(out, field, LEN);
     let at = out.len();
@@ -67,23 +80,37 @@ fn nested(out: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
     }
 }
 
-/// `KeyValue { key = 1, value = 2 (AnyValue) }`.
+/// `KeyValue { key = 1, value = 2 (AnyValue) }`, its lengths computed before it is
+/// written (each byte written once, no placeholder).
+#[inline]
 fn attribute(out: &mut Vec<u8>, field: u32, k: &str, v: AnyValue<'_>) {
-    nested(out, field, |out| {
-        bytes(out, 1, k.as_bytes());
-        nested(out, 2, |out| match v {
-            AnyValue::Str(s) => bytes(out, 1, s.as_bytes()),
-            AnyValue::Bool(b) => {
-                key(out, 2, VARINT);
-                out.push(u8::from(b));
-            }
-            AnyValue::I64(i) => {
-                key(out, 3, VARINT);
-                varint(out, i as u64);
-            }
-            AnyValue::F64(f) => fixed64(out, 4, f.to_bits()),
-        });
-    });
+    // A field of `n` bytes under a one-byte key.
+    let field_len = |n: usize| 1 + varint_len(n as u64) + n;
+    let value_len = match v {
+        AnyValue::Str(s) => field_len(s.len()),
+        AnyValue::Bool(_) => 2,
+        AnyValue::I64(i) => 1 + varint_len(i as u64),
+        AnyValue::F64(_) => 9,
+    };
+    let pair_len = field_len(k.len()) + field_len(value_len);
+    out.reserve(field_len(pair_len) + 2);
+    key(out, field, LEN);
+    varint(out, pair_len as u64);
+    bytes(out, 1, k.as_bytes());
+    key(out, 2, LEN);
+    varint(out, value_len as u64);
+    match v {
+        AnyValue::Str(s) => bytes(out, 1, s.as_bytes()),
+        AnyValue::Bool(b) => {
+            key(out, 2, VARINT);
+            out.push(u8::from(b));
+        }
+        AnyValue::I64(i) => {
+            key(out, 3, VARINT);
+            varint(out, i as u64);
+        }
+        AnyValue::F64(f) => fixed64(out, 4, f.to_bits()),
+    }
 }
 
 enum AnyValue<'a> {
@@ -231,6 +258,48 @@ mod tests {
             let mut b = Vec::new();
             varint(&mut b, v);
             assert_eq!(varint_len(v), b.len(), "{v}");
+        }
+    }
+
+    #[test]
+    fn an_attribute_written_with_its_lengths_first_is_the_nested_message() {
+        let long = "v".repeat(300);
+        let values = [
+            AnyValue::Str("short"),
+            AnyValue::Str(&long),
+            AnyValue::Bool(true),
+            AnyValue::I64(-1),
+            AnyValue::I64(5),
+            AnyValue::F64(0.25),
+        ];
+        for (i, v) in values.into_iter().enumerate() {
+            let k = if i == 1 {
+                "k".repeat(130)
+            } else {
+                "key".into()
+            };
+            let reference = {
+                let mut out = vec![0xee];
+                nested(&mut out, 9, |out| {
+                    bytes(out, 1, k.as_bytes());
+                    nested(out, 2, |out| match v {
+                        AnyValue::Str(s) => bytes(out, 1, s.as_bytes()),
+                        AnyValue::Bool(b) => {
+                            key(out, 2, VARINT);
+                            out.push(u8::from(b));
+                        }
+                        AnyValue::I64(i) => {
+                            key(out, 3, VARINT);
+                            varint(out, i as u64);
+                        }
+                        AnyValue::F64(f) => fixed64(out, 4, f.to_bits()),
+                    });
+                });
+                out
+            };
+            let mut out = vec![0xee];
+            attribute(&mut out, 9, &k, v);
+            assert_eq!(out, reference, "value {i}");
         }
     }
 
