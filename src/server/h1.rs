@@ -177,6 +177,8 @@ thread_local! {
 pub(super) enum Next {
     /// Closed (or to be closed): nothing more to serve.
     Close,
+    /// Closed by the header timeout before its client sent a byte (counted as idle).
+    Silent,
     /// To the general server, with every byte read and not yet answered.
     Hand(Vec<u8>),
 }
@@ -340,6 +342,8 @@ where
                 _ = &mut timer => {
                     if body_due {
                         late_body(io, &buf, remote, shortcut, &mut reply).await;
+                    } else if waiting && conn.requests.load(Ordering::Relaxed) == 0 && !stopping {
+                        return Next::Silent;
                     }
                     return Next::Close;
                 }
@@ -553,6 +557,18 @@ mod tests {
     /// A server with [`Upper`] in front of an endpoint that names itself; its address and
     /// the stop that drains it.
     async fn server(header_timeout_ms: u64) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let (addr, stop, _) = server_counted(header_timeout_ms).await;
+        (addr, stop)
+    }
+
+    /// [`server`], with its connection counters.
+    async fn server_counted(
+        header_timeout_ms: u64,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        ConnectionStats,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let ep = poem::EndpointExt::map_to_response(poem::endpoint::make(
@@ -565,13 +581,9 @@ mod tests {
             header_read_timeout: Duration::from_millis(header_timeout_ms),
             ..Default::default()
         };
-        let server = Server::new(
-            ep,
-            limits,
-            ConnectionStats::new(&Metrics::default()),
-            Duration::from_secs(5),
-        )
-        .with_shortcut(Arc::new(Upper));
+        let stats = ConnectionStats::new(&Metrics::default());
+        let server = Server::new(ep, limits, stats.clone(), Duration::from_secs(5))
+            .with_shortcut(Arc::new(Upper));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             server
@@ -580,7 +592,7 @@ mod tests {
                 })
                 .await
         });
-        (addr, stop)
+        (addr, stop, stats)
     }
 
     fn post(path: &str, body: &str, extra: &str) -> String {
@@ -717,7 +729,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_head_that_does_not_arrive_in_time_closes_the_connection() {
-        let (addr, _stop) = server(300).await;
+        let (addr, _stop, stats) = server_counted(300).await;
+        // One that never sends a byte: closed too, and counted idle.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
         // Idle after an answer, and a head trickled in part: both closed without an answer.
         let mut idle = TcpStream::connect(addr).await.unwrap();
         idle.write_all(post("/up", "a", "").as_bytes())
@@ -726,9 +740,14 @@ mod tests {
         let mut partial = TcpStream::connect(addr).await.unwrap();
         partial.write_all(b"POST /up HTTP/1.1\r\nHo").await.unwrap();
         let started = std::time::Instant::now();
-        let (idle, partial) = tokio::join!(read_all(&mut idle), read_all(&mut partial));
+        let (idle, partial, silent) = tokio::join!(
+            read_all(&mut idle),
+            read_all(&mut partial),
+            read_all(&mut silent)
+        );
         assert_eq!(bodies(&idle), ["A"], "{idle}");
-        assert_eq!(partial, "");
+        assert_eq!((partial.as_str(), silent.as_str()), ("", ""));
+        assert_eq!(stats.idle_closed.get(), 1, "the silent one only");
         assert!(
             started.elapsed() < Duration::from_secs(4),
             "closed by the timeout"

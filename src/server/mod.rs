@@ -455,6 +455,10 @@ async fn serve_connection<E>(
                 );
                 match Box::pin(served).await {
                     h1::Next::Close => return,
+                    h1::Next::Silent => {
+                        stats.idle_closed.inc();
+                        return;
+                    }
                     h1::Next::Hand(read) => read,
                 }
             }
