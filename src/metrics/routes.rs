@@ -37,6 +37,29 @@ pub fn allowed_methods(route: &str) -> &'static str {
     }
 }
 
+/// A request span's name, `METHOD route` — written out for the routes' own methods (no
+/// formatting per request), formatted for anything else.
+pub fn span_name(method: &str, route: &'static str) -> std::borrow::Cow<'static, str> {
+    let name = match (method, route) {
+        ("POST", "/process") => "POST /process",
+        ("POST", "/process_query") => "POST /process_query",
+        ("POST", "/discover") => "POST /discover",
+        ("POST", "/feedback") => "POST /feedback",
+        ("GET", "/health") => "GET /health",
+        ("GET", "/ready") => "GET /ready",
+        ("GET", "/status") => "GET /status",
+        ("GET", "/metrics") => "GET /metrics",
+        ("GET", "/metrics/json") => "GET /metrics/json",
+        ("GET", "/agents") => "GET /agents",
+        ("POST", "/agents") => "POST /agents",
+        ("DELETE", "/agents/{name}") => "DELETE /agents/{name}",
+        ("GET", "/graphql") => "GET /graphql",
+        ("POST", "/graphql") => "POST /graphql",
+        _ => return format!("{method} {route}").into(),
+    };
+    name.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,5 +69,23 @@ mod tests {
         assert_eq!(route_template("/agents/Evil%20Agent"), "/agents/{name}");
         assert_eq!(route_template("/wp-admin/x.php"), "unmatched");
         assert_eq!(allowed_methods("/agents"), "GET, POST");
+    }
+
+    #[test]
+    fn span_names_are_the_method_and_the_template() {
+        let paths = [
+            "/process",
+            "/agents",
+            "/agents/x",
+            "/graphql",
+            "/health",
+            "/nope",
+        ];
+        for method in ["GET", "POST", "DELETE", "PATCH"] {
+            for path in paths {
+                let route = route_template(path);
+                assert_eq!(span_name(method, route), format!("{method} {route}"));
+            }
+        }
     }
 }

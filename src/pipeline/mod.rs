@@ -106,7 +106,7 @@ impl Pipeline {
         // Boxed once here: built in place, it was copied whole at each level above it
         // (kilobytes a task).
         let mut result =
-            match tokio::time::timeout_at(ctx.deadline, Box::pin(self.serve(task, ctx)))
+            match tokio::time::timeout_at(ctx.deadline, Box::pin(self.serve(task, ctx, &span)))
                 .instrument(span.clone())
                 .await
             {
@@ -154,7 +154,8 @@ impl Pipeline {
         result
     }
 
-    async fn serve(&self, task: &TaskSpec, ctx: &RequestCtx) -> TaskResult {
+    /// `span` is the task's (handed down: looking up the current span costs a slab read).
+    async fn serve(&self, task: &TaskSpec, ctx: &RequestCtx, span: &tracing::Span) -> TaskResult {
         let mut grown = None;
         let mut candidates = match self
             .discover(&task.concept, &task.intent, ctx.use_cache)
@@ -196,7 +197,7 @@ impl Pipeline {
                 ),
             )
         } else {
-            self.route(task, &candidates, ctx).await
+            self.route(task, &candidates, ctx, span).await
         };
         if let Some(status) = grown {
             result
@@ -266,6 +267,7 @@ impl Pipeline {
         task: &TaskSpec,
         candidates: &[Candidate],
         ctx: &RequestCtx,
+        span: &tracing::Span,
     ) -> TaskResult {
         let plan = self.plan(task, candidates, ctx.use_cache);
         let mut attempts = 0;
@@ -334,7 +336,6 @@ impl Pipeline {
                                     plan.reason_at(at, |i| self.local(&candidates[i].agent.name))
                                 }
                             };
-                            let span = tracing::Span::current();
                             span.record("chosen_reason", reason.as_str());
                             if !span.is_disabled() {
                                 let estimate = self.router.estimates().posterior(
@@ -347,9 +348,9 @@ impl Pipeline {
                             // Feedback names the task by its request's trace (no trace, no
                             // feedback: tracing off); a cached answer's agent was not asked.
                             if r.cached.is_none() {
-                                if let Some(trace_id) = crate::telemetry::current_trace() {
+                                if let Some(cx) = crate::telemetry::subscriber::context_of(span) {
                                     self.router.served().record(
-                                        trace_id,
+                                        cx.trace_id,
                                         &task.key(),
                                         crate::routing::ServedTask {
                                             agent: candidate.agent.name.clone(),

@@ -163,11 +163,6 @@ pub fn current_traceparent() -> Option<String> {
     subscriber::current_context().map(|cx| cx.traceparent())
 }
 
-/// The current trace id, when the current span belongs to a trace.
-pub fn current_trace() -> Option<u128> {
-    subscriber::current_context().map(|cx| cx.trace_id)
-}
-
 /// The trace id (hex) of `span`, when it belongs to a trace.
 pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
     subscriber::context_of(span).map(|cx| cx.trace_id_hex())
