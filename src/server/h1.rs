@@ -6,8 +6,8 @@
 //! connection's own task: the head parsed in place by `httparse`, the answer written with
 //! one system call. The first request that is not one of them — or one the shortcut hands
 //! back after seeing its body — goes to the general server (hyper and the endpoint) with
-//! every byte read so far, so it is answered exactly as if this path did not exist; the
-//! connection stays there.
+//! every byte read so far (the socket gives them again first), so it is answered exactly as
+//! if this path did not exist; the connection stays there.
 //!
 //! Timeouts and drain, as the general server keeps them: the next request's head must
 //! arrive within the header-read timeout (an idle keep-alive connection is closed by it),
@@ -16,18 +16,10 @@
 //! (one that has not begun its first gets a moment to send it), and one in a request
 //! finishes it and closes.
 
-use std::{
-    future::Future,
-    io,
-    net::SocketAddr,
-    pin::Pin,
-    sync::atomic::Ordering,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::atomic::Ordering, time::Duration};
 
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     sync::watch,
     time::Instant,
 };
@@ -423,71 +415,6 @@ async fn late_body<T>(
     if shortcut.answer(&head, None, reply).await {
         let _ = io.write_all(&reply.buf).await;
         let _ = io.shutdown().await;
-    }
-}
-
-/// `inner`, with `prefix` read first: a connection handed to the general server with the
-/// bytes this path already read from it.
-pub(super) struct Prefixed<T> {
-    prefix: Vec<u8>,
-    at: usize,
-    inner: T,
-}
-
-impl<T> Prefixed<T> {
-    pub(super) fn new(prefix: Vec<u8>, inner: T) -> Self {
-        Prefixed {
-            prefix,
-            at: 0,
-            inner,
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.at < self.prefix.len() {
-            let n = (self.prefix.len() - self.at).min(buf.remaining());
-            let at = self.at;
-            buf.put_slice(&self.prefix[at..at + n]);
-            self.at += n;
-            if self.at == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.at = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 

@@ -191,6 +191,10 @@ struct Tracked {
     inner: TcpStream,
     conn: Arc<Conn>,
     registry: Arc<Registry>,
+    /// Bytes read from the socket that are read again first (what the server's own path read
+    /// of a connection it hands to the general server).
+    unread: Vec<u8>,
+    at: usize,
 }
 
 impl Tracked {
@@ -207,6 +211,17 @@ impl AsyncRead for Tracked {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.at < self.unread.len() {
+            let n = (self.unread.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.unread[at..at + n]);
+            self.at += n;
+            if self.at == self.unread.len() {
+                self.unread = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -370,6 +385,8 @@ where
                     inner: socket,
                     conn: conn.clone(),
                     registry: registry.clone(),
+                    unread: Vec::new(),
+                    at: 0,
                 };
                 serve_connection(
                     io, ep, shortcut, local, remote, &limits, &conn, &registry, &stats, stop,
@@ -465,7 +482,7 @@ async fn serve_connection<E>(
             None => Vec::new(),
         };
         let begun = io.conn.clone();
-        let io = h1::Prefixed::new(read, io);
+        io.unread = read;
         general(io, ep, local, remote, limits, begun, stop).await;
     };
     let idle = limits.idle_timeout;

@@ -99,6 +99,12 @@ fn attribute(out: &mut Vec<u8>, field: u32, k: &str, v: AnyValue<'_>) {
     bytes(out, 1, k.as_bytes());
     key(out, 2, LEN);
     varint(out, value_len as u64);
+    any_value(out, v);
+}
+
+/// An `AnyValue`'s fields.
+#[inline]
+fn any_value(out: &mut Vec<u8>, v: AnyValue<'_>) {
     match v {
         AnyValue::Str(s) => bytes(out, 1, s.as_bytes()),
         AnyValue::Bool(b) => {
@@ -113,6 +119,7 @@ fn attribute(out: &mut Vec<u8>, field: u32, k: &str, v: AnyValue<'_>) {
     }
 }
 
+#[derive(Clone, Copy)]
 enum AnyValue<'a> {
     Str(&'a str),
     Bool(bool),
@@ -282,18 +289,7 @@ mod tests {
                 let mut out = vec![0xee];
                 nested(&mut out, 9, |out| {
                     bytes(out, 1, k.as_bytes());
-                    nested(out, 2, |out| match v {
-                        AnyValue::Str(s) => bytes(out, 1, s.as_bytes()),
-                        AnyValue::Bool(b) => {
-                            key(out, 2, VARINT);
-                            out.push(u8::from(b));
-                        }
-                        AnyValue::I64(i) => {
-                            key(out, 3, VARINT);
-                            varint(out, i as u64);
-                        }
-                        AnyValue::F64(f) => fixed64(out, 4, f.to_bits()),
-                    });
+                    nested(out, 2, |out| any_value(out, v));
                 });
                 out
             };
