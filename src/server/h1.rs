@@ -627,6 +627,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_http2_connection_goes_to_the_general_server_from_its_preface() {
+        use http_body_util::BodyExt;
+        let (addr, _stop) = server(2_000).await;
+        let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        for body in ["one", "two"] {
+            let req = http::Request::post(format!("http://{addr}/up"))
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.version(), http::Version::HTTP_2);
+            let text = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(text, format!("general /up {body}").as_bytes());
+        }
+    }
+
+    #[tokio::test]
     async fn connection_close_ends_the_connection_after_its_answer() {
         let (addr, _stop) = server(2_000).await;
         let mut c = TcpStream::connect(addr).await.unwrap();
