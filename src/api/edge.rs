@@ -27,12 +27,12 @@ pub(super) async fn edge<E: Endpoint>(
     );
     req.extensions_mut().insert(passage.agent_time.clone());
     let max_body = state.config.max_body_bytes;
-    let header_bytes: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+    let header_bytes = errors::head_bytes(
+        req.headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().len(), v.len())),
+        req.uri().path_and_query().map_or(1, |pq| pq.as_str().len()),
+    );
     let max_headers = state.config.max_header_bytes;
     // Boxed, as is each way on below: the futures behind them are kilobytes, and a future
     // held inline is copied whole each time the one holding it moves.

@@ -106,12 +106,10 @@ impl Lane {
 impl crate::server::Shortcut for Lane {
     fn takes(&self, head: &Head<'_>) -> bool {
         // Past the header limit: the edge's 431.
-        let header_bytes = head
-            .headers
-            .iter()
-            .map(|h| h.name.len() + h.value.len() + 4)
-            .sum::<usize>()
-            + head.target.len();
+        let header_bytes = super::errors::head_bytes(
+            head.headers.iter().map(|h| (h.name.len(), h.value.len())),
+            head.target.len(),
+        );
         header_bytes <= self.state.config.max_header_bytes
             && wants_request(head.method, head.path(), head)
     }

@@ -43,6 +43,16 @@ pub struct Head<'a> {
 }
 
 impl<'a> Head<'a> {
+    /// The head `req` parsed (complete, HTTP/1.x), from `remote`.
+    fn of<'b: 'a>(req: &'a httparse::Request<'_, 'b>, remote: SocketAddr) -> Option<Head<'a>> {
+        Some(Head {
+            method: req.method?,
+            target: req.path?,
+            headers: req.headers,
+            remote,
+        })
+    }
+
     /// The path, without the query.
     pub fn path(&self) -> &'a str {
         self.target.split('?').next().unwrap_or_default()
@@ -195,14 +205,8 @@ fn judge(
     remote: SocketAddr,
     shortcut: &dyn Shortcut,
 ) -> Judged {
-    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+    let (Some(head), Some(1)) = (Head::of(req, remote), req.version) else {
         return Judged::Hand;
-    };
-    let head = Head {
-        method,
-        target,
-        headers: req.headers,
-        remote,
     };
     let mut length = None;
     let mut close = false;
@@ -282,11 +286,8 @@ where
             };
             if let Some(head_len) = head_len.filter(|&h| buf.len() >= h + body_len) {
                 conn.requests.fetch_add(1, Ordering::Relaxed);
-                let head = Head {
-                    method: req.method.unwrap_or_default(),
-                    target: req.path.unwrap_or_default(),
-                    headers: req.headers,
-                    remote,
+                let Some(head) = Head::of(&req, remote) else {
+                    return Next::Hand(buf);
                 };
                 reply.reset(close || *stop.borrow());
                 let body = &buf[head_len..head_len + body_len];
@@ -405,11 +406,8 @@ async fn late_body<T>(
     if !matches!(req.parse(buf), Ok(httparse::Status::Complete(_))) {
         return;
     }
-    let head = Head {
-        method: req.method.unwrap_or_default(),
-        target: req.path.unwrap_or_default(),
-        headers: req.headers,
-        remote,
+    let Some(head) = Head::of(&req, remote) else {
+        return;
     };
     reply.reset(true);
     if shortcut.answer(&head, None, reply).await {

@@ -266,6 +266,12 @@ pub async fn normalize<E: Endpoint>(next: &E, req: Request) -> Response {
     }
 }
 
+/// What `MAX_HEADER_BYTES` counts of a request: each header's name and value with its
+/// separator and line end, and the request target.
+pub fn head_bytes(headers: impl Iterator<Item = (usize, usize)>, target: usize) -> usize {
+    headers.map(|(name, value)| name + value + 4).sum::<usize>() + target
+}
+
 /// The answer to a body that did not arrive within `read_timeout`: a body trickled in too
 /// slowly holds a connection and a task, so it is refused and the connection closed.
 pub fn late_body(read_timeout: std::time::Duration) -> Response {
