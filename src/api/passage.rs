@@ -71,15 +71,15 @@ impl Passage {
         let overhead = elapsed.saturating_sub(waited);
         let timing = server_timing(overhead, (agent_calls > 0).then_some(waited));
         let (route, method) = (self.route, &self.method);
-        span.in_scope(|| {
-            tracing::info!(
-                route,
-                method = %method,
-                status,
-                latency_ms = elapsed.as_secs_f64() * 1000.0,
-                "request completed"
-            )
-        });
+        // In the request's span without entering it (an event its logs let through names it).
+        tracing::info!(
+            parent: span,
+            route,
+            method = %method,
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request completed"
+        );
         let series = state.metrics.request_series(route, method, status);
         series.requests.inc();
         series.duration.observe(elapsed.as_secs_f64());

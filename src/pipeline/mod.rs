@@ -351,7 +351,7 @@ impl Pipeline {
                                 if let Some(cx) = crate::telemetry::subscriber::context_of(span) {
                                     self.router.served().record(
                                         cx.trace_id,
-                                        &task.key(),
+                                        &task.task_id,
                                         crate::routing::ServedTask {
                                             agent: candidate.agent.name.clone(),
                                             concept: task.concept.clone(),

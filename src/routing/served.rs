@@ -55,7 +55,8 @@ thread_local! {
 
 #[derive(Default)]
 struct Window {
-    tasks: HashMap<Key, (ServedTask, Instant)>,
+    /// Hashed with foldhash: the keys are a random trace id and a hash already.
+    tasks: HashMap<Key, (ServedTask, Instant), foldhash::fast::RandomState>,
     /// Keys in the order they were answered (one of a key answered again is stale; an
     /// entry leaves the map only with the queue entry of the same instant).
     order: VecDeque<(Key, Instant)>,
@@ -82,9 +83,10 @@ impl Served {
         }
     }
 
-    /// `task` of the request traced as `trace_id` was answered.
-    pub fn record(&self, trace_id: u128, task_id: &str, task: ServedTask) {
-        let k = (trace_id, task_hash(task_id));
+    /// `task` of the request traced as `trace_id` was answered; `task_id` as the task gave
+    /// it (a string, or a number feedback names in its text).
+    pub fn record(&self, trace_id: u128, task_id: &serde_json::Value, task: ServedTask) {
+        let k = (trace_id, id_hash(task_id));
         let now = Instant::now();
         let window = &self.windows[WINDOW.with(|w| *w) % self.windows.len()];
         let mut w = window.lock().unwrap_or_else(|e| e.into_inner());
@@ -117,11 +119,32 @@ fn key(trace_id: &str, task_id: &str) -> Option<(u128, u64)> {
     Some((trace, task_hash(task_id)))
 }
 
+/// The hash of a task id's text: its bytes, fed as they come.
 fn task_hash(task_id: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
+    use std::hash::Hasher;
     let mut h = std::hash::DefaultHasher::new();
-    task_id.hash(&mut h);
+    h.write(task_id.as_bytes());
     h.finish()
+}
+
+/// [`task_hash`] of the text [`crate::pipeline::task_key`] gives `id`, without building it.
+fn id_hash(id: &serde_json::Value) -> u64 {
+    use std::hash::Hasher;
+    struct Feed(std::hash::DefaultHasher);
+    impl std::fmt::Write for Feed {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.write(s.as_bytes());
+            Ok(())
+        }
+    }
+    match id {
+        serde_json::Value::String(s) => task_hash(s),
+        other => {
+            let mut h = Feed(std::hash::DefaultHasher::new());
+            let _ = std::fmt::Write::write_fmt(&mut h, format_args!("{other}"));
+            h.0.finish()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -136,10 +159,31 @@ mod tests {
             concept: "c".into(),
             weight: 0.5,
         };
-        s.record(0x0af7651916cd43dd8448eb211c80319c, "1", t.clone());
+        s.record(0x0af7651916cd43dd8448eb211c80319c, &"1".into(), t.clone());
         assert_eq!(s.take("0af7651916cd43dd8448eb211c80319c", "2"), None);
         assert_eq!(s.take("0af7651916cd43dd8448eb211c80319c", "1"), Some(t));
         assert_eq!(s.take("0af7651916cd43dd8448eb211c80319c", "1"), None);
+    }
+
+    #[test]
+    fn a_task_id_that_is_a_number_is_found_by_its_text() {
+        let s = Served::default();
+        let t = ServedTask {
+            agent: "a".into(),
+            concept: "c".into(),
+            weight: 0.5,
+        };
+        let trace = "0af7651916cd43dd8448eb211c80319c";
+        for id in [
+            serde_json::json!(7),
+            serde_json::json!(-12345678901234567i64),
+            serde_json::json!(18446744073709551615u64),
+            serde_json::json!(1.5),
+        ] {
+            s.record(0x0af7651916cd43dd8448eb211c80319c, &id, t.clone());
+            let text = crate::pipeline::task_key(&id);
+            assert_eq!(s.take(trace, &text), Some(t.clone()), "{text}");
+        }
     }
 
     #[test]
@@ -154,7 +198,7 @@ mod tests {
         for i in 0..MAX_SERVED + 10 {
             s.record(
                 0x0af7651916cd43dd8448eb211c80319c,
-                &i.to_string(),
+                &i.to_string().into(),
                 t.clone(),
             );
         }
@@ -181,7 +225,7 @@ mod tests {
             let s = s.clone();
             let task = t(agent);
             let turn = std::thread::spawn(move || {
-                s.record(trace, &i.to_string(), task);
+                s.record(trace, &i.to_string().into(), task);
                 WINDOW.with(|w| *w)
             })
             .join()

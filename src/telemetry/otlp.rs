@@ -27,6 +27,11 @@ fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
 
 #[inline]
 fn varint(out: &mut Vec<u8>, v: u64) {
+    // Most are lengths under 128: one byte.
+    if v < 0x80 {
+        out.push(v as u8);
+        return;
+    }
     let (b, n) = varint_bytes(v);
     out.extend_from_slice(&b[..n]);
 }
