@@ -367,6 +367,7 @@ impl Stack {
             Err(CallError::Timeout)
         } else {
             let _waiting = ctx.agent_time.start();
+            let _outbound = crate::cores::Outbound::start();
             self.transport
                 .call(&agent.endpoint, req, budget)
                 .instrument(span.clone())
