@@ -85,8 +85,50 @@ fn nested(out: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
     }
 }
 
-/// `KeyValue { key = 1, value = 2 (AnyValue) }`, its lengths computed before it is
-/// written (each byte written once, no placeholder).
+/// A few bytes gathered on the stack and appended with one copy: a field's key and
+/// lengths, each written at an index instead of pushed one by one onto the buffer.
+struct Head {
+    b: [u8; 24],
+    n: usize,
+}
+
+impl Head {
+    #[inline(always)]
+    fn new() -> Self {
+        Head { b: [0; 24], n: 0 }
+    }
+
+    #[inline(always)]
+    fn byte(&mut self, v: u8) {
+        self.b[self.n] = v;
+        self.n += 1;
+    }
+
+    #[inline(always)]
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    /// The key of field `field` (below 16: one byte) and wire type `wire`.
+    #[inline(always)]
+    fn key(&mut self, field: u32, wire: u32) {
+        debug_assert!(field < 16);
+        self.byte((field << 3 | wire) as u8);
+    }
+
+    #[inline(always)]
+    fn bytes(&self) -> &[u8] {
+        &self.b[..self.n]
+    }
+}
+
+/// `KeyValue { key = 1, value = 2 (AnyValue) }` under field `field` (below 16), its
+/// lengths computed before it is written, in four copies: the heads, the key, the value's
+/// heads, the value.
 #[inline]
 fn attribute(out: &mut Vec<u8>, field: u32, k: &str, v: AnyValue<'_>) {
     // A field of `n` bytes under a one-byte key.
@@ -98,17 +140,44 @@ fn attribute(out: &mut Vec<u8>, field: u32, k: &str, v: AnyValue<'_>) {
         AnyValue::F64(_) => 9,
     };
     let pair_len = field_len(k.len()) + field_len(value_len);
-    out.reserve(field_len(pair_len) + 2);
-    key(out, field, LEN);
-    varint(out, pair_len as u64);
-    bytes(out, 1, k.as_bytes());
-    key(out, 2, LEN);
-    varint(out, value_len as u64);
-    any_value(out, v);
+    out.reserve(field_len(pair_len));
+    let mut h = Head::new();
+    h.key(field, LEN);
+    h.varint(pair_len as u64);
+    h.key(1, LEN);
+    h.varint(k.len() as u64);
+    out.extend_from_slice(h.bytes());
+    out.extend_from_slice(k.as_bytes());
+    let mut h = Head::new();
+    h.key(2, LEN);
+    h.varint(value_len as u64);
+    match v {
+        AnyValue::Str(s) => {
+            h.key(1, LEN);
+            h.varint(s.len() as u64);
+            out.extend_from_slice(h.bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        AnyValue::Bool(b) => {
+            h.key(2, VARINT);
+            h.byte(u8::from(b));
+            out.extend_from_slice(h.bytes());
+        }
+        AnyValue::I64(i) => {
+            h.key(3, VARINT);
+            h.varint(i as u64);
+            out.extend_from_slice(h.bytes());
+        }
+        AnyValue::F64(f) => {
+            h.key(4, FIXED64);
+            out.extend_from_slice(h.bytes());
+            out.extend_from_slice(&f.to_bits().to_le_bytes());
+        }
+    }
 }
 
-/// An `AnyValue`'s fields.
-#[inline]
+/// An `AnyValue`'s fields, field by field (the reference [`attribute`] is held to).
+#[cfg(test)]
 fn any_value(out: &mut Vec<u8>, v: AnyValue<'_>) {
     match v {
         AnyValue::Str(s) => bytes(out, 1, s.as_bytes()),
@@ -197,9 +266,23 @@ pub struct Resource {
 /// The scope every span is recorded under.
 pub const SCOPE: &str = "myriad-orchestrator";
 
+thread_local! {
+    /// The span being encoded, before its length is known (a span is longer than 127
+    /// bytes: behind a one-byte placeholder its body would move to make room for the
+    /// length).
+    static BODY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// `span` as one `ScopeSpans.spans` entry, appended to `out` (a thread's encoded spans).
 pub fn scope_span(out: &mut Vec<u8>, s: &SpanRec) {
-    nested(out, 2, |out| span(out, s));
+    BODY.with(|body| {
+        let mut body = body.borrow_mut();
+        body.clear();
+        span(&mut body, s);
+        key(out, 2, LEN);
+        varint(out, body.len() as u64);
+        out.extend_from_slice(&body);
+    });
 }
 
 /// An `ExportTraceServiceRequest` holding the spans encoded in `parts` (each a run of
