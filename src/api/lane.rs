@@ -138,8 +138,6 @@ async fn answer(
     body: Option<&[u8]>,
     reply: &mut Reply,
 ) -> bool {
-    use tracing::Instrument;
-
     let passage = || Passage::open(Method::POST, head.path(), head.header("traceparent"));
     let Some(body) = body else {
         let passage = passage();
@@ -155,16 +153,19 @@ async fn answer(
     let passage = passage();
     state.metrics.process_lane[0].inc();
     let priority = asked.unwrap_or(header);
-    let ran = run(
-        state,
-        head,
-        passage.agent_time.clone(),
-        tasks,
-        timeout,
-        priority,
-    )
-    .instrument(passage.span.clone());
-    match Box::pin(ran).await {
+    let ran = crate::telemetry::in_span(
+        &passage.span,
+        run(
+            state,
+            head,
+            passage.agent_time.clone(),
+            tasks,
+            timeout,
+            priority,
+        ),
+    );
+    let ran = Box::pin(ran).await;
+    match ran {
         Ok(body) => {
             let bytes = body.to_bytes();
             let closed = passage.close(state, 200);

@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use crate::{
     agents::AgentRequest,
@@ -105,18 +104,19 @@ impl Pipeline {
         let started = Instant::now();
         // Boxed once here: built in place, it was copied whole at each level above it
         // (kilobytes a task).
-        let mut result =
-            match tokio::time::timeout_at(ctx.deadline, Box::pin(self.serve(task, ctx, &span)))
-                .instrument(span.clone())
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => TaskResult::failed(
-                    task,
-                    FailureCode::Timeout,
-                    "the request deadline passed before an agent answered",
-                ),
-            };
+        let served = crate::telemetry::in_span(
+            &span,
+            tokio::time::timeout_at(ctx.deadline, Box::pin(self.serve(task, ctx, &span))),
+        )
+        .await;
+        let mut result = match served {
+            Ok(r) => r,
+            Err(_) => TaskResult::failed(
+                task,
+                FailureCode::Timeout,
+                "the request deadline passed before an agent answered",
+            ),
+        };
         result.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let status = if result.succeeded() {
             "success"

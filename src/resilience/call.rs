@@ -129,10 +129,11 @@ impl Stack {
         }
         let started = std::time::Instant::now();
         let stages = self.stages(&agent.name);
-        let outcome = self
-            .call_stages(&span, &stages, agent, req, ctx, panic)
-            .instrument(span.clone())
-            .await;
+        let outcome = crate::telemetry::in_span(
+            &span,
+            self.call_stages(&span, &stages, agent, req, ctx, panic),
+        )
+        .await;
         let label = match &outcome.result {
             Ok(_) if outcome.stale => "stale",
             Ok(_) if outcome.cached.is_some() => "cached",
@@ -368,9 +369,7 @@ impl Stack {
         } else {
             let _waiting = ctx.agent_time.start();
             let _outbound = crate::cores::Outbound::start();
-            self.transport
-                .call(&agent.endpoint, req, budget)
-                .instrument(span.clone())
+            crate::telemetry::in_span(&span, self.transport.call(&agent.endpoint, req, budget))
                 .await
         };
         let seen = if result.as_ref().is_err_and(CallError::is_upstream_fault) {

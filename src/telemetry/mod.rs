@@ -140,6 +140,18 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     );
 }
 
+/// `fut` polled inside `span`, which it borrows (`Instrument::instrument` owns its span: a
+/// clone for each level, a slab look-up and an atomic when made and again when dropped).
+/// A future dropped unfinished (its client left) is dropped outside the span.
+pub async fn in_span<F: std::future::Future>(span: &tracing::Span, fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        let _entered = span.enter();
+        fut.as_mut().poll(cx)
+    })
+    .await
+}
+
 /// Makes `span` (just opened) continue the trace of a `traceparent` value, if one was sent
 /// and is valid.
 pub fn continue_trace_from(span: &tracing::Span, traceparent: Option<&str>) {
