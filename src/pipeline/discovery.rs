@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use super::Pipeline;
 use crate::{
@@ -133,7 +132,7 @@ impl Pipeline {
         };
         let lookup = self.discover_inner(concept, intent, use_cache);
         let found = if own {
-            lookup.instrument(span.clone()).await
+            crate::telemetry::in_span(&span, lookup).await
         } else {
             lookup.await
         };

@@ -8,7 +8,6 @@ use std::sync::{
 
 use serde_json::Value;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use super::{
     breaker, outcome::attempt_outcome, retry, stages::AgentStages, CallOutcome, Failure, Stack,
@@ -204,15 +203,14 @@ impl Stack {
         // Boxed: the caches' lookups (a shared tier's round trip among them) do not size
         // the future of every call, cached or not.
         let lookup = Box::pin(self.caches.responses.get_or_fetch(&key, subject, |_| {
-            async {
+            crate::telemetry::in_span(span, async {
                 let out = self.upstream(span, stages, agent, req, ctx, false).await;
                 attempts.store(out.attempts, Ordering::Relaxed);
                 out.result.map(|reply| {
                     let keep = reply.succeeded().then_some(ttl);
                     (Value::Object(reply.body), keep)
                 })
-            }
-            .instrument(span.clone())
+            })
         }))
         .await;
         let attempts = attempts.load(Ordering::Relaxed);

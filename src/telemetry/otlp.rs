@@ -105,12 +105,10 @@ impl Head {
     }
 
     #[inline(always)]
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.byte(v as u8 | 0x80);
-            v >>= 7;
-        }
-        self.byte(v as u8);
+    fn varint(&mut self, v: u64) {
+        let (b, n) = varint_bytes(v);
+        self.b[self.n..self.n + n].copy_from_slice(&b[..n]);
+        self.n += n;
     }
 
     /// The key of field `field` (below 16: one byte) and wire type `wire`.
