@@ -42,8 +42,6 @@ impl Passage {
             otel.kind = "server",
             http.request.method = method.as_str(),
             http.route = route,
-            http.response.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
         );
         crate::telemetry::continue_trace_from(&span, traceparent);
         Passage {
@@ -58,9 +56,9 @@ impl Passage {
     /// Records the answer's status on the span, its log line and its request series.
     pub(super) fn close(self, state: &AppState, status: u16) -> Closed {
         let span = &self.span;
-        span.record("http.response.status_code", status);
+        crate::record!(span, http.response.status_code = status);
         if status >= 500 {
-            span.record("otel.status_code", "ERROR");
+            crate::record!(span, otel.status_code = "ERROR");
         }
         let trace_id = state
             .tracing_enabled

@@ -129,7 +129,7 @@ impl ProcessApi {
         )?;
         let candidates: Vec<Candidate> = state
             .pipeline
-            .discover(&concept, &intent, use_cache(req))
+            .discover(&concept, &intent, use_cache(req), None)
             .await
             .map(|(candidates, _)| candidates)
             .map_err(|e| {

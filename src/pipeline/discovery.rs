@@ -104,69 +104,60 @@ impl GraphAvailability {
 
 impl Pipeline {
     /// Ranked candidates for (concept, intent), through the discovery cache when the graph
-    /// is remote; the tier says which cache answered.
+    /// is remote; the tier says which cache answered. `task`: the span of the task asking,
+    /// if one is.
     pub async fn discover(
         &self,
         concept: &str,
         intent: &str,
         use_cache: bool,
+        task: Option<&tracing::Span>,
     ) -> Result<(Vec<Candidate>, Option<Tier>), GraphError> {
         // The in-process graph answers in an instant: its answer is attributes of the task
-        // that asked. A remote graph (and the caches in front of it) gets a span of its own.
-        let here = tracing::Span::current();
-        let own = self.graph.is_remote() || here.field("chosen").is_none();
-        let span = if own {
-            crate::later_span!(
-                "discover",
-                [concept, intent],
-                [
-                    cache_tier,
-                    stale_reason,
-                    candidates,
-                    chosen,
-                    otel.status_code
-                ]
-            )
-        } else {
-            here
+        // that asked (cache_tier, candidates, chosen). A remote graph (and the caches in
+        // front of it), or a caller that is not a task, gets a span of its own (those and
+        // stale_reason, otel.status_code).
+        let own_span;
+        let (span, own) = match task {
+            Some(task) if !self.graph.is_remote() => (task, false),
+            _ => {
+                own_span = tracing::info_span!("discover", concept, intent);
+                (&own_span, true)
+            }
         };
         let lookup = self.discover_inner(concept, intent, use_cache);
         let found = if own {
-            crate::telemetry::in_span(&span, lookup).await
+            crate::telemetry::in_span(span, lookup).await
         } else {
             lookup.await
         };
         match &found {
-            Ok((candidates, tier)) => {
+            // Only built when someone records it (it is per task).
+            Ok((candidates, tier)) if !span.is_disabled() => {
                 let cached = self.stack.caches.discovery_enabled && use_cache;
-                span.record(
-                    "cache_tier",
-                    match tier {
+                let mut listed = String::with_capacity(candidates.len() * 24);
+                for (i, c) in candidates.iter().enumerate() {
+                    if i > 0 {
+                        listed.push(',');
+                    }
+                    listed.push_str(&c.agent.name);
+                    listed.push(':');
+                    push_fixed3(&mut listed, c.stats.weight);
+                }
+                crate::record!(
+                    span,
+                    cache_tier = match tier {
                         Some(t) => t.as_str(),
                         None if cached => "miss",
                         None => "none",
                     },
-                );
-                // Only build the list when someone records it (it is per task).
-                if !span.is_disabled() {
-                    let mut listed = String::with_capacity(candidates.len() * 24);
-                    for (i, c) in candidates.iter().enumerate() {
-                        if i > 0 {
-                            listed.push(',');
-                        }
-                        listed.push_str(&c.agent.name);
-                        listed.push(':');
-                        push_fixed3(&mut listed, c.stats.weight);
-                    }
-                    span.record("candidates", listed.as_str());
-                }
-                span.record(
-                    "chosen",
-                    candidates.first().map_or("none", |c| c.agent.name.as_str()),
+                    candidates = listed.as_str(),
+                    chosen = candidates.first().map_or("none", |c| c.agent.name.as_str()),
                 );
             }
+            Ok(_) => {}
             Err(_) => {
-                span.record("otel.status_code", "ERROR");
+                crate::record!(span, otel.status_code = "ERROR");
             }
         }
         found
@@ -219,7 +210,7 @@ impl Pipeline {
             .discovery_stale_served
             .with_label_values(&[reason])
             .inc();
-        tracing::Span::current().record("stale_reason", reason);
+        crate::record!(tracing::Span::current(), stale_reason = reason);
         tracing::debug!(reason, from, concept, intent, "serving a stale route");
     }
 
@@ -309,8 +300,17 @@ fn push_fixed3(s: &mut String, v: f64) {
     if milli < 0 {
         s.push('-');
     }
-    let m = milli.unsigned_abs();
-    let _ = write!(s, "{}.{:03}", m / 1000, m % 1000);
+    let (int, frac) = (milli.unsigned_abs() / 1000, milli.unsigned_abs() % 1000);
+    // Weights are under ten: one digit, and the three decimals, as characters.
+    if int < 10 {
+        s.push(char::from(b'0' + int as u8));
+    } else {
+        let _ = write!(s, "{int}");
+    }
+    s.push('.');
+    for d in [frac / 100, frac / 10 % 10, frac % 10] {
+        s.push(char::from(b'0' + d as u8));
+    }
 }
 
 #[cfg(test)]
@@ -325,6 +325,8 @@ mod tests {
             0.12345,
             0.9996,
             12.5,
+            9.9996,
+            123.4567,
             -0.25,
             f64::NAN,
             1e300,

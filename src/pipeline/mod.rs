@@ -74,32 +74,16 @@ const MAX_LEARNED_ATTEMPTS: u32 = 8;
 impl Pipeline {
     /// One task, never longer than `deadline`, never an error: failures are in the result.
     pub async fn run_task(&self, task: &TaskSpec, ctx: &RequestCtx) -> TaskResult {
-        let span = crate::later_span!(
+        // Recorded later: status, code, agent, chosen_reason, estimate (the answering
+        // agent's success estimate on the concept, this outcome in), attempts, cached,
+        // neurogenesis; what the in-process graph answered (cache_tier, candidates, chosen;
+        // a remote one has a `discover` span); hedged and hedge_won (a second candidate was
+        // asked too, and answered first); otel.status_code.
+        let span = tracing::info_span!(
             "task",
-            [
-                task_id = task.key().as_str(),
-                concept = task.concept.as_str(),
-                intent = task.intent.as_str()
-            ],
-            [
-                status,
-                code,
-                agent,
-                chosen_reason,
-                // The answering agent's success estimate on the concept, this outcome in.
-                estimate,
-                attempts,
-                cached,
-                neurogenesis,
-                // What the in-process graph answered (a remote one has a `discover` span).
-                cache_tier,
-                candidates,
-                chosen,
-                // A second candidate was asked too (`HEDGE_INTENTS`), and answered first.
-                hedged,
-                hedge_won,
-                otel.status_code
-            ]
+            task_id = task.key().as_str(),
+            concept = task.concept.as_str(),
+            intent = task.intent.as_str()
         );
         let started = Instant::now();
         // Boxed once here: built in place, it was copied whole at each level above it
@@ -126,14 +110,14 @@ impl Pipeline {
         // One dispatch for the fields every task has (a `record` each is a span lookup).
         let cached = result.cached.unwrap_or("none");
         match &result.agent_name {
-            Some(agent) => tracing::record_all!(
+            Some(agent) => crate::record!(
                 span,
                 status = status,
                 attempts = result.attempts,
                 cached = cached,
                 agent = agent.as_str(),
             ),
-            None => tracing::record_all!(
+            None => crate::record!(
                 span,
                 status = status,
                 attempts = result.attempts,
@@ -141,11 +125,10 @@ impl Pipeline {
             ),
         };
         if let Some(code) = result.code {
-            span.record("code", code.as_str());
-            span.record("otel.status_code", "ERROR");
+            crate::record!(span, code = code.as_str(), otel.status_code = "ERROR");
         }
         if let Some(Value::String(n)) = result.extra.get("neurogenesis_status") {
-            span.record("neurogenesis", n.as_str());
+            crate::record!(span, neurogenesis = n.as_str());
         }
         self.counts.status.inc(&[status]);
         self.metrics
@@ -158,7 +141,7 @@ impl Pipeline {
     async fn serve(&self, task: &TaskSpec, ctx: &RequestCtx, span: &tracing::Span) -> TaskResult {
         let mut grown = None;
         let mut candidates = match self
-            .discover(&task.concept, &task.intent, ctx.use_cache)
+            .discover(&task.concept, &task.intent, ctx.use_cache, Some(span))
             .await
         {
             Ok((c, _)) => c,
@@ -179,7 +162,7 @@ impl Pipeline {
                 let outcome = Box::pin(ng.ensure(&task.concept, &task.intent)).await;
                 if outcome != neurogenesis::Grown::Failed {
                     candidates = self
-                        .discover(&task.concept, &task.intent, false)
+                        .discover(&task.concept, &task.intent, false, Some(span))
                         .await
                         .map(|(c, _)| c)
                         .unwrap_or_default();
@@ -336,14 +319,14 @@ impl Pipeline {
                                     plan.reason_at(at, |i| self.local(&candidates[i].agent.name))
                                 }
                             };
-                            span.record("chosen_reason", reason.as_str());
+                            crate::record!(span, chosen_reason = reason.as_str());
                             if !span.is_disabled() {
                                 let estimate = self.router.estimates().posterior(
                                     &candidate.agent.name,
                                     &task.concept,
                                     candidate.stats.weight,
                                 );
-                                span.record("estimate", estimate.mean());
+                                crate::record!(span, estimate = estimate.mean());
                             }
                             // Feedback names the task by its request's trace (no trace, no
                             // feedback: tracing off); a cached answer's agent was not asked.
@@ -500,7 +483,7 @@ impl Pipeline {
             return (vec![(0, order[0], first.await, Via::Plan)], false);
         }
         let span = tracing::Span::current();
-        span.record("hedged", true);
+        crate::record!(span, hedged = true);
         let answered =
             |o: &crate::resilience::CallOutcome| o.result.as_ref().is_ok_and(|r| r.succeeded());
         let (winner, loser_ctx) = tokio::select! {
@@ -511,7 +494,7 @@ impl Pipeline {
             // The other call is dropped with this function: a cancel, not a failure.
             loser_ctx.cancel();
             if winner.3 == Via::Hedge {
-                span.record("hedge_won", true);
+                crate::record!(span, hedge_won = true);
                 self.stack.count_hedge_won();
             }
             return (vec![winner], true);
@@ -522,7 +505,7 @@ impl Pipeline {
             (1, order[1], second.await, Via::Hedge)
         };
         if other.3 == Via::Hedge && answered(&other.2) {
-            span.record("hedge_won", true);
+            crate::record!(span, hedge_won = true);
             self.stack.count_hedge_won();
         }
         (vec![winner, other], true)

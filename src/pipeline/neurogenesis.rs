@@ -138,15 +138,10 @@ impl Neurogenesis {
     }
 
     async fn grow(&self, concept: &str, intent: &str) -> Grown {
-        let span = tracing::info_span!(
-            "neurogenesis",
-            concept,
-            intent,
-            outcome = tracing::field::Empty
-        );
+        let span = tracing::info_span!("neurogenesis", concept, intent);
         let grown =
             tracing::Instrument::instrument(self.try_grow(concept, intent), span.clone()).await;
-        span.record("outcome", grown.status());
+        crate::record!(span, outcome = grown.status());
         self.metrics
             .neurogenesis
             .with_label_values(&[grown.status().trim_start_matches("neurogenesis_")])

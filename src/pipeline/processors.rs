@@ -50,12 +50,7 @@ impl Processors<'_> {
         timeout: Duration,
     ) -> Result<Vec<TaskSpec>, InputError> {
         let (transport, remote) = (self.transport, self.input);
-        let span = tracing::info_span!(
-            "parse_input",
-            processor = kind(remote),
-            tasks = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
+        let span = tracing::info_span!("parse_input", processor = kind(remote));
         let parsed = async move {
             let tasks: Vec<TaskSpec> = match remote {
                 None => parser::parse(query)
@@ -88,8 +83,8 @@ impl Processors<'_> {
         .instrument(span.clone())
         .await;
         match &parsed {
-            Ok(t) => span.record("tasks", t.len()),
-            Err(_) => span.record("otel.status_code", "ERROR"),
+            Ok(t) => crate::record!(span, tasks = t.len()),
+            Err(_) => crate::record!(span, otel.status_code = "ERROR"),
         };
         parsed
     }

@@ -105,26 +105,12 @@ impl Stack {
     ) -> CallOutcome {
         // The stages decide in an instant: their verdicts are attributes of this span, not
         // spans of their own (a span costs more than the decision it would record).
-        let span = crate::later_span!(
-            "agent_call",
-            [agent = agent.name.as_str()],
-            [
-                outcome,
-                attempts,
-                cached,
-                stale,
-                rate_limit,
-                cache.tier,
-                cache.result,
-                bulkhead,
-                breaker.state,
-                breaker.admitted,
-                panic,
-                otel.status_code
-            ]
-        );
+        // Recorded later: outcome, attempts, cached, stale; the stages' verdicts
+        // (rate_limit, cache.tier, cache.result, bulkhead, breaker.state, breaker.admitted);
+        // panic; otel.status_code.
+        let span = tracing::info_span!("agent_call", agent = agent.name.as_str());
         if panic {
-            span.record("panic", true);
+            crate::record!(span, panic = true);
         }
         let started = std::time::Instant::now();
         let stages = self.stages(&agent.name);
@@ -140,7 +126,7 @@ impl Stack {
             Ok(_) => "agent_error",
             Err(f) => f.code().as_str(),
         };
-        tracing::record_all!(
+        crate::record!(
             span,
             outcome = label,
             attempts = outcome.attempts,
@@ -148,7 +134,7 @@ impl Stack {
             stale = outcome.stale,
         );
         if outcome.result.is_err() {
-            span.record("otel.status_code", "ERROR");
+            crate::record!(span, otel.status_code = "ERROR");
         }
         stages.outcomes.inc(&[label]);
         stages.duration.observe(started.elapsed().as_secs_f64());
@@ -169,13 +155,13 @@ impl Stack {
             return self.refuse(Some("deadline"), Failure::Deadline);
         }
         if stages.throttled() {
-            span.record("breaker.state", "throttled");
+            crate::record!(span, breaker.state = "throttled");
             return self.refuse(Some("throttled"), Failure::Throttled);
         }
         if let Some(limiter) = &stages.limiter {
             let allowed = limiter.allow().await;
             let verdict = if allowed { "allowed" } else { "limited" };
-            span.record("rate_limit", verdict);
+            crate::record!(span, rate_limit = verdict);
             if !allowed {
                 self.metrics
                     .rate_limited
@@ -189,7 +175,7 @@ impl Stack {
         }
         if !ctx.use_cache {
             self.caches.responses.count("none", "bypass");
-            span.record("cache.result", "bypass");
+            crate::record!(span, cache.result = "bypass");
             return self.upstream(span, stages, agent, req, ctx, false).await;
         }
         let key = response_key(&agent.name, &req.concept, &req.intent, &req.args);
@@ -222,8 +208,11 @@ impl Stack {
         };
         match lookup {
             Lookup::Fresh { value, tier } => {
-                call_span.record("cache.tier", tier.map_or("upstream", Tier::as_str));
-                call_span.record("cache.result", if tier.is_some() { "hit" } else { "miss" });
+                crate::record!(
+                    call_span,
+                    cache.tier = tier.map_or("upstream", Tier::as_str),
+                    cache.result = if tier.is_some() { "hit" } else { "miss" }
+                );
                 CallOutcome {
                     result: Ok(reply(value)),
                     attempts,
@@ -232,8 +221,11 @@ impl Stack {
                 }
             }
             Lookup::Stale { value, tier, error } => {
-                call_span.record("cache.tier", tier.as_str());
-                call_span.record("cache.result", "stale");
+                crate::record!(
+                    call_span,
+                    cache.tier = tier.as_str(),
+                    cache.result = "stale"
+                );
                 tracing::info!(agent = %agent.name, code = error.code().as_str(), tier = tier.as_str(), "serving a stale answer");
                 CallOutcome {
                     result: Ok(reply(value)),
@@ -243,8 +235,7 @@ impl Stack {
                 }
             }
             Lookup::Failed(failure) => {
-                call_span.record("cache.tier", "upstream");
-                call_span.record("cache.result", "miss");
+                crate::record!(call_span, cache.tier = "upstream", cache.result = "miss");
                 CallOutcome {
                     result: Err(failure),
                     attempts,
@@ -272,7 +263,7 @@ impl Stack {
             // A low priority call the others' share would still take: shed.
             let shed = stages.bulkhead.in_flight() < stages.bulkhead.limit();
             let reason = if shed { "shed" } else { "bulkhead_full" };
-            call_span.record("bulkhead", if shed { "shed" } else { "full" });
+            crate::record!(call_span, bulkhead = if shed { "shed" } else { "full" });
             return self.refuse(Some(reason), Failure::BulkheadFull);
         };
         // A peer's open breaker holds calls back while this replica's own is closed (an
@@ -281,12 +272,15 @@ impl Stack {
             && stages.breaker.state() == breaker::BreakerState::Closed
             && self.peers.as_ref().is_some_and(|s| s.held(&agent.name))
         {
-            call_span.record("breaker.state", "held_by_peer");
-            call_span.record("breaker.admitted", false);
+            crate::record!(
+                call_span,
+                breaker.state = "held_by_peer",
+                breaker.admitted = false
+            );
             return self.refuse(Some("held_by_peer"), Failure::BreakerOpen);
         }
         let permit = stages.breaker.try_acquire();
-        tracing::record_all!(
+        crate::record!(
             call_span,
             breaker.state = stages.breaker.state().as_str(),
             breaker.admitted = permit.is_some() || panic,
@@ -356,11 +350,8 @@ impl Stack {
         attempt: u32,
     ) -> (Result<AgentReply, CallError>, tracing::Span) {
         let budget = remaining(ctx.deadline).min(self.settings.agent_timeout);
-        let span = crate::later_span!(
-            "agent_attempt",
-            [agent = agent.name.as_str(), attempt = attempt],
-            [outcome, retry_reason, otel.status_code]
-        );
+        // Recorded later: outcome, retry_reason, otel.status_code.
+        let span = tracing::info_span!("agent_attempt", agent = agent.name.as_str(), attempt);
         let sent = Instant::now();
         let result = if budget.is_zero() {
             Err(CallError::Timeout)
@@ -389,18 +380,21 @@ impl Stack {
         }
         match &result {
             Ok(reply) => {
-                span.record(
-                    "outcome",
-                    if reply.succeeded() {
+                crate::record!(
+                    span,
+                    outcome = if reply.succeeded() {
                         "success"
                     } else {
                         "agent_error"
-                    },
+                    }
                 );
             }
             Err(err) => {
-                span.record("outcome", attempt_outcome(err));
-                span.record("otel.status_code", "ERROR");
+                crate::record!(
+                    span,
+                    outcome = attempt_outcome(err),
+                    otel.status_code = "ERROR"
+                );
             }
         }
         (result, span)

@@ -242,7 +242,7 @@ where
                 }
                 if granted {
                     retries.with_label_values(&["sent"]).inc();
-                    span.record("retry_reason", attempt_outcome(&err));
+                    crate::record!(span, retry_reason = attempt_outcome(&err));
                     tracing::debug!(attempt = n, code = err.code().as_str(), ?wait, "retrying");
                     drop(span);
                     tokio::time::sleep(wait).await;

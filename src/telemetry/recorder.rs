@@ -14,7 +14,7 @@
 
 use std::{
     borrow::Cow,
-    fmt::{self, Write as _},
+    fmt,
     sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -74,9 +74,9 @@ impl Sampler {
     }
 }
 
-/// Bytes of string values a recorded span starts with room for (a request's spans hold
-/// 30–90), so recording them does not grow the buffer value by value.
-const TEXT_RESERVE: usize = 96;
+/// Bytes of encoded attributes a recorded span starts with room for (a request's spans
+/// hold 60–300), so recording them does not grow the buffer value by value.
+const ATTRIBUTES_RESERVE: usize = 320;
 
 /// Records a thread keeps for its next spans.
 const THREAD_SPARES: usize = 32;
@@ -114,84 +114,60 @@ struct Fields<'a> {
 
 impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        let rec = &mut *self.rec;
-        match field.name() {
-            "otel.name" => rec.name = Cow::Owned(value.to_string()),
-            "otel.kind" => {
-                rec.kind = match value {
-                    "server" => Kind::Server,
-                    "client" => Kind::Client,
-                    "producer" => Kind::Producer,
-                    "consumer" => Kind::Consumer,
-                    _ => Kind::Internal,
-                }
-            }
-            "otel.status_code" => {
-                rec.status = match value {
-                    "ERROR" | "error" => Status::Error,
-                    "OK" | "ok" => Status::Ok,
-                    _ => Status::Unset,
-                }
-            }
-            "otel.status_message" => rec.status_message = Some(value.to_string()),
-            _ => rec.attributes.record_str(field, value),
-        }
+        set(self.rec, field.name(), Attr::Str(value));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name().starts_with("otel.") {
-            self.record_str(field, &format!("{value:?}"));
-        } else {
-            self.rec.attributes.record_debug(field, value);
-        }
+        self.record_str(field, &format!("{value:?}"));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.rec.attributes.record_i64(field, value);
+        set(self.rec, field.name(), Attr::I64(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.rec.attributes.record_u64(field, value);
+        set(self.rec, field.name(), Attr::from(value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.rec.attributes.record_f64(field, value);
+        set(self.rec, field.name(), Attr::F64(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.rec.attributes.record_bool(field, value);
+        set(self.rec, field.name(), Attr::Bool(value));
     }
 }
 
-/// Plain attributes: strings into the text buffer, numbers as they are.
-impl Visit for Attributes {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        let v = self.text(|t| t.push_str(value));
-        self.set(field.name(), v);
+/// `key = value` on a span's record: the `otel.*` fields as `tracing-opentelemetry` read
+/// them, anything else an attribute (the last value recorded wins).
+fn set(rec: &mut SpanRec, key: &'static str, value: Attr<'_>) {
+    match value {
+        Attr::Str(s) => set_str(rec, key, s),
+        _ => rec.attributes.set(key, value),
     }
+}
 
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let v = self.text(|t| {
-            let _ = write!(t, "{value:?}");
-        });
-        self.set(field.name(), v);
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.set(field.name(), Value::I64(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        let v = i64::try_from(value).map_or(Value::F64(value as f64), Value::I64);
-        self.set(field.name(), v);
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.set(field.name(), Value::F64(value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.set(field.name(), Value::Bool(value));
+fn set_str(rec: &mut SpanRec, key: &'static str, value: &str) {
+    match key {
+        "otel.name" => rec.name = Cow::Owned(value.to_string()),
+        "otel.kind" => {
+            rec.kind = match value {
+                "server" => Kind::Server,
+                "client" => Kind::Client,
+                "producer" => Kind::Producer,
+                "consumer" => Kind::Consumer,
+                _ => Kind::Internal,
+            }
+        }
+        "otel.status_code" => {
+            rec.status = match value {
+                "ERROR" | "error" => Status::Error,
+                "OK" | "ok" => Status::Ok,
+                _ => Status::Unset,
+            }
+        }
+        "otel.status_message" => rec.status_message = Some(value.to_string()),
+        _ => rec.attributes.set(key, Attr::Str(value)),
     }
 }
 
@@ -203,7 +179,7 @@ impl Visit for EventFields<'_> {
         if field.name() == "message" {
             self.0.name = value.to_string();
         } else {
-            self.0.attributes.record_str(field, value);
+            self.0.attributes.set(field.name(), Attr::Str(value));
         }
     }
 
@@ -211,24 +187,26 @@ impl Visit for EventFields<'_> {
         if field.name() == "message" {
             self.0.name = format!("{value:?}");
         } else {
-            self.0.attributes.record_debug(field, value);
+            self.0
+                .attributes
+                .set(field.name(), Attr::Str(&format!("{value:?}")));
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.attributes.record_i64(field, value);
+        self.0.attributes.set(field.name(), Attr::I64(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.attributes.record_u64(field, value);
+        self.0.attributes.set(field.name(), Attr::from(value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.attributes.record_f64(field, value);
+        self.0.attributes.set(field.name(), Attr::F64(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.attributes.record_bool(field, value);
+        self.0.attributes.set(field.name(), Attr::Bool(value));
     }
 }
 
@@ -266,8 +244,8 @@ impl Recorder {
         };
         if self.recording(sampled) {
             rec.start = now_nanos();
-            rec.attributes.list.reserve(attrs.metadata().fields().len());
-            rec.attributes.text.reserve(TEXT_RESERVE);
+            rec.attributes.keys.reserve(attrs.metadata().fields().len());
+            rec.attributes.bytes.reserve(ATTRIBUTES_RESERVE);
             attrs.record(&mut Fields { rec: &mut rec });
         }
         rec
@@ -282,6 +260,15 @@ impl Recorder {
     pub fn record(&self, rec: &mut SpanRec, values: &span::Record<'_>) {
         if self.recording(rec.context.sampled) {
             values.record(&mut Fields { rec });
+        }
+    }
+
+    /// Values set on an open span by key, without a callsite's fields.
+    pub fn set(&self, rec: &mut SpanRec, values: &[(&'static str, Attr<'_>)]) {
+        if self.recording(rec.context.sampled) {
+            for &(key, value) in values {
+                set(rec, key, value);
+            }
         }
     }
 
@@ -301,12 +288,10 @@ impl Recorder {
         let mut e = EventRec {
             time: now_nanos(),
             name: String::new(),
-            attributes: Attributes::default(),
+            attributes: Attributes::of_event(),
         };
-        let level = e.attributes.text(|t| t.push_str(meta.level().as_str()));
-        e.attributes.set("level", level);
-        let target = e.attributes.text(|t| t.push_str(meta.target()));
-        e.attributes.set("target", target);
+        e.attributes.set("level", Attr::Str(meta.level().as_str()));
+        e.attributes.set("target", Attr::Str(meta.target()));
         event.record(&mut EventFields(&mut e));
         rec.events.push(e);
     }

@@ -80,50 +80,110 @@ fn hex(s: &mut String, v: u128, digits: usize) {
     s.push_str(std::str::from_utf8(&buf[..digits]).unwrap_or_default());
 }
 
-/// One attribute's value; strings are ranges of the span's text buffer.
+/// An attribute's value.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Value {
-    Str(u32, u32),
+pub enum Attr<'a> {
+    Str(&'a str),
     I64(i64),
     F64(f64),
     Bool(bool),
 }
 
-/// Attributes: keys from the callsites, string values in one buffer.
-#[derive(Debug, Default, Clone)]
+impl<'a> From<&'a str> for Attr<'a> {
+    fn from(v: &'a str) -> Self {
+        Attr::Str(v)
+    }
+}
+
+impl<'a> From<&'a String> for Attr<'a> {
+    fn from(v: &'a String) -> Self {
+        Attr::Str(v)
+    }
+}
+
+impl From<bool> for Attr<'_> {
+    fn from(v: bool) -> Self {
+        Attr::Bool(v)
+    }
+}
+
+impl From<f64> for Attr<'_> {
+    fn from(v: f64) -> Self {
+        Attr::F64(v)
+    }
+}
+
+impl From<i64> for Attr<'_> {
+    fn from(v: i64) -> Self {
+        Attr::I64(v)
+    }
+}
+
+impl From<u64> for Attr<'_> {
+    /// An integer as OTLP carries it (signed); past `i64::MAX` as a float.
+    fn from(v: u64) -> Self {
+        i64::try_from(v).map_or(Attr::F64(v as f64), Attr::I64)
+    }
+}
+
+macro_rules! attr_from_int {
+    ($($t:ty),+) => {$(
+        impl From<$t> for Attr<'_> {
+            fn from(v: $t) -> Self {
+                Attr::from(v as u64)
+            }
+        }
+    )+};
+}
+attr_from_int!(u16, u32, usize);
+
+/// Attributes, kept encoded: each one set is written as its OTLP `KeyValue` (under the
+/// field that holds attributes in its message) into one buffer, which a span's encoding
+/// copies whole; the keys say where each pair is, so a key set again has its new value.
+/// ([`super::otlp`] writes them.)
+#[derive(Debug, Clone)]
 pub struct Attributes {
-    pub text: String,
-    pub list: Vec<(&'static str, Value)>,
+    /// The field number of attributes in the message they belong to.
+    pub(super) field: u32,
+    pub(super) bytes: Vec<u8>,
+    /// Each key, with the start and length of its pair in `bytes`.
+    pub(super) keys: Vec<(&'static str, u32, u32)>,
     pub dropped: u32,
 }
 
 impl Attributes {
-    pub fn str(&self, v: Value) -> Option<&str> {
-        match v {
-            Value::Str(a, b) => self.text.get(a as usize..b as usize),
-            _ => None,
+    /// A span's (`Span.attributes` = 9).
+    pub const fn of_span() -> Self {
+        Attributes {
+            field: 9,
+            bytes: Vec::new(),
+            keys: Vec::new(),
+            dropped: 0,
         }
     }
 
-    /// The value of `key`, if recorded (tests and logs).
-    pub fn get(&self, key: &str) -> Option<Value> {
-        self.list.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
-    }
-
-    pub(super) fn set(&mut self, key: &'static str, value: Value) {
-        if let Some(slot) = self.list.iter_mut().find(|(k, _)| *k == key) {
-            slot.1 = value;
-        } else if self.list.len() < MAX_ATTRIBUTES {
-            self.list.push((key, value));
-        } else {
-            self.dropped += 1;
+    /// An event's (`Span.Event.attributes` = 3).
+    pub const fn of_event() -> Self {
+        Attributes {
+            field: 3,
+            bytes: Vec::new(),
+            keys: Vec::new(),
+            dropped: 0,
         }
     }
 
-    pub(super) fn text(&mut self, f: impl FnOnce(&mut String)) -> Value {
-        let start = self.text.len();
-        f(&mut self.text);
-        Value::Str(start as u32, self.text.len() as u32)
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.bytes.clear();
+        self.keys.clear();
+        self.dropped = 0;
     }
 }
 
@@ -186,9 +246,7 @@ impl SpanRec {
         self.kind = Kind::Internal;
         self.start = 0;
         self.end = 0;
-        self.attributes.text.clear();
-        self.attributes.list.clear();
-        self.attributes.dropped = 0;
+        self.attributes.clear();
         self.status = Status::Unset;
         self.status_message = None;
         self.events.clear();
@@ -206,7 +264,7 @@ impl SpanRec {
             kind: Kind::Internal,
             start: 0,
             end: 0,
-            attributes: Attributes::default(),
+            attributes: Attributes::of_span(),
             status: Status::Unset,
             status_message: None,
             events: Vec::new(),

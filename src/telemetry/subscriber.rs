@@ -38,7 +38,7 @@ use tracing_subscriber::filter::Targets;
 
 use super::{
     json,
-    recorder::{add_link, now_nanos, Rec, Recorder, SpanContext, SpanRec},
+    recorder::{add_link, now_nanos, Attr, Rec, Recorder, SpanContext, SpanRec},
 };
 use crate::config::LogFormat;
 
@@ -332,6 +332,11 @@ pub fn set_remote_parent(span: &tracing::Span, remote: SpanContext) {
     });
 }
 
+/// Sets `values` on `span` by key, in one look-up of its record.
+pub fn set(span: &tracing::Span, values: &[(&'static str, Attr<'_>)]) {
+    with_record(span, |rec, recorder| recorder.set(rec, values));
+}
+
 /// Links `span` to another span (e.g. the tasks whose outcomes a batch applied).
 pub fn link(span: &tracing::Span, to: SpanContext) {
     with_record(span, |rec, _| add_link(rec, to));
@@ -341,7 +346,7 @@ pub fn link(span: &tracing::Span, to: SpanContext) {
 mod tests {
     use super::*;
     use crate::config::Sampler;
-    use crate::telemetry::span::{Kind, Status, Value};
+    use crate::telemetry::span::{Attr, Kind, Status};
 
     fn recorded(sampler: Sampler, f: impl FnOnce()) -> Vec<SpanRec> {
         let queue = std::sync::Arc::new(super::super::export::Queue::keeping());
@@ -390,34 +395,59 @@ mod tests {
         assert_eq!(root.status, Status::Error);
         assert_eq!(
             root.attributes.get("status"),
-            Some(Value::I64(504)),
+            Some(Attr::I64(504)),
             "the last value recorded wins"
         );
-        assert_eq!(
-            root.attributes.str(root.attributes.get("route").unwrap()),
-            Some("/process")
-        );
+        assert_eq!(root.attributes.get("route"), Some(Attr::Str("/process")));
         assert!(root.start > 0 && root.end >= root.start);
         let task = by_name("task");
         assert_eq!(task.parent_id, root.context.span_id);
         assert_eq!(task.context.trace_id, remote.trace_id);
         assert_eq!(task.kind, Kind::Internal);
-        assert_eq!(task.attributes.get("task_id"), Some(Value::I64(7)));
-        assert_eq!(task.attributes.get("ok"), Some(Value::Bool(true)));
-        assert_eq!(task.attributes.get("share"), Some(Value::F64(0.5)));
-        assert_eq!(
-            task.attributes.str(task.attributes.get("agent").unwrap()),
-            Some("Good_AI")
-        );
+        assert_eq!(task.attributes.get("task_id"), Some(Attr::I64(7)));
+        assert_eq!(task.attributes.get("ok"), Some(Attr::Bool(true)));
+        assert_eq!(task.attributes.get("share"), Some(Attr::F64(0.5)));
+        assert_eq!(task.attributes.get("agent"), Some(Attr::Str("Good_AI")));
         assert_eq!(task.status, Status::Error, "an ERROR event marks its span");
         assert_eq!(task.events.len(), 1);
         assert_eq!(task.events[0].name, "the agent did not answer");
         let e = &task.events[0].attributes;
-        assert_eq!(e.str(e.get("code").unwrap()), Some("timeout"));
+        assert_eq!(e.get("code"), Some(Attr::Str("timeout")));
         let learn = by_name("learn");
         assert_eq!(learn.parent_id, 0);
         assert_ne!(learn.context.trace_id, remote.trace_id);
         assert_eq!(learn.links, vec![task.context]);
+    }
+
+    #[test]
+    fn attributes_set_by_key_need_no_declared_field_and_the_last_value_wins() {
+        let spans = recorded(Sampler::AlwaysOn, || {
+            let span = tracing::info_span!("agent_call", agent = "Good_AI");
+            let label = String::from("success");
+            crate::record!(
+                span,
+                outcome = "timeout",
+                breaker.state = "closed",
+                attempts = 2u32,
+                big = u64::MAX,
+                share = 0.5,
+                stale = false,
+            );
+            crate::record!(span, outcome = &label, otel.status_code = "ERROR");
+            crate::record!(tracing::Span::none(), outcome = "nowhere");
+        });
+        assert_eq!(spans.len(), 1);
+        let a = &spans[0].attributes;
+        let text = |k: &str| a.get(k);
+        assert_eq!(text("agent"), Some(Attr::Str("Good_AI")));
+        assert_eq!(text("outcome"), Some(Attr::Str("success")));
+        assert_eq!(text("breaker.state"), Some(Attr::Str("closed")));
+        assert_eq!(a.get("attempts"), Some(Attr::I64(2)));
+        assert_eq!(a.get("big"), Some(Attr::F64(u64::MAX as f64)));
+        assert_eq!(a.get("share"), Some(Attr::F64(0.5)));
+        assert_eq!(a.get("stale"), Some(Attr::Bool(false)));
+        assert_eq!(a.len(), 7, "{a:?}");
+        assert_eq!(spans[0].status, Status::Error);
     }
 
     #[test]

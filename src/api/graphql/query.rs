@@ -84,7 +84,7 @@ impl QueryRoot {
         let intent = crate::api::validate::validate_intent(&intent).map_err(api_error)?;
         let (found, _) = app
             .pipeline
-            .discover(&concept, &intent, true)
+            .discover(&concept, &intent, true, None)
             .await
             .map_err(|_| unavailable())?;
         // The order `/discover` lists them in.
