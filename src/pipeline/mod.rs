@@ -137,7 +137,7 @@ impl Pipeline {
         result
     }
 
-    /// `span` is the task's (handed down: looking up the current span costs a slab read).
+    /// `span` is the task's (handed down: looking up the current span costs a look-up).
     async fn serve(&self, task: &TaskSpec, ctx: &RequestCtx, span: &tracing::Span) -> TaskResult {
         let mut grown = None;
         let mut candidates = match self
@@ -319,29 +319,33 @@ impl Pipeline {
                                     plan.reason_at(at, |i| self.local(&candidates[i].agent.name))
                                 }
                             };
-                            crate::record!(span, chosen_reason = reason.as_str());
-                            if !span.is_disabled() {
+                            // The decision on the task's span, and the span's ids: feedback
+                            // names the task by its request's trace (no trace, no feedback:
+                            // tracing off); a cached answer's agent was not asked.
+                            let traced = if span.is_disabled() {
+                                None
+                            } else {
                                 let estimate = self.router.estimates().posterior(
                                     &candidate.agent.name,
                                     &task.concept,
                                     candidate.stats.weight,
                                 );
-                                crate::record!(span, estimate = estimate.mean());
-                            }
-                            // Feedback names the task by its request's trace (no trace, no
-                            // feedback: tracing off); a cached answer's agent was not asked.
-                            if r.cached.is_none() {
-                                if let Some(cx) = crate::telemetry::subscriber::context_of(span) {
-                                    self.router.served().record(
-                                        cx.trace_id,
-                                        &task.task_id,
-                                        crate::routing::ServedTask {
-                                            agent: candidate.agent.name.clone(),
-                                            concept: task.concept.clone(),
-                                            weight: candidate.stats.weight,
-                                        },
-                                    );
-                                }
+                                crate::record!(
+                                    span,
+                                    chosen_reason = reason.as_str(),
+                                    estimate = estimate.mean(),
+                                )
+                            };
+                            if let Some(cx) = traced.filter(|_| r.cached.is_none()) {
+                                self.router.served().record(
+                                    cx.trace_id,
+                                    &task.task_id,
+                                    crate::routing::ServedTask {
+                                        agent: candidate.agent.name.clone(),
+                                        concept: task.concept.clone(),
+                                        weight: candidate.stats.weight,
+                                    },
+                                );
                             }
                             self.counts.decisions.inc(&[reason.as_str()]);
                             return r;

@@ -6,6 +6,7 @@
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set, sampled per `OTEL_TRACES_SAMPLER`.
 //! - Propagation: W3C `traceparent` is read from clients and written to agents.
 
+mod arena;
 pub mod export;
 mod json;
 mod otlp;
@@ -14,8 +15,8 @@ mod span;
 pub mod subscriber;
 
 /// Sets attributes on a span in one look-up of its record: `record!(span, outcome = label,
-/// breaker.state = "closed")`. Any key may be set: a span declares only the fields it
-/// opens with. (tracing's `Span::record` finds each field by name among the callsite's and
+/// breaker.state = "closed")`, and gives the span's ids (`Option<SpanContext>`). Any key
+/// may be set: a span declares only the fields it opens with. (tracing's `Span::record` finds each field by name among the callsite's and
 /// visits it through the dispatcher: ~500 instructions a field, the most of a traced
 /// request's recording.)
 #[macro_export]
@@ -145,7 +146,7 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
 }
 
 /// `fut` polled inside `span`, which it borrows (`Instrument::instrument` owns its span: a
-/// clone for each level, a slab look-up and an atomic when made and again when dropped).
+/// clone for each level, a look-up of the span when made and again when dropped).
 /// A future dropped unfinished (its client left) is dropped outside the span.
 pub async fn in_span<F: std::future::Future>(span: &tracing::Span, fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);
@@ -168,14 +169,14 @@ pub fn continue_trace_from(span: &tracing::Span, traceparent: Option<&str>) {
 pub fn inject_current(headers: &mut http::HeaderMap) {
     static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
     if let Some(tp) = current_traceparent() {
-        if let Ok(v) = http::HeaderValue::from_str(&tp) {
+        if let Ok(v) = http::HeaderValue::from_str(tp.as_str()) {
             headers.insert(TRACEPARENT.clone(), v);
         }
     }
 }
 
 /// The current span's context as a `traceparent` header value.
-pub fn current_traceparent() -> Option<String> {
+pub fn current_traceparent() -> Option<span::Traceparent> {
     subscriber::current_context().map(|cx| cx.traceparent())
 }
 

@@ -156,7 +156,13 @@ impl Attributes {
     /// `key = value`, encoded now; a key set again has the new value (the last wins).
     pub fn set(&mut self, key: &'static str, value: Attr<'_>) {
         let at = self.bytes.len();
-        let Some(i) = self.keys.iter().position(|&(k, ..)| k == key) else {
+        let bit = Attributes::key_bit(key);
+        let known = self.seen & bit != 0;
+        self.seen |= bit;
+        let Some(i) = known
+            .then(|| self.keys.iter().position(|&(k, ..)| k == key))
+            .flatten()
+        else {
             if self.keys.len() >= MAX_ATTRIBUTES {
                 self.dropped += 1;
                 return;

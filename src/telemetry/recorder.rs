@@ -148,6 +148,9 @@ fn set(rec: &mut SpanRec, key: &'static str, value: Attr<'_>) {
 }
 
 fn set_str(rec: &mut SpanRec, key: &'static str, value: &str) {
+    if !key.starts_with("otel.") {
+        return rec.attributes.set(key, Attr::Str(value));
+    }
     match key {
         "otel.name" => rec.name = Cow::Owned(value.to_string()),
         "otel.kind" => {

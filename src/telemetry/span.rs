@@ -18,21 +18,22 @@ pub struct SpanContext {
 
 impl SpanContext {
     /// `00-<trace id>-<span id>-<flags>`.
-    pub fn traceparent(&self) -> String {
-        let mut s = String::with_capacity(55);
-        s.push_str("00-");
-        hex(&mut s, self.trace_id, 32);
-        s.push('-');
-        hex(&mut s, u128::from(self.span_id), 16);
-        s.push_str(if self.sampled { "-01" } else { "-00" });
-        s
+    pub fn traceparent(&self) -> Traceparent {
+        let mut b = [0u8; 55];
+        b[..3].copy_from_slice(b"00-");
+        hex_into(&mut b[3..35], self.trace_id);
+        b[35] = b'-';
+        hex_into(&mut b[36..52], u128::from(self.span_id));
+        b[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        Traceparent(b)
     }
 
     /// The trace id as 32 lower-case hex digits.
     pub fn trace_id_hex(&self) -> String {
-        let mut s = String::with_capacity(32);
-        hex(&mut s, self.trace_id, 32);
-        s
+        let mut b = [0u8; 32];
+        hex_into(&mut b, self.trace_id);
+        // ASCII: always UTF-8.
+        std::str::from_utf8(&b).unwrap_or_default().to_string()
     }
 
     /// A W3C `traceparent` header (version 00 and later versions' first four fields);
@@ -65,19 +66,36 @@ impl SpanContext {
     }
 }
 
-/// Appends the low `digits` hex digits of `v`, lower case, zero-padded (`format!` with a
-/// width is the slow path of `fmt`).
-/// The low `digits` (at most 32) hex digits of `v`, gathered on the stack and appended at
-/// once (a `char` pushed at a time cost ~20 instructions a digit).
-fn hex(s: &mut String, v: u128, digits: usize) {
+/// The low `out.len()` (at most 32) hex digits of `v`, lower case, zero-padded.
+fn hex_into(out: &mut [u8], v: u128) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 32];
-    let digits = digits.min(32);
-    for (i, b) in buf[..digits].iter_mut().enumerate() {
-        *b = DIGITS[((v >> ((digits - 1 - i) * 4)) & 0xf) as usize];
+    let n = out.len().min(32);
+    for (i, b) in out[..n].iter_mut().enumerate() {
+        *b = DIGITS[((v >> ((n - 1 - i) * 4)) & 0xf) as usize];
     }
-    // ASCII digits: always UTF-8.
-    s.push_str(std::str::from_utf8(&buf[..digits]).unwrap_or_default());
+}
+
+/// A `traceparent` header value, on the stack.
+#[derive(Clone, Copy)]
+pub struct Traceparent([u8; 55]);
+
+impl Traceparent {
+    pub fn as_str(&self) -> &str {
+        // ASCII: always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Traceparent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Traceparent {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// An attribute's value.
@@ -148,6 +166,9 @@ pub struct Attributes {
     pub(super) bytes: Vec<u8>,
     /// Each key, with the start and length of its pair in `bytes`.
     pub(super) keys: Vec<(&'static str, u32, u32)>,
+    /// A bit for each key's [`Attributes::key_bit`]: a key whose bit is clear is new, and
+    /// is set without looking for it among the keys.
+    pub(super) seen: u64,
     pub dropped: u32,
 }
 
@@ -158,6 +179,7 @@ impl Attributes {
             field: 9,
             bytes: Vec::new(),
             keys: Vec::new(),
+            seen: 0,
             dropped: 0,
         }
     }
@@ -168,6 +190,7 @@ impl Attributes {
             field: 3,
             bytes: Vec::new(),
             keys: Vec::new(),
+            seen: 0,
             dropped: 0,
         }
     }
@@ -183,7 +206,15 @@ impl Attributes {
     pub(super) fn clear(&mut self) {
         self.bytes.clear();
         self.keys.clear();
+        self.seen = 0;
         self.dropped = 0;
+    }
+
+    /// One of 64 bits, the same for equal keys (by their length and last byte).
+    pub(super) fn key_bit(key: &str) -> u64 {
+        let h =
+            key.len().wrapping_mul(7) ^ usize::from(key.as_bytes().last().copied().unwrap_or(0));
+        1 << (h & 63)
     }
 }
 

@@ -5,9 +5,10 @@
 //! Why its own: with the registry, every enter, exit and `record` of a span went through
 //! the layer stack, each layer's filter looking the span up again in the registry's slab
 //! and its extensions (a lock and a type-map lookup per layer), and the formatting layer
-//! kept a text copy of every span's fields. Here a span is one slab slot holding its
-//! record under one lock; entering it is a push on a per-thread stack; `record` visits
-//! the record once; closing it hands the record to the exporter. Measured in
+//! kept a text copy of every span's fields. Here a span is one slot of an arena
+//! ([`super::arena`]) holding its record under the slot's lock; entering it is a push on a
+//! per-thread stack; `record` visits the record once; closing it hands the record to the
+//! exporter. Measured in
 //! docs/BENCHMARKS.md ("The subscriber").
 //!
 //! What is kept and when:
@@ -20,16 +21,8 @@
 //!   `warn,myriad=debug`): it governs log lines only, so quiet logs do not silence the
 //!   spans traces are made of.
 
-use std::{
-    cell::RefCell,
-    io::Write as _,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Mutex,
-    },
-};
+use std::{cell::RefCell, io::Write as _};
 
-use sharded_slab::Slab;
 use tracing::{
     level_filters::LevelFilter, span, subscriber::Interest, Event, Level, Metadata, Subscriber,
 };
@@ -37,18 +30,19 @@ use tracing_core::span::Current;
 use tracing_subscriber::filter::Targets;
 
 use super::{
+    arena::Arena,
     json,
     recorder::{add_link, now_nanos, Attr, Rec, Recorder, SpanContext, SpanRec},
 };
 use crate::config::LogFormat;
 
-/// One live span.
+/// One live span (under its slot's lock).
 struct Data {
     meta: &'static Metadata<'static>,
     /// Handles to it (its `Span`s and clones); it closes when the last one goes.
-    refs: AtomicUsize,
-    /// Its ids and what is recorded of it; taken when it closes.
-    rec: Mutex<Option<Rec>>,
+    refs: usize,
+    /// Its ids and what is recorded of it.
+    rec: Rec,
 }
 
 thread_local! {
@@ -77,22 +71,18 @@ impl Logs {
 }
 
 pub struct Spans {
-    slab: Slab<Data>,
+    spans: Arena<Data>,
     recorder: Recorder,
     logs: Logs,
     /// Spans exist whatever the logs let through (exported, or JSON logs' ids).
     keep_spans: bool,
 }
 
-fn key(id: &span::Id) -> usize {
-    (id.into_u64() - 1) as usize
-}
-
 impl Spans {
     pub fn new(recorder: Recorder, logs: Logs) -> Self {
         Spans {
             keep_spans: recorder.exporting() || logs.format == LogFormat::Json,
-            slab: Slab::new(),
+            spans: Arena::default(),
             recorder,
             logs,
         }
@@ -113,9 +103,8 @@ impl Spans {
         id: &span::Id,
         f: impl FnOnce(&mut SpanRec) -> T,
     ) -> Option<T> {
-        let data = self.slab.get(key(id))?;
-        let mut rec = data.rec.lock().unwrap_or_else(|e| e.into_inner());
-        rec.as_deref_mut().map(f)
+        let mut data = self.spans.get(id.into_u64())?;
+        Some(f(&mut data.rec))
     }
 
     pub(super) fn recorder(&self) -> &Recorder {
@@ -134,14 +123,8 @@ impl Spans {
         let line = match self.logs.format {
             LogFormat::Json => {
                 let span = span.and_then(|id| {
-                    let data = self.slab.get(key(id))?;
-                    let cx = data
-                        .rec
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .as_ref()
-                        .map(|r| r.context);
-                    Some((data.meta.name(), cx))
+                    let data = self.spans.get(id.into_u64())?;
+                    Some((data.meta.name(), Some(data.rec.context)))
                 });
                 json::line(event, meta, span)
             }
@@ -151,13 +134,13 @@ impl Spans {
                 if event.is_contextual() {
                     CURRENT.with(|c| {
                         for id in c.borrow().iter() {
-                            if let Some(data) = self.slab.get(key(id)) {
+                            if let Some(data) = self.spans.get(id.into_u64()) {
                                 scope.push_str(data.meta.name());
                                 scope.push(':');
                             }
                         }
                     });
-                } else if let Some(data) = span.and_then(|id| self.slab.get(key(id))) {
+                } else if let Some(data) = span.and_then(|id| self.spans.get(id.into_u64())) {
                     scope.push_str(data.meta.name());
                     scope.push(':');
                 }
@@ -206,12 +189,11 @@ impl Subscriber for Spans {
         let rec = self.recorder.open(attrs, parent);
         let data = Data {
             meta: attrs.metadata(),
-            refs: AtomicUsize::new(1),
-            rec: Mutex::new(Some(rec)),
+            refs: 1,
+            rec,
         };
-        // A slab that cannot grow (billions of open spans) gives an id that names nothing.
-        let key = self.slab.insert(data).map_or(u64::MAX - 1, |k| k as u64);
-        span::Id::from_u64(key + 1)
+        // An arena that cannot grow (billions of open spans) gives an id that names nothing.
+        span::Id::from_u64(self.spans.insert(data).unwrap_or(u64::MAX))
     }
 
     fn record(&self, id: &span::Id, values: &span::Record<'_>) {
@@ -255,32 +237,30 @@ impl Subscriber for Spans {
     }
 
     fn clone_span(&self, id: &span::Id) -> span::Id {
-        if let Some(data) = self.slab.get(key(id)) {
-            data.refs.fetch_add(1, Ordering::Relaxed);
+        if let Some(mut data) = self.spans.get(id.into_u64()) {
+            data.refs += 1;
         }
         id.clone()
     }
 
     fn try_close(&self, id: span::Id) -> bool {
-        let Some(data) = self.slab.get(key(&id)) else {
-            return false;
-        };
-        if data.refs.fetch_sub(1, Ordering::AcqRel) != 1 {
-            return false;
+        let closed = self.spans.remove_if(id.into_u64(), |data| {
+            data.refs -= 1;
+            data.refs == 0
+        });
+        match closed {
+            Some(data) => {
+                self.recorder.close(data.rec);
+                true
+            }
+            None => false,
         }
-        let rec = data.rec.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(data);
-        self.slab.remove(key(&id));
-        if let Some(rec) = rec {
-            self.recorder.close(rec);
-        }
-        true
     }
 
     fn current_span(&self) -> Current {
         Self::current_id()
             .and_then(|id| {
-                let meta = self.slab.get(key(&id))?.meta;
+                let meta = self.spans.get(id.into_u64())?.meta;
                 Some(Current::new(id, meta))
             })
             .unwrap_or_else(Current::none)
@@ -332,9 +312,13 @@ pub fn set_remote_parent(span: &tracing::Span, remote: SpanContext) {
     });
 }
 
-/// Sets `values` on `span` by key, in one look-up of its record.
-pub fn set(span: &tracing::Span, values: &[(&'static str, Attr<'_>)]) {
-    with_record(span, |rec, recorder| recorder.set(rec, values));
+/// Sets `values` on `span` by key, in one look-up of its record; the span's ids, if it
+/// has any.
+pub fn set(span: &tracing::Span, values: &[(&'static str, Attr<'_>)]) -> Option<SpanContext> {
+    with_record(span, |rec, recorder| {
+        recorder.set(rec, values);
+        rec.context
+    })
 }
 
 /// Links `span` to another span (e.g. the tasks whose outcomes a batch applied).
