@@ -9,22 +9,23 @@ received.
   GET  /summary               {"requests", "spans", "by_name": {name: count}}
   GET  /spans?name=N&limit=L  the kept spans named N (all names without it): name,
                               trace_id, span_id, parent_id, attributes, links
-Spans are kept for /spans up to a bound (the newest 20,000); counts are never dropped.
+Spans are kept for /spans up to a bound for each name (the newest 10,000 of it: a burst of
+one name does not push the few spans of another out); counts are never dropped.
 """
 
 import gzip
 import json
 import sys
 import threading
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-KEEP = 20_000
+KEEP = 10_000
 lock = threading.Lock()
-kept = deque(maxlen=KEEP)
+kept = defaultdict(lambda: deque(maxlen=KEEP))
 by_name = Counter()
 totals = {"requests": 0, "spans": 0}
 
@@ -87,7 +88,8 @@ class Handler(BaseHTTPRequestHandler):
             totals["spans"] += len(spans)
             for span in spans:
                 by_name[span.name] += 1
-                kept.append(summary(span))
+                s = summary(span)
+                kept[s["name"]].append(s)
         answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
         self.reply(200, answer, "application/x-protobuf")
 
@@ -100,7 +102,7 @@ class Handler(BaseHTTPRequestHandler):
             if url.path == "/spans":
                 name = query.get("name", [None])[0]
                 limit = int(query.get("limit", [KEEP])[0])
-                spans = [s for s in kept if name is None or s["name"] == name]
+                spans = list(kept.get(name, ())) if name is not None else [s for k in kept.values() for s in k]
                 return self.reply(200, spans[-limit:])
         self.reply(404, {"error": "not found"})
 

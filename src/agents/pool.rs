@@ -213,9 +213,11 @@ fn request(target: &Target, headers: &[(&str, &str)], body: &[u8]) -> Result<Vec
     let mut out = Vec::with_capacity(target.head.len() + 160 + body.len());
     out.extend_from_slice(&target.head);
     for (name, value) in headers {
+        // `contains` on bytes is memchr's: a traceparent is checked in a few instructions,
+        // not a comparison a byte.
         if [name, value]
             .iter()
-            .any(|s| s.bytes().any(|b| b == b'\r' || b == b'\n'))
+            .any(|s| s.as_bytes().contains(&b'\r') || s.as_bytes().contains(&b'\n'))
         {
             return Err(CallError::Connect);
         }
@@ -506,6 +508,25 @@ mod tests {
     async fn post(pool: &AgentPool, url: &reqwest::Url) -> Result<Answer, CallError> {
         let target = Target::of(url).expect("a plain-HTTP URL");
         pool.post(&target, &[], b"{}").await
+    }
+
+    #[test]
+    fn a_header_with_a_line_break_is_refused_and_the_others_are_written_as_given() {
+        let target = Target::of(&"http://127.0.0.1:9/query".parse().unwrap()).unwrap();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let head = request(&target, &[("traceparent", tp)], b"{}").unwrap();
+        let head = String::from_utf8(head).unwrap();
+        assert!(
+            head.contains(&format!("\r\ntraceparent: {tp}\r\n")),
+            "{head}"
+        );
+        assert!(head.ends_with("content-length: 2\r\n\r\n{}"), "{head}");
+        for bad in [("x-a", "1\r\nx-b: 2"), ("x-a", "1\n"), ("x-a\r", "1")] {
+            assert!(
+                matches!(request(&target, &[bad], b""), Err(CallError::Connect)),
+                "{bad:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -242,14 +242,24 @@ pub(super) struct Progress {
 }
 
 impl Progress {
-    /// The batch of `prepared`, run under the current span (the request's) and `ctx`.
+    /// The batch of `prepared`, run under the current span (the request's) and `ctx`,
+    /// wherever it is polled (a stream's events are polled by the server, outside the span).
     pub(super) fn new(app: Arc<AppState>, prepared: Prepared, ctx: RequestCtx) -> Self {
+        Self::under(app, prepared, ctx, tracing::Span::current())
+    }
+
+    /// The batch of `prepared`, polled to its end inside the request's span (its tasks'
+    /// spans are children of the span current when they start).
+    pub(super) fn polled_in_span(app: Arc<AppState>, prepared: Prepared, ctx: RequestCtx) -> Self {
+        Self::under(app, prepared, ctx, tracing::Span::none())
+    }
+
+    fn under(app: Arc<AppState>, prepared: Prepared, ctx: RequestCtx, span: tracing::Span) -> Self {
         let (specs, query, answered) = match prepared {
             Prepared::Answered(body) => (Vec::new(), None, Some(*body)),
             Prepared::Run { specs, query } => (specs, query, None),
         };
         let specs: Arc<[TaskSpec]> = specs.into();
-        let span = tracing::Span::current();
         let (runs, single) = if specs.len() == 1 {
             let run = {
                 let (app, specs, ctx) = (app.clone(), specs.clone(), ctx.clone());

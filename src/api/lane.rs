@@ -226,7 +226,9 @@ async fn run<R: Asked + Sync + ?Sized>(
             &ctx,
         )
         .await?;
-    let body = Progress::new(state.clone(), prepared, ctx).complete().await;
+    let body = Progress::polled_in_span(state.clone(), prepared, ctx)
+        .complete()
+        .await;
     super::process::shed(priority, body)
 }
 

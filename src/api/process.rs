@@ -242,7 +242,7 @@ impl ProcessApi {
         if stream::wants_events(req) {
             return Ok(stream::events(state.0.clone(), prepared, ctx));
         }
-        let body = Progress::new(state.0.clone(), prepared, ctx)
+        let body = Progress::polled_in_span(state.0.clone(), prepared, ctx)
             .complete()
             .await;
         shed(priority, body).map(|body| ProcessReply::Body(Box::new(Json(body))))

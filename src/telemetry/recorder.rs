@@ -152,7 +152,13 @@ fn set_str(rec: &mut SpanRec, key: &'static str, value: &str) {
         return rec.attributes.set(key, Attr::Str(value));
     }
     match key {
-        "otel.name" => rec.name = Cow::Owned(value.to_string()),
+        "otel.name" => {
+            // In the buffer an earlier span of this record named itself in.
+            let mut name = std::mem::take(&mut rec.spare_name);
+            name.clear();
+            name.push_str(value);
+            rec.name = Cow::Owned(name);
+        }
         "otel.kind" => {
             rec.kind = match value {
                 "server" => Kind::Server,

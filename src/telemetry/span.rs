@@ -252,6 +252,8 @@ pub struct SpanRec {
     /// 0: a root.
     pub parent_id: u64,
     pub name: Cow<'static, str>,
+    /// A name's buffer kept from an earlier span of this record (`otel.name`).
+    pub spare_name: String,
     pub kind: Kind,
     pub start: u64,
     pub end: u64,
@@ -273,7 +275,9 @@ impl SpanRec {
     pub fn reset(&mut self, context: SpanContext, parent_id: u64, name: Cow<'static, str>) {
         self.context = context;
         self.parent_id = parent_id;
-        self.name = name;
+        if let Cow::Owned(old) = std::mem::replace(&mut self.name, name) {
+            self.spare_name = old;
+        }
         self.kind = Kind::Internal;
         self.start = 0;
         self.end = 0;
@@ -292,6 +296,7 @@ impl SpanRec {
             context,
             parent_id,
             name,
+            spare_name: String::new(),
             kind: Kind::Internal,
             start: 0,
             end: 0,

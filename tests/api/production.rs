@@ -187,11 +187,20 @@ async fn everything_on_a_burst_at_saturation_is_answered_and_the_service_returns
     let health = health.await.unwrap();
     let rss_after = rss_kib(pid);
 
+    // Every outcome applied: the learning flush has closed its `learn` spans.
+    for _ in 0..40 {
+        if app.series("myriad_learning_total{event=\"applied\"}").await >= sent as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // Every span handed to the exporter has left (exported, failed or dropped, counted):
-    // wait until the receiver has seen everything but its own scrapes.
+    // wait until the receiver has seen everything but its own scrapes — unchanged over a
+    // second, longer than the exporter's round (500 ms), so a span closed just before a
+    // look has left by the next.
     let mut seen = 0;
     for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         let s = sink.summary().await;
         let now = s["spans"].as_u64().unwrap() - s["by_name"]["GET /metrics"].as_u64().unwrap_or(0);
         if now == seen {
