@@ -119,23 +119,17 @@ impl<'a> From<&'a String> for Attr<'a> {
     }
 }
 
-impl From<bool> for Attr<'_> {
-    fn from(v: bool) -> Self {
-        Attr::Bool(v)
-    }
+/// `From` for the values an attribute holds as they are.
+macro_rules! attr_from {
+    ($($t:ty => $variant:ident),+) => {$(
+        impl From<$t> for Attr<'_> {
+            fn from(v: $t) -> Self {
+                Attr::$variant(v)
+            }
+        }
+    )+};
 }
-
-impl From<f64> for Attr<'_> {
-    fn from(v: f64) -> Self {
-        Attr::F64(v)
-    }
-}
-
-impl From<i64> for Attr<'_> {
-    fn from(v: i64) -> Self {
-        Attr::I64(v)
-    }
-}
+attr_from!(bool => Bool, f64 => F64, i64 => I64);
 
 impl From<u64> for Attr<'_> {
     /// An integer as OTLP carries it (signed); past `i64::MAX` as a float.
