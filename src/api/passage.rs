@@ -56,14 +56,19 @@ impl Passage {
     /// Records the answer's status on the span, its log line and its request series.
     pub(super) fn close(self, state: &AppState, status: u16) -> Closed {
         let span = &self.span;
-        crate::record!(span, http.response.status_code = status);
-        if status >= 500 {
-            crate::record!(span, otel.status_code = "ERROR");
-        }
-        let trace_id = state
-            .tracing_enabled
-            .then(|| crate::telemetry::trace_id_of(span))
-            .flatten();
+        // One look-up of the span records the status and gives its ids (`x-trace-id`).
+        let recorded = if status >= 500 {
+            crate::record!(
+                span,
+                http.response.status_code = status,
+                otel.status_code = "ERROR"
+            )
+        } else {
+            crate::record!(span, http.response.status_code = status)
+        };
+        let trace_id = recorded
+            .filter(|_| state.tracing_enabled)
+            .map(|cx| cx.trace_id_hex());
         let elapsed = self.started.elapsed();
         let (waited, agent_calls) = self.agent_time.total();
         let overhead = elapsed.saturating_sub(waited);

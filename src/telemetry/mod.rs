@@ -16,9 +16,9 @@ pub mod subscriber;
 
 /// Sets attributes on a span in one look-up of its record: `record!(span, outcome = label,
 /// breaker.state = "closed")`, and gives the span's ids (`Option<SpanContext>`). Any key
-/// may be set: a span declares only the fields it opens with. (tracing's `Span::record` finds each field by name among the callsite's and
-/// visits it through the dispatcher: ~500 instructions a field, the most of a traced
-/// request's recording.)
+/// may be set: a span declares only the fields it opens with. (tracing's `Span::record`
+/// finds each field by name among the callsite's and visits it through the dispatcher:
+/// ~500 instructions a field, the most of a traced request's recording.)
 #[macro_export]
 macro_rules! record {
     ($span:expr, $($($key:ident).+ = $value:expr),+ $(,)?) => {
@@ -178,11 +178,6 @@ pub fn inject_current(headers: &mut http::HeaderMap) {
 /// The current span's context as a `traceparent` header value.
 pub fn current_traceparent() -> Option<span::Traceparent> {
     subscriber::current_context().map(|cx| cx.traceparent())
-}
-
-/// The trace id (hex) of `span`, when it belongs to a trace.
-pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
-    subscriber::context_of(span).map(|cx| cx.trace_id_hex())
 }
 
 #[cfg(test)]

@@ -107,34 +107,37 @@ impl Recorder {
     }
 }
 
-/// Writes a span's fields into its record.
-struct Fields<'a> {
-    rec: &'a mut SpanRec,
+/// A visitor handing each field on as its key and an [`Attr`] (a `Debug` value formatted).
+struct ByKey<F>(F);
+
+/// A [`ByKey`] of `f` (its closure typed for values of any lifetime).
+fn by_key<F: FnMut(&'static str, Attr<'_>)>(f: F) -> ByKey<F> {
+    ByKey(f)
 }
 
-impl Visit for Fields<'_> {
+impl<F: FnMut(&'static str, Attr<'_>)> Visit for ByKey<F> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        set(self.rec, field.name(), Attr::Str(value));
+        (self.0)(field.name(), Attr::Str(value));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.record_str(field, &format!("{value:?}"));
+        (self.0)(field.name(), Attr::Str(&format!("{value:?}")));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        set(self.rec, field.name(), Attr::I64(value));
+        (self.0)(field.name(), Attr::I64(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        set(self.rec, field.name(), Attr::from(value));
+        (self.0)(field.name(), Attr::from(value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        set(self.rec, field.name(), Attr::F64(value));
+        (self.0)(field.name(), Attr::F64(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        set(self.rec, field.name(), Attr::Bool(value));
+        (self.0)(field.name(), Attr::Bool(value));
     }
 }
 
@@ -180,45 +183,6 @@ fn set_str(rec: &mut SpanRec, key: &'static str, value: &str) {
     }
 }
 
-/// An event's fields: `message` names it, the rest are its attributes.
-struct EventFields<'a>(&'a mut EventRec);
-
-impl Visit for EventFields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0.name = value.to_string();
-        } else {
-            self.0.attributes.set(field.name(), Attr::Str(value));
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            self.0.name = format!("{value:?}");
-        } else {
-            self.0
-                .attributes
-                .set(field.name(), Attr::Str(&format!("{value:?}")));
-        }
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.attributes.set(field.name(), Attr::I64(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.attributes.set(field.name(), Attr::from(value));
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.attributes.set(field.name(), Attr::F64(value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.attributes.set(field.name(), Attr::Bool(value));
-    }
-}
-
 impl Recorder {
     /// Spans are exported.
     pub fn exporting(&self) -> bool {
@@ -255,7 +219,7 @@ impl Recorder {
             rec.start = now_nanos();
             rec.attributes.keys.reserve(attrs.metadata().fields().len());
             rec.attributes.bytes.reserve(ATTRIBUTES_RESERVE);
-            attrs.record(&mut Fields { rec: &mut rec });
+            attrs.record(&mut by_key(|key, value| set(&mut rec, key, value)));
         }
         rec
     }
@@ -268,7 +232,7 @@ impl Recorder {
     /// Values recorded on an open span.
     pub fn record(&self, rec: &mut SpanRec, values: &span::Record<'_>) {
         if self.recording(rec.context.sampled) {
-            values.record(&mut Fields { rec });
+            values.record(&mut by_key(|key, value| set(rec, key, value)));
         }
     }
 
@@ -301,7 +265,11 @@ impl Recorder {
         };
         e.attributes.set("level", Attr::Str(meta.level().as_str()));
         e.attributes.set("target", Attr::Str(meta.target()));
-        event.record(&mut EventFields(&mut e));
+        // `message` names it, the rest are its attributes.
+        event.record(&mut by_key(|key, value| match (key, value) {
+            ("message", Attr::Str(message)) => e.name = message.to_string(),
+            _ => e.attributes.set(key, value),
+        }));
         rec.events.push(e);
     }
 

@@ -169,19 +169,17 @@ pub struct Attributes {
 impl Attributes {
     /// A span's (`Span.attributes` = 9).
     pub const fn of_span() -> Self {
-        Attributes {
-            field: 9,
-            bytes: Vec::new(),
-            keys: Vec::new(),
-            seen: 0,
-            dropped: 0,
-        }
+        Self::under(9)
     }
 
     /// An event's (`Span.Event.attributes` = 3).
     pub const fn of_event() -> Self {
+        Self::under(3)
+    }
+
+    const fn under(field: u32) -> Self {
         Attributes {
-            field: 3,
+            field,
             bytes: Vec::new(),
             keys: Vec::new(),
             seen: 0,
