@@ -323,15 +323,28 @@ impl Progress {
     }
 
     /// Runs every task, then answers with the body `/process` returns.
-    pub(super) async fn complete(mut self) -> ProcessResponse {
-        let results = self.run_all().await;
-        self.body(results).await
+    ///
+    /// An `async` block, not an `async fn`: an `async fn` taking `self` by value held it
+    /// twice (the argument and the local it moves into at the first poll, 488 bytes each,
+    /// copied), and so did every future awaiting it.
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn complete(mut self) -> impl std::future::Future<Output = ProcessResponse> {
+        async move {
+            let results = self.run_all().await;
+            self.body(results).await
+        }
     }
 
-    /// Runs every task, then answers with the body and the results in the batch's order.
-    pub(super) async fn complete_in_order(mut self) -> (ProcessResponse, Vec<TaskResult>) {
-        let results = self.run_all().await;
-        (self.body(results.clone()).await, results)
+    /// Runs every task, then answers with the body and the results in the batch's order (an
+    /// `async` block for the reason [`Progress::complete`] is one).
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn complete_in_order(
+        mut self,
+    ) -> impl std::future::Future<Output = (ProcessResponse, Vec<TaskResult>)> {
+        async move {
+            let results = self.run_all().await;
+            (self.body(results.clone()).await, results)
+        }
     }
 
     /// Every task's result, in the batch's order.

@@ -236,6 +236,20 @@ impl TwoTier {
                 };
             }
         }
+        // Boxed: the miss's future (L1's compute, L2, the fetch) was two thirds of this
+        // one's size, and every future that awaits this one, hit or not, was as large and
+        // copied at each level (docs/BENCHMARKS.md, stop 37).
+        Box::pin(self.fill(key, subject, fetch)).await
+    }
+
+    /// [`TwoTier::get_or_fetch`] past a missing or stale L1 entry: once for all concurrent
+    /// callers, L2, then `fetch`.
+    async fn fill<E, F, Fut>(&self, key: &str, subject: Subject<'_>, fetch: F) -> Lookup<E>
+    where
+        E: Send,
+        F: for<'v> FnOnce(Option<&'v Value>) -> Fut + Send,
+        Fut: Future<Output = Result<Fetched, E>> + Send,
+    {
         let mut out: Option<Lookup<E>> = None;
         let slot = &mut out;
         let subject = &subject;
