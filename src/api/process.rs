@@ -95,10 +95,9 @@ impl ProcessApi {
                 "no task of that trace_id and task_id was answered by an agent among this replica's last 10,000 answers within 15 minutes, or it already had its feedback",
             ))));
         };
-        let estimates = router.estimates();
-        estimates.observe_graded(&served.agent, &served.concept, served.weight, grade);
-        let estimate = estimates
-            .posterior(&served.agent, &served.concept, served.weight)
+        let estimate = router
+            .estimates()
+            .observe_graded(&served.agent, &served.concept, served.weight, grade)
             .mean();
         tracing::info!(agent = %served.agent, concept = %served.concept, grade, "feedback");
         Ok(FeedbackResponse::Accepted(Json(FeedbackAccepted {

@@ -293,11 +293,13 @@ impl Pipeline {
                 match outcome.result {
                     Ok(reply) => {
                         let success = reply.succeeded();
-                        if outcome.cached.is_none() {
+                        let learned = if outcome.cached.is_none() {
                             // A cached answer says nothing new about the agent.
                             let answer = success.then(|| reply.confidence().unwrap_or(1.0));
-                            self.learn(candidate, &task.concept, answer, outcome.attempts);
-                        }
+                            self.learn(candidate, &task.concept, answer, outcome.attempts)
+                        } else {
+                            None
+                        };
                         let mut r = TaskResult::new(
                             task,
                             if success {
@@ -325,15 +327,20 @@ impl Pipeline {
                             let traced = if span.is_disabled() {
                                 None
                             } else {
-                                let estimate = self.router.estimates().posterior(
-                                    &candidate.agent.name,
-                                    &task.concept,
-                                    candidate.stats.weight,
-                                );
+                                let estimate = learned.unwrap_or_else(|| {
+                                    self.router
+                                        .estimates()
+                                        .posterior(
+                                            &candidate.agent.name,
+                                            &task.concept,
+                                            candidate.stats.weight,
+                                        )
+                                        .mean()
+                                });
                                 crate::record!(
                                     span,
                                     chosen_reason = reason.as_str(),
-                                    estimate = estimate.mean(),
+                                    estimate = estimate,
                                 )
                             };
                             if let Some(cx) = traced.filter(|_| r.cached.is_none()) {
@@ -408,18 +415,30 @@ impl Pipeline {
     /// retry for one call in five, or that is unsure of its answers, is worth less than one
     /// that answers at once and surely. A caller that shared another's call (single flight:
     /// no attempts of its own) teaches the estimate nothing.
-    fn learn(&self, candidate: &Candidate, concept: &str, answer: Option<f64>, attempts: u32) {
+    /// The agent's estimate on the concept with this outcome in, if it took any.
+    fn learn(
+        &self,
+        candidate: &Candidate,
+        concept: &str,
+        answer: Option<f64>,
+        attempts: u32,
+    ) -> Option<f64> {
         let agent = candidate.agent.name.as_str();
         let success = answer.is_some();
+        let mut estimate = None;
         // Whatever the policy, so `/discover` shows what `learned` would route on.
         if attempts > 0 {
             let weight = candidate.stats.weight;
             let estimates = self.router.estimates();
             for _ in 0..(attempts - u32::from(success)).min(MAX_LEARNED_ATTEMPTS) {
-                estimates.observe(agent, concept, weight, false);
+                estimate = Some(estimates.observe(agent, concept, weight, false).mean());
             }
             if let Some(grade) = answer {
-                estimates.observe_graded(agent, concept, weight, grade);
+                estimate = Some(
+                    estimates
+                        .observe_graded(agent, concept, weight, grade)
+                        .mean(),
+                );
             }
         }
         if self.learner.enabled() {
@@ -430,6 +449,7 @@ impl Pipeline {
                 estimate: self.router.estimates().evidence(agent, concept),
             });
         }
+        estimate
     }
 }
 

@@ -229,6 +229,12 @@ impl Evidence {
     fn posterior(&self, now: Instant) -> Posterior {
         let mut e = self.clone();
         e.decay(now);
+        e.posterior_as_of_now()
+    }
+
+    /// The posterior as of the last outcome or decay (no time passed since).
+    fn posterior_as_of_now(&self) -> Posterior {
+        let e = self;
         let prior = Posterior::prior(self.prior);
         Posterior {
             alpha: prior.alpha + e.long.ok,
@@ -377,33 +383,36 @@ impl Estimates {
         }
     }
 
-    /// One task's outcome with `agent` on `concept` (`weight`: the prior if it is new).
-    pub fn observe(&self, agent: &str, concept: &str, weight: f64, success: bool) {
-        self.observe_graded(agent, concept, weight, if success { 1.0 } else { 0.0 });
+    /// One task's outcome with `agent` on `concept` (`weight`: the prior if it is new); the
+    /// estimate with it.
+    pub fn observe(&self, agent: &str, concept: &str, weight: f64, success: bool) -> Posterior {
+        self.observe_graded(agent, concept, weight, if success { 1.0 } else { 0.0 })
     }
 
     /// One answer worth `grade` of a success: an agent's own `confidence` in an answer it
-    /// gave (clamped to [0, 1]; a value that is not a finite number is a full success).
-    pub fn observe_graded(&self, agent: &str, concept: &str, weight: f64, grade: f64) {
+    /// gave (clamped to [0, 1]; a value that is not a finite number is a full success). The
+    /// estimate with it, read under the same lock (a trace records it: a second look-up
+    /// of the pair cost a traced task ~0.1 µs).
+    pub fn observe_graded(&self, agent: &str, concept: &str, weight: f64, grade: f64) -> Posterior {
         let grade = if grade.is_finite() {
             grade.clamp(0.0, 1.0)
         } else {
             1.0
         };
         let now = Instant::now();
-        let observed = |k: &str| match self.by_pair.get(k) {
-            Some(e) => {
-                e.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .observe(now, grade);
-                true
-            }
-            None => false,
+        let observed = |k: &str| {
+            let e = self.by_pair.get(k)?;
+            let mut e = e.lock().unwrap_or_else(|e| e.into_inner());
+            e.observe(now, grade);
+            Some(e.posterior_as_of_now())
         };
-        if !with_key(agent, concept, observed) {
-            self.insert(agent, concept, weight, now);
-            with_key(agent, concept, observed);
-        }
+        let posterior = match with_key(agent, concept, observed) {
+            Some(p) => p,
+            None => {
+                self.insert(agent, concept, weight, now);
+                with_key(agent, concept, observed).unwrap_or_else(|| Posterior::prior(weight))
+            }
+        };
         if self.sharing.load(Ordering::Relaxed)
             && (self.pending.len() < MAX_PAIRS
                 || with_key(agent, concept, |k| self.pending.contains_key(k)))
@@ -416,6 +425,7 @@ impl Estimates {
             p.ok += grade;
             p.failed += 1.0 - grade;
         }
+        posterior
     }
 
     /// The pair's decayed evidence now (successes, failures), to persist with the weight.

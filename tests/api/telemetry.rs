@@ -147,6 +147,10 @@ async fn one_batch_is_one_trace_of_every_stage_under_the_clients_span_in_a_real_
         .unwrap();
     assert_eq!(attr(define_task, "agent"), "Good_AI");
     assert_eq!(attr(define_task, "chosen_reason"), "best_score");
+    // The answering agent's estimate on the concept, this success in (taken when it was
+    // learned): above the edge's prior of 0.5.
+    let estimate = attr(define_task, "estimate").as_f64().unwrap();
+    assert!(estimate > 0.5 && estimate <= 1.0, "{define_task}");
     // Discovery ranks, routing chooses: no second `chosen` that could name another agent
     // than the one that answered.
     assert!(
