@@ -415,7 +415,8 @@ impl Pipeline {
     /// retry for one call in five, or that is unsure of its answers, is worth less than one
     /// that answers at once and surely. A caller that shared another's call (single flight:
     /// no attempts of its own) teaches the estimate nothing.
-    /// The agent's estimate on the concept with this outcome in, if it took any.
+    ///
+    /// Returns the agent's estimate on the concept with this outcome in, if it took any.
     fn learn(
         &self,
         candidate: &Candidate,

@@ -234,11 +234,10 @@ impl Evidence {
 
     /// The posterior as of the last outcome or decay (no time passed since).
     fn posterior_as_of_now(&self) -> Posterior {
-        let e = self;
         let prior = Posterior::prior(self.prior);
         Posterior {
-            alpha: prior.alpha + e.long.ok,
-            beta: prior.beta + e.long.failed,
+            alpha: prior.alpha + self.long.ok,
+            beta: prior.beta + self.long.failed,
             prior: prior.prior,
         }
     }

@@ -66,7 +66,7 @@ impl SpanContext {
     }
 }
 
-/// The low `out.len()` (at most 32) hex digits of `v`, lower case, zero-padded.
+/// The low `out.len()` (even, at most 32) hex digits of `v`, lower case, zero-padded.
 fn hex_into(out: &mut [u8], v: u128) {
     // Two digits a byte from a table (a digit at a time, each a 128-bit shift, cost ~10
     // instructions a digit: ~500 for a `traceparent`).
