@@ -213,11 +213,9 @@ fn request(target: &Target, headers: &[(&str, &str)], body: &[u8]) -> Result<Vec
     let mut out = Vec::with_capacity(target.head.len() + 160 + body.len());
     out.extend_from_slice(&target.head);
     for (name, value) in headers {
-        // `contains` on bytes is memchr's: a traceparent is checked in a few instructions,
-        // not a comparison a byte.
         if [name, value]
             .iter()
-            .any(|s| s.as_bytes().contains(&b'\r') || s.as_bytes().contains(&b'\n'))
+            .any(|s| crate::server::h1::breaks_head(s.as_bytes()))
         {
             return Err(CallError::Connect);
         }
