@@ -11,6 +11,7 @@ use std::{
     io,
     net::SocketAddr,
     sync::{Arc, OnceLock},
+    time::{Duration, Instant},
 };
 
 use poem::{Endpoint, Response};
@@ -58,18 +59,84 @@ impl Drop for Outbound {
     }
 }
 
-/// A request core out of work, with no agent call of its own in flight, waits only for
-/// its clients: it first lets whatever else is runnable on its CPU (the clients, on one
-/// machine) run, and sleeps only if its connections are still quiet after. Saturated with
-/// cached answers, a core otherwise slept and was woken 0.25 times a request (1.3 µs a
-/// request more CPU than work stealing's workers, which seldom sleep); with it 0.07. With
-/// agent calls in flight it sleeps at once: their answers come within microseconds, and a
-/// yield then delayed them behind the other runnable threads (uncached throughput 5 % lower
-/// in the A/B, docs/BENCHMARKS.md). On an idle machine the yield returns at once.
-fn yield_if_only_clients_are_awaited() {
-    if OUTBOUND.with(|n| n.get()) == Some(0) {
-        std::thread::yield_now();
+/// How a request core has been spending its time, for [`before_waiting`].
+#[derive(Clone, Copy)]
+struct Rhythm {
+    /// When the core last woke from a wait.
+    woke: Option<Instant>,
+    /// When that wait began (after any yield).
+    waited_from: Option<Instant>,
+    /// The share of its recent time the core worked rather than waited, smoothed over about
+    /// eight waits.
+    busy: f32,
+}
+
+impl Rhythm {
+    const fn new() -> Self {
+        Rhythm {
+            woke: None,
+            waited_from: None,
+            busy: 0.0,
+        }
     }
+
+    /// A wait of `waited` followed by `ran` of work.
+    fn worked(&mut self, ran: Duration, waited: Duration) {
+        let (ran, waited) = (ran.as_secs_f32(), waited.as_secs_f32());
+        if ran + waited > 0.0 {
+            self.busy += (ran / (ran + waited) - self.busy) / 8.0;
+        }
+    }
+
+    /// Busy at least half the time: its clients are likely to have sent more by the time
+    /// whatever else is runnable on its CPU has run.
+    fn saturated(&self) -> bool {
+        self.busy >= 0.5
+    }
+}
+
+thread_local! {
+    static RHYTHM: std::cell::Cell<Rhythm> = const { std::cell::Cell::new(Rhythm::new()) };
+}
+
+/// A request core out of work. With no agent call of its own in flight it waits only for
+/// its clients, and if it has been busy at least half the time it first lets whatever else
+/// is runnable on its CPU (the clients, on one machine) run, and sleeps only if its
+/// connections are still quiet after. Saturated with cached answers, a core otherwise slept
+/// and was woken 0.25 times a request (1.3 µs a request more CPU than work stealing's
+/// workers, which seldom sleep); with it 0.07. A lightly loaded core does not yield: its
+/// clients send nothing more meanwhile, and the yield only cost it a second wake-up to go
+/// to sleep (at 1,000 req/s, 2.8 switches a request against 2.1 and ~15 % more CPU a
+/// request). With agent calls in flight it sleeps at once: their answers come within
+/// microseconds, and a yield then delayed them behind the other runnable threads (uncached
+/// throughput 5 % lower in the A/B, docs/BENCHMARKS.md). On an idle CPU the yield returns
+/// at once.
+fn before_waiting() {
+    let now = Instant::now();
+    let mut rhythm = RHYTHM.with(|r| r.get());
+    if let (Some(woke), Some(from)) = (rhythm.woke, rhythm.waited_from) {
+        rhythm.worked(
+            now.saturating_duration_since(woke),
+            woke.saturating_duration_since(from),
+        );
+    }
+    let clients_only = OUTBOUND.with(|n| n.get()) == Some(0);
+    rhythm.waited_from = Some(if clients_only && rhythm.saturated() {
+        std::thread::yield_now();
+        Instant::now()
+    } else {
+        now
+    });
+    RHYTHM.with(|r| r.set(rhythm));
+}
+
+/// A request core woke from a wait.
+fn after_waiting() {
+    RHYTHM.with(|r| {
+        let mut rhythm = r.get();
+        rhythm.woke = Some(Instant::now());
+        r.set(rhythm);
+    });
 }
 
 /// Request cores for a configured count (`0` = one per available core).
@@ -137,9 +204,10 @@ where
                         let hook = park_hook();
                         move || {
                             hook();
-                            yield_if_only_clients_are_awaited();
+                            before_waiting();
                         }
                     })
+                    .on_thread_unpark(after_waiting)
                     .build()
                     .and_then(|runtime| {
                         OUTBOUND.with(|n| n.set(Some(0)));
@@ -213,7 +281,28 @@ mod tests {
         assert_eq!(
             count(),
             Some(0),
-            "only clients awaited: the core yields before it sleeps"
+            "only clients awaited: a busy core yields before it sleeps"
         );
+    }
+
+    #[test]
+    fn a_core_that_finds_work_as_it_waits_counts_as_busy_and_one_that_sleeps_does_not() {
+        let us = Duration::from_micros;
+        let mut rhythm = Rhythm::new();
+        assert!(!rhythm.saturated(), "nothing known: no yield");
+        // Saturated: 100 µs of work, and the next requests there as soon as it waits.
+        for _ in 0..16 {
+            rhythm.worked(us(100), us(2));
+        }
+        assert!(rhythm.saturated(), "busy {}", rhythm.busy);
+        // 1,000 req/s over two cores: ~60 µs of work in every ~2 ms.
+        for _ in 0..16 {
+            rhythm.worked(us(60), us(1_940));
+        }
+        assert!(!rhythm.saturated(), "busy {}", rhythm.busy);
+        // A zero-length round (a spurious wake-up) changes nothing.
+        let before = rhythm.busy;
+        rhythm.worked(Duration::ZERO, Duration::ZERO);
+        assert_eq!(rhythm.busy, before);
     }
 }
