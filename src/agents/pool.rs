@@ -569,10 +569,11 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_listening_is_a_connect_error() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url =
-            reqwest::Url::parse(&format!("http://{}/q", listener.local_addr().unwrap())).unwrap();
-        drop(listener);
+        // Bound and never listening: the port is refused, and held from the other tests'
+        // servers while the call is made (a port freed at once could be taken by one).
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let url = reqwest::Url::parse(&format!("http://{}/q", held.local_addr().unwrap())).unwrap();
         let pool = AgentPool::new(4);
         assert!(matches!(post(&pool, &url).await, Err(CallError::Connect)));
     }

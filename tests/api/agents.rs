@@ -292,12 +292,29 @@ pub fn spawn_json_server(answer: Value) -> (String, Seen, tokio::sync::oneshot::
     (format!("http://{addr}"), seen, stop)
 }
 
-/// A URL where nothing listens.
-pub fn dead_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}/query")
+/// A URL where nothing listens, for as long as it lives: a socket bound to the port and never
+/// listening holds it, so a connection is refused and no other test's server can take the
+/// port meanwhile (a port freed at once was once taken by another test's server, whose 4xx
+/// answered the "unreachable" agent's call).
+pub struct DeadUrl {
+    url: String,
+    _held: tokio::net::TcpSocket,
+}
+
+impl DeadUrl {
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+}
+
+pub fn dead_url() -> DeadUrl {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    DeadUrl {
+        url: format!("http://{addr}/query"),
+        _held: socket,
+    }
 }
 
 /// A server that accepts each connection, reads the request, and closes without answering.

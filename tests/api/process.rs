@@ -156,7 +156,8 @@ async fn an_agent_answering_400_is_reported_as_rejected() {
 
 #[tokio::test]
 async fn an_unreachable_agent_fails_the_task_not_the_request() {
-    let seed = seed_with("lamp", &[("Gone_AI", &dead_url(), &["define"], 0.5)]);
+    let dead = dead_url();
+    let seed = seed_with("lamp", &[("Gone_AI", &dead.url(), &["define"], 0.5)]);
     let mut raw = settings();
     raw.http_retries = Some("0".into());
     let app = spawn_with(raw, Some(seed)).await;
@@ -239,7 +240,8 @@ async fn remote_input_and_output_processors_are_used_when_configured() {
 #[tokio::test]
 async fn an_unavailable_input_processor_is_a_502_json_error() {
     let mut raw = settings();
-    raw.input_processor_url = Some(dead_url().trim_end_matches("/query").to_string());
+    let dead = dead_url();
+    raw.input_processor_url = Some(dead.url().trim_end_matches("/query").to_string());
     let app = spawn_with(raw, None).await;
     let (status, body) = app
         .post("/process", &json!({"query": "what is a lightbulb"}))

@@ -180,13 +180,14 @@ async fn retryable_answers_are_retried_until_success() {
 async fn a_500_and_a_dropped_connection_are_not_retried_but_a_refused_connection_is() {
     let err500 = spawn_agent("Err_AI", Behaviour::Status(500));
     let (closing, connections) = spawn_closing_agent();
+    let dead = dead_url();
     let mut raw = settings();
     raw.http_retries = Some("2".into());
     raw.http_backoff = Some("0.001".into());
     for (url, name) in [
         (err500.url(), "Err_AI"),
         (closing.clone(), "Closing_AI"),
-        (dead_url(), "Dead_AI"),
+        (dead.url(), "Dead_AI"),
     ] {
         let seed = seed_with("lamp", &[(name, &url, &["define"], 0.5)]);
         let app = spawn_with(raw.clone(), Some(seed)).await;
