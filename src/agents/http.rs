@@ -99,14 +99,14 @@ impl HttpAgents {
         verdict
     }
 
-    /// POSTs `body` to `endpoint` and reads its JSON answer; the agent is told it has
-    /// `timeout` to answer ([`TIMEOUT_HEADER`]).
+    /// POSTs `body` to `endpoint` and reads its answer (status, `Retry-After`, body); the
+    /// agent is told it has `timeout` to answer ([`TIMEOUT_HEADER`]).
     async fn exchange(
         &self,
         endpoint: &Endpoint,
         body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<(u16, Option<Duration>, Option<Value>), CallError> {
+    ) -> Result<(u16, Option<Duration>, bytes::Bytes), CallError> {
         let wait_ms = timeout_ms(timeout).to_string();
         if let Some(target) = &endpoint.plain {
             let traceparent = crate::telemetry::current_traceparent();
@@ -119,11 +119,7 @@ impl HttpAgents {
                 None => 1,
             };
             let answer = self.pool.post(target, &headers[..n], &body).await?;
-            return Ok((
-                answer.status,
-                answer.retry_after,
-                serde_json::from_slice(&answer.body).ok(),
-            ));
+            return Ok((answer.status, answer.retry_after, answer.body));
         }
         let mut headers = reqwest::header::HeaderMap::new();
         crate::telemetry::inject_current(&mut headers);
@@ -158,7 +154,7 @@ impl HttpAgents {
             }
             bytes.extend_from_slice(&chunk);
         }
-        Ok((status, wait, serde_json::from_slice(&bytes).ok()))
+        Ok((status, wait, bytes.into()))
     }
 }
 
@@ -190,24 +186,27 @@ impl AgentTransport for HttpAgents {
         };
         let mut body = Vec::with_capacity(256);
         serde_json::to_writer(&mut body, req).map_err(|_| CallError::InvalidBody)?;
-        let (status, wait, json) =
+        let (status, wait, answer) =
             tokio::time::timeout(timeout, self.exchange(&target, body, timeout))
                 .await
                 .map_err(|_| CallError::Timeout)??;
-        let object = match json {
-            Some(Value::Object(map)) => Some(map),
+        // A refusal's body passes through whole, when it is a JSON object.
+        let object = || match serde_json::from_slice(&answer) {
+            Ok(Value::Object(map)) => Some(map),
             _ => None,
         };
-        match (status, object) {
-            (200..=299, Some(body)) if body.get("status").is_some_and(Value::is_string) => {
-                Ok(AgentReply { body })
-            }
-            (200..=299, _) => Err(CallError::InvalidBody),
-            (429, body) => Err(CallError::Throttled {
+        match status {
+            200..=299 => AgentReply::parse(&answer)
+                .filter(|reply| reply.body.get("status").is_some_and(Value::is_string))
+                .ok_or(CallError::InvalidBody),
+            429 => Err(CallError::Throttled {
                 retry_after: wait,
-                body,
+                body: object(),
             }),
-            (status, body) => Err(CallError::Status { status, body }),
+            status => Err(CallError::Status {
+                status,
+                body: object(),
+            }),
         }
     }
 
@@ -219,11 +218,11 @@ impl AgentTransport for HttpAgents {
     ) -> Result<Value, CallError> {
         let endpoint = Endpoint::parse(url).ok_or(CallError::Transport)?;
         let body = serde_json::to_vec(body).map_err(|_| CallError::InvalidBody)?;
-        let (status, _, json) =
+        let (status, _, answer) =
             tokio::time::timeout(timeout, self.exchange(&endpoint, body, timeout))
                 .await
                 .map_err(|_| CallError::Timeout)??;
-        match (status, json) {
+        match (status, serde_json::from_slice(&answer).ok()) {
             (200..=299, Some(v)) => Ok(v),
             (200..=299, None) => Err(CallError::InvalidBody),
             (status, _) => Err(CallError::Status { status, body: None }),

@@ -7,10 +7,11 @@ pub mod endpoint;
 pub mod http;
 pub mod pool;
 
-use std::time::Duration;
+use std::{borrow::Cow, time::Duration};
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{de, Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::failure::FailureCode;
 use serde_json::{Map, Value};
@@ -24,14 +25,83 @@ pub struct AgentRequest {
     pub args: Value,
 }
 
-/// A 2xx answer whose body is a JSON object. `body["status"]` says whether the agent
-/// succeeded; every field passes through into the task result.
+/// An answer's `data`: as the agent wrote it (checked, kept as text: it passes through to
+/// the client without a tree of it built and written out again), or a value (a cached
+/// answer, a 4xx body).
+#[derive(Debug, Clone)]
+pub enum Data {
+    Raw(Box<RawValue>),
+    Value(Value),
+}
+
+impl Default for Data {
+    fn default() -> Self {
+        Data::Value(Value::Null)
+    }
+}
+
+impl Data {
+    /// The length of its text when it is kept as text (0 for a value).
+    pub fn text_len(&self) -> usize {
+        match self {
+            Data::Raw(raw) => raw.get().len(),
+            Data::Value(_) => 0,
+        }
+    }
+
+    pub fn into_value(self) -> Value {
+        match self {
+            // Checked when it was read ([`AgentReply::parse`]): it parses.
+            Data::Raw(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+            Data::Value(v) => v,
+        }
+    }
+}
+
+impl Serialize for Data {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Data::Raw(raw) => raw.serialize(serializer),
+            Data::Value(v) => v.serialize(serializer),
+        }
+    }
+}
+
+/// A 2xx answer whose body is a JSON object: its `data`, and its other fields in `body`.
+/// `body["status"]` says whether the agent succeeded; every field passes through into the
+/// task result.
 #[derive(Debug, Clone)]
 pub struct AgentReply {
+    pub data: Data,
     pub body: Map<String, Value>,
 }
 
 impl AgentReply {
+    /// An answer's body, if it is a JSON object: `data` kept as the agent wrote it. `None`
+    /// for anything a `serde_json::Value` would not hold either: `data`'s text is read
+    /// through once more as a value would be ([`Checked`]: numbers in range, escapes whole
+    /// characters), building nothing.
+    pub fn parse(body: &[u8]) -> Option<AgentReply> {
+        let reply: AgentReply = serde_json::from_slice(body).ok()?;
+        if let Data::Raw(raw) = &reply.data {
+            serde_json::from_str::<Checked>(raw.get()).ok()?;
+        }
+        Some(reply)
+    }
+
+    /// An answer held as one JSON object (a cache's), `data` taken out of it.
+    pub fn from_object(mut body: Map<String, Value>) -> AgentReply {
+        let data = Data::Value(body.remove("data").unwrap_or(Value::Null));
+        AgentReply { data, body }
+    }
+
+    /// The whole answer as one JSON object (what a cache keeps).
+    pub fn into_object(self) -> Map<String, Value> {
+        let mut body = self.body;
+        body.insert("data".to_string(), self.data.into_value());
+        body
+    }
+
     pub fn succeeded(&self) -> bool {
         self.body.get("status").and_then(Value::as_str) == Some("success")
     }
@@ -43,6 +113,102 @@ impl AgentReply {
             .get("confidence")
             .and_then(Value::as_f64)
             .filter(|c| (0.0..=1.0).contains(c))
+    }
+}
+
+impl<'de> Deserialize<'de> for AgentReply {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> de::Visitor<'de> for Fields {
+            type Value = AgentReply;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<AgentReply, A::Error> {
+                let mut reply = AgentReply {
+                    data: Data::default(),
+                    body: Map::new(),
+                };
+                while let Some(Key(key)) = map.next_key()? {
+                    if key == "data" {
+                        reply.data = Data::Raw(map.next_value()?);
+                    } else {
+                        reply.body.insert(key.into_owned(), map.next_value()?);
+                    }
+                }
+                Ok(reply)
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
+/// JSON read the way a `serde_json::Value` is (every number and string parsed, so what a
+/// value refuses is refused), keeping nothing: a raw answer's text is what it checks.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Any;
+        impl<'de> de::Visitor<'de> for Any {
+            type Value = Checked;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_unit<E>(self) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+                while seq.next_element::<Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+                while map.next_entry::<Checked, Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+        }
+        deserializer.deserialize_any(Any)
+    }
+}
+
+/// A key of an answer's object, borrowed from its text when it has no escapes (`data`'s
+/// is not copied at all).
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> de::Visitor<'de> for Text {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Text)
     }
 }
 
@@ -134,6 +300,66 @@ pub trait AgentTransport: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answers_data_is_kept_as_written_and_checked_like_a_value() {
+        let parse = |text: &str| AgentReply::parse(text.as_bytes());
+        let text = r#"{"status":"success","data": {"b": [1, 2.50, 1e300], "a": "\u00e9"} ,"x":1}"#;
+        let reply = parse(text).expect("an object");
+        // Byte for byte, key order, spacing and number spelling included.
+        let Data::Raw(raw) = &reply.data else {
+            panic!("kept as text")
+        };
+        assert_eq!(raw.get(), r#"{"b": [1, 2.50, 1e300], "a": "\u00e9"}"#);
+        assert_eq!(
+            serde_json::to_string(&reply.data).unwrap(),
+            r#"{"b": [1, 2.50, 1e300], "a": "\u00e9"}"#
+        );
+        assert_eq!(reply.body.get("status"), Some(&Value::from("success")));
+        assert_eq!(reply.body.get("x"), Some(&Value::from(1)));
+        assert!(!reply.body.contains_key("data"));
+        // No `data`: null, as before.
+        let bare = parse(r#"{"status":"success"}"#).unwrap();
+        assert_eq!(bare.data.into_value(), Value::Null);
+        // A key written with escapes is still the same key.
+        let escaped = parse(r#"{"st\u0061tus":"success","d\u0061ta":"ok"}"#).unwrap();
+        assert!(escaped.body.contains_key("status"));
+        assert_eq!(escaped.data.into_value(), Value::from("ok"));
+        // What a `serde_json::Value` refuses is refused: not an object, broken JSON, text
+        // after the object, a raw control character, a lone surrogate, a number out of
+        // range, a bad escape, deep nesting.
+        for bad in [
+            "[1]",
+            "\"x\"",
+            r#"{"status":"success","data":}"#,
+            r#"{"status":"success","data":1} 2"#,
+            "{\"status\":\"success\",\"data\":\"a\u{1}b\"}",
+            r#"{"status":"success","data":"\ud800"}"#,
+            r#"{"status":"success","data":["\udc00x"]}"#,
+            r#"{"status":"success","data":{"n":1e400}}"#,
+            r#"{"status":"success","data":"\q"}"#,
+            &format!(
+                r#"{{"status":"success","data":{}1{}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            ),
+        ] {
+            assert!(parse(bad).is_none(), "{bad}");
+            assert!(
+                serde_json::from_str::<Value>(bad).map_or(true, |v| !v.is_object()),
+                "{bad}"
+            );
+        }
+        // A surrogate pair is a character.
+        let pair = parse(r#"{"status":"success","data":"\ud83d\ude00"}"#).unwrap();
+        assert_eq!(pair.data.into_value(), Value::from("😀"));
+        // Through a cache and back: one object, `data` among its fields.
+        let object = parse(text).unwrap().into_object();
+        assert_eq!(object["data"]["a"], Value::from("é"));
+        let again = AgentReply::from_object(object);
+        assert!(matches!(again.data, Data::Value(_)));
+        assert!(!again.body.contains_key("data"));
+    }
 
     #[test]
     fn only_upstream_faults_count_and_only_safe_failures_retry() {

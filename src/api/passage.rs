@@ -119,13 +119,22 @@ impl Passage {
 /// `Server-Timing` (the header browsers' devtools show): `gateway` is the time the request
 /// spent outside agent calls, `agent` the time at least one agent call was in flight, in ms.
 fn server_timing(gateway: Duration, agent: Option<Duration>) -> String {
-    use std::fmt::Write;
-    // Milliseconds with three decimals, rounded to the microsecond, in integers (a float
-    // with a precision is the slow path of `fmt`).
+    // Milliseconds with three decimals, rounded to the microsecond, in integers (through
+    // `fmt`, the two numbers cost ~950 instructions a request; `itoa` a tenth of that).
     let ms = |s: &mut String, d: Duration| {
-        // In u64 (a u128 is formatted the slow way): 584,000 years of microseconds.
+        // In u64: 584,000 years of microseconds.
         let us = u64::try_from((d.as_nanos() + 500) / 1000).unwrap_or(u64::MAX);
-        let _ = write!(s, "{}.{:03}", us / 1000, us % 1000);
+        s.push_str(itoa::Buffer::new().format(us / 1000));
+        let frac = (us % 1000) as u16;
+        s.push('.');
+        s.push_str(if frac < 10 {
+            "00"
+        } else if frac < 100 {
+            "0"
+        } else {
+            ""
+        });
+        s.push_str(itoa::Buffer::new().format(frac));
     };
     let mut s = String::with_capacity(48);
     s.push_str("gateway;dur=");

@@ -309,7 +309,7 @@ impl Pipeline {
                             },
                         );
                         r.agent_name = Some(candidate.agent.name.clone());
-                        r.absorb(reply.body);
+                        r.absorb(reply);
                         r.attempts = attempts;
                         r.cached = outcome.cached.map(Tier::as_str);
                         r.stale = outcome.stale;
@@ -380,7 +380,7 @@ impl Pipeline {
                                     ),
                                 );
                                 r.agent_name = Some(candidate.agent.name.clone());
-                                r.absorb(body.clone());
+                                r.absorb(crate::agents::AgentReply::from_object(body.clone()));
                                 rejected.get_or_insert(r);
                             }
                         }
@@ -571,8 +571,8 @@ mod tests {
     fn agent_fields_pass_through_but_cannot_overwrite_the_gateways() {
         let mut r = TaskResult::new(&spec(), TaskStatus::Success);
         r.agent_name = Some("A".into());
-        let body = json!({"agent_name": "A", "status": "success", "data": "x", "confidence": 0.9, "attempts": 99});
-        r.absorb(body.as_object().unwrap().clone());
+        let body = r#"{"agent_name": "A", "status": "success", "data": "x", "confidence": 0.9, "attempts": 99}"#;
+        r.absorb(crate::agents::AgentReply::parse(body.as_bytes()).unwrap());
         r.attempts = 1;
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["data"], "x");
@@ -580,6 +580,22 @@ mod tests {
         assert_eq!(v["attempts"], 1);
         assert_eq!(v["task_id"], 7);
         assert!(v.get("agent_reported_name").is_none());
+        // A name of its own that is not the graph's is kept beside it, whichever way the
+        // answer came (as text from the agent, or as one object from a cache).
+        let body = json!({"agent_name": "B", "status": "success", "data": "x"});
+        for reply in [
+            crate::agents::AgentReply::parse(body.to_string().as_bytes()).unwrap(),
+            crate::agents::AgentReply::from_object(body.as_object().unwrap().clone()),
+        ] {
+            let mut r = TaskResult::new(&spec(), TaskStatus::Success);
+            r.agent_name = Some("A".into());
+            r.absorb(reply);
+            let v = serde_json::to_value(&r).unwrap();
+            assert_eq!(
+                (&v["agent_name"], &v["agent_reported_name"]),
+                (&json!("A"), &json!("B"))
+            );
+        }
     }
 
     #[test]
@@ -595,6 +611,11 @@ mod tests {
     #[test]
     fn keys_of_integer_and_string_ids() {
         assert_eq!(task_key(&json!(1)), "1");
+        assert_eq!(task_key(&json!(0)), "0");
+        assert_eq!(task_key(&json!(-42)), "-42");
+        assert_eq!(task_key(&json!(u64::MAX)), "18446744073709551615");
+        assert_eq!(task_key(&json!(i64::MIN)), "-9223372036854775808");
+        assert_eq!(task_key(&json!(2.5)), "2.5");
         assert_eq!(task_key(&json!("a")), "a");
     }
 }

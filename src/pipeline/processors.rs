@@ -158,8 +158,8 @@ fn builtin_answer(results: &[TaskResult]) -> String {
     let parts: Vec<String> = results
         .iter()
         .filter(|r| r.succeeded())
-        .map(|r| match &r.data {
-            Value::String(s) => s.clone(),
+        .map(|r| match r.data.clone().into_value() {
+            Value::String(s) => s,
             other => other.to_string(),
         })
         .collect();

@@ -194,17 +194,17 @@ impl Stack {
                 attempts.store(out.attempts, Ordering::Relaxed);
                 out.result.map(|reply| {
                     let keep = reply.succeeded().then_some(ttl);
-                    (Value::Object(reply.body), keep)
+                    (Value::Object(reply.into_object()), keep)
                 })
             })
         }))
         .await;
         let attempts = attempts.load(Ordering::Relaxed);
-        let reply = |value: Value| AgentReply {
-            body: match value {
+        let reply = |value: Value| {
+            AgentReply::from_object(match value {
                 Value::Object(map) => map,
                 _ => Default::default(),
-            },
+            })
         };
         match lookup {
             Lookup::Fresh { value, tier } => {

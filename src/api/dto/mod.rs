@@ -374,9 +374,10 @@ impl ToJSON for TaskResultBody {
 impl ProcessResponse {
     /// The JSON body, without a `serde_json::Value` of it in between.
     pub fn to_bytes(&self) -> Vec<u8> {
-        // Room for a one-task answer up front: the buffer does not grow byte count by byte
-        // count through five reallocations.
-        let mut out = Vec::with_capacity(512);
+        // Room for a one-task answer up front, and for the agents' `data` as they wrote it:
+        // the buffer does not grow by doubling through reallocations and copies.
+        let data: usize = self.results.values().map(|r| r.0.data.text_len()).sum();
+        let mut out = Vec::with_capacity(512 + data);
         match serde_json::to_writer(&mut out, &Direct(self)) {
             Ok(()) => out,
             Err(_) => Vec::new(),
@@ -601,7 +602,7 @@ mod direct {
             r.agent_name = Some("Definition_AI".into());
             r.cached = Some("l1");
         }
-        r.data = Value::from(data);
+        r.data = crate::agents::Data::Value(Value::from(data));
         r.latency_ms = latency_ms;
         for (k, v) in extra {
             if !crate::pipeline::RESERVED.contains(&k.as_str()) {

@@ -169,7 +169,7 @@ impl From<TaskResult> for TaskOutcome {
             task_id: Json(r.task_id),
             status: status.into(),
             agent_name: r.agent_name,
-            data: Json(r.data),
+            data: Json(r.data.into_value()),
             concept: r.concept,
             intent: r.intent,
             cached: r.cached.map(str::to_string),
