@@ -107,10 +107,11 @@ impl HttpAgents {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<(u16, Option<Duration>, bytes::Bytes), CallError> {
-        let wait_ms = timeout_ms(timeout).to_string();
+        let mut digits = itoa::Buffer::new();
+        let wait_ms = digits.format(timeout_ms(timeout));
         if let Some(target) = &endpoint.plain {
             let traceparent = crate::telemetry::current_traceparent();
-            let mut headers = [(TIMEOUT_HEADER, wait_ms.as_str()), ("", "")];
+            let mut headers = [(TIMEOUT_HEADER, wait_ms), ("", "")];
             let n = match &traceparent {
                 Some(tp) => {
                     headers[1] = ("traceparent", tp.as_str());
@@ -125,7 +126,7 @@ impl HttpAgents {
         crate::telemetry::inject_current(&mut headers);
         headers.insert(
             TIMEOUT_HEADER,
-            reqwest::header::HeaderValue::from_str(&wait_ms).expect("digits"),
+            reqwest::header::HeaderValue::from_str(wait_ms).expect("digits"),
         );
         headers.insert(
             reqwest::header::CONTENT_TYPE,

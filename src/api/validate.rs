@@ -85,7 +85,15 @@ impl AppState {
                 ),
             ));
         }
-        let mut seen = HashSet::with_capacity(tasks.len());
+        // A lone task has no twin to meet: the set (a copy of its key and a hash) only for
+        // batches. foldhash, as the name maps: at most MAX_TASKS keys of MAX_ID_CHARS, so
+        // colliding keys cannot make the check expensive.
+        let batch = tasks.len() > 1;
+        let mut seen: HashSet<String, foldhash::fast::RandomState> =
+            HashSet::with_capacity_and_hasher(
+                if batch { tasks.len() } else { 0 },
+                Default::default(),
+            );
         let mut specs = Vec::with_capacity(tasks.len());
         for t in tasks {
             let task_id = t.task_id.to_value();
@@ -96,7 +104,7 @@ impl AppState {
                     format!("task_id must be at most {MAX_ID_CHARS} characters"),
                 ));
             }
-            if !seen.insert(key.clone()) {
+            if batch && !seen.insert(key.clone()) {
                 return Err(ApiError::new(
                     ErrorCode::DuplicateTaskId,
                     format!("task_id {key:?} appears more than once"),

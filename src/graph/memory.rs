@@ -19,7 +19,8 @@ struct State {
     /// Shared with the candidates discovery hands out (no copy of an agent per task).
     agents: BTreeMap<String, Arc<AgentInfo>>,
     /// concept → agent → edge statistics: discovery reads one concept's edges, not all.
-    edges: HashMap<String, BTreeMap<String, EdgeStats>>,
+    /// (foldhash: discovery hashes the concept once a task; SipHash cost ~170 instructions.)
+    edges: HashMap<String, BTreeMap<String, EdgeStats>, foldhash::fast::RandomState>,
     /// region name → what belongs to it
     regions: BTreeMap<String, RegionRecord>,
 }
