@@ -125,16 +125,11 @@ fn server_timing(gateway: Duration, agent: Option<Duration>) -> String {
         // In u64: 584,000 years of microseconds.
         let us = u64::try_from((d.as_nanos() + 500) / 1000).unwrap_or(u64::MAX);
         s.push_str(itoa::Buffer::new().format(us / 1000));
-        let frac = (us % 1000) as u16;
         s.push('.');
-        s.push_str(if frac < 10 {
-            "00"
-        } else if frac < 100 {
-            "0"
-        } else {
-            ""
-        });
-        s.push_str(itoa::Buffer::new().format(frac));
+        let frac = us % 1000;
+        for digit in [frac / 100, frac / 10 % 10, frac % 10] {
+            s.push(char::from(b'0' + digit as u8));
+        }
     };
     let mut s = String::with_capacity(48);
     s.push_str("gateway;dur=");
