@@ -7,7 +7,7 @@ pub mod endpoint;
 pub mod http;
 pub mod pool;
 
-use std::{borrow::Cow, time::Duration};
+use std::{borrow::Cow, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use serde::{de, Deserialize, Serialize};
@@ -26,11 +26,12 @@ pub struct AgentRequest {
 }
 
 /// An answer's `data`: as the agent wrote it (checked, kept as text: it passes through to
-/// the client without a tree of it built and written out again), or a value (a cached
-/// answer, a 4xx body).
+/// the client without a tree of it built and written out again), that of an answer the
+/// cache keeps (shared with it, not copied), or a value (a 4xx body, a demo agent's).
 #[derive(Debug, Clone)]
 pub enum Data {
     Raw(Box<RawValue>),
+    Kept(Kept),
     Value(Value),
 }
 
@@ -45,14 +46,16 @@ impl Data {
     pub fn text_len(&self) -> usize {
         match self {
             Data::Raw(raw) => raw.get().len(),
+            Data::Kept(kept) => kept.0.data.text_len(),
             Data::Value(_) => 0,
         }
     }
 
     pub fn into_value(self) -> Value {
         match self {
-            // Checked when it was read ([`AgentReply::parse`]): it parses.
+            // Checked when it was read ([`AgentReply::parse`], [`Kept`]'s decoding): it parses.
             Data::Raw(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+            Data::Kept(kept) => kept.0.data.clone().into_value(),
             Data::Value(v) => v,
         }
     }
@@ -62,6 +65,7 @@ impl Serialize for Data {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             Data::Raw(raw) => raw.serialize(serializer),
+            Data::Kept(kept) => kept.0.data.serialize(serializer),
             Data::Value(v) => v.serialize(serializer),
         }
     }
@@ -89,17 +93,15 @@ impl AgentReply {
         Some(reply)
     }
 
-    /// An answer held as one JSON object (a cache's), `data` taken out of it.
+    /// An answer held as one JSON object (a 4xx body), `data` taken out of it.
     pub fn from_object(mut body: Map<String, Value>) -> AgentReply {
         let data = Data::Value(body.remove("data").unwrap_or(Value::Null));
         AgentReply { data, body }
     }
 
-    /// The whole answer as one JSON object (what a cache keeps).
-    pub fn into_object(self) -> Map<String, Value> {
-        let mut body = self.body;
-        body.insert("data".to_string(), self.data.into_value());
-        body
+    /// This answer as the response cache keeps it.
+    pub fn keep(self) -> Kept {
+        Kept(Arc::new(self))
     }
 
     pub fn succeeded(&self) -> bool {
@@ -140,6 +142,79 @@ impl<'de> Deserialize<'de> for AgentReply {
             }
         }
         deserializer.deserialize_map(Fields)
+    }
+}
+
+/// An answer as the response cache keeps it: one allocation every hit shares. A hit
+/// copies none of it: its `data` goes out from here ([`Data::Kept`]), as the agent wrote
+/// it, and only fields that pass into the task result are copied. In the shared tier it is
+/// the answer's JSON object, `data` among its fields (keys in order).
+#[derive(Debug, Clone)]
+pub struct Kept(Arc<AgentReply>);
+
+impl std::ops::Deref for Kept {
+    type Target = AgentReply;
+    fn deref(&self) -> &AgentReply {
+        &self.0
+    }
+}
+
+impl Serialize for Kept {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.body.len() + 1))?;
+        let mut data = Some(&self.data);
+        for (k, v) in &self.body {
+            if k.as_str() > "data" {
+                if let Some(d) = data.take() {
+                    map.serialize_entry("data", d)?;
+                }
+            }
+            map.serialize_entry(k, v)?;
+        }
+        if let Some(d) = data {
+            map.serialize_entry("data", d)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Kept {
+    /// Read back from the shared tier (another replica may have written it): refused as an
+    /// agent's answer would be ([`AgentReply::parse`]).
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let reply = AgentReply::deserialize(deserializer)?;
+        if let Data::Raw(raw) = &reply.data {
+            serde_json::from_str::<Checked>(raw.get()).map_err(de::Error::custom)?;
+        }
+        Ok(reply.keep())
+    }
+}
+
+/// An answer as a call returns it: its own, or one the cache keeps (shared with it).
+#[derive(Debug)]
+pub enum Reply {
+    Own(AgentReply),
+    Kept(Kept),
+}
+
+impl Reply {
+    /// The answer as the cache keeps it.
+    pub fn keep(self) -> Kept {
+        match self {
+            Reply::Own(reply) => reply.keep(),
+            Reply::Kept(kept) => kept,
+        }
+    }
+}
+
+impl std::ops::Deref for Reply {
+    type Target = AgentReply;
+    fn deref(&self) -> &AgentReply {
+        match self {
+            Reply::Own(reply) => reply,
+            Reply::Kept(kept) => kept,
+        }
     }
 }
 
@@ -353,12 +428,30 @@ mod tests {
         // A surrogate pair is a character.
         let pair = parse(r#"{"status":"success","data":"\ud83d\ude00"}"#).unwrap();
         assert_eq!(pair.data.into_value(), Value::from("😀"));
-        // Through a cache and back: one object, `data` among its fields.
-        let object = parse(text).unwrap().into_object();
-        assert_eq!(object["data"]["a"], Value::from("é"));
-        let again = AgentReply::from_object(object);
-        assert!(matches!(again.data, Data::Value(_)));
-        assert!(!again.body.contains_key("data"));
+        // Through the shared tier and back: one object, `data` among its fields in key
+        // order and as the agent wrote it; read back, it is checked as an answer is.
+        let kept = parse(r#"{"z":1,"status":"success","data": [1, 2.50],"a":"b"}"#)
+            .unwrap()
+            .keep();
+        let wire = serde_json::to_string(&kept).unwrap();
+        assert_eq!(
+            wire,
+            r#"{"a":"b","data":[1, 2.50],"status":"success","z":1}"#
+        );
+        let again: Kept = serde_json::from_str(&wire).unwrap();
+        assert_eq!(again.body, kept.body);
+        assert_eq!(
+            serde_json::to_string(&Data::Kept(again)).unwrap(),
+            "[1, 2.50]"
+        );
+        let last = parse(r#"{"agent_name":"A","data":null}"#).unwrap().keep();
+        assert_eq!(
+            serde_json::to_string(&last).unwrap(),
+            r#"{"agent_name":"A","data":null}"#
+        );
+        for bad in [r#"{"data":"\ud800"}"#, r#"{"data":1e400}"#, "[]"] {
+            assert!(serde_json::from_str::<Kept>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

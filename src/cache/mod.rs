@@ -21,7 +21,7 @@ use std::{
 
 use moka::ops::compute::Op;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::store::SharedStore;
@@ -60,17 +60,24 @@ pub struct Invalidation {
     pub concepts: Vec<String>,
 }
 
+/// What a cache may hold: cloned for every hit (a discovery's candidates as a JSON value; an
+/// agent's answer as [`crate::agents::Kept`], whose clone shares it), written to the shared
+/// tier as JSON.
+pub trait Held: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
+
+impl<T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static> Held for T {}
+
 /// One cached value and what it is about (for invalidation).
 #[derive(Debug)]
-pub struct Cached {
-    pub value: Value,
+pub struct Cached<V = Value> {
+    pub value: V,
     fresh_until: Instant,
     stale_until: Instant,
     agent: Option<String>,
     concept: String,
 }
 
-impl Cached {
+impl<V> Cached<V> {
     fn fresh(&self) -> bool {
         Instant::now() < self.fresh_until
     }
@@ -81,8 +88,8 @@ impl Cached {
 
 /// The L2 encoding: the value and its freshness deadline in Unix milliseconds.
 #[derive(Serialize, Deserialize)]
-struct Wire {
-    v: Value,
+struct Wire<V> {
+    v: V,
     f: u64,
 }
 
@@ -100,17 +107,17 @@ pub fn jitter(ttl: Duration) -> Duration {
 
 /// How a lookup ended.
 #[derive(Debug)]
-pub enum Lookup<E> {
+pub enum Lookup<E, V = Value> {
     /// A fresh value; `tier` is None when it came from upstream just now.
-    Fresh { value: Value, tier: Option<Tier> },
+    Fresh { value: V, tier: Option<Tier> },
     /// Upstream failed with `error`; an expired value was still usable.
-    Stale { value: Value, tier: Tier, error: E },
+    Stale { value: V, tier: Tier, error: E },
     /// Upstream failed and nothing usable was cached.
     Failed(E),
 }
 
 /// What a fetch produced: the value and how long it may be cached (None = do not cache).
-pub type Fetched = (Value, Option<Duration>);
+pub type Fetched<V = Value> = (V, Option<Duration>);
 
 /// Metadata of an entry: which agent and concept it is about.
 #[derive(Debug, Clone)]
@@ -119,10 +126,10 @@ pub struct Subject<'a> {
     pub concept: &'a str,
 }
 
-pub struct TwoTier {
+pub struct TwoTier<V = Value> {
     /// `responses` or `discovery` (the `cache` label).
     name: &'static str,
-    l1: moka::future::Cache<String, Arc<Cached>>,
+    l1: moka::future::Cache<String, Arc<Cached<V>>>,
     l2: Option<Arc<dyn SharedStore>>,
     stale_ttl: Duration,
     metrics: Arc<Metrics>,
@@ -130,7 +137,7 @@ pub struct TwoTier {
     lookups: Memo,
 }
 
-impl TwoTier {
+impl<V: Held> TwoTier<V> {
     pub fn new(
         name: &'static str,
         max_entries: u64,
@@ -167,7 +174,7 @@ impl TwoTier {
             .inc();
     }
 
-    fn entry(&self, value: Value, ttl: Duration, subject: &Subject<'_>) -> Cached {
+    fn entry(&self, value: V, ttl: Duration, subject: &Subject<'_>) -> Cached<V> {
         let now = Instant::now();
         Cached {
             value,
@@ -178,8 +185,8 @@ impl TwoTier {
         }
     }
 
-    fn decode(&self, bytes: &[u8], subject: &Subject<'_>) -> Option<Cached> {
-        let wire: Wire = serde_json::from_slice(bytes).ok()?;
+    fn decode(&self, bytes: &[u8], subject: &Subject<'_>) -> Option<Cached<V>> {
+        let wire: Wire<V> = serde_json::from_slice(bytes).ok()?;
         let now_ms = unix_ms();
         let fresh_left = Duration::from_millis(wire.f.saturating_sub(now_ms));
         let mut c = self.entry(wire.v, fresh_left, subject);
@@ -191,10 +198,10 @@ impl TwoTier {
         Some(c)
     }
 
-    fn write_l2(&self, key: &str, value: &Value, ttl: Duration) {
+    fn write_l2(&self, key: &str, value: &V, ttl: Duration) {
         let Some(l2) = self.l2.clone() else { return };
         let wire = Wire {
-            v: value.clone(),
+            v: value,
             f: unix_ms() + ttl.as_millis() as u64,
         };
         let Ok(bytes) = serde_json::to_vec(&wire) else {
@@ -221,11 +228,11 @@ impl TwoTier {
         key: &str,
         subject: Subject<'_>,
         fetch: F,
-    ) -> Lookup<E>
+    ) -> Lookup<E, V>
     where
         E: Send,
-        F: for<'v> FnOnce(Option<&'v Value>) -> Fut + Send,
-        Fut: Future<Output = Result<Fetched, E>> + Send,
+        F: for<'v> FnOnce(Option<&'v V>) -> Fut + Send,
+        Fut: Future<Output = Result<Fetched<V>, E>> + Send,
     {
         if let Some(e) = self.l1.get(key).await {
             if e.fresh() {
@@ -244,13 +251,13 @@ impl TwoTier {
 
     /// [`TwoTier::get_or_fetch`] past a missing or stale L1 entry: once for all concurrent
     /// callers, L2, then `fetch`.
-    async fn fill<E, F, Fut>(&self, key: &str, subject: Subject<'_>, fetch: F) -> Lookup<E>
+    async fn fill<E, F, Fut>(&self, key: &str, subject: Subject<'_>, fetch: F) -> Lookup<E, V>
     where
         E: Send,
-        F: for<'v> FnOnce(Option<&'v Value>) -> Fut + Send,
-        Fut: Future<Output = Result<Fetched, E>> + Send,
+        F: for<'v> FnOnce(Option<&'v V>) -> Fut + Send,
+        Fut: Future<Output = Result<Fetched<V>, E>> + Send,
     {
-        let mut out: Option<Lookup<E>> = None;
+        let mut out: Option<Lookup<E, V>> = None;
         let slot = &mut out;
         let subject = &subject;
         self.l1
@@ -354,7 +361,7 @@ impl TwoTier {
 
 /// Both caches of a replica, the shared store, and invalidation across replicas.
 pub struct Caches {
-    pub responses: TwoTier,
+    pub responses: TwoTier<crate::agents::Kept>,
     pub discovery: TwoTier,
     pub store: Option<Arc<dyn SharedStore>>,
     pub settings: CacheSettings,

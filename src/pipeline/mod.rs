@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::{
-    agents::AgentRequest,
+    agents::{AgentReply, AgentRequest, Reply},
     cache::Tier,
     context::RequestCtx,
     failure::FailureCode,
@@ -234,14 +234,14 @@ impl Pipeline {
         let agents: Vec<&str> = candidates.iter().map(|c| c.agent.name.as_str()).collect();
         // Repeats of a cacheable task stick to one agent, so they keep hitting its answer.
         let sticky = (use_cache && self.stack.caches.cacheable(&task.intent))
-            .then(|| format!("{}\u{0}{}\u{0}{}", task.concept, task.intent, task.args));
+            .then(|| crate::routing::Draws::of_task(&task.concept, &task.intent, &task.args));
         let assess = || {
             self.assess(&task.concept, candidates)
                 .into_iter()
                 .map(|(i, _)| i)
                 .collect()
         };
-        self.router.choose(&agents, assess, sticky.as_deref())
+        self.router.choose(&agents, assess, sticky)
     }
 
     /// Tries each candidate in the routing policy's order until one answers.
@@ -380,7 +380,7 @@ impl Pipeline {
                                     ),
                                 );
                                 r.agent_name = Some(candidate.agent.name.clone());
-                                r.absorb(crate::agents::AgentReply::from_object(body.clone()));
+                                r.absorb(Reply::Own(AgentReply::from_object(body.clone())));
                                 rejected.get_or_insert(r);
                             }
                         }
@@ -572,7 +572,7 @@ mod tests {
         let mut r = TaskResult::new(&spec(), TaskStatus::Success);
         r.agent_name = Some("A".into());
         let body = r#"{"agent_name": "A", "status": "success", "data": "x", "confidence": 0.9, "attempts": 99}"#;
-        r.absorb(crate::agents::AgentReply::parse(body.as_bytes()).unwrap());
+        r.absorb(Reply::Own(AgentReply::parse(body.as_bytes()).unwrap()));
         r.attempts = 1;
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["data"], "x");
@@ -581,21 +581,41 @@ mod tests {
         assert_eq!(v["task_id"], 7);
         assert!(v.get("agent_reported_name").is_none());
         // A name of its own that is not the graph's is kept beside it, whichever way the
-        // answer came (as text from the agent, or as one object from a cache).
+        // answer came (as text from the agent, as one object in a 4xx body, or kept by the
+        // cache, its fields then copied out of the shared answer).
         let body = json!({"agent_name": "B", "status": "success", "data": "x"});
+        let parsed = || AgentReply::parse(body.to_string().as_bytes()).unwrap();
         for reply in [
-            crate::agents::AgentReply::parse(body.to_string().as_bytes()).unwrap(),
-            crate::agents::AgentReply::from_object(body.as_object().unwrap().clone()),
+            Reply::Own(parsed()),
+            Reply::Own(AgentReply::from_object(body.as_object().unwrap().clone())),
+            Reply::Kept(parsed().keep()),
         ] {
             let mut r = TaskResult::new(&spec(), TaskStatus::Success);
             r.agent_name = Some("A".into());
             r.absorb(reply);
             let v = serde_json::to_value(&r).unwrap();
             assert_eq!(
-                (&v["agent_name"], &v["agent_reported_name"]),
-                (&json!("A"), &json!("B"))
+                (&v["agent_name"], &v["agent_reported_name"], &v["data"]),
+                (&json!("A"), &json!("B"), &json!("x"))
             );
         }
+    }
+
+    #[test]
+    fn a_kept_answer_passes_its_fields_as_its_own_would() {
+        let text = r#"{"agent_name":"B","agent_reported_name":"A","status":"success","data":{"k": [1, 2]},"confidence":0.5,"task_id":9}"#;
+        let result = |reply| {
+            let mut r = TaskResult::new(&spec(), TaskStatus::Success);
+            r.agent_name = Some("A".into());
+            r.absorb(reply);
+            serde_json::to_string(&r).unwrap()
+        };
+        let own = result(Reply::Own(AgentReply::parse(text.as_bytes()).unwrap()));
+        let kept = AgentReply::parse(text.as_bytes()).unwrap().keep();
+        assert_eq!(result(Reply::Kept(kept.clone())), own);
+        assert!(own.contains(r#""data":{"k": [1, 2]}"#), "{own}");
+        // The kept answer is shared, not taken apart: a second hit reads it whole.
+        assert_eq!(result(Reply::Kept(kept)), own);
     }
 
     #[test]

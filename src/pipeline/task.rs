@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::{
-    agents::{AgentReply, Data},
+    agents::{Data, Reply},
     failure::FailureCode,
 };
 
@@ -169,32 +169,37 @@ impl TaskResult {
         self.status == TaskStatus::Success
     }
 
-    /// Copies an agent's answer in: `data`, then every non-reserved field.
-    pub(super) fn absorb(&mut self, reply: AgentReply) {
-        let AgentReply { data, mut body } = reply;
-        self.data = data;
-        // The agent's own name field only matters when it disagrees with the graph (kept
-        // out at once when it agrees: one allocation and two map edits a task fewer).
-        if let Some(Value::String(name)) = body.remove("agent_name") {
+    /// Copies an agent's answer in: `data`, then every non-reserved field. An answer the
+    /// cache keeps is shared, not copied: its `data` goes out from it, and of its other
+    /// fields only those that pass into the result are copied (for most answers, none).
+    pub(super) fn absorb(&mut self, reply: Reply) {
+        let body = &reply.body;
+        // The agent's own name field only matters when it disagrees with the graph.
+        if let Some(Value::String(name)) = body.get("agent_name") {
             if self.agent_name.as_deref() != Some(name.as_str()) {
                 self.extra
-                    .insert("agent_reported_name".into(), Value::String(name));
+                    .insert("agent_reported_name".into(), Value::String(name.clone()));
             }
         }
         for (k, v) in body {
             if !RESERVED.contains(&k.as_str()) {
-                self.extra.insert(k, v);
+                self.extra.insert(k.clone(), v.clone());
             }
         }
         // An `agent_reported_name` of the agent's own is dropped the same way.
-        if self
-            .extra
-            .get("agent_reported_name")
-            .and_then(Value::as_str)
-            == self.agent_name.as_deref()
+        if !self.extra.is_empty()
+            && self
+                .extra
+                .get("agent_reported_name")
+                .and_then(Value::as_str)
+                == self.agent_name.as_deref()
         {
             self.extra.remove("agent_reported_name");
         }
+        self.data = match reply {
+            Reply::Own(reply) => reply.data,
+            Reply::Kept(kept) => Data::Kept(kept),
+        };
     }
 }
 

@@ -6,14 +6,13 @@ use std::sync::{
     Arc,
 };
 
-use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{
     breaker, outcome::attempt_outcome, retry, stages::AgentStages, CallOutcome, Failure, Stack,
 };
 use crate::{
-    agents::{AgentReply, AgentRequest, CallError},
+    agents::{AgentReply, AgentRequest, CallError, Reply},
     cache::{response_key, Lookup, Subject, Tier},
     context::{remaining, RequestCtx},
     graph::AgentInfo,
@@ -194,18 +193,13 @@ impl Stack {
                 attempts.store(out.attempts, Ordering::Relaxed);
                 out.result.map(|reply| {
                     let keep = reply.succeeded().then_some(ttl);
-                    (Value::Object(reply.into_object()), keep)
+                    (reply.keep(), keep)
                 })
             })
         }))
         .await;
         let attempts = attempts.load(Ordering::Relaxed);
-        let reply = |value: Value| {
-            AgentReply::from_object(match value {
-                Value::Object(map) => map,
-                _ => Default::default(),
-            })
-        };
+        let reply = Reply::Kept;
         match lookup {
             Lookup::Fresh { value, tier } => {
                 crate::record!(

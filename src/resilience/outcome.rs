@@ -1,7 +1,7 @@
 //! What a call through the stack ends with: the reply, or the stage that refused it.
 
 use crate::{
-    agents::{AgentReply, CallError},
+    agents::{AgentReply, CallError, Reply},
     cache::Tier,
     failure::FailureCode,
 };
@@ -84,7 +84,7 @@ impl Failure {
 /// cache tier answered.
 #[derive(Debug)]
 pub struct CallOutcome {
-    pub result: Result<AgentReply, Failure>,
+    pub result: Result<Reply, Failure>,
     pub attempts: u32,
     pub cached: Option<Tier>,
     pub stale: bool,
@@ -93,7 +93,7 @@ pub struct CallOutcome {
 impl CallOutcome {
     pub(super) fn upstream(result: Result<AgentReply, Failure>, attempts: u32) -> Self {
         CallOutcome {
-            result,
+            result: result.map(Reply::Own),
             attempts,
             cached: None,
             stale: false,

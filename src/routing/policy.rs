@@ -20,11 +20,40 @@ pub struct Draws {
 }
 
 impl Draws {
-    /// Draws derived from `key`: the same task always draws the same.
+    /// Draws derived from `key`: the same key always draws the same.
     pub fn from_key(key: &str) -> Self {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
-        let bits = h.finish();
+        Draws::from_bits(h.finish())
+    }
+
+    /// A cacheable task's draws: the same task always draws the same, so its repeats go
+    /// to the agent whose answer the cache holds. They are [`Draws::from_key`] of
+    /// `"{concept}\0{intent}\0{args}"`, its pieces hashed as they are written (no key
+    /// text built).
+    pub fn of_task(concept: &str, intent: &str, args: &serde_json::Value) -> Self {
+        struct Hashing<'a>(&'a mut std::collections::hash_map::DefaultHasher);
+        impl std::io::Write for Hashing<'_> {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.write(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for piece in [concept, "\0", intent, "\0"] {
+            h.write(piece.as_bytes());
+        }
+        // Writing into a hasher cannot fail.
+        let _ = serde_json::to_writer(Hashing(&mut h), args);
+        // How a `str` ends its bytes in a hash (as `key.hash` does).
+        h.write_u8(0xff);
+        Draws::from_bits(h.finish())
+    }
+
+    fn from_bits(bits: u64) -> Self {
         let unit = |x: u64| (x & 0xFFFF_FFFF) as f64 / 4_294_967_296.0;
         Draws {
             explore: unit(bits >> 32),
@@ -354,18 +383,18 @@ impl Router {
         }
     }
 
-    /// The order to try `candidates` in. `sticky` (a cacheable task's key) makes the draws
-    /// depend on the task only.
-    pub fn plan(&self, candidates: &[Inputs], sticky: Option<&str>) -> Plan {
+    /// The order to try `candidates` in. `sticky` (a cacheable task's draws,
+    /// [`Draws::of_task`]) makes the order depend on the task only.
+    pub fn plan(&self, candidates: &[Inputs], sticky: Option<Draws>) -> Plan {
         match self.settings.policy {
             PolicyKind::Weight => Plan::graph_order(candidates.len()),
             PolicyKind::Score => {
-                let draws = sticky.map_or_else(|| self.draws(), Draws::from_key);
+                let draws = sticky.unwrap_or_else(|| self.draws());
                 plan(candidates, self.settings.explore, draws)
             }
             PolicyKind::Learned => match sticky {
-                Some(key) => {
-                    let seed = (Draws::from_key(key).pick * 4_294_967_296.0) as u64;
+                Some(draws) => {
+                    let seed = (draws.pick * 4_294_967_296.0) as u64;
                     plan_learned(candidates, &mut rand::rngs::SmallRng::seed_from_u64(seed))
                 }
                 None => self.with_rng(|rng| plan_learned(candidates, rng)),
@@ -379,7 +408,7 @@ impl Router {
         &self,
         agents: &[&str],
         assess: impl FnOnce() -> Vec<Inputs>,
-        sticky: Option<&str>,
+        sticky: Option<Draws>,
     ) -> Plan {
         if self.settings.policy == PolicyKind::Weight {
             return Plan::graph_order(agents.len());

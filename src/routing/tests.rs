@@ -266,9 +266,36 @@ fn failover_follows_the_score_and_a_seed_pins_every_choice() {
     };
     assert_eq!(run(), run());
     let sticky = Router::new(RoutingSettings::default());
-    let first = sticky.plan(&c, Some("lamp|define|{}")).order;
+    let draws = || Some(Draws::of_task("lamp", "define", &serde_json::json!({})));
+    let first = sticky.plan(&c, draws()).order;
     for _ in 0..20 {
-        assert_eq!(sticky.plan(&c, Some("lamp|define|{}")).order, first);
+        assert_eq!(sticky.plan(&c, draws()).order, first);
+    }
+}
+
+#[test]
+fn a_tasks_draws_are_those_of_its_key_text() {
+    // The draws of a cacheable task are those its key text drew when the key was built as
+    // text: the same agent keeps the same tasks across the change (and across replicas).
+    for (concept, intent, args) in [
+        ("lamp", "define", serde_json::json!({})),
+        ("", "", serde_json::Value::Null),
+        (
+            "café \u{0}",
+            "x\"y",
+            serde_json::json!({"b": [1, 2.5, "é\n"], "a": {"z": null, "\u{1}": true}}),
+        ),
+    ] {
+        let text = format!("{concept}\u{0}{intent}\u{0}{args}");
+        let (of_task, from_key) = (
+            Draws::of_task(concept, intent, &args),
+            Draws::from_key(&text),
+        );
+        assert_eq!(
+            (of_task.explore, of_task.pick),
+            (from_key.explore, from_key.pick),
+            "{text}"
+        );
     }
 }
 
