@@ -44,10 +44,15 @@ impl Default for Data {
 impl Data {
     /// The length of its text when it is kept as text (0 for a value).
     pub fn text_len(&self) -> usize {
+        self.text().map_or(0, str::len)
+    }
+
+    /// Its JSON text, when it is kept as text.
+    pub fn text(&self) -> Option<&str> {
         match self {
-            Data::Raw(raw) => raw.get().len(),
-            Data::Kept(kept) => kept.0.data.text_len(),
-            Data::Value(_) => 0,
+            Data::Raw(raw) => Some(raw.get()),
+            Data::Kept(kept) => kept.0.data.text(),
+            Data::Value(_) => None,
         }
     }
 

@@ -22,18 +22,22 @@ fn short(s: &str) -> String {
     out
 }
 
+/// `bytes` (at most a digest's 32) as lowercase hex, appended in one piece.
 fn hex_into(out: &mut String, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    let mut digits = [0u8; 64];
+    for (pair, b) in digits.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
+    let n = 2 * bytes.len().min(32);
+    out.push_str(std::str::from_utf8(&digits[..n]).unwrap_or_default());
 }
 
 /// Key of an agent's answer to (concept, intent, args). `args` is canonical already:
-/// serde_json keeps object keys sorted.
+/// serde_json keeps object keys sorted. The args are hashed as they are written (no copy
+/// of their text).
 pub fn response_key(agent: &str, concept: &str, intent: &str, args: &Value) -> String {
-    let args = serde_json::to_vec(args).unwrap_or_default();
     let mut key = String::with_capacity(NS.len() + 6 + 13 + 13 + 24);
     key.push_str(NS);
     key.push_str(":resp:");
@@ -41,16 +45,15 @@ pub fn response_key(agent: &str, concept: &str, intent: &str, args: &Value) -> S
     key.push(':');
     digest_into(&mut key, &[concept.as_bytes()], 6);
     key.push(':');
-    digest_into(
-        &mut key,
-        &[
-            agent.as_bytes(),
-            concept.as_bytes(),
-            intent.as_bytes(),
-            &args,
-        ],
-        12,
-    );
+    let mut h = Sha256::new();
+    for part in [agent, concept, intent] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    // Writing into a hash cannot fail.
+    let _ = serde_json::to_writer(&mut h, args);
+    h.update([0u8]);
+    hex_into(&mut key, &h.finalize()[..12]);
     key
 }
 
@@ -76,4 +79,62 @@ pub fn l2_patterns(inv: &Invalidation) -> Vec<String> {
         p.push(format!("{NS}:resp:*:{}:", short(c)));
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key as its definition reads: SHA-256 prefixes in hex, each part followed by a
+    /// 0 byte, the args as their compact JSON text.
+    fn by_definition(agent: &str, concept: &str, intent: &str, args: &Value) -> String {
+        let hex = |parts: &[&[u8]], n: usize| {
+            let mut text = Vec::new();
+            for p in parts {
+                text.extend_from_slice(p);
+                text.push(0);
+            }
+            Sha256::digest(&text)[..n]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let args = args.to_string();
+        format!(
+            "myriad:v1:resp:{}:{}:{}",
+            hex(&[agent.as_bytes()], 6),
+            hex(&[concept.as_bytes()], 6),
+            hex(
+                &[
+                    agent.as_bytes(),
+                    concept.as_bytes(),
+                    intent.as_bytes(),
+                    args.as_bytes()
+                ],
+                12
+            )
+        )
+    }
+
+    #[test]
+    fn a_response_key_is_its_definition() {
+        for (agent, concept, intent, args) in [
+            ("Bench_AI", "bench", "define", serde_json::json!({})),
+            ("", "", "", Value::Null),
+            (
+                "A",
+                "café",
+                "x\"y",
+                serde_json::json!({"b": [1, 2.5, "é\n"], "a": {"z": null}}),
+            ),
+        ] {
+            let key = response_key(agent, concept, intent, &args);
+            assert_eq!(key, by_definition(agent, concept, intent, &args));
+            assert!(key.starts_with(&format!(
+                "myriad:v1:resp:{}:{}:",
+                short(agent),
+                short(concept)
+            )));
+        }
+    }
 }

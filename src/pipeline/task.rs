@@ -68,24 +68,25 @@ pub struct TaskResult {
     pub extra: Map<String, Value>,
 }
 
+/// The gateway's fields in key order; `extra` never holds one of them (RESERVED).
+const OWN: [&str; 12] = [
+    "agent_name",
+    "attempts",
+    "cached",
+    "code",
+    "concept",
+    "data",
+    "error",
+    "intent",
+    "latency_ms",
+    "stale",
+    "status",
+    "task_id",
+];
+
 impl Serialize for TaskResult {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        // The gateway's fields in key order; `extra` never holds one of them (RESERVED).
-        const OWN: [&str; 12] = [
-            "agent_name",
-            "attempts",
-            "cached",
-            "code",
-            "concept",
-            "data",
-            "error",
-            "intent",
-            "latency_ms",
-            "stale",
-            "status",
-            "task_id",
-        ];
         let mut map = serializer.serialize_map(None)?;
         let mut extra = self.extra.iter().peekable();
         for own in OWN {
@@ -119,6 +120,71 @@ impl Serialize for TaskResult {
             map.serialize_entry(k, v)?;
         }
         map.end()
+    }
+}
+
+impl TaskResult {
+    /// Its JSON written straight into `out`: what its `Serialize` writes, byte for byte,
+    /// with the gateway's keys written as the constants they are, and an agent's `data`
+    /// kept as text copied whole.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        fn put(out: &mut Vec<u8>, v: &(impl Serialize + ?Sized)) {
+            // Into memory, a value or a string key: nothing to fail.
+            let _ = serde_json::to_writer(&mut *out, v);
+        }
+        let mut extra = self.extra.iter().peekable();
+        out.push(b'{');
+        let mut after_first = false;
+        let mut key = |out: &mut Vec<u8>, quoted: &dyn Fn(&mut Vec<u8>)| {
+            if std::mem::replace(&mut after_first, true) {
+                out.push(b',');
+            }
+            quoted(out);
+            out.push(b':');
+        };
+        for own in OWN {
+            while let Some((k, v)) = extra.next_if(|(k, _)| k.as_str() < own) {
+                key(out, &|out| put(out, k));
+                put(out, v);
+            }
+            let skip = match own {
+                "code" => self.code.is_none(),
+                "error" => self.error.is_none(),
+                _ => false,
+            };
+            if skip {
+                continue;
+            }
+            key(out, &|out| {
+                out.push(b'"');
+                out.extend_from_slice(own.as_bytes());
+                out.push(b'"');
+            });
+            match own {
+                "agent_name" => put(out, &self.agent_name),
+                "attempts" => {
+                    out.extend_from_slice(itoa::Buffer::new().format(self.attempts).as_bytes())
+                }
+                "cached" => put(out, &self.cached),
+                "code" => put(out, &self.code),
+                "concept" => put(out, &self.concept),
+                "data" => match self.data.text() {
+                    Some(text) => out.extend_from_slice(text.as_bytes()),
+                    None => put(out, &self.data),
+                },
+                "error" => put(out, &self.error),
+                "intent" => put(out, &self.intent),
+                "latency_ms" => put(out, &self.latency_ms),
+                "stale" => out.extend_from_slice(if self.stale { b"true" } else { b"false" }),
+                "status" => put(out, &self.status),
+                _ => put(out, &self.task_id),
+            }
+        }
+        for (k, v) in extra {
+            key(out, &|out| put(out, k));
+            put(out, v);
+        }
+        out.push(b'}');
     }
 }
 

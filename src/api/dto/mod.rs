@@ -372,46 +372,49 @@ impl ToJSON for TaskResultBody {
 }
 
 impl ProcessResponse {
-    /// The JSON body, without a `serde_json::Value` of it in between.
+    /// The JSON body, written straight into one buffer: no `serde_json::Value` of it in
+    /// between, the keys as the constants they are (byte for byte what poem-openapi's
+    /// `ToJSON` path writes; the `direct` tests below compare them).
     pub fn to_bytes(&self) -> Vec<u8> {
+        fn put(out: &mut Vec<u8>, v: &(impl serde::Serialize + ?Sized)) {
+            // Into memory, a value or a string key: nothing to fail.
+            let _ = serde_json::to_writer(&mut *out, v);
+        }
         // Room for a one-task answer up front, and for the agents' `data` as they wrote it:
         // the buffer does not grow by doubling through reallocations and copies.
         let data: usize = self.results.values().map(|r| r.0.data.text_len()).sum();
         let mut out = Vec::with_capacity(512 + data);
-        match serde_json::to_writer(&mut out, &Direct(self)) {
-            Ok(()) => out,
-            Err(_) => Vec::new(),
+        out.push(b'{');
+        if let Some(answer) = &self.answer {
+            out.extend_from_slice(b"\"answer\":");
+            put(&mut out, answer);
+            out.push(b',');
         }
-    }
-}
-
-struct Direct<'a>(&'a ProcessResponse);
-
-impl serde::Serialize for Direct<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let r = self.0;
-        let mut map = serializer.serialize_map(None)?;
-        if let Some(answer) = &r.answer {
-            map.serialize_entry("answer", answer)?;
+        if let Some(result) = &self.result {
+            out.extend_from_slice(b"\"result\":");
+            result.0.write_json(&mut out);
+            out.push(b',');
         }
-        if let Some(result) = &r.result {
-            map.serialize_entry("result", &result.0)?;
+        out.extend_from_slice(b"\"results\":{");
+        for (i, (id, result)) in self.results.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            put(&mut out, id);
+            out.push(b':');
+            result.0.write_json(&mut out);
         }
-        map.serialize_entry("results", &Results(&r.results))?;
-        map.serialize_entry("status", &r.status.to_json())?;
-        if let Some(tasks) = &r.tasks {
-            map.serialize_entry("tasks", &tasks.to_json())?;
+        out.extend_from_slice(match self.status {
+            OverallStatus::Success => b"},\"status\":\"success\"",
+            OverallStatus::Partial => b"},\"status\":\"partial\"",
+            OverallStatus::Failed => b"},\"status\":\"failed\"",
+        });
+        if let Some(tasks) = &self.tasks {
+            out.extend_from_slice(b",\"tasks\":");
+            put(&mut out, &tasks.to_json());
         }
-        map.end()
-    }
-}
-
-struct Results<'a>(&'a BTreeMap<String, TaskResultBody>);
-
-impl serde::Serialize for Results<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.0.iter().map(|(k, v)| (k, &v.0)))
+        out.push(b'}');
+        out
     }
 }
 
@@ -587,6 +590,7 @@ mod direct {
         data: String,
         failed: bool,
         latency_ms: f64,
+        form: u8,
     ) -> crate::pipeline::TaskResult {
         let spec = TaskSpec {
             task_id: Value::from(7),
@@ -602,7 +606,19 @@ mod direct {
             r.agent_name = Some("Definition_AI".into());
             r.cached = Some("l1");
         }
-        r.data = crate::agents::Data::Value(Value::from(data));
+        // `data` as a value, as an agent's text, or as the text of an answer the cache keeps.
+        let answer = || {
+            let text = format!(
+                r#"{{"status":"success","data":{{"d": [{}, 1.50]}}}}"#,
+                Value::from(data.as_str())
+            );
+            crate::agents::AgentReply::parse(text.as_bytes()).unwrap()
+        };
+        r.data = match form % 3 {
+            0 => crate::agents::Data::Value(Value::from(data)),
+            1 => answer().data,
+            _ => crate::agents::Data::Kept(answer().keep()),
+        };
         r.latency_ms = latency_ms;
         for (k, v) in extra {
             if !crate::pipeline::RESERVED.contains(&k.as_str()) {
@@ -622,10 +638,16 @@ mod direct {
             failed in any::<bool>(),
             single in any::<bool>(),
             latency_ms in 0.0f64..10_000.0,
+            form in any::<u8>(),
+            partial in any::<bool>(),
         ) {
-            let r = result(extra, data, failed, latency_ms);
+            let r = result(extra, data, failed, latency_ms, form);
             let body = ProcessResponse {
-                status: if failed { OverallStatus::Failed } else { OverallStatus::Success },
+                status: match (failed, partial) {
+                    (true, _) => OverallStatus::Failed,
+                    (false, true) => OverallStatus::Partial,
+                    (false, false) => OverallStatus::Success,
+                },
                 result: single.then(|| TaskResultBody(r.clone())),
                 answer: single.then(|| Value::from("an answer")),
                 tasks: single.then(|| vec![ParsedTaskView {
@@ -636,7 +658,21 @@ mod direct {
                 }]),
                 results: BTreeMap::from([("7".to_string(), TaskResultBody(r))]),
             };
-            prop_assert_eq!(String::from_utf8(body.to_bytes()).unwrap(), body.to_json_string());
+            let bytes = body.to_bytes();
+            if let crate::agents::Data::Value(_) = body.results["7"].0.data {
+                prop_assert_eq!(String::from_utf8(bytes).unwrap(), body.to_json_string());
+            } else {
+                // An agent's text goes out as it is: the same JSON as the `ToJSON` path's
+                // (which goes through a value), its text as the agent wrote it.
+                let value: Value = serde_json::from_slice(&bytes).unwrap();
+                prop_assert_eq!(&value, &serde_json::from_str::<Value>(&body.to_json_string()).unwrap());
+                let text = String::from_utf8(bytes).unwrap();
+                prop_assert!(text.contains(", 1.50]}"), "{}", text);
+            }
+            // A result's own writer is its `Serialize`, byte for byte.
+            let mut written = Vec::new();
+            body.results["7"].0.write_json(&mut written);
+            prop_assert_eq!(written, serde_json::to_vec(&body.results["7"].0).unwrap());
         }
     }
 }
