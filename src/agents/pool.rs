@@ -283,6 +283,17 @@ fn head(buf: &[u8]) -> Result<Option<Head>, Broken> {
     let mut keep_alive = parsed.version == Some(1);
     let (mut length, mut chunked, mut retry_after) = (None, false, None);
     for h in parsed.headers.iter() {
+        // Only the four headers read here are decoded: another's value may hold any bytes
+        // HTTP allows (`obs-text`), as reqwest's client allowed.
+        let read = [
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "retry-after",
+        ];
+        if !read.iter().any(|name| h.name.eq_ignore_ascii_case(name)) {
+            continue;
+        }
         let value = std::str::from_utf8(h.value).map_err(|_| invalid())?.trim();
         if h.name.eq_ignore_ascii_case("content-length") {
             let n: usize = value.parse().map_err(|_| invalid())?;
@@ -457,7 +468,7 @@ mod tests {
     /// `close_after_each`: it closes the connection after each answer (as an agent whose
     /// keep-alive timed out), without saying so. Counts the connections it accepted.
     async fn agent(
-        answer: &'static str,
+        answer: impl AsRef<[u8]> + Copy + Send + 'static,
         close_after_each: bool,
     ) -> (reqwest::Url, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -492,7 +503,7 @@ mod tests {
                             }
                         }
                         buf.drain(..end + 4 + len);
-                        if socket.write_all(answer.as_bytes()).await.is_err() || close_after_each {
+                        if socket.write_all(answer.as_ref()).await.is_err() || close_after_each {
                             return;
                         }
                     }
@@ -629,6 +640,27 @@ mod tests {
             2,
             "connection: close is not reused"
         );
+    }
+
+    #[tokio::test]
+    async fn a_header_of_any_bytes_is_passed_over_but_a_length_that_is_not_digits_is_not() {
+        let (odd, _) = agent(
+            &b"HTTP/1.1 200 OK\r\nserver: caf\xe9\r\ncontent-length: 2\r\n\r\n{}"[..],
+            false,
+        )
+        .await;
+        let (bad, _) = agent(
+            &b"HTTP/1.1 200 OK\r\ncontent-length: \xe92\r\n\r\n{}"[..],
+            false,
+        )
+        .await;
+        let pool = AgentPool::new(4);
+        let answer = post(&pool, &odd).await.unwrap();
+        assert_eq!((answer.status, &answer.body[..]), (200, &b"{}"[..]));
+        assert!(matches!(
+            post(&pool, &bad).await,
+            Err(CallError::InvalidBody)
+        ));
     }
 
     #[tokio::test]
