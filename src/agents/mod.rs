@@ -92,10 +92,16 @@ impl AgentReply {
     /// characters), building nothing.
     pub fn parse(body: &[u8]) -> Option<AgentReply> {
         let reply: AgentReply = serde_json::from_slice(body).ok()?;
-        if let Data::Raw(raw) = &reply.data {
-            serde_json::from_str::<Checked>(raw.get()).ok()?;
-        }
+        reply.checked().ok()?;
         Some(reply)
+    }
+
+    /// Its `data`'s text read once more as a `Value` would read it ([`Checked`]).
+    fn checked(&self) -> Result<(), serde_json::Error> {
+        if let Data::Raw(raw) = &self.data {
+            serde_json::from_str::<Checked>(raw.get())?;
+        }
+        Ok(())
     }
 
     /// An answer held as one JSON object (a 4xx body), `data` taken out of it.
@@ -189,9 +195,7 @@ impl<'de> Deserialize<'de> for Kept {
     /// agent's answer would be ([`AgentReply::parse`]).
     fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let reply = AgentReply::deserialize(deserializer)?;
-        if let Data::Raw(raw) = &reply.data {
-            serde_json::from_str::<Checked>(raw.get()).map_err(de::Error::custom)?;
-        }
+        reply.checked().map_err(de::Error::custom)?;
         Ok(reply.keep())
     }
 }

@@ -7,12 +7,17 @@ use super::{Invalidation, NS};
 
 /// Hex digits of the first `bytes` bytes of SHA-256 over `parts`, each followed by a 0 byte.
 fn digest_into(out: &mut String, parts: &[&[u8]], bytes: usize) {
+    hex_into(out, &hashing(parts).finalize()[..bytes]);
+}
+
+/// SHA-256 fed `parts`, each followed by a 0 byte.
+fn hashing(parts: &[&[u8]]) -> Sha256 {
     let mut h = Sha256::new();
     for p in parts {
         h.update(p);
         h.update([0u8]);
     }
-    hex_into(out, &h.finalize()[..bytes]);
+    h
 }
 
 /// The 12 hex digits that stand for one agent or concept name in a key.
@@ -45,11 +50,7 @@ pub fn response_key(agent: &str, concept: &str, intent: &str, args: &Value) -> S
     key.push(':');
     digest_into(&mut key, &[concept.as_bytes()], 6);
     key.push(':');
-    let mut h = Sha256::new();
-    for part in [agent, concept, intent] {
-        h.update(part.as_bytes());
-        h.update([0u8]);
-    }
+    let mut h = hashing(&[agent.as_bytes(), concept.as_bytes(), intent.as_bytes()]);
     // Writing into a hash cannot fail.
     let _ = serde_json::to_writer(&mut h, args);
     h.update([0u8]);

@@ -123,15 +123,16 @@ impl Serialize for TaskResult {
     }
 }
 
+/// `v`'s JSON appended to `out` (into memory, a value or a string key: nothing to fail).
+pub fn put_json(out: &mut Vec<u8>, v: &(impl Serialize + ?Sized)) {
+    let _ = serde_json::to_writer(&mut *out, v);
+}
+
 impl TaskResult {
     /// Its JSON written straight into `out`: what its `Serialize` writes, byte for byte,
     /// with the gateway's keys written as the constants they are, and an agent's `data`
     /// kept as text copied whole.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        fn put(out: &mut Vec<u8>, v: &(impl Serialize + ?Sized)) {
-            // Into memory, a value or a string key: nothing to fail.
-            let _ = serde_json::to_writer(&mut *out, v);
-        }
         let mut extra = self.extra.iter().peekable();
         out.push(b'{');
         let mut after_first = false;
@@ -144,8 +145,8 @@ impl TaskResult {
         };
         for own in OWN {
             while let Some((k, v)) = extra.next_if(|(k, _)| k.as_str() < own) {
-                key(out, &|out| put(out, k));
-                put(out, v);
+                key(out, &|out| put_json(out, k));
+                put_json(out, v);
             }
             let skip = match own {
                 "code" => self.code.is_none(),
@@ -161,28 +162,28 @@ impl TaskResult {
                 out.push(b'"');
             });
             match own {
-                "agent_name" => put(out, &self.agent_name),
+                "agent_name" => put_json(out, &self.agent_name),
                 "attempts" => {
                     out.extend_from_slice(itoa::Buffer::new().format(self.attempts).as_bytes())
                 }
-                "cached" => put(out, &self.cached),
-                "code" => put(out, &self.code),
-                "concept" => put(out, &self.concept),
+                "cached" => put_json(out, &self.cached),
+                "code" => put_json(out, &self.code),
+                "concept" => put_json(out, &self.concept),
                 "data" => match self.data.text() {
                     Some(text) => out.extend_from_slice(text.as_bytes()),
-                    None => put(out, &self.data),
+                    None => put_json(out, &self.data),
                 },
-                "error" => put(out, &self.error),
-                "intent" => put(out, &self.intent),
-                "latency_ms" => put(out, &self.latency_ms),
+                "error" => put_json(out, &self.error),
+                "intent" => put_json(out, &self.intent),
+                "latency_ms" => put_json(out, &self.latency_ms),
                 "stale" => out.extend_from_slice(if self.stale { b"true" } else { b"false" }),
-                "status" => put(out, &self.status),
-                _ => put(out, &self.task_id),
+                "status" => put_json(out, &self.status),
+                _ => put_json(out, &self.task_id),
             }
         }
         for (k, v) in extra {
-            key(out, &|out| put(out, k));
-            put(out, v);
+            key(out, &|out| put_json(out, k));
+            put_json(out, v);
         }
         out.push(b'}');
     }

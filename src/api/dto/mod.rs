@@ -376,10 +376,7 @@ impl ProcessResponse {
     /// between, the keys as the constants they are (byte for byte what poem-openapi's
     /// `ToJSON` path writes; the `direct` tests below compare them).
     pub fn to_bytes(&self) -> Vec<u8> {
-        fn put(out: &mut Vec<u8>, v: &(impl serde::Serialize + ?Sized)) {
-            // Into memory, a value or a string key: nothing to fail.
-            let _ = serde_json::to_writer(&mut *out, v);
-        }
+        use crate::pipeline::put_json as put;
         // Room for a one-task answer up front, and for the agents' `data` as they wrote it:
         // the buffer does not grow by doubling through reallocations and copies.
         let data: usize = self.results.values().map(|r| r.0.data.text_len()).sum();
