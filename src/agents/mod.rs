@@ -96,10 +96,16 @@ impl AgentReply {
         Some(reply)
     }
 
-    /// Its `data`'s text read once more as a `Value` would read it ([`Checked`]).
+    /// Its `data`'s text read once more as a `Value` would read it ([`Checked`]). A string
+    /// with no escape in it is passed: the first reading already refused what a value
+    /// refuses there (bytes that are not UTF-8, control characters); reading a kilobyte of
+    /// text again was ~2,200 instructions, 4 % of an uncached request's.
     fn checked(&self) -> Result<(), serde_json::Error> {
         if let Data::Raw(raw) = &self.data {
-            serde_json::from_str::<Checked>(raw.get())?;
+            let text = raw.get();
+            if !text.starts_with('"') || memchr::memchr(b'\\', text.as_bytes()).is_some() {
+                serde_json::from_str::<Checked>(text)?;
+            }
         }
         Ok(())
     }
@@ -434,6 +440,11 @@ mod tests {
                 "{bad}"
             );
         }
+        // A string without an escape is not read twice; what the first reading refuses
+        // there still is (bytes that are not UTF-8; a control character, above).
+        assert!(AgentReply::parse(b"{\"status\":\"success\",\"data\":\"a\xffb\"}").is_none());
+        let plain = parse(r#"{"status":"success","data":"plain text, é"}"#).unwrap();
+        assert_eq!(plain.data.into_value(), Value::from("plain text, é"));
         // A surrogate pair is a character.
         let pair = parse(r#"{"status":"success","data":"\ud83d\ude00"}"#).unwrap();
         assert_eq!(pair.data.into_value(), Value::from("😀"));
