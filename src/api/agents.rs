@@ -108,7 +108,7 @@ impl AppState {
                     "weights are in [0, 1]",
                 ));
             }
-            concepts.push((validate_concept(&c.name)?, weight));
+            concepts.push((validate_concept(&*c.name)?, weight));
         }
         let agent = AgentInfo {
             name: r.name.0.trim().to_string(),
@@ -118,7 +118,7 @@ impl AppState {
             intents: r
                 .intents
                 .iter()
-                .map(|i| validate_intent(i))
+                .map(|i| validate_intent(&**i))
                 .collect::<Result<_, _>>()?,
             capabilities: capabilities.into_iter().map(|c| c.0).collect(),
             facts: None,

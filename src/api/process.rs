@@ -119,7 +119,7 @@ impl ProcessApi {
     ) -> Result<DiscoverResponse, ApiError> {
         state.authenticate(&auth)?;
         state.admit(req).await?;
-        let concept = validate_concept(&body.concept)?;
+        let concept = validate_concept(&*body.concept)?;
         let intent = validate_intent(
             body.intent
                 .as_ref()

@@ -10,7 +10,7 @@ use super::{
     AppState,
 };
 use crate::{
-    graph::{normalize_concept, seed::validate_name},
+    graph::{normalized_concept, seed::validate_name},
     pipeline::TaskSpec,
 };
 
@@ -19,8 +19,8 @@ pub(super) const MAX_QUERY_CHARS: usize = 2_000;
 pub(super) const MAX_ID_CHARS: usize = 128;
 pub(super) const MAX_INTENT_CHARS: usize = 64;
 
-pub(super) fn validate_concept(raw: &str) -> Result<String, ApiError> {
-    let concept = normalize_concept(raw);
+pub(super) fn validate_concept(raw: impl AsRef<str> + Into<String>) -> Result<String, ApiError> {
+    let concept = normalized_concept(raw);
     validate_name(&concept)
         .map_err(|why| ApiError::new(ErrorCode::InvalidConcept, format!("concept: {why}")))?;
     Ok(concept)
@@ -42,8 +42,15 @@ pub(super) fn validate_new_concept(concept: &str) -> Result<(), ApiError> {
     }
 }
 
-pub(super) fn validate_intent(raw: &str) -> Result<String, ApiError> {
-    let intent = raw.trim().to_ascii_lowercase();
+pub(super) fn validate_intent(raw: impl AsRef<str> + Into<String>) -> Result<String, ApiError> {
+    let text = raw.as_ref();
+    // Kept as it is when already trimmed and lowercase (the usual case): nothing copied.
+    let intent = if text.trim().len() == text.len() && !text.bytes().any(|b| b.is_ascii_uppercase())
+    {
+        raw.into()
+    } else {
+        text.trim().to_ascii_lowercase()
+    };
     if intent.is_empty()
         || intent.len() > MAX_INTENT_CHARS
         || !intent
@@ -143,14 +150,14 @@ impl AppState {
                     ))
                 }
             };
-            let concept = validate_concept(&t.concept)?;
+            let concept = validate_concept(t.concept.0)?;
             if self.config.enable_dynamic_agents {
                 validate_new_concept(&concept)?;
             }
             specs.push(TaskSpec {
                 task_id,
                 concept,
-                intent: validate_intent(&t.intent)?,
+                intent: validate_intent(t.intent.0)?,
                 args,
             });
         }

@@ -167,6 +167,22 @@ impl GraphError {
 }
 
 /// Canonical form of a concept name: trimmed, lower case, inner whitespace collapsed.
+/// [`normalize_concept`] of a name the caller owns: kept as it is when it is already
+/// normal (ASCII, lowercase, words one space apart), the usual case, with nothing copied.
+pub fn normalized_concept(name: impl AsRef<str> + Into<String>) -> String {
+    let text = name.as_ref();
+    let normal = text.bytes().all(|b| {
+        b.is_ascii() && !b.is_ascii_uppercase() && (b == b' ' || !b.is_ascii_whitespace())
+    }) && !text.starts_with(' ')
+        && !text.ends_with(' ')
+        && !text.contains("  ");
+    if normal {
+        name.into()
+    } else {
+        normalize_concept(text)
+    }
+}
+
 pub fn normalize_concept(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for word in name.split_whitespace() {
@@ -391,6 +407,26 @@ mod tests {
                 .join(" ")
                 .to_lowercase();
             assert_eq!(normalize_concept(s), whole, "{s:?}");
+        }
+        // A name already normal is kept; any other is normalized, as by the copying form.
+        for s in [
+            "light bulb",
+            "light  bulb",
+            " light",
+            "light ",
+            "Light",
+            "light\tbulb",
+            "light\u{a0}bulb",
+            "été",
+            "a-b_c.d'e 9",
+            "",
+            " ",
+        ] {
+            assert_eq!(
+                normalized_concept(s.to_string()),
+                normalize_concept(s),
+                "{s:?}"
+            );
         }
     }
 }
