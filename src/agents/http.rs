@@ -174,7 +174,7 @@ impl AgentTransport for HttpAgents {
     async fn call(
         &self,
         endpoint: &str,
-        req: &AgentRequest,
+        req: &AgentRequest<'_>,
         timeout: Duration,
     ) -> Result<AgentReply, CallError> {
         // Checked again at call time: the graph may have changed since registration.

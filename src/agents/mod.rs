@@ -17,12 +17,14 @@ use crate::failure::FailureCode;
 use serde_json::{Map, Value};
 
 /// The body of `POST <agent endpoint>` (unchanged from the original service).
+/// What an agent is asked, borrowed from the task it is for (written to the agent's body
+/// as is; `args` owned only when something was added to the task's).
 #[derive(Debug, Clone, Serialize)]
-pub struct AgentRequest {
-    pub task_id: Value,
-    pub intent: String,
-    pub concept: String,
-    pub args: Value,
+pub struct AgentRequest<'a> {
+    pub task_id: &'a Value,
+    pub intent: &'a str,
+    pub concept: &'a str,
+    pub args: std::borrow::Cow<'a, Value>,
 }
 
 /// An answer's `data`: as the agent wrote it (checked, kept as text: it passes through to
@@ -374,7 +376,7 @@ pub trait AgentTransport: Send + Sync + 'static {
     async fn call(
         &self,
         endpoint: &str,
-        req: &AgentRequest,
+        req: &AgentRequest<'_>,
         timeout: Duration,
     ) -> Result<AgentReply, CallError>;
 

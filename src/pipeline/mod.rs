@@ -16,7 +16,7 @@ mod task;
 pub use discovery::{GraphAvailability, Regions, GRAPH_SETTLE, REGIONS_REFRESH};
 pub use task::*;
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use serde_json::Value;
 use tokio::time::Instant;
@@ -537,16 +537,18 @@ impl Pipeline {
     }
 }
 
-fn request_for(task: &TaskSpec, candidate: &Candidate) -> AgentRequest {
-    let mut args = task.args.clone();
-    if let (Some(facts), Value::Object(map)) = (&candidate.agent.facts, &mut args) {
-        map.entry("facts")
-            .or_insert_with(|| Value::from(facts.clone()));
+fn request_for<'a>(task: &'a TaskSpec, candidate: &Candidate) -> AgentRequest<'a> {
+    let mut args = Cow::Borrowed(&task.args);
+    if let Some(facts) = &candidate.agent.facts {
+        if let Value::Object(map) = args.to_mut() {
+            map.entry("facts")
+                .or_insert_with(|| Value::from(facts.clone()));
+        }
     }
     AgentRequest {
-        task_id: task.task_id.clone(),
-        intent: task.intent.clone(),
-        concept: task.concept.clone(),
+        task_id: &task.task_id,
+        intent: &task.intent,
+        concept: &task.concept,
         args,
     }
 }
@@ -565,6 +567,47 @@ mod tests {
             intent: "define".into(),
             args: json!({}),
         }
+    }
+
+    #[test]
+    fn an_agent_is_asked_the_task_as_sent_and_a_dynamic_agent_its_facts_too() {
+        let agent = |facts: Option<&str>| Candidate {
+            agent: Arc::new(crate::graph::AgentInfo {
+                name: "A".into(),
+                agent_type: "http".into(),
+                endpoint: "http://127.0.0.1:1/q".into(),
+                status: "active".into(),
+                intents: vec!["define".into()],
+                capabilities: vec![],
+                facts: facts.map(str::to_string),
+            }),
+            stats: crate::graph::EdgeStats::new(0.9),
+        };
+        let mut task = spec();
+        task.args = json!({"n": 1});
+        let plain = request_for(&task, &agent(None));
+        assert!(
+            matches!(plain.args, Cow::Borrowed(_)),
+            "nothing added: not copied"
+        );
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"task_id":7,"intent":"define","concept":"lamp","args":{"n":1}}"#
+        );
+        let learned = request_for(&task, &agent(Some("lamps give light")));
+        assert_eq!(
+            serde_json::to_value(&learned).unwrap()["args"],
+            json!({"n": 1, "facts": "lamps give light"})
+        );
+        assert_eq!(
+            task.args,
+            json!({"n": 1}),
+            "the task's own args are unchanged"
+        );
+        // Facts a client sent already are the client's.
+        task.args = json!({"facts": "mine"});
+        let theirs = request_for(&task, &agent(Some("lamps give light")));
+        assert_eq!(theirs.args["facts"], "mine");
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl Stack {
     pub async fn call(
         &self,
         agent: &AgentInfo,
-        req: &AgentRequest,
+        req: &AgentRequest<'_>,
         ctx: &RequestCtx,
     ) -> CallOutcome {
         self.call_as(agent, req, ctx, false).await
@@ -85,7 +85,7 @@ impl Stack {
     pub async fn call_in_panic(
         &self,
         agent: &AgentInfo,
-        req: &AgentRequest,
+        req: &AgentRequest<'_>,
         ctx: &RequestCtx,
     ) -> Option<CallOutcome> {
         let stages = self.stages(&agent.name);
@@ -98,7 +98,7 @@ impl Stack {
     async fn call_as(
         &self,
         agent: &AgentInfo,
-        req: &AgentRequest,
+        req: &AgentRequest<'_>,
         ctx: &RequestCtx,
         panic: bool,
     ) -> CallOutcome {
@@ -146,7 +146,7 @@ impl Stack {
         span: &tracing::Span,
         stages: &Arc<AgentStages>,
         agent: &AgentInfo,
-        req: &AgentRequest,
+        req: &AgentRequest<'_>,
         ctx: &RequestCtx,
         panic: bool,
     ) -> CallOutcome {
@@ -169,7 +169,7 @@ impl Stack {
                 return self.refuse(None, Failure::RateLimited);
             }
         }
-        if panic || !self.caches.cacheable(&req.intent) {
+        if panic || !self.caches.cacheable(req.intent) {
             return self.upstream(span, stages, agent, req, ctx, panic).await;
         }
         if !ctx.use_cache {
@@ -177,10 +177,10 @@ impl Stack {
             crate::record!(span, cache.result = "bypass");
             return self.upstream(span, stages, agent, req, ctx, false).await;
         }
-        let key = response_key(&agent.name, &req.concept, &req.intent, &req.args);
+        let key = response_key(&agent.name, req.concept, req.intent, &req.args);
         let subject = Subject {
             agent: Some(&agent.name),
-            concept: &req.concept,
+            concept: req.concept,
         };
         let attempts = AtomicU32::new(0);
         let ttl = self.caches.settings.ttl;
@@ -248,7 +248,7 @@ impl Stack {
         call_span: &tracing::Span,
         stages: &AgentStages,
         agent: &AgentInfo,
-        req: &AgentRequest,
+        req: &AgentRequest<'_>,
         ctx: &RequestCtx,
         panic: bool,
     ) -> CallOutcome {
@@ -339,7 +339,7 @@ impl Stack {
     async fn attempt(
         &self,
         agent: &AgentInfo,
-        req: &AgentRequest,
+        req: &AgentRequest<'_>,
         ctx: &RequestCtx,
         attempt: u32,
     ) -> (Result<AgentReply, CallError>, tracing::Span) {
